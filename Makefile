@@ -1,0 +1,52 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the whole suite).
+# Each creates .venv and installs what it needs. torch==2.13.0 (CPU) is installed only when the venv's
+# python cannot import torch; GPU hosts set TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url ...")
+# or pre-install torch and create the venv with SYSTEM_SITE_PACKAGES=1.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+SYSTEM_SITE_PACKAGES ?= 0
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+VENV_FLAGS := $(if $(filter 1,$(SYSTEM_SITE_PACKAGES)),--system-site-packages,)
+
+.PHONY: venv demo serve test lint typecheck protos check-protos bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[server,plot,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Until `chargpt demo` lands, the main job is both services on their default ports.
+demo: serve
+
+serve: $(STAMP)
+	$(BIN)/chargpt-trainer & $(BIN)/chargpt-inference & wait
+
+test: $(STAMP) check-protos lint typecheck
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy chargpt client/chargpt_client
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+check-protos: $(STAMP)
+	$(PY) scripts/gen_protos.py --check
+
+bench: $(STAMP)
+	$(PY) -m bench.train_throughput
+	$(PY) -m bench.inference
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The shared core: model, tokenizer, checkpoint format, sampling and device probing."""

@@ -1,0 +1,225 @@
+"""The checkpoint format shared by both services: a directory with manifest.json and safetensors weights.
+
+Layout of a checkpoint directory:
+    manifest.json        format version, model config, vocabulary, training metadata, weights sha256
+    model.safetensors    the weights (float32; the tied output head is stored once, as wte.weight)
+    (anything else)      e.g. the trainer's resume state; readers of the format ignore it
+
+Writes are atomic: everything goes to a temporary sibling directory that is renamed into place, and the
+previous version is kept as `<name>.old` until the new one is in, so a reader always finds a whole one.
+Loading never unpickles: weights come from safetensors, everything else from JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file, save_file
+
+from chargpt import __version__
+from chargpt.core.config import ModelConfig
+from chargpt.core.model import GPT
+from chargpt.core.tokenizer import CharTokenizer
+from chargpt.errors import CheckpointCorruptError, CheckpointFormatError, CheckpointNotFoundError
+
+FORMAT_NAME = "chargpt-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "model.safetensors"
+TIED_KEY = "lm_head.weight"  # the same tensor as wte.weight; stored once
+
+
+class TrainingInfo(BaseModel):
+    """Where the weights came from."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str = ""
+    corpus_id: str = ""
+    corpus_name: str = ""
+    corpus_sha256: str = ""
+    step: int = 0
+    train_loss: float | None = None
+    val_loss: float | None = None
+    created_time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    library_versions: dict[str, str] = Field(default_factory=dict)
+
+
+class WeightsInfo(BaseModel):
+    file: str = WEIGHTS_FILE
+    sha256: str
+    size_bytes: int
+
+
+class Manifest(BaseModel):
+    """The contents of manifest.json."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    model: ModelConfig
+    vocabulary: str
+    training: TrainingInfo
+    weights: WeightsInfo
+
+
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode), its tokenizer and its manifest."""
+
+    def __init__(self, model: GPT, tokenizer: CharTokenizer, manifest: Manifest, path: Path) -> None:
+        self.model, self.tokenizer, self.manifest, self.path = model, tokenizer, manifest, path
+
+
+def library_versions() -> dict[str, str]:
+    return {"chargpt": __version__, "torch": torch.__version__.split("+")[0]}
+
+
+def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: GPT, tokenizer: CharTokenizer,
+                    training: TrainingInfo | None = None,
+                    write_extra: Callable[[Path], None] | None = None) -> Manifest:
+    """Write a checkpoint directory atomically; `write_extra(tmp_dir)` may add files (e.g. resume state)."""
+    path = Path(path)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} characters, model {model.config.vocab_size}")
+    training = training or TrainingInfo()
+    if not training.library_versions:
+        training = training.model_copy(update={"library_versions": library_versions()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        state = {k: v.detach().to("cpu", torch.float32).contiguous()
+                 for k, v in model.state_dict().items() if k != TIED_KEY}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        weights = WeightsInfo(sha256=file_sha256(tmp / WEIGHTS_FILE),
+                              size_bytes=(tmp / WEIGHTS_FILE).stat().st_size)
+        manifest = Manifest(model=model.config, vocabulary=tokenizer.vocabulary, training=training,
+                            weights=weights)
+        (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+        if write_extra is not None:
+            write_extra(tmp)
+        _fsync_dir_files(tmp)
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _fsync_dir_files(directory: Path) -> None:
+    """Flush file contents to disk before the rename makes them visible."""
+    for child in directory.iterdir():
+        if child.is_file():
+            with open(child, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename tmp to path, keeping the previous version as path.old until the new one is in."""
+    old = _old_path(path)
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _old_path(path: Path) -> Path:
+    return path.with_name(path.name + ".old")
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike[str]) -> Path:
+    """The directory to read: path itself, or its `.old` twin if a writer was interrupted mid-swap."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    if (_old_path(path) / MANIFEST_FILE).is_file():
+        return _old_path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"no checkpoint at {path}")
+    raise CheckpointNotFoundError(f"{path} has no {MANIFEST_FILE}")
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Parse and validate a checkpoint's manifest.json."""
+    directory = resolve_checkpoint_dir(path)
+    try:
+        raw: Any = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointFormatError(f"{directory / MANIFEST_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        raise CheckpointFormatError(f"{directory} is not a {FORMAT_NAME} (manifest 'format' field)")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointFormatError(f"unknown checkpoint format_version {raw.get('format_version')!r}; "
+                                    f"this chargpt reads version {FORMAT_VERSION}")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise CheckpointFormatError(f"invalid manifest in {directory}: {exc}") from None
+    if len(manifest.vocabulary) != manifest.model.vocab_size:
+        raise CheckpointFormatError(f"manifest vocabulary has {len(manifest.vocabulary)} characters "
+                                    f"but model.vocab_size is {manifest.model.vocab_size}")
+    return manifest
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> Checkpoint:
+    """Load and verify a checkpoint: manifest, weights hash, weight names and shapes."""
+    directory = resolve_checkpoint_dir(path)
+    manifest = read_manifest(directory)
+    weights_path = directory / manifest.weights.file
+    if not weights_path.is_file() or weights_path.parent != directory:
+        raise CheckpointNotFoundError(f"weights file {manifest.weights.file!r} missing in {directory}")
+    actual = file_sha256(weights_path)
+    if actual != manifest.weights.sha256:
+        raise CheckpointCorruptError(f"weights sha256 mismatch in {directory}: manifest says "
+                                     f"{manifest.weights.sha256[:16]}…, file is {actual[:16]}…")
+    try:
+        state = load_file(str(weights_path))
+    except Exception as exc:  # safetensors raises its own error types for truncated headers
+        raise CheckpointCorruptError(f"cannot read {weights_path}: {exc}") from None
+    model = GPT(manifest.model)
+    _check_state_matches(model, state, directory)
+    model.load_state_dict(state, strict=False)  # the tied head comes with wte.weight
+    model.to(device=device, dtype=dtype).eval()
+    tokenizer = CharTokenizer(manifest.vocabulary)
+    return Checkpoint(model, tokenizer, manifest, directory)
+
+
+def _check_state_matches(model: GPT, state: dict[str, torch.Tensor], directory: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != TIED_KEY}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointFormatError(f"weights in {directory} do not match the config: "
+                                    f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [f"{k}: {tuple(state[k].shape)} != {shape}" for k, shape in expected.items()
+             if tuple(state[k].shape) != shape]
+    if wrong:
+        raise CheckpointFormatError(f"weight shapes in {directory} do not match the config: {wrong[:5]}")

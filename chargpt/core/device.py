@@ -1,0 +1,132 @@
+"""Device probing and auto-sizing: find the accelerator and pick a model and batch that fit it (table-driven)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GIB = 1024**3
+
+
+class DeviceFacts(BaseModel):
+    """What the probe found; tests build these by hand to fake a device."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str = Field(description="cuda, mps or cpu")
+    name: str = ""
+    count: int = 1
+    memory_bytes: int = 0
+    bf16_supported: bool = False
+    cpu_cores: int = 1
+    compute_capability: str = ""
+
+
+class SizeProfile(BaseModel):
+    """A model shape with the batch and schedule that train it well; rows of the sizing table."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    batch_size: int
+    dropout: float
+    learning_rate: float
+    max_steps: int
+    warmup_steps: int
+
+
+# Named presets, smallest first. "small" is the notebook's model (~10.7M parameters with 65 characters).
+PRESETS: dict[str, SizeProfile] = {p.name: p for p in (
+    SizeProfile(name="cpu", n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=32, dropout=0.0,
+                learning_rate=2e-3, max_steps=2000, warmup_steps=50),
+    SizeProfile(name="tiny", n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=32, dropout=0.1,
+                learning_rate=1e-3, max_steps=3000, warmup_steps=100),
+    SizeProfile(name="small", n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
+                learning_rate=1e-3, max_steps=5000, warmup_steps=100),
+    SizeProfile(name="medium", n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, dropout=0.2,
+                learning_rate=6e-4, max_steps=5000, warmup_steps=200),
+    SizeProfile(name="large", n_layer=10, n_head=10, n_embd=640, block_size=256, batch_size=64, dropout=0.2,
+                learning_rate=5e-4, max_steps=6000, warmup_steps=200),
+    SizeProfile(name="xl", n_layer=12, n_head=12, n_embd=768, block_size=256, batch_size=64, dropout=0.2,
+                learning_rate=4e-4, max_steps=6000, warmup_steps=300),
+)}
+
+# (minimum device memory in GiB, preset) for accelerators, largest first: more memory, bigger model.
+GPU_SIZING: list[tuple[float, str]] = [(120, "xl"), (64, "large"), (36, "medium"), (16, "small"), (7, "tiny")]
+MPS_PRESET = "tiny"
+CPU_PRESET = "cpu"
+
+
+def auto_size(facts: DeviceFacts) -> SizeProfile:
+    """The largest preset the device's memory (or, on CPU, its speed) comfortably trains."""
+    if facts.type == "cpu":
+        return PRESETS[CPU_PRESET]
+    if facts.type == "mps":
+        return PRESETS[MPS_PRESET]
+    memory_gib = facts.memory_bytes / GIB
+    for min_gib, preset in GPU_SIZING:
+        if memory_gib >= min_gib:
+            return PRESETS[preset]
+    # A small GPU: the notebook's width at half the batch still fits in a few GiB.
+    return PRESETS["tiny"].model_copy(update={"batch_size": 16})
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity API
+        return os.cpu_count() or 1
+
+
+def system_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def cpu_supports_bf16() -> bool:
+    """AVX-512 BF16 or AMX on x86, or the Arm BF16 extension: where bf16 autocast actually speeds up."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16", " bf16"))
+
+
+def probe_device(preference: str = "auto") -> DeviceFacts:
+    """Facts about the device `preference` names ("auto", "cpu", "cuda", "cuda:N", "mps")."""
+    import torch
+
+    want = preference.split(":")[0] if preference and preference != "auto" else ""
+    if want in ("", "cuda") and torch.cuda.is_available():
+        index = int(preference.split(":")[1]) if ":" in preference else 0
+        props = torch.cuda.get_device_properties(index)
+        return DeviceFacts(type="cuda", name=props.name, count=torch.cuda.device_count(),
+                           memory_bytes=props.total_memory, bf16_supported=torch.cuda.is_bf16_supported(),
+                           cpu_cores=cpu_cores(), compute_capability=f"{props.major}.{props.minor}")
+    if want == "cuda":
+        raise RuntimeError("CUDA was requested but is not available")
+    mps = getattr(torch.backends, "mps", None)
+    if want in ("", "mps") and mps is not None and mps.is_available():
+        return DeviceFacts(type="mps", name="Apple GPU", memory_bytes=system_memory_bytes(),
+                           bf16_supported=False, cpu_cores=cpu_cores())
+    if want == "mps":
+        raise RuntimeError("MPS was requested but is not available")
+    return DeviceFacts(type="cpu", name=platform.processor() or platform.machine(),
+                       memory_bytes=system_memory_bytes(), bf16_supported=cpu_supports_bf16(),
+                       cpu_cores=cpu_cores())
+
+
+def torch_device_string(facts: DeviceFacts, preference: str = "auto") -> str:
+    """The torch device string for a probed device, keeping an explicit index such as cuda:1."""
+    if facts.type == "cuda" and ":" in preference:
+        return preference
+    return facts.type

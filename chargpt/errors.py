@@ -1,0 +1,73 @@
+"""Domain errors shared by the core and both services; the server maps each class to one gRPC status."""
+
+from __future__ import annotations
+
+
+class ChargptError(Exception):
+    """Base class of every error chargpt raises on purpose."""
+
+
+class InvalidArgumentError(ChargptError, ValueError):
+    """A request field (named in `field`) has a bad value."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class NotFoundError(ChargptError, LookupError):
+    """The named thing does not exist."""
+
+
+class AlreadyExistsError(ChargptError):
+    """A thing with that name exists and differs from what was asked for."""
+
+
+class FailedPreconditionError(ChargptError):
+    """The request is valid but the system is not in a state to carry it out."""
+
+
+class ResourceExhaustedError(ChargptError):
+    """A size or capacity limit was exceeded."""
+
+
+class UnavailableError(ChargptError):
+    """Temporarily unable to serve (loading, shutting down); retrying later may succeed."""
+
+
+class PermissionDeniedError(ChargptError):
+    """The caller may not do this (e.g. a path outside the allowed root)."""
+
+
+class UnauthenticatedError(ChargptError):
+    """Missing or wrong credentials."""
+
+
+class DataLossError(ChargptError):
+    """Stored data is corrupt: a hash mismatch, a truncated file."""
+
+
+class VocabularyError(InvalidArgumentError):
+    """Text contains characters outside the tokenizer's vocabulary."""
+
+    def __init__(self, characters: list[str], field: str = "text") -> None:
+        self.characters = characters
+        shown = ", ".join(repr(c) for c in characters[:20])
+        more = f" and {len(characters) - 20} more" if len(characters) > 20 else ""
+        super().__init__(field, f"characters not in the model's vocabulary: {shown}{more}")
+
+
+class CheckpointError(ChargptError):
+    """Base of checkpoint loading errors."""
+
+
+class CheckpointNotFoundError(CheckpointError, NotFoundError):
+    """The checkpoint directory or one of its files is missing."""
+
+
+class CheckpointFormatError(CheckpointError, FailedPreconditionError):
+    """The manifest is malformed, of an unknown format version, or does not match the weights."""
+
+
+class CheckpointCorruptError(CheckpointError, DataLossError):
+    """The weights do not hash to the manifest's sha256."""

@@ -1,0 +1,128 @@
+"""The one place exceptions become gRPC status codes: a table per exception class and an aio interceptor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from pydantic import ValidationError
+
+from chargpt import errors
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first matching class wins.
+STATUS_BY_EXCEPTION: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (errors.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (errors.PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.DataLossError, grpc.StatusCode.DATA_LOSS),
+    (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+    (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (OSError, grpc.StatusCode.UNAVAILABLE),  # e.g. a full disk: the request failed, the server is fine
+]
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for cls, code in STATUS_BY_EXCEPTION:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def message_for(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, NotImplementedError):
+        return str(exc) or "not implemented yet"
+    if isinstance(exc, OSError) and not isinstance(exc, errors.ChargptError):
+        return f"storage error: {exc.strerror or exc}"
+    return str(exc) or type(exc).__name__
+
+
+RpcObserver = Callable[[str, grpc.StatusCode], None]
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns exceptions escaping a handler into a status from the table; reports every RPC's final code."""
+
+    def __init__(self, observer: RpcObserver | None = None) -> None:
+        self._observer = observer
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
+                                                             Awaitable[grpc.RpcMethodHandler]],
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        if handler.unary_unary or handler.stream_unary:
+            return _rebuild(handler, self._wrap_unary(method, handler.unary_unary or handler.stream_unary))
+        return _rebuild(handler, self._wrap_stream(method, handler.unary_stream or handler.stream_stream))
+
+    def _wrap_unary(self, method: str, behavior: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                response = await behavior(request, context)
+            except BaseException as exc:
+                await self._fail(method, context, exc)
+                raise
+            self._done(method, context)
+            return response
+        return wrapper
+
+    def _wrap_stream(self, method: str, behavior: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except BaseException as exc:
+                await self._fail(method, context, exc)
+                raise
+            self._done(method, context)
+        return wrapper
+
+    def _done(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        code = context.code() if hasattr(context, "code") else None
+        self._observe(method, code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK)
+
+    async def _fail(self, method: str, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        """Abort with the mapped status; cancellations and explicit aborts pass through untouched."""
+        if isinstance(exc, asyncio.CancelledError):
+            self._observe(method, grpc.StatusCode.CANCELLED)
+            return
+        if isinstance(exc, grpc.aio.AbortError):
+            code = context.code() if hasattr(context, "code") else None
+            self._observe(method, code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN)
+            return
+        code = status_for(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("unhandled error in %s", method, exc_info=exc)
+        self._observe(method, code)
+        await context.abort(code, message_for(exc))
+
+    def _observe(self, method: str, code: grpc.StatusCode) -> None:
+        if self._observer is not None:
+            self._observer(method, code)
+
+
+def _rebuild(handler: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHandler:
+    """A handler of the same kind and (de)serializers with a new behaviour."""
+    factory = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return factory(behavior, request_deserializer=handler.request_deserializer,
+                   response_serializer=handler.response_serializer)

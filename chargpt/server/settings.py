@@ -1,0 +1,38 @@
+"""Settings common to both services (read once at start-up from flags and environment, then passed down)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+
+class ServerSettings(BaseSettings):
+    """Network, security and shutdown settings; each service subclasses it with its own prefix."""
+
+    host: str = Field(default="127.0.0.1", description="interface to listen on (0.0.0.0 in containers)")
+    port: int = Field(default=0, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535,
+                                     description="Prometheus /metrics HTTP port; unset disables it")
+    metrics_host: str | None = Field(default=None, description="interface for /metrics; default: host")
+    auth_token: str | None = Field(default=None, description="require `authorization: Bearer <token>`")
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = Field(default=None, description="require client certs (mutual TLS)")
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, **overrides: Any) -> Self:
+        """Flags override environment variables, which override defaults."""
+        parser = argparse.ArgumentParser(description=cls.__doc__)
+        for name, field in cls.model_fields.items():
+            flag = "--" + name.replace("_", "-")
+            parser.add_argument(flag, dest=name, default=None, help=field.description or None)
+        given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+        return cls(**{**given, **overrides})

@@ -1,0 +1,1 @@
+"""The chargpt inference service: loaded models, batched streaming generation, scoring and attention."""

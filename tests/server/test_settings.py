@@ -1,0 +1,29 @@
+"""Settings: defaults, environment variables with each service's prefix, flags over environment."""
+
+from pathlib import Path
+
+import pytest
+
+from inference_service.settings import InferenceSettings
+from trainer_service.settings import TrainerSettings
+
+
+def test_defaults() -> None:
+    assert TrainerSettings().port == 50051
+    assert InferenceSettings().port == 50052
+
+
+def test_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARGPT_TRAINER_PORT", "6000")
+    monkeypatch.setenv("CHARGPT_TRAINER_DATA_DIR", "/tmp/env-data")
+    monkeypatch.setenv("CHARGPT_INFERENCE_MODELS_DIR", "/tmp/models")
+    assert TrainerSettings().port == 6000
+    assert TrainerSettings.from_args(["--port", "7000", "--metrics-port", "9100"]).port == 7000
+    settings = TrainerSettings.from_args(["--host", "0.0.0.0"])
+    assert settings.data_dir == Path("/tmp/env-data") and settings.host == "0.0.0.0"
+    assert InferenceSettings.from_args([]).models_dir == Path("/tmp/models")
+
+
+def test_bad_flag_value_is_rejected() -> None:
+    with pytest.raises(ValueError, match="port"):
+        TrainerSettings.from_args(["--port", "70000"])
