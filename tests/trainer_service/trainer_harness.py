@@ -58,6 +58,12 @@ class Trainer:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
 
+    def attach(self, port: int) -> None:
+        """Talk to a server running elsewhere (e.g. a `python -m trainer_service.server` subprocess)."""
+        self.port = port
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
+
     async def stop(self) -> None:
         if self.channel is not None:
             await self.channel.close()
