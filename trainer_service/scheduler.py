@@ -118,10 +118,9 @@ class JobManager:
     async def stop(self) -> None:
         """Stop scheduling; running workers checkpoint and their jobs go back to QUEUED."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._wake.set()
+        if self._task is not None:  # let a launch in progress finish, so its worker is supervised too
+            await self._task
         running = list(self._running.values())
         for run in running:
             self._request_stop(run, "shutdown")
