@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,7 @@ from chargpt.errors import NotFoundError
 from trainer_service.checkpoints import open_snapshot
 from trainer_service.scheduler import describe_exit
 from trainer_service.store import QUEUED, RUNNING, Store, append_event, connect
-from trainer_service.worker import EXIT_LOCKED, StopFlag, acquire_job_lock
+from trainer_service.worker import EXIT_LOCKED, EXIT_STOP_DEADLINE, StopFlag, acquire_job_lock
 
 
 def write_checkpoint(job_dir: Path, kind: str, step: int, seed: int) -> None:
@@ -81,3 +85,13 @@ def test_sequences_are_per_job_and_shared_by_writers(tmp_path: Path) -> None:
     assert [e.seq for e in store.events_after("b", 0)] == [1]
     assert store.get_job("a").step == 1 and store.get_job("a").state == QUEUED
     assert [e.job_id for e in store.events_since_id(0)] == ["a", "a", "b", "a"]
+
+
+def test_a_stopped_worker_that_hangs_exits_at_its_deadline() -> None:
+    code = ("import time\nfrom trainer_service.worker import StopFlag\n"
+            "flag = StopFlag(0.5)\nflag.set('test')\ntime.sleep(30)\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert result.returncode == EXIT_STOP_DEADLINE and time.monotonic() - started < 10
+    assert b"exiting" in result.stderr
