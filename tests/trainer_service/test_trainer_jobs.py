@@ -114,6 +114,7 @@ async def test_server_restart_requeues_and_finishes_with_the_right_step_count(tr
     assert progress_steps == list(range(1, 31))
 
 
+@pytest.mark.slow
 async def test_two_process_ddp_job_under_torchrun_cancels_and_resumes(trainer: Trainer) -> None:
     """The fake engine all-reduces over gloo every step, so this fails unless both ranks run and talk."""
     corpus = (await trainer.upload(sample_text(2000))).corpus
