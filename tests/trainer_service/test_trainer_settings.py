@@ -7,6 +7,7 @@ from trainer_harness import Trainer
 
 from chargpt.core.device import PRESETS
 from chargpt.v1 import trainer_pb2 as S
+from trainer_service.server import create_server
 from trainer_service.settings import TrainerSettings
 
 
@@ -27,3 +28,8 @@ async def test_device_info(trainer: Trainer) -> None:
     assert info.device.type == "cpu" and info.device.cpu_cores >= 1
     assert list(info.presets) == list(PRESETS)
     assert info.auto_model.n_embd == PRESETS["cpu"].n_embd and info.auto_batch_size == PRESETS["cpu"].batch_size
+
+
+async def test_one_server_per_data_directory(trainer: Trainer) -> None:
+    with pytest.raises(RuntimeError, match="another trainer server"):
+        await create_server(trainer.settings())
