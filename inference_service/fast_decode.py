@@ -9,10 +9,12 @@ checks it against GPT.decode_step.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch.nn import functional as F
 
-from chargpt.core.model import GPT, KVCache
+from chargpt.core.model import GPT, Block, KVCache
 
 
 class FastDecoder:
@@ -41,7 +43,8 @@ class FastDecoder:
         mask = torch.zeros(B, 1, 1, attend_len, dtype=x.dtype, device=x.device)
         mask.masked_fill_(keys[None, None, None, :] > positions[:, None, None, None], float("-inf"))
         rows = self.rows[:B]
-        for layer, block in enumerate(model.blocks):
+        for layer, module in enumerate(model.blocks):
+            block = cast(Block, module)
             attn, mlp = block.attn, block.mlp
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, self.eps)
             qkv = F.linear(h, attn.c_attn.weight, attn.c_attn.bias).view(B, 3, nh, hs)
