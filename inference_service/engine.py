@@ -147,6 +147,7 @@ class Engine:
         first = BatchSampler()
         first.set_rows([r.sampling for r in admitted])
         self.active.extend(admitted)
+        self.sampler.set_rows([r.sampling for r in self.active])
         self._accept_all(first.sample(last), offset=start)
 
     def _decode(self) -> None:
@@ -179,7 +180,6 @@ class Engine:
         done = [offset + i for i, token in enumerate(tokens) if self._accept(self.active[offset + i], token, now)]
         for index in reversed(done):
             self._remove(index)
-        self.sampler.set_rows([r.sampling for r in self.active])
 
     def _accept(self, request: GenRequest, token: int, now: float) -> bool:
         request.history.append(token)

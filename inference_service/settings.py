@@ -27,6 +27,8 @@ class InferenceSettings(ServerSettings):
     max_models: int = Field(default=8, ge=1, description="models held at once")
     max_new_tokens_limit: int = Field(default=4096, ge=1, description="largest max_new_tokens accepted")
     max_batch_size: int = Field(default=64, ge=1, description="sequences decoded together per model")
+    max_kv_cache_bytes: int = Field(default=1 << 30, ge=1 << 20,
+                                    description="KV cache memory per model; fewer batch rows if it is exceeded")
     max_queue: int = Field(default=256, ge=0, description="requests waiting for a batch slot per model")
     max_score_chars: int = Field(default=1_000_000, ge=2, description="longest text Score accepts")
     score_batch_windows: int = Field(default=16, ge=1, description="context windows per Score forward pass")
