@@ -196,7 +196,7 @@ async def test_requests_to_a_loading_model_are_unavailable(make_server: Any, mon
     from inference_service import registry
 
     release = threading.Event()
-    real = registry.load_checkpoint
+    real = registry.load_checkpoint  # type: ignore[attr-defined]
 
     def slow_load(*args: Any, **kwargs: Any) -> Any:
         release.wait(10)
