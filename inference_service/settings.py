@@ -29,6 +29,8 @@ class InferenceSettings(ServerSettings):
     max_batch_size: int = Field(default=64, ge=1, description="sequences decoded together per model")
     max_kv_cache_bytes: int = Field(default=1 << 30, ge=1 << 20,
                                     description="KV cache memory per model; fewer batch rows if it is exceeded")
+    kv_cache_dtype: str = Field(default="auto", pattern="^(auto|float32|bfloat16|float16)$",
+                                description="KV cache dtype: auto (the model's) or narrower to speed up big batches")
     max_queue: int = Field(default=256, ge=0, description="requests waiting for a batch slot per model")
     max_score_chars: int = Field(default=1_000_000, ge=2, description="longest text Score accepts")
     score_batch_windows: int = Field(default=16, ge=1, description="context windows per Score forward pass")
