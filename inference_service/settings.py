@@ -33,7 +33,7 @@ class InferenceSettings(ServerSettings):
                                 description="KV cache dtype: auto (the model's) or narrower to speed up big batches")
     max_queue: int = Field(default=256, ge=0, description="requests waiting for a batch slot per model")
     max_score_chars: int = Field(default=1_000_000, ge=2, description="longest text Score accepts")
-    score_batch_windows: int = Field(default=16, ge=1, description="context windows per Score forward pass")
+    score_batch_windows: int = Field(default=32, ge=1, description="context windows per Score forward pass")
     max_attention_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
                                      description="largest GetAttention tensor (also capped by max_message_bytes)")
     torch_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; default: all cores")
