@@ -203,7 +203,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = asyncio.run(run(args, Path(tmp)))
     out["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                      "threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype, "load_before": load, "load_after": os.getloadavg(),
+                      "threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype,
+                      "load_before": load, "load_after": os.getloadavg(),
                       "quick": args.quick, "time": datetime.now(UTC).isoformat()}
     print_table(out, load)
     results = ROOT / "bench" / "results"
