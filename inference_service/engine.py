@@ -99,7 +99,7 @@ class Engine:
                     self._step(admitted)
                 except Exception as exc:  # a bug or a device error: fail this batch, keep serving
                     log.exception("engine step failed")
-                    self._fail_all([*self.active, *admitted], exc)
+                    self._fail_all(list({id(r): r for r in [*self.active, *admitted]}.values()), exc)
                 self._m.running.set(len(self.active))
                 self._flush()
 
