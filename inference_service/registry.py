@@ -164,7 +164,8 @@ class ModelRegistry:
             model = entry.checkpoint.model
             entry.engine = await asyncio.to_thread(
                 Engine, name, model, entry.checkpoint.tokenizer.vocabulary, self._batch_rows(model.config),
-                self.settings.max_queue, self.metrics, DTYPES.get(self.settings.kv_cache_dtype))
+                self.settings.max_queue, self.metrics, DTYPES.get(self.settings.kv_cache_dtype),
+                self.settings.window_slide)
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
             entry.loaded.set()
