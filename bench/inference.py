@@ -34,6 +34,7 @@ from chargpt.core.model import GPT
 from chargpt.core.sampling import PRESETS, Preset, generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from inference_service.server import default_torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
@@ -196,7 +197,8 @@ def print_table(out: dict[str, Any], load: tuple[float, float, float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter Score texts")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server torch threads")
+    parser.add_argument("--threads", type=int, default=default_torch_threads(),
+                        help="torch threads of the server and the reference (default: the server's default)")
     parser.add_argument("--kv-cache-dtype", default="auto", help="server KV cache dtype (auto, bfloat16, ...)")
     args = parser.parse_args()
     load = os.getloadavg()

@@ -29,6 +29,12 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].ful
 log = logging.getLogger(__name__)
 
 
+def default_torch_threads() -> int:
+    """All cores but one, at most 8: the gRPC event loop keeps a core (when torch's threads share it, one
+    preempted worker stalls every parallel op), and this model's small matrices gain little past 8."""
+    return max(1, min(8, cpu_cores() - 1))
+
+
 def parse_preload(spec: str) -> list[tuple[str, str]]:
     """`name=path,name=trainer:JOB/best` -> [(name, path)]."""
     pairs = []
@@ -42,7 +48,7 @@ def parse_preload(spec: str) -> list[tuple[str, str]]:
 
 async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int]:
     """A ready-to-start inference server bound to settings.host:port; returns it and the bound port."""
-    torch.set_num_threads(settings.torch_threads or cpu_cores())
+    torch.set_num_threads(settings.torch_threads or default_torch_threads())
     preload = parse_preload(settings.preload)
     metrics = InferenceMetrics()
     server = new_server(settings, observer=metrics.rpcs.observe)
