@@ -171,7 +171,7 @@ async def run(args: argparse.Namespace, models_dir: Path) -> dict[str, Any]:
         server.terminate()
         server.wait(timeout=30)
     torch.set_num_threads(args.threads)
-    out["reference"] = reference(model, tokenizer, 64 if args.quick else NEW_TOKENS)
+    out["reference"] = reference(model, tokenizer, NEW_TOKENS)
     return out
 
 
@@ -196,7 +196,7 @@ def print_table(out: dict[str, Any], load: tuple[float, float, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter Score texts")
+    parser.add_argument("--quick", action="store_true", help="fewer single-stream rounds, shorter Score texts")
     parser.add_argument("--threads", type=int, default=default_torch_threads(),
                         help="torch threads of the server and the reference (default: the server's default)")
     parser.add_argument("--kv-cache-dtype", default="auto", help="server KV cache dtype (auto, bfloat16, ...)")
