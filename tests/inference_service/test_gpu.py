@@ -19,8 +19,10 @@ async def test_cuda_generation_score_and_attention(make_server: Any) -> None:
     reply = await s.load("tiny", "tiny", device="cuda", dtype="float32")
     assert reply.model.device.startswith("cuda")
     prompts = ["a", "hello there", "xyz" * 15]
-    request = lambda p: inference_pb2.GenerateRequest(  # noqa: E731
-        model="tiny", prompt=p, max_new_tokens=40, temperature=0.0)
+
+    def request(prompt: str) -> inference_pb2.GenerateRequest:
+        return inference_pb2.GenerateRequest(model="tiny", prompt=prompt, max_new_tokens=40, temperature=0.0)
+
     alone = [await s.stub.Generate(request(p), timeout=60) for p in prompts]
     together = await asyncio.gather(*[s.stub.Generate(request(p), timeout=60) for p in prompts])
     assert [r.text for r in together] == [r.text for r in alone]
