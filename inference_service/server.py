@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
+import torch
+
+from chargpt import errors
+from chargpt.core.device import cpu_cores
+from chargpt.server.metrics import MetricsEndpoint
 from chargpt.server.serving import (
     ManagedServer,
     add_health_and_reflection,
@@ -13,20 +19,73 @@ from chargpt.server.serving import (
     new_server,
     serve_forever,
 )
-from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from inference_service.metrics import InferenceMetrics
+from inference_service.registry import ModelRegistry
 from inference_service.servicer import InferenceServicer
 from inference_service.settings import InferenceSettings
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+log = logging.getLogger(__name__)
+
+
+def default_torch_threads() -> int:
+    """All cores but one, at most 8: the gRPC event loop keeps a core (when torch's threads share it, one
+    preempted worker stalls every parallel op), and this model's small matrices gain little past 8."""
+    return max(1, min(8, cpu_cores() - 1))
+
+
+def parse_preload(spec: str) -> list[tuple[str, str]]:
+    """`name=path,name=trainer:JOB/best` -> [(name, path)]."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise errors.InvalidArgumentError("preload", f"expected name=path, got {item!r}")
+        pairs.append((name.strip(), path.strip()))
+    return pairs
 
 
 async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int]:
     """A ready-to-start inference server bound to settings.host:port; returns it and the bound port."""
-    server = new_server(settings)
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(), server)
+    torch.set_num_threads(settings.torch_threads or default_torch_threads())
+    preload = parse_preload(settings.preload)
+    metrics = InferenceMetrics()
+    server = new_server(settings, observer=metrics.rpcs.observe)
     health = add_health_and_reflection(server, [SERVICE_NAME])
+    registry = ModelRegistry(settings, metrics, health)
+    servicer = InferenceServicer(settings, registry, metrics)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     port = bind(server, settings)
-    return ManagedServer(server, health, [SERVICE_NAME]), port
+    managed = ManagedServer(server, health, [SERVICE_NAME])
+    endpoint = MetricsEndpoint(settings, metrics.registry)
+    managed.on_start.append(endpoint.start)
+    managed.on_start.append(lambda: _preload(servicer, preload))
+    managed.on_stop.append(lambda: registry.drain(settings.shutdown_grace_seconds))
+    managed.on_stop.append(endpoint.stop)
+    # Tests and tools reach the internals through the server object.
+    managed.registry = registry  # type: ignore[attr-defined]
+    managed.metrics = metrics  # type: ignore[attr-defined]
+    return managed, port
+
+
+async def _preload(servicer: InferenceServicer, models: list[tuple[str, str]]) -> None:
+    """Load the --preload models; one that fails is logged (and listed as FAILED), the rest still load."""
+    for name, path in models:
+        try:
+            await servicer.LoadModel(_load_request(name, path), None)
+        except (errors.ChargptError, ValueError) as exc:
+            log.error("preloading %s from %s failed: %s", name, path, exc)
+
+
+def _load_request(name: str, path: str) -> inference_pb2.LoadModelRequest:
+    """A LoadModelRequest for `path` or `trainer:JOB[/best|/latest]`."""
+    if not path.startswith("trainer:"):
+        return inference_pb2.LoadModelRequest(name=name, checkpoint_path=path)
+    job, _, kind = path.removeprefix("trainer:").partition("/")
+    kind_value = common_pb2.CheckpointKind.Value(f"CHECKPOINT_KIND_{(kind or 'unspecified').upper()}")
+    ref = inference_pb2.TrainerCheckpointRef(job_id=job, kind=kind_value)
+    return inference_pb2.LoadModelRequest(name=name, trainer_checkpoint=ref)
 
 
 async def _serve(settings: InferenceSettings) -> None:
