@@ -8,7 +8,7 @@ from typing import Any
 
 # What Grafana substitutes before sending a query; any value of the right kind keeps the PromQL valid.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$model": ".*", "$job_id": ".*"}
-METRIC_NAME = re.compile(r"\b(chargpt_[a-z_]+)")
+METRIC_NAME = re.compile(r"\b(chargpt_[a-z0-9_]+)")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -33,8 +33,7 @@ def metric_names(expr: str) -> set[str]:
     names = set()
     for name in METRIC_NAME.findall(expr):
         for suffix in HISTOGRAM_SUFFIXES:
-            if name.endswith(suffix) and not name.endswith("_total"):
-                name = name.removesuffix(suffix)
+            name = name.removesuffix(suffix)
         names.add(name)
     return names
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -92,13 +93,8 @@ def stages(path: Path) -> dict[str, Stage]:
             words = [word for word in arguments.split() if not word.startswith("--")]
             base, name = words[0], words[2] if len(words) > 2 and words[1].upper() == "AS" else words[0]
             parent = result.get(base)
-            current = Stage(name=name, base=base)
-            if parent is not None:
-                current = Stage(name=name, base=base, env=dict(parent.env), copies=dict(parent.copies),
-                                entrypoint=list(parent.entrypoint), cmd=list(parent.cmd),
-                                healthcheck=list(parent.healthcheck),
-                                healthcheck_options=dict(parent.healthcheck_options),
-                                user=parent.user, exposed=list(parent.exposed))
+            # A stage built FROM an earlier stage inherits its ENV, files, user, entry point and health check.
+            current = replace(copy.deepcopy(parent), name=name, base=base) if parent else Stage(name=name, base=base)
             result[name] = current
         elif current is not None:
             _apply(current, keyword, arguments)
