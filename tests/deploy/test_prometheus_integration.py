@@ -252,9 +252,15 @@ def test_alert_rules_load_and_evaluate_cleanly(stack: Stack) -> None:
 
 def test_dashboard_queries_run_and_key_panels_have_data(stack: Stack) -> None:
     board = json.loads((DEPLOY / "grafana" / "dashboards" / "chargpt.json").read_text())
-    answered: dict[str, list[list[dict[str, Any]]]] = {}
-    for title, expr in dashboard.queries(board):
-        answered.setdefault(title, []).append(stack.query(expr))  # each must at least run
-    for title in ("Targets up", "Training jobs by state", "Loss", "Training throughput", "Time to first token",
-                  "Inter-token latency", "Requests running / waiting", "Tokens per second", "Requests by outcome"):
-        assert any(answered[title]), f"panel {title!r} has no data"
+    key_panels = ("Targets up", "Training jobs by state", "Loss", "Training throughput", "Time to first token",
+                  "Inter-token latency", "Requests running / waiting", "Tokens per second", "Requests by outcome")
+    deadline = time.monotonic() + 20  # rate() needs two samples of a series inside its window
+    while True:
+        answered: dict[str, list[list[dict[str, Any]]]] = {}
+        for title, expr in dashboard.queries(board):
+            answered.setdefault(title, []).append(stack.query(expr))  # every query must at least run
+        empty = [title for title in key_panels if not any(answered[title])]
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert empty == [], f"panels without data: {empty}"
