@@ -132,3 +132,19 @@ def test_checks_fail_on_a_broken_rule(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(check, "DEPLOY", tmp_path)
     with pytest.raises(AssertionError, match="ChargptRequestsQueueing"):
         check.check_prometheus()
+
+
+def test_checks_fail_on_a_bad_dockerfile_and_a_bad_compose_file(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM python:latest\nRUN cd /src && pip install chargpt\n")
+    (tmp_path / "compose").mkdir()
+    (tmp_path / "compose" / "compose.yaml").write_text("services:\n  web:\n    image: x\n    ports: 8080\n")
+    monkeypatch.setattr(check, "DEPLOY", tmp_path)
+    try:
+        with pytest.raises(AssertionError, match="DL3007"):  # the `latest` tag
+            check.check_dockerfiles()
+        with pytest.raises(AssertionError, match="ports"):
+            check.compose_config("compose.yaml")
+    except check.Skip as reason:
+        pytest.skip(str(reason))

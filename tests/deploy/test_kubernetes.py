@@ -183,3 +183,14 @@ def test_multinode_command_is_accepted_by_torchrun_and_the_trainer_worker() -> N
     assert (parsed.nnodes, parsed.nproc_per_node, parsed.node_rank) == (env["NNODES"], env["NPROC_PER_NODE"], 1)
     assert parsed.master_port == int(env["MASTER_PORT"])
     assert worker.parse_args(parsed.training_script_args).job_dir == Path(env["CHARGPT_JOB_DIR"])
+
+
+def test_a_manifest_no_kustomization_lists_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "k8s" / "app").mkdir(parents=True)
+    (tmp_path / "k8s" / "app" / "kustomization.yaml").write_text("resources: [cm.yaml]\n")
+    (tmp_path / "k8s" / "app" / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
+    monkeypatch.setattr(check, "DEPLOY", tmp_path)
+    check.check_kubernetes()
+    (tmp_path / "k8s" / "app" / "forgotten.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: b}\n")
+    with pytest.raises(AssertionError, match=r"forgotten\.yaml"):
+        check.check_kubernetes()
