@@ -94,6 +94,11 @@ class JobManager:
         plan = self.plan(job_id)
         return plan.batch_size * plan.model.block_size
 
+    def running_process(self, job_id: str) -> asyncio.subprocess.Process | None:
+        """The top worker process of a running job (torchrun's for multi-process jobs)."""
+        run = self._running.get(job_id)
+        return run.process if run is not None else None
+
     # ---- life cycle
 
     async def start(self) -> None:
