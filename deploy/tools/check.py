@@ -15,12 +15,13 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from deploy.tools import kustomize
+from deploy.tools import kustomize, prometheusrule
 from deploy.tools.dashboard import promql_as_rules
 
 DEPLOY = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.34.0"  # a recent release; kubernetes-validate ships its schemas, so this runs offline
-CRD_SCHEMAS = {("monitoring.coreos.com/v1", "PodMonitor"): DEPLOY / "k8s" / "schemas" / "podmonitor.schema.json"}
+CRD_SCHEMAS = {("monitoring.coreos.com/v1", kind): DEPLOY / "k8s" / "schemas" / f"{kind.lower()}.schema.json"
+               for kind in ("PodMonitor", "PrometheusRule")}
 
 
 class Skip(Exception):
@@ -93,6 +94,12 @@ def check_prometheus() -> None:
     _run([promtool, "test", "rules", "alerts_test.yml"], cwd=prometheus_dir)
 
 
+def check_generated() -> None:
+    """deploy/k8s/base/prometheusrule.yaml must be what alerts.yml generates."""
+    if prometheusrule.TARGET.read_text(encoding="utf-8") != prometheusrule.render():
+        raise AssertionError("prometheusrule.yaml is stale: run `python -m deploy.tools.prometheusrule`")
+
+
 def check_dashboard() -> None:
     """The dashboard's PromQL must parse: promtool checks it as a file of recording rules."""
     promtool = _tool("promtool")
@@ -135,6 +142,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "docker-compose config": check_compose,
     f"kubernetes-validate (k8s {K8S_VERSION}, strict) + kustomize render": check_kubernetes,
     "promtool check config/rules + test rules": check_prometheus,
+    "PrometheusRule generated from alerts.yml": check_generated,
     "promtool: dashboard PromQL": check_dashboard,
 }
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy.tools import check, kustomize
+from deploy.tools import check, kustomize, prometheusrule
 
 K8S = check.DEPLOY / "k8s"
 
@@ -194,3 +194,18 @@ def test_a_manifest_no_kustomization_lists_is_an_error(tmp_path: Path, monkeypat
     (tmp_path / "k8s" / "app" / "forgotten.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: b}\n")
     with pytest.raises(AssertionError, match=r"forgotten\.yaml"):
         check.check_kubernetes()
+
+
+def test_prometheus_rule_carries_exactly_the_tested_alerts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    rule = rendered("base")[("monitoring.coreos.com", "PrometheusRule", "chargpt")]
+    alerts = yaml.safe_load((check.DEPLOY / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    stale = tmp_path / "prometheusrule.yaml"
+    stale.write_text(prometheusrule.render().replace("for: 2m", "for: 1m"))
+    monkeypatch.setattr(prometheusrule, "TARGET", stale)
+    with pytest.raises(AssertionError, match="stale"):
+        check.check_generated()
+    broken = copy.deepcopy(rule)
+    broken["spec"]["groups"][0]["rules"][0]["labels"]["severity"] = 3  # labels are strings
+    with pytest.raises(AssertionError, match="PrometheusRule"):
+        check.validate_resource(broken, "bad")
