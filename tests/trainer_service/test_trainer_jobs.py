@@ -114,13 +114,18 @@ async def test_server_restart_requeues_and_finishes_with_the_right_step_count(tr
     assert progress_steps == list(range(1, 31))
 
 
-async def test_two_process_ddp_job_under_torchrun(trainer: Trainer) -> None:
+async def test_two_process_ddp_job_under_torchrun_cancels_and_resumes(trainer: Trainer) -> None:
     """The fake engine all-reduces over gloo every step, so this fails unless both ranks run and talk."""
     corpus = (await trainer.upload(sample_text(2000))).corpus
-    job = await trainer.create_job(corpus.corpus_id, max_steps=10, num_processes=2)
+    job = await trainer.create_job(corpus.corpus_id, max_steps=40, num_processes=2)
     assert job.resources.num_processes == 2
+    await trainer.wait_for(job.job_id, [RUNNING], min_step=5, timeout=90)
+    started = time.monotonic()
+    cancelled = (await trainer.stub.CancelTrainingJob(S.CancelTrainingJobRequest(job_id=job.job_id))).job
+    assert cancelled.state == S.JOB_STATE_CANCELLED and time.monotonic() - started < 15  # torchrun forwards
+    assert (await checkpoint_steps(trainer, job.job_id))[common_pb2.CHECKPOINT_KIND_LATEST] == cancelled.step
+    await trainer.stub.ResumeTrainingJob(S.ResumeTrainingJobRequest(job_id=job.job_id))
     done = await trainer.wait_for(job.job_id, [S.JOB_STATE_SUCCEEDED], timeout=90)
-    assert done.step == 10
-    assert (await checkpoint_steps(trainer, job.job_id))[common_pb2.CHECKPOINT_KIND_LATEST] == 10
+    assert done.step == 40
     log = (trainer.data_dir / "jobs" / job.job_id / "worker.log").read_text()
-    assert log.count("worker: finished at step 10") == 2  # one line per rank
+    assert log.count("worker: finished at step 40") == 2  # one line per rank
