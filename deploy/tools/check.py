@@ -64,6 +64,9 @@ def validate_resource(resource: kustomize.Resource, where: str) -> None:
             kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
     except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as error:
         raise AssertionError(f"{where}: {kustomize.resource_id(resource)}: {error.message}") from error
+    except kubernetes_validate.SchemaNotFoundError as error:
+        raise AssertionError(f"{where}: {kustomize.resource_id(resource)}: no schema for this kind; "
+                             f"vendor a minimal one in k8s/schemas and list it in CRD_SCHEMAS") from error
 
 
 def check_kubernetes() -> None:

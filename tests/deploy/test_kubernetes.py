@@ -209,3 +209,9 @@ def test_prometheus_rule_carries_exactly_the_tested_alerts(monkeypatch: pytest.M
     broken["spec"]["groups"][0]["rules"][0]["labels"]["severity"] = 3  # labels are strings
     with pytest.raises(AssertionError, match="PrometheusRule"):
         check.validate_resource(broken, "bad")
+
+
+def test_a_kind_without_any_schema_is_an_error_not_a_pass() -> None:
+    unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {}}
+    with pytest.raises(AssertionError, match="no schema"):
+        check.validate_resource(unknown, "custom")
