@@ -37,13 +37,13 @@ class Engine:
     """Owns one model's cache and decode thread; `submit` is called from the event loop."""
 
     def __init__(self, name: str, model: GPT, vocabulary: str, max_batch: int, max_queue: int,
-                 metrics: InferenceMetrics) -> None:
+                 metrics: InferenceMetrics, cache_dtype: torch.dtype | None = None) -> None:
         self.model, self.vocabulary = model, vocabulary
         self.block_size = model.config.block_size
         self.keep = self.block_size - max(1, self.block_size // 4)
         weight = next(model.parameters())
         self.device = weight.device
-        self.cache = KVCache(model.config, max_batch, device=self.device, dtype=weight.dtype)
+        self.cache = KVCache(model.config, max_batch, device=self.device, dtype=cache_dtype or weight.dtype)
         self.decoder = FastDecoder(model, self.cache)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.active: list[GenRequest] = []
@@ -141,12 +141,12 @@ class Engine:
             self._m.prompt_tokens.inc(lengths[i])
         length_t = torch.tensor(lengths)
         rows = torch.arange(start, start + n)
-        logits = self.model.prefill(padded.to(self.device), length_t.to(self.device), self.cache,
-                                    rows.to(self.device))
+        logits = self._prefill(padded.to(self.device), length_t.to(self.device), rows.to(self.device))
         last = logits[torch.arange(n, device=self.device), (length_t - 1).to(self.device)]
         first = BatchSampler()
         first.set_rows([r.sampling for r in admitted])
         self.active.extend(admitted)
+        self.sampler.set_rows([r.sampling for r in self.active])
         self._accept_all(first.sample(last), offset=start)
 
     def _decode(self) -> None:
@@ -167,11 +167,23 @@ class Engine:
         """Rebuild a full row from the last `keep` characters before the pending one (see module doc)."""
         if self.keep:
             context = torch.tensor([request.history[-(self.keep + 1):-1]], device=self.device)
-            self.model.prefill(context, torch.tensor([self.keep], device=self.device), self.cache,
-                               torch.tensor([index], device=self.device))
+            self._prefill(context, torch.tensor([self.keep], device=self.device),
+                          torch.tensor([index], device=self.device))
         else:
             self.cache.lengths[index] = 0
         request.cache_len = self.keep
+
+    def _prefill(self, idx: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """GPT.prefill into cache rows; through a scratch cache in the model's dtype if the cache's differs."""
+        if self.cache.k.dtype == self.model.wte.weight.dtype:
+            return self.model.prefill(idx, lengths, self.cache, rows)
+        n, T = idx.shape
+        scratch = KVCache(self.model.config, n, device=self.device, dtype=self.model.wte.weight.dtype, max_len=T)
+        logits = self.model.prefill(idx, lengths, scratch)
+        self.cache.k[:, rows, :, :T] = scratch.k.to(self.cache.k.dtype)
+        self.cache.v[:, rows, :, :T] = scratch.v.to(self.cache.v.dtype)
+        self.cache.lengths[rows] = lengths
+        return logits
 
     def _accept_all(self, tokens: list[int], offset: int) -> None:
         """Record one new character for rows offset.., then remove the sequences that finished."""
@@ -179,7 +191,6 @@ class Engine:
         done = [offset + i for i, token in enumerate(tokens) if self._accept(self.active[offset + i], token, now)]
         for index in reversed(done):
             self._remove(index)
-        self.sampler.set_rows([r.sampling for r in self.active])
 
     def _accept(self, request: GenRequest, token: int, now: float) -> bool:
         request.history.append(token)

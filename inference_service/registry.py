@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2
 
 from chargpt import errors
 from chargpt.core.checkpoint import Checkpoint, load_checkpoint
+from chargpt.core.config import ModelConfig
 from chargpt.core.device import probe_device, torch_device_string
 from inference_service.engine import Engine
 from inference_service.metrics import InferenceMetrics
@@ -162,8 +163,8 @@ class ModelRegistry:
             entry.checkpoint = await asyncio.to_thread(load_checkpoint, path, torch_device, torch_dtype)
             model = entry.checkpoint.model
             entry.engine = await asyncio.to_thread(
-                Engine, name, model, entry.checkpoint.tokenizer.vocabulary, self.settings.max_batch_size,
-                self.settings.max_queue, self.metrics)
+                Engine, name, model, entry.checkpoint.tokenizer.vocabulary, self._batch_rows(model.config),
+                self.settings.max_queue, self.metrics, DTYPES.get(self.settings.kv_cache_dtype))
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
             entry.loaded.set()
@@ -176,6 +177,12 @@ class ModelRegistry:
         await self._set_health(name, True)
         log.info("model %s ready (%s on %s, %s)", name, source, torch_device, entry.dtype)
         return entry, True
+
+    def _batch_rows(self, config: ModelConfig) -> int:
+        """max_batch_size, or fewer rows if their keys and values would exceed max_kv_cache_bytes."""
+        itemsize = DTYPES.get(self.settings.kv_cache_dtype, torch.float32).itemsize
+        row_bytes = 2 * config.n_layer * config.block_size * config.n_embd * itemsize
+        return max(1, min(self.settings.max_batch_size, self.settings.max_kv_cache_bytes // row_bytes))
 
     async def unload(self, name: str) -> None:
         """Refuse new requests, let in-flight ones finish, then free the model."""

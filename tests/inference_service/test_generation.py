@@ -122,3 +122,13 @@ async def test_a_second_model_serves_alongside(served: Served) -> None:
         served.stub.Generate(Req(model="tiny", prompt="ab", max_new_tokens=40, temperature=0.0), timeout=60),
         served.stub.Generate(Req(model="other", prompt="ab", max_new_tokens=40, temperature=0.0), timeout=60))
     assert len(a.text) == len(b.text) == 40
+
+
+async def test_bfloat16_kv_cache_batched_equals_alone(make_server: Any) -> None:
+    s: Served = await make_server(kv_cache_dtype="bfloat16")
+    write_checkpoint(s.models_dir / "tiny")
+    await s.load("tiny", "tiny")
+    prompts = ["a", "hello there", "What, ho!", "xyz" * 15]
+    alone = [await _generate(s, prompt=p, max_new_tokens=40, temperature=0.0) for p in prompts]
+    together = await asyncio.gather(*[_generate(s, prompt=p, max_new_tokens=40, temperature=0.0) for p in prompts])
+    assert [r.text for r in together] == [r.text for r in alone]
