@@ -34,6 +34,7 @@ from chargpt.core.model import GPT
 from chargpt.core.sampling import PRESETS, Preset, generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from inference_service.server import default_torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
@@ -170,7 +171,7 @@ async def run(args: argparse.Namespace, models_dir: Path) -> dict[str, Any]:
         server.terminate()
         server.wait(timeout=30)
     torch.set_num_threads(args.threads)
-    out["reference"] = reference(model, tokenizer, 64 if args.quick else NEW_TOKENS)
+    out["reference"] = reference(model, tokenizer, NEW_TOKENS)
     return out
 
 
@@ -195,8 +196,9 @@ def print_table(out: dict[str, Any], load: tuple[float, float, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter Score texts")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server torch threads")
+    parser.add_argument("--quick", action="store_true", help="fewer single-stream rounds, shorter Score texts")
+    parser.add_argument("--threads", type=int, default=default_torch_threads(),
+                        help="torch threads of the server and the reference (default: the server's default)")
     parser.add_argument("--kv-cache-dtype", default="auto", help="server KV cache dtype (auto, bfloat16, ...)")
     args = parser.parse_args()
     load = os.getloadavg()

@@ -5,11 +5,11 @@ gathered copies: newcomers are prefilled into the rows after the last active one
 row is refilled by moving the last active row into it (swap-remove).
 
 When a sequence fills the context window (block_size positions), its cache row is rebuilt from its last
-`keep = block_size - max(1, block_size // 4)` characters (positions 0..keep-1) and decoding goes on from there,
-so every character is predicted from between keep+1 and block_size characters of context. The notebook crops
-to the last block_size characters at every step, which needs a full forward pass per character; this sliding
-re-prefill costs one prefill per block_size/4 characters instead, and matches the notebook exactly until the
-window first fills.
+`keep = block_size - slide` characters (positions 0..keep-1; slide defaults to block_size // 4) and decoding
+goes on from there, so every character is predicted from between keep+1 and block_size characters of context.
+The notebook crops to the last block_size characters at every step, which needs a full forward pass per
+character; the sliding re-prefill costs one prefill per `slide` characters instead, and matches the notebook
+exactly until the window first fills. slide = 1 reproduces the notebook exactly, at the notebook's cost.
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ class Engine:
     """Owns one model's cache and decode thread; `submit` is called from the event loop."""
 
     def __init__(self, name: str, model: GPT, vocabulary: str, max_batch: int, max_queue: int,
-                 metrics: InferenceMetrics, cache_dtype: torch.dtype | None = None) -> None:
+                 metrics: InferenceMetrics, cache_dtype: torch.dtype | None = None, window_slide: int = 0
+                 ) -> None:
         self.model, self.vocabulary = model, vocabulary
         self.block_size = model.config.block_size
-        self.keep = self.block_size - max(1, self.block_size // 4)
+        slide = window_slide or max(1, self.block_size // 4)
+        self.keep = self.block_size - min(slide, self.block_size)
         weight = next(model.parameters())
         self.device = weight.device
         self.cache = KVCache(model.config, max_batch, device=self.device, dtype=cache_dtype or weight.dtype)
@@ -99,7 +101,7 @@ class Engine:
                     self._step(admitted)
                 except Exception as exc:  # a bug or a device error: fail this batch, keep serving
                     log.exception("engine step failed")
-                    self._fail_all([*self.active, *admitted], exc)
+                    self._fail_all(list({id(r): r for r in [*self.active, *admitted]}.values()), exc)
                 self._m.running.set(len(self.active))
                 self._flush()
 
