@@ -116,10 +116,10 @@ class Engine:
 
     def _abandoned(self, request: GenRequest, now: float) -> bool:
         """Finish a cancelled or expired request; True if it was."""
-        if request.cancelled:
-            self._finish(request, Finish.CANCELLED)
-        elif request.deadline is not None and now > request.deadline:
+        if request.deadline is not None and now > request.deadline:  # first: gRPC also cancels it then
             self._finish(request, Finish.DEADLINE)
+        elif request.cancelled:
+            self._finish(request, Finish.CANCELLED)
         else:
             return False
         return True

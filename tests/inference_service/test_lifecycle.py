@@ -127,6 +127,7 @@ async def test_deadline_exceeded_drops_the_request(served: Served) -> None:
     call = served.stub.Generate(Req(model="tiny", prompt="a", max_new_tokens=4000), timeout=0.3)
     assert await _code(call) == grpc.StatusCode.DEADLINE_EXCEEDED
     await _until(lambda: served.metric("chargpt_inference_requests_running", model="tiny") == 0)
+    assert served.metric("chargpt_inference_request_failure_total", model="tiny", reason="deadline_exceeded") == 1
     reply = await served.stub.Generate(Req(model="tiny", prompt="a", max_new_tokens=3), timeout=10)
     assert len(reply.text) == 3
 
