@@ -7,13 +7,17 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from chargpt_client import types as t
 from chargpt_client.options import ClientOptions, TlsOptions
 from chargpt_client.sync import InferenceClient, TrainerClient
 
 Handler = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:  # not subscriptable at run time
+    SubParsers = argparse._SubParsersAction
 
 
 class UsageError(Exception):
@@ -95,7 +99,7 @@ def fmt(value: Any) -> str:
 def duration(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 

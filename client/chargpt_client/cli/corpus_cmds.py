@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 from chargpt_client import types as t
-from chargpt_client.cli.common import UsageError, print_json, print_table, trainer_client
+from chargpt_client.cli.common import SubParsers, UsageError, print_json, print_table, trainer_client
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-             parent: argparse.ArgumentParser) -> None:
+def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
     corpus = subparsers.add_parser("corpus", help="upload and manage training corpora")
     sub = corpus.add_subparsers(dest="corpus_command", metavar="COMMAND", required=True)
 

@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 
 from chargpt_client import types as t
-from chargpt_client.cli.common import UsageError, fmt, inference_client, print_json, print_table
+from chargpt_client.cli.common import SubParsers, UsageError, fmt, inference_client, print_json, print_table
 from chargpt_client.ops import PRESETS
 from chargpt_client.tokenizer import CharMapping
-
-SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:

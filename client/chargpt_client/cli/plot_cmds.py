@@ -6,10 +6,8 @@ import argparse
 
 from chargpt_client import plots
 from chargpt_client import types as t
-from chargpt_client.cli.common import inference_client, print_json, trainer_client
+from chargpt_client.cli.common import SubParsers, inference_client, print_json, trainer_client
 from chargpt_client.sync import TrainerClient
-
-SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:

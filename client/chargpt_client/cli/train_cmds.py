@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 from chargpt_client import types as t
-from chargpt_client.cli.common import UsageError, fmt, print_json, print_table, trainer_client
+from chargpt_client.cli.common import SubParsers, UsageError, fmt, print_json, print_table, trainer_client
 from chargpt_client.cli.progress import JobProgress
 from chargpt_client.ops import JOB_STATES
 from chargpt_client.sync import TrainerClient
 
-SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 TRAINING_FLAGS = {  # flag -> (TrainingSpec field, type)
     "--max-steps": ("max_steps", int), "--batch-size": ("batch_size", int),
     "--learning-rate": ("learning_rate", float), "--warmup-steps": ("warmup_steps", int),
