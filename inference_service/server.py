@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
+import torch
+
+from chargpt import errors
+from chargpt.core.device import cpu_cores
+from chargpt.server.metrics import MetricsEndpoint
 from chargpt.server.serving import (
     ManagedServer,
     add_health_and_reflection,
@@ -14,19 +20,57 @@ from chargpt.server.serving import (
     serve_forever,
 )
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from inference_service.metrics import InferenceMetrics
+from inference_service.registry import ModelRegistry
 from inference_service.servicer import InferenceServicer
 from inference_service.settings import InferenceSettings
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+log = logging.getLogger(__name__)
+
+
+def parse_preload(spec: str) -> list[tuple[str, str]]:
+    """`name=path,name=path` -> [(name, path)]."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise errors.InvalidArgumentError("preload", f"expected name=path, got {item!r}")
+        pairs.append((name.strip(), path.strip()))
+    return pairs
 
 
 async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int]:
     """A ready-to-start inference server bound to settings.host:port; returns it and the bound port."""
-    server = new_server(settings)
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(), server)
+    torch.set_num_threads(settings.torch_threads or cpu_cores())
+    preload = parse_preload(settings.preload)
+    metrics = InferenceMetrics()
+    server = new_server(settings, observer=metrics.rpcs.observe)
     health = add_health_and_reflection(server, [SERVICE_NAME])
+    registry = ModelRegistry(settings, metrics, health)
+    servicer = InferenceServicer(settings, registry, metrics)
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     port = bind(server, settings)
-    return ManagedServer(server, health, [SERVICE_NAME]), port
+    managed = ManagedServer(server, health, [SERVICE_NAME])
+    endpoint = MetricsEndpoint(settings, metrics.registry)
+    managed.on_start.append(endpoint.start)
+    managed.on_start.append(lambda: _preload(servicer, preload))
+    managed.on_stop.append(lambda: registry.drain(settings.shutdown_grace_seconds))
+    managed.on_stop.append(endpoint.stop)
+    # Tests and tools reach the internals through the server object.
+    managed.registry = registry  # type: ignore[attr-defined]
+    managed.metrics = metrics  # type: ignore[attr-defined]
+    return managed, port
+
+
+async def _preload(servicer: InferenceServicer, models: list[tuple[str, str]]) -> None:
+    """Load the --preload models; one that fails is logged (and listed as FAILED), the rest still load."""
+    for name, path in models:
+        request = inference_pb2.LoadModelRequest(name=name, checkpoint_path=path)
+        try:
+            await servicer.LoadModel(request, None)
+        except errors.ChargptError as exc:
+            log.error("preloading %s from %s failed: %s", name, path, exc)
 
 
 async def _serve(settings: InferenceSettings) -> None:

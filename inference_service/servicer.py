@@ -1,9 +1,216 @@
-"""InferenceService handlers: validate, convert, call the engine, convert back."""
+"""InferenceService handlers: validate, convert, call the registry and engines, convert back."""
 
 from __future__ import annotations
 
-from chargpt.v1 import inference_pb2_grpc
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from chargpt import errors
+from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from inference_service import scoring
+from inference_service.convert import build_request, model_to_proto, summary_to_proto
+from inference_service.fetch import download_checkpoint
+from inference_service.metrics import InferenceMetrics
+from inference_service.registry import TRAINER_CACHE, ModelEntry, ModelRegistry
+from inference_service.requests import Finish, GenRequest, Summary
+from inference_service.settings import InferenceSettings
+
+T = TypeVar("T")
+MESSAGE_OVERHEAD = 64 * 1024  # room for the tokens and framing next to the attention tensor
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    """Every RPC of the v1 API; those not built yet answer UNIMPLEMENTED."""
+    """Every RPC of the v1 inference API."""
+
+    def __init__(self, settings: InferenceSettings, registry: ModelRegistry, metrics: InferenceMetrics) -> None:
+        self.settings, self.registry, self.metrics = settings, registry, metrics
+
+    # ---- models ----
+
+    async def LoadModel(self, request: inference_pb2.LoadModelRequest,
+                        context: grpc.aio.ServicerContext) -> inference_pb2.LoadModelResponse:
+        source_kind = request.WhichOneof("source")
+        if source_kind == "checkpoint_path":
+            path = self.registry.resolve_path(request.checkpoint_path)
+            relative = path.relative_to(self.settings.models_dir.resolve())
+            source = f"path:{relative.as_posix()}"
+
+            async def locate() -> Path:
+                return path
+        elif source_kind == "trainer_checkpoint":
+            ref = request.trainer_checkpoint
+            kind = common_pb2.CheckpointKind.Name(ref.kind).removeprefix("CHECKPOINT_KIND_").lower()
+            source = f"trainer:{ref.job_id}/{kind}"
+
+            async def locate() -> Path:
+                return await download_checkpoint(
+                    self.settings.trainer_address, self.settings.trainer_auth_token, ref.job_id, ref.kind,
+                    self.settings.models_dir / TRAINER_CACHE, self.settings.download_chunk_bytes)
+        else:
+            raise errors.InvalidArgumentError("source", "give checkpoint_path or trainer_checkpoint")
+        entry, loaded = await self.registry.load(request.name, source, locate, request.device, request.dtype)
+        return inference_pb2.LoadModelResponse(model=model_to_proto(entry), loaded=loaded)
+
+    async def UnloadModel(self, request: inference_pb2.UnloadModelRequest,
+                          context: grpc.aio.ServicerContext) -> inference_pb2.UnloadModelResponse:
+        await self.registry.unload(request.name)
+        return inference_pb2.UnloadModelResponse()
+
+    async def ListModels(self, request: inference_pb2.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> inference_pb2.ListModelsResponse:
+        entries = sorted(self.registry.models.values(), key=lambda e: e.name)
+        return inference_pb2.ListModelsResponse(models=[model_to_proto(e) for e in entries])
+
+    async def GetModel(self, request: inference_pb2.GetModelRequest,
+                       context: grpc.aio.ServicerContext) -> inference_pb2.GetModelResponse:
+        if not request.name:
+            raise errors.InvalidArgumentError("name", "is required")
+        return inference_pb2.GetModelResponse(model=model_to_proto(self.registry.get(request.name)))
+
+    # ---- generation ----
+
+    async def GenerateStream(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+                             ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
+        entry, job = self._start(request, context)
+        try:
+            while True:
+                text, summary = await _next_events(job)
+                if summary is not None:
+                    yield inference_pb2.GenerateStreamResponse(text=text, summary=_checked(summary))
+                    return
+                yield inference_pb2.GenerateStreamResponse(text=text)
+        finally:
+            job.cancel()  # a no-op when finished; otherwise the engine drops it at its next step
+            self.registry.release(entry)
+
+    async def Generate(self, request: inference_pb2.GenerateRequest,
+                       context: grpc.aio.ServicerContext) -> inference_pb2.GenerateResponse:
+        entry, job = self._start(request, context)
+        parts: list[str] = []
+        try:
+            while True:
+                text, summary = await _next_events(job)
+                parts.append(text)
+                if summary is not None:
+                    return inference_pb2.GenerateResponse(text="".join(parts), summary=_checked(summary))
+        finally:
+            job.cancel()
+            self.registry.release(entry)
+
+    def _start(self, request: inference_pb2.GenerateRequest,
+               context: grpc.aio.ServicerContext) -> tuple[ModelEntry, GenRequest]:
+        model_name = request.model
+        entry = self.registry.acquire(model_name)
+        try:
+            assert entry.checkpoint is not None and entry.engine is not None
+            job = build_request(request, entry.checkpoint.tokenizer, entry.checkpoint.model.config.block_size,
+                                self.settings.max_new_tokens_limit, context.time_remaining())
+            entry.engine.submit(job)
+        except errors.ChargptError as exc:
+            reason = "queue_full" if isinstance(exc, errors.ResourceExhaustedError) else "rejected"
+            self.metrics.failure.labels(model=model_name, reason=reason).inc()
+            self.registry.release(entry)
+            raise
+        except BaseException:
+            self.registry.release(entry)
+            raise
+        return entry, job
+
+    # ---- scoring and attention ----
+
+    async def Score(self, request: inference_pb2.ScoreRequest,
+                    context: grpc.aio.ServicerContext) -> inference_pb2.ScoreResponse:
+        entry = self.registry.acquire(request.model)
+        try:
+            assert entry.checkpoint is not None
+            block = entry.checkpoint.model.config.block_size
+            if len(request.text) > self.settings.max_score_chars:
+                raise errors.ResourceExhaustedError(f"text has {len(request.text)} characters; the limit is "
+                                                    f"{self.settings.max_score_chars}")
+            if len(request.text) < 2:
+                raise errors.InvalidArgumentError("text", "needs at least 2 characters")
+            stride = request.stride or max(1, block // 2)
+            if not 1 <= stride <= block:
+                raise errors.InvalidArgumentError("stride", f"must be 1..{block} (block_size), got {request.stride}")
+            ids = entry.checkpoint.tokenizer.encode(request.text, field="text")
+            result = await self._in_model_thread(entry, scoring.score, entry.checkpoint.model, ids, stride,
+                                                 self.settings.score_batch_windows, request.include_token_logprobs)
+            self.metrics.score_requests.labels(model=entry.name).inc()
+            return inference_pb2.ScoreResponse(mean_nll=result.mean_nll, bits_per_char=result.bits_per_char,
+                                               perplexity=result.perplexity, num_tokens=result.num_tokens,
+                                               token_logprobs=result.token_logprobs)
+        finally:
+            self.registry.release(entry)
+
+    async def GetAttention(self, request: inference_pb2.GetAttentionRequest,
+                           context: grpc.aio.ServicerContext) -> inference_pb2.GetAttentionResponse:
+        entry = self.registry.acquire(request.model)
+        try:
+            assert entry.checkpoint is not None
+            config = entry.checkpoint.model.config
+            if not 1 <= len(request.text) <= config.block_size:
+                raise errors.InvalidArgumentError("text", f"must be 1..{config.block_size} characters")
+            layers = _selection("layers", list(request.layers), config.n_layer)
+            heads = _selection("heads", list(request.heads), config.n_head)
+            dtype = request.dtype or common_pb2.TENSOR_DTYPE_FLOAT16
+            if dtype not in (common_pb2.TENSOR_DTYPE_FLOAT16, common_pb2.TENSOR_DTYPE_FLOAT32):
+                raise errors.InvalidArgumentError("dtype", f"unknown tensor dtype {request.dtype}")
+            ids = entry.checkpoint.tokenizer.encode(request.text, field="text")
+            T = len(ids)
+            size = len(layers) * len(heads) * T * T * (2 if dtype == common_pb2.TENSOR_DTYPE_FLOAT16 else 4)
+            cap = min(self.settings.max_attention_bytes, self.settings.max_message_bytes - MESSAGE_OVERHEAD)
+            if size > cap:
+                raise errors.ResourceExhaustedError(f"the attention tensor would be {size} bytes; the limit is "
+                                                    f"{cap} (select fewer layers/heads or use FLOAT16)")
+            weights = await self._in_model_thread(entry, scoring.attention, entry.checkpoint.model, ids, layers,
+                                                  heads)
+            np_dtype = "<f2" if dtype == common_pb2.TENSOR_DTYPE_FLOAT16 else "<f4"
+            data = weights.numpy().astype(np_dtype).tobytes()
+            self.metrics.attention_requests.labels(model=entry.name).inc()
+            tensor = common_pb2.Tensor(shape=list(weights.shape), dtype=dtype, data=data)
+            return inference_pb2.GetAttentionResponse(tokens=list(request.text), layers=layers, heads=heads,
+                                                      weights=tensor)
+        finally:
+            self.registry.release(entry)
+
+    @staticmethod
+    async def _in_model_thread(entry: ModelEntry, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(entry.executor, fn, *args)
+
+
+def _selection(field: str, chosen: list[int], count: int) -> list[int]:
+    if not chosen:
+        return list(range(count))
+    bad = [i for i in chosen if not 0 <= i < count]
+    if bad:
+        raise errors.InvalidArgumentError(field, f"{bad[:5]} out of range 0..{count - 1}")
+    return chosen
+
+
+async def _next_events(job: GenRequest) -> tuple[str, Summary | None]:
+    """Wait for the engine, then take everything already queued: text coalesces under load."""
+    parts, summary = [], None
+    item = await job.events.get()
+    while True:
+        if isinstance(item, Summary):
+            summary = item
+            break
+        parts.append(item)
+        if job.events.empty():
+            break
+        item = job.events.get_nowait()
+    return "".join(parts), summary
+
+
+def _checked(summary: Summary) -> inference_pb2.GenerationSummary:
+    """The summary message, or the error that ended the generation (deadline, engine failure)."""
+    if summary.finish is Finish.DEADLINE:
+        raise TimeoutError("the request's deadline passed")
+    if summary.finish is Finish.ERROR:
+        raise errors.ChargptError(f"generation failed: {summary.error}")
+    return summary_to_proto(summary)

@@ -1,0 +1,93 @@
+"""Request validation and proto conversion: GenerateRequest -> GenRequest, engine results -> messages."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+
+from chargpt.core.sampling import Preset, resolve_sampling
+from chargpt.core.tokenizer import CharTokenizer
+from chargpt.errors import InvalidArgumentError
+from chargpt.v1 import common_pb2, inference_pb2
+from inference_service.registry import ModelEntry, State
+from inference_service.requests import Finish, GenRequest, Summary
+
+DEFAULT_MAX_NEW_TOKENS = 256
+MAX_STOPS, MAX_STOP_CHARS = 16, 64
+PRESETS = {inference_pb2.SAMPLING_PRESET_FOCUSED: Preset.FOCUSED,
+           inference_pb2.SAMPLING_PRESET_BALANCED: Preset.BALANCED,
+           inference_pb2.SAMPLING_PRESET_CREATIVE: Preset.CREATIVE}
+FINISH = {Finish.LENGTH: inference_pb2.FINISH_REASON_LENGTH, Finish.STOP: inference_pb2.FINISH_REASON_STOP,
+          Finish.CANCELLED: inference_pb2.FINISH_REASON_CANCELLED,
+          Finish.DEADLINE: inference_pb2.FINISH_REASON_CANCELLED}
+STATES = {State.LOADING: inference_pb2.MODEL_STATE_LOADING, State.READY: inference_pb2.MODEL_STATE_READY,
+          State.FAILED: inference_pb2.MODEL_STATE_FAILED, State.UNLOADING: inference_pb2.MODEL_STATE_UNLOADING}
+
+
+def start_character(tokenizer: CharTokenizer) -> str:
+    """What an empty prompt starts from: a newline if the model knows it (text usually starts after one),
+    else the first character of its vocabulary."""
+    return "\n" if "\n" in tokenizer.vocabulary else tokenizer.vocabulary[0]
+
+
+def build_request(request: inference_pb2.GenerateRequest, tokenizer: CharTokenizer, block_size: int,
+                  limit: int, time_remaining: float | None) -> GenRequest:
+    """Validate a GenerateRequest against the model and the service's limits."""
+    max_new = request.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    if not 1 <= max_new <= limit:
+        raise InvalidArgumentError("max_new_tokens", f"must be 1..{limit}, got {request.max_new_tokens}")
+    if request.preset and request.preset not in PRESETS:
+        raise InvalidArgumentError("preset", f"unknown preset {request.preset}")
+    params = resolve_sampling(PRESETS.get(request.preset),
+                              request.temperature if request.HasField("temperature") else None,
+                              request.top_k if request.HasField("top_k") else None,
+                              request.top_p if request.HasField("top_p") else None)
+    stops = list(request.stop)
+    if len(stops) > MAX_STOPS:
+        raise InvalidArgumentError("stop", f"at most {MAX_STOPS} stop sequences, got {len(stops)}")
+    for stop in stops:
+        if not 1 <= len(stop) <= MAX_STOP_CHARS:
+            raise InvalidArgumentError("stop", f"each stop sequence must be 1-{MAX_STOP_CHARS} characters")
+    prompt = request.prompt or start_character(tokenizer)
+    ids = tokenizer.encode(prompt, field="prompt")
+    dropped = max(0, len(ids) - block_size)
+    seed = request.seed if request.HasField("seed") else random.getrandbits(63)
+    deadline = time.monotonic() + time_remaining if time_remaining is not None else None
+    return GenRequest(prompt_ids=ids[dropped:], prompt_chars_dropped=dropped, max_new_tokens=max_new,
+                      params=params, seed=seed, stops=stops, deadline=deadline, loop=asyncio.get_running_loop())
+
+
+def summary_to_proto(summary: Summary) -> inference_pb2.GenerationSummary:
+    p = summary.params
+    return inference_pb2.GenerationSummary(
+        finish_reason=FINISH.get(summary.finish, inference_pb2.FINISH_REASON_UNSPECIFIED),
+        prompt_tokens=summary.prompt_tokens, generated_tokens=summary.generated_tokens, seed=summary.seed,
+        prompt_truncated=summary.prompt_chars_dropped > 0, prompt_chars_dropped=summary.prompt_chars_dropped,
+        queue_seconds=summary.queue_seconds, time_to_first_token_seconds=summary.ttft_seconds,
+        total_seconds=summary.total_seconds, stop_sequence=summary.stop_sequence,
+        temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
+
+
+def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
+    out = inference_pb2.Model(name=entry.name, state=STATES[entry.state], source=entry.source,
+                              device=entry.device, dtype=entry.dtype, error=entry.error)
+    if entry.loaded_time is not None:
+        out.loaded_time.FromDatetime(entry.loaded_time)
+    if entry.checkpoint is None:
+        return out
+    manifest, config = entry.checkpoint.manifest, entry.checkpoint.manifest.model
+    out.config.CopyFrom(common_pb2.ModelConfig(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                                               block_size=config.block_size, vocab_size=config.vocab_size,
+                                               dropout=config.dropout, bias=config.bias))
+    out.vocabulary = manifest.vocabulary
+    out.parameter_count = entry.checkpoint.model.num_parameters()
+    out.weights_sha256 = manifest.weights.sha256
+    t = manifest.training
+    out.training.CopyFrom(common_pb2.TrainingMetadata(
+        job_id=t.job_id, corpus_id=t.corpus_id, corpus_name=t.corpus_name, corpus_sha256=t.corpus_sha256,
+        step=t.step, train_loss=t.train_loss if t.train_loss is not None else math.nan,
+        val_loss=t.val_loss if t.val_loss is not None else math.nan, library_versions=t.library_versions))
+    out.training.created_time.FromDatetime(t.created_time)
+    return out

@@ -1,0 +1,266 @@
+"""Continuous batching for one model: a KV cache, a decode loop on its own thread, requests joining and leaving.
+
+Active sequences always occupy cache rows 0..B-1 so that a decode step reads slices of the cache, not
+gathered copies: newcomers are prefilled into the rows after the last active one, and a finished sequence's
+row is refilled by moving the last active row into it (swap-remove).
+
+When a sequence fills the context window (block_size positions), its cache row is rebuilt from its last
+`keep = block_size - max(1, block_size // 4)` characters (positions 0..keep-1) and decoding goes on from there,
+so every character is predicted from between keep+1 and block_size characters of context. The notebook crops
+to the last block_size characters at every step, which needs a full forward pass per character; this sliding
+re-prefill costs one prefill per block_size/4 characters instead, and matches the notebook exactly until the
+window first fills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+
+import torch
+from prometheus_client import Counter
+
+from chargpt.core.model import GPT, KVCache
+from chargpt.errors import ResourceExhaustedError, UnavailableError
+from inference_service.metrics import InferenceMetrics
+from inference_service.requests import Finish, GenRequest, Summary
+from inference_service.sampler import BatchSampler
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Owns one model's cache and decode thread; `submit` is called from the event loop."""
+
+    def __init__(self, name: str, model: GPT, vocabulary: str, max_batch: int, max_queue: int,
+                 metrics: InferenceMetrics) -> None:
+        self.model, self.vocabulary = model, vocabulary
+        self.block_size = model.config.block_size
+        self.keep = self.block_size - max(1, self.block_size // 4)
+        weight = next(model.parameters())
+        self.device = weight.device
+        self.cache = KVCache(model.config, max_batch, device=self.device, dtype=weight.dtype)
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.active: list[GenRequest] = []
+        self.waiting: deque[GenRequest] = deque()
+        self.sampler = BatchSampler()
+        self._outbox: list[tuple[GenRequest, str | Summary]] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._m = _ModelMetrics(metrics, name)
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+
+    # ---- called from the event loop ----
+
+    def submit(self, request: GenRequest) -> None:
+        with self._cond:
+            if self._closing:
+                raise UnavailableError("the model is being unloaded")
+            if len(self.waiting) >= self.max_queue:
+                raise ResourceExhaustedError(f"the model's queue is full ({self.max_queue} requests waiting)")
+            self.waiting.append(request)
+            self._m.waiting.set(len(self.waiting))
+            self._cond.notify()
+
+    def cancel_all(self) -> None:
+        """Mark every queued and running request cancelled (shutdown after the grace period)."""
+        with self._cond:
+            for request in [*self.active, *self.waiting]:
+                request.cancel()
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the thread once current work is done (blocks: call it from a worker thread)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    # ---- the engine thread ----
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self.active and not self.waiting and not self._closing:
+                        self._cond.wait()
+                    if self._closing and not self.active and not self.waiting:
+                        return
+                    free = self.max_batch - len(self.active)
+                    admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+                    self._m.waiting.set(len(self.waiting))
+                try:
+                    self._step(admitted)
+                except Exception as exc:  # a bug or a device error: fail this batch, keep serving
+                    log.exception("engine step failed")
+                    self._fail_all([*self.active, *admitted], exc)
+                self._m.running.set(len(self.active))
+                self._flush()
+
+    def _step(self, admitted: list[GenRequest]) -> None:
+        now = time.monotonic()
+        self._drop_abandoned(now)
+        admitted = [r for r in admitted if not self._abandoned(r, now)]
+        if admitted:
+            self._admit(admitted)
+        if self.active:
+            self._decode()
+
+    def _abandoned(self, request: GenRequest, now: float) -> bool:
+        """Finish a cancelled or expired request; True if it was."""
+        if request.cancelled:
+            self._finish(request, Finish.CANCELLED)
+        elif request.deadline is not None and now > request.deadline:
+            self._finish(request, Finish.DEADLINE)
+        else:
+            return False
+        return True
+
+    def _drop_abandoned(self, now: float) -> None:
+        for index in range(len(self.active) - 1, -1, -1):
+            if self._abandoned(self.active[index], now):
+                self._remove(index)
+
+    def _admit(self, admitted: list[GenRequest]) -> None:
+        """Prefill newcomers into the rows after the active ones and sample their first characters."""
+        start, n = len(self.active), len(admitted)
+        lengths = [len(r.prompt_ids) for r in admitted]
+        padded = torch.zeros(n, max(lengths), dtype=torch.long)
+        for i, r in enumerate(admitted):
+            padded[i, : lengths[i]] = torch.tensor(r.prompt_ids)
+            r.history = list(r.prompt_ids)
+            r.cache_len = lengths[i]
+            r.joined = time.monotonic()
+            self._m.queue_time.observe(r.joined - r.arrival)
+            self._m.prompt_tokens.inc(lengths[i])
+        length_t = torch.tensor(lengths)
+        rows = torch.arange(start, start + n)
+        logits = self.model.prefill(padded.to(self.device), length_t.to(self.device), self.cache,
+                                    rows.to(self.device))
+        last = logits[torch.arange(n, device=self.device), (length_t - 1).to(self.device)]
+        first = BatchSampler()
+        first.set_rows([r.sampling for r in admitted])
+        self.active.extend(admitted)
+        self._accept_all(first.sample(last), offset=start)
+
+    def _decode(self) -> None:
+        for index, request in enumerate(self.active):
+            if request.cache_len >= self.block_size:
+                self._slide(index, request)
+        batch = len(self.active)
+        self._m.batch_size.observe(batch)
+        tokens = torch.tensor([r.history[-1] for r in self.active], device=self.device)
+        logits = self.model.decode_step(tokens, self.cache)
+        for request in self.active:
+            request.cache_len += 1
+        self._accept_all(self.sampler.sample(logits), offset=0)
+
+    def _slide(self, index: int, request: GenRequest) -> None:
+        """Rebuild a full row from the last `keep` characters before the pending one (see module doc)."""
+        if self.keep:
+            context = torch.tensor([request.history[-(self.keep + 1):-1]], device=self.device)
+            self.model.prefill(context, torch.tensor([self.keep], device=self.device), self.cache,
+                               torch.tensor([index], device=self.device))
+        else:
+            self.cache.lengths[index] = 0
+        request.cache_len = self.keep
+
+    def _accept_all(self, tokens: list[int], offset: int) -> None:
+        """Record one new character for rows offset.., then remove the sequences that finished."""
+        now = time.monotonic()
+        done = [offset + i for i, token in enumerate(tokens) if self._accept(self.active[offset + i], token, now)]
+        for index in reversed(done):
+            self._remove(index)
+        self.sampler.set_rows([r.sampling for r in self.active])
+
+    def _accept(self, request: GenRequest, token: int, now: float) -> bool:
+        request.history.append(token)
+        request.generated += 1
+        if request.first_token:
+            self._m.inter_token.observe(now - request.last_token)
+        else:
+            request.first_token = now
+            self._m.ttft.observe(now - request.arrival)
+        request.last_token = now
+        text, stop = request.matcher.feed(self.vocabulary[token])
+        if stop is None and request.generated >= request.max_new_tokens:
+            text += request.matcher.flush()
+        if text:
+            self._outbox.append((request, text))
+        if stop is not None:
+            self._finish(request, Finish.STOP, stop)
+        elif request.generated >= request.max_new_tokens:
+            self._finish(request, Finish.LENGTH)
+        else:
+            return False
+        return True
+
+    def _remove(self, index: int) -> None:
+        """Swap-remove: the last active row moves into the freed one, keeping rows 0..B-1 contiguous."""
+        last = len(self.active) - 1
+        if index != last:
+            moved = self.active[last]
+            n = moved.cache_len
+            self.cache.k[:, index, :, :n] = self.cache.k[:, last, :, :n]
+            self.cache.v[:, index, :, :n] = self.cache.v[:, last, :, :n]
+            self.cache.lengths[index] = n
+            self.active[index] = moved
+        self.active.pop()
+        self.sampler.set_rows([r.sampling for r in self.active])
+
+    def _finish(self, request: GenRequest, finish: Finish, stop: str = "",
+                error: BaseException | None = None) -> None:
+        summary = request.summary(finish, stop, error)
+        self._m.generation_tokens.inc(request.generated)
+        if finish in (Finish.LENGTH, Finish.STOP):
+            self._m.success(finish.value).inc()
+            self._m.e2e.observe(summary.total_seconds)
+        else:
+            self._m.failure(finish.value).inc()
+        self._outbox.append((request, summary))
+
+    def _fail_all(self, requests: list[GenRequest], exc: Exception) -> None:
+        for request in requests:
+            self._finish(request, Finish.ERROR, error=exc)
+        self.active.clear()
+        self.cache.lengths.zero_()
+        self.sampler.set_rows([])
+
+    def _flush(self) -> None:
+        """Hand this step's text and summaries to the event loop in one callback."""
+        if not self._outbox:
+            return
+        items, self._outbox = self._outbox, []
+        with contextlib.suppress(RuntimeError):  # the event loop is gone (server stopped): nobody listens
+            items[0][0].loop.call_soon_threadsafe(_deliver, items)
+
+
+def _deliver(items: list[tuple[GenRequest, str | Summary]]) -> None:
+    for request, item in items:
+        request.events.put_nowait(item)
+
+
+class _ModelMetrics:
+    """The metric children of one model, bound once (labels() per token would be slow)."""
+
+    def __init__(self, metrics: InferenceMetrics, name: str) -> None:
+        self.ttft = metrics.ttft.labels(model=name)
+        self.inter_token = metrics.inter_token.labels(model=name)
+        self.queue_time = metrics.queue_time.labels(model=name)
+        self.e2e = metrics.e2e.labels(model=name)
+        self.batch_size = metrics.batch_size.labels(model=name)
+        self.prompt_tokens = metrics.prompt_tokens.labels(model=name)
+        self.generation_tokens = metrics.generation_tokens.labels(model=name)
+        self.running = metrics.running.labels(model=name)
+        self.waiting = metrics.waiting.labels(model=name)
+        self._success, self._failure, self._name = metrics.success, metrics.failure, name
+
+    def success(self, reason: str) -> Counter:
+        return self._success.labels(model=self._name, finish_reason=reason)
+
+    def failure(self, reason: str) -> Counter:
+        return self._failure.labels(model=self._name, reason=reason)

@@ -1,0 +1,223 @@
+"""The models a server holds: loading (off the event loop), naming, health, in-flight tracking and unloading."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+
+import torch
+from grpc_health.v1 import health, health_pb2
+
+from chargpt import errors
+from chargpt.core.checkpoint import Checkpoint, load_checkpoint
+from chargpt.core.device import probe_device, torch_device_string
+from inference_service.engine import Engine
+from inference_service.metrics import InferenceMetrics
+from inference_service.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TRAINER_CACHE = ".trainer-cache"
+
+
+class State(Enum):
+    LOADING = 1
+    READY = 2
+    FAILED = 3
+    UNLOADING = 4
+
+
+@dataclass
+class ModelEntry:
+    """One named model and everything serving it."""
+
+    name: str
+    source: str
+    device: str = ""
+    dtype: str = ""
+    state: State = State.LOADING
+    error: str = ""
+    checkpoint: Checkpoint | None = None
+    engine: Engine | None = None
+    loaded_time: datetime | None = None
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    # Score and GetAttention run here, one at a time per model, beside the engine's decode thread.
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1))
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+RESERVED = {"chargpt.v1.InferenceService", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"}  # health service names of the server itself
+
+
+def validate_name(name: str, field_name: str = "name") -> str:
+    if not NAME.match(name) or name in RESERVED:
+        raise errors.InvalidArgumentError(field_name, "must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return name
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    """Validated torch device string and dtype for a load request ("auto" resolved)."""
+    if not re.fullmatch(r"auto|cpu|cuda|cuda:\d{1,2}|mps", device):
+        raise errors.InvalidArgumentError("device", "must be auto, cpu, cuda, cuda:N or mps")
+    if dtype != "auto" and dtype not in DTYPES:
+        raise errors.InvalidArgumentError("dtype", "must be auto, float32, bfloat16 or float16")
+    try:
+        facts = probe_device(device)
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise errors.FailedPreconditionError(f"device {device!r} is not available: {exc}") from None
+    resolved = torch_device_string(facts, device)
+    if dtype == "auto":
+        return resolved, torch.bfloat16 if facts.type == "cuda" and facts.bf16_supported else torch.float32
+    return resolved, DTYPES[dtype]
+
+
+class ModelRegistry:
+    """Name -> ModelEntry; every mutation happens on the event loop."""
+
+    def __init__(self, settings: InferenceSettings, metrics: InferenceMetrics,
+                 health_servicer: health.aio.HealthServicer) -> None:
+        self.settings, self.metrics, self.health = settings, metrics, health_servicer
+        self.models: dict[str, ModelEntry] = {}
+        self.draining = False
+
+    def resolve_path(self, checkpoint_path: str) -> Path:
+        """The checkpoint directory, which must lie inside models_dir once symlinks are resolved."""
+        if not checkpoint_path or "\x00" in checkpoint_path:
+            raise errors.InvalidArgumentError("checkpoint_path", "must be a non-empty path")
+        if ".." in Path(checkpoint_path).parts:
+            raise errors.InvalidArgumentError("checkpoint_path", "must not contain '..'")
+        root = self.settings.models_dir.resolve()
+        path = (root / checkpoint_path).resolve()
+        if path != root and root not in path.parents:
+            raise errors.PermissionDeniedError(f"checkpoint_path {checkpoint_path!r} is outside the models root")
+        return path
+
+    def get(self, name: str) -> ModelEntry:
+        entry = self.models.get(name)
+        if entry is None:
+            raise errors.NotFoundError(f"no model named {name!r} is loaded")
+        return entry
+
+    def acquire(self, name: str) -> ModelEntry:
+        """The READY model for a request, counted in flight until release()."""
+        if not name:
+            raise errors.InvalidArgumentError("model", "is required")
+        if self.draining:
+            raise errors.UnavailableError("the server is shutting down")
+        entry = self.get(name)
+        if entry.state is State.LOADING:
+            raise errors.UnavailableError(f"model {name!r} is still loading")
+        if entry.state is State.UNLOADING:
+            raise errors.UnavailableError(f"model {name!r} is being unloaded")
+        if entry.state is State.FAILED:
+            raise errors.FailedPreconditionError(f"model {name!r} failed to load: {entry.error}")
+        entry.in_flight += 1
+        entry.idle.clear()
+        return entry
+
+    @staticmethod
+    def release(entry: ModelEntry) -> None:
+        entry.in_flight -= 1
+        if entry.in_flight == 0:
+            entry.idle.set()
+
+    async def load(self, name: str, source: str, locate: object, device: str, dtype: str
+                   ) -> tuple[ModelEntry, bool]:
+        """Load `source` under `name`; `locate` is an async callable giving the checkpoint directory."""
+        validate_name(name)
+        if self.draining:
+            raise errors.UnavailableError("the server is shutting down")
+        existing = self.models.get(name)
+        if existing is not None and existing.state is not State.FAILED:
+            if existing.source != source:
+                raise errors.AlreadyExistsError(f"model {name!r} is already loaded from {existing.source}")
+            await existing.loaded.wait()
+            if existing.state is State.FAILED:  # type: ignore[comparison-overlap]  # changed while waiting
+                raise errors.FailedPreconditionError(f"model {name!r} failed to load: {existing.error}")
+            return existing, False
+        held = sum(e.state is not State.FAILED for e in self.models.values())
+        if held >= self.settings.max_models:
+            raise errors.ResourceExhaustedError(f"{held} models are loaded, the limit is {self.settings.max_models}")
+        torch_device, torch_dtype = resolve_device_dtype(device or self.settings.device,
+                                                         dtype or self.settings.dtype)
+        entry = ModelEntry(name=name, source=source, device=torch_device, dtype=str(torch_dtype).split(".")[-1])
+        self.models[name] = entry
+        await self._set_health(name, False)
+        started = time.monotonic()
+        try:
+            path = await locate()  # type: ignore[operator]
+            entry.checkpoint = await asyncio.to_thread(load_checkpoint, path, torch_device, torch_dtype)
+            model = entry.checkpoint.model
+            entry.engine = await asyncio.to_thread(
+                Engine, name, model, entry.checkpoint.tokenizer.vocabulary, self.settings.max_batch_size,
+                self.settings.max_queue, self.metrics)
+        except BaseException as exc:
+            entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
+            entry.loaded.set()
+            log.warning("loading model %s from %s failed: %s", name, source, entry.error)
+            raise
+        entry.state, entry.loaded_time = State.READY, datetime.now(UTC)
+        entry.loaded.set()
+        self.metrics.load_seconds.labels(model=name).observe(time.monotonic() - started)
+        self._count_ready()
+        await self._set_health(name, True)
+        log.info("model %s ready (%s on %s, %s)", name, source, torch_device, entry.dtype)
+        return entry, True
+
+    async def unload(self, name: str) -> None:
+        """Refuse new requests, let in-flight ones finish, then free the model."""
+        entry = self.get(validate_name(name))
+        if entry.state is State.LOADING:
+            raise errors.FailedPreconditionError(f"model {name!r} is still loading; unload it once it is ready")
+        if entry.state is not State.UNLOADING:
+            entry.state = State.UNLOADING
+            await self._set_health(name, False)
+            self._count_ready()
+        await entry.idle.wait()
+        if self.models.get(name) is entry:
+            del self.models[name]
+            await self._close(entry)
+
+    async def _close(self, entry: ModelEntry) -> None:
+        if entry.engine is not None:
+            await asyncio.to_thread(entry.engine.close)
+        entry.executor.shutdown(wait=False)
+        entry.engine = entry.checkpoint = None
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: refuse new work, give in-flight requests up to `grace` seconds, then stop the engines."""
+        self.draining = True
+        entries = list(self.models.values())
+        for entry in entries:
+            await self._set_health(entry.name, False)
+        waits = [asyncio.ensure_future(e.idle.wait()) for e in entries]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for task in pending:
+                task.cancel()
+        for entry in entries:
+            if entry.engine is not None:
+                entry.engine.cancel_all()
+            await self._close(entry)
+        self.models.clear()
+        self._count_ready()
+
+    def _count_ready(self) -> None:
+        self.metrics.models_loaded.set(sum(e.state is State.READY for e in self.models.values()))
+
+    async def _set_health(self, name: str, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(name, status)

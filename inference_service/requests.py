@@ -1,0 +1,77 @@
+"""A generation request as the engine sees it, and the events it hands back to the RPC handler."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from chargpt.core.sampling import SamplingParams
+from inference_service.sampler import RowSampling, StopMatcher
+
+
+class Finish(Enum):
+    LENGTH = "length"
+    STOP = "stop"
+    CANCELLED = "cancelled"
+    DEADLINE = "deadline_exceeded"
+    ERROR = "error"
+
+
+@dataclass
+class Summary:
+    """What the last stream message reports."""
+
+    finish: Finish
+    prompt_tokens: int
+    generated_tokens: int
+    seed: int
+    prompt_chars_dropped: int
+    queue_seconds: float
+    ttft_seconds: float
+    total_seconds: float
+    stop_sequence: str
+    params: SamplingParams
+    error: BaseException | None = None
+
+
+@dataclass
+class GenRequest:
+    """One generation: its inputs, its engine-side progress, and the queue its results go to."""
+
+    prompt_ids: list[int]
+    prompt_chars_dropped: int
+    max_new_tokens: int
+    params: SamplingParams
+    seed: int
+    stops: list[str]
+    deadline: float | None  # time.monotonic() after which the request is dropped
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[str | Summary] = field(default_factory=asyncio.Queue)
+    arrival: float = field(default_factory=time.monotonic)
+    cancelled: bool = False  # set from the event loop; the engine reads it between steps
+    # Engine-side state (touched only by the engine thread).
+    history: list[int] = field(default_factory=list)
+    cache_len: int = 0
+    generated: int = 0
+    joined: float = 0.0
+    first_token: float = 0.0
+    last_token: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.sampling = RowSampling(self.params, random.Random(self.seed))
+        self.matcher = StopMatcher(self.stops)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def summary(self, finish: Finish, stop: str = "", error: BaseException | None = None) -> Summary:
+        now = time.monotonic()
+        joined = self.joined or now
+        return Summary(finish=finish, prompt_tokens=len(self.prompt_ids), generated_tokens=self.generated,
+                       seed=self.seed, prompt_chars_dropped=self.prompt_chars_dropped,
+                       queue_seconds=joined - self.arrival,
+                       ttft_seconds=(self.first_token - self.arrival) if self.first_token else 0.0,
+                       total_seconds=now - self.arrival, stop_sequence=stop, params=self.params, error=error)
