@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 from typing import TextIO
 
 from chargpt_client import types as t
 from chargpt_client.cli.common import duration, human_count
 
 BAR_WIDTH = 24
+LOG_EVERY_S = 15.0  # off a terminal: a progress line every 10% of steps or this often
 
 
 class JobProgress:
-    """Renders job events; on a terminal the bar redraws in place, elsewhere it prints every ~10% of steps."""
+    """Renders job events; on a terminal the bar redraws in place, elsewhere it prints a line now and then."""
 
     def __init__(self, out: TextIO = sys.stderr, sample_width: int = 100, indent: str = "  ") -> None:
         self.out = out
@@ -22,6 +24,7 @@ class JobProgress:
         self.indent = indent
         self._bar_shown = False
         self._last_logged_tenth = -1
+        self._last_logged_at = time.monotonic()
         self.samples: list[t.Sample] = []
         self.evaluations: list[t.Evaluation] = []
         self.final_state = ""
@@ -60,8 +63,9 @@ class JobProgress:
             self._bar_shown = True
             return
         tenth = int(10 * p.step / p.max_steps) if p.max_steps else 0
-        if tenth > self._last_logged_tenth:
-            self._last_logged_tenth = tenth
+        now = time.monotonic()
+        if tenth > self._last_logged_tenth or now - self._last_logged_at >= LOG_EVERY_S:
+            self._last_logged_tenth, self._last_logged_at = tenth, now
             self._line(self.bar(p))
 
     def _line(self, text: str) -> None:

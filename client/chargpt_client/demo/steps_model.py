@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from chargpt_client import plots
 from chargpt_client import types as t
 from chargpt_client.cli.common import print_table
@@ -19,10 +21,12 @@ def write(demo: Demo) -> None:
     job = demo.findings.job
     assert job is not None
     inference = demo.client.inference
-    result = inference.load_model(f"demo-{job.job_id[:12]}", job_id=job.job_id, kind="best")
+    result = inference.load_model(f"demo-{job.job_id[:12]}", job_id=job.job_id)  # best, else latest
     model = demo.findings.model = result.model
-    demo.say(f"Loaded the best checkpoint (step {model.training.step}, val loss {model.training.val_loss:.4f}) "
-             f"into the inference service as '{model.name}' on {model.device}.")
+    which = "the latest checkpoint (no evaluation yet)" if math.isnan(model.training.val_loss) else \
+        f"the best checkpoint (validation loss {model.training.val_loss:.4f})"
+    demo.say(f"Loaded {which}, from step {model.training.step}, into the inference service as '{model.name}' "
+             f"on {model.device}.")
     length = demo.options.sample_chars
     for preset in PRESETS:
         generated = inference.generate(model.name, "\n", preset=preset, max_new_tokens=length,
@@ -112,7 +116,7 @@ def look_inside(demo: Demo) -> None:
     demo.say(f"Wrote {path}: {len(attention.layers)} layers x {len(attention.heads)} heads over {len(text)} "
              "characters (row = the character predicting the next one, column = the earlier character it looks at).")
     strongest = _strongest_previous(attention)
-    if strongest:
+    if strongest and not demo.options.fast:
         demo.say(strongest)
     curves = report_dir / "loss.png"
     plots.loss_curves(demo.findings.events, curves, title=f"training on {demo.options.corpus_label}")

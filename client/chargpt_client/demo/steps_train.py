@@ -12,9 +12,13 @@ from chargpt_client.tokenizer import CharMapping
 
 FAST_MODEL = t.ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.0)
 FAST_STEPS = 30
-DEFAULT_TRAINING_CAP_MINUTES = 4.0
+DEFAULT_TRAINING_MINUTES = 3.0  # fits `make demo` in about 5 minutes on a 2-core CPU
+TIME_CAP_FACTOR = 1.5  # stop (keeping the best checkpoint) if training overruns its budget this much
+TRIAL_STEPS, TRIAL_SECONDS = 200, 4.0
+BUDGET_SHARE_FOR_STEPS = 0.85  # the rest of the budget goes to evaluations and samples
+MIN_STEPS = 50
 SAMPLES_PER_RUN = 6
-EVALS_PER_RUN = 8
+EVALS_PER_RUN = 5
 
 
 def preset_for(model: t.ModelConfig) -> tuple[str, int | None]:
@@ -78,14 +82,45 @@ def show_tokenizer(demo: Demo) -> None:
     demo.say(f"decode(...) = {decoded!r}  -> round trip {'OK' if decoded == text else 'FAILED'}")
 
 
-def _training_fields(demo: Demo) -> dict[str, Any]:
+def _seconds_per_step(demo: Demo, corpus_id: str) -> float | None:
+    """Time a short trial run of the same model on this machine (stopped once a few steps are measured)."""
+    trainer = demo.client.trainer
+    trial = trainer.create_job(corpus_id, display_name="demo-speed-trial", max_steps=TRIAL_STEPS, eval_interval=0,
+                               sample_interval=0, seed=demo.options.seed)
+    first: t.Progress | None = None
+    rate: float | None = None
+    for event in trainer.watch_job(trial.job_id):
+        if not isinstance(event, t.Progress):
+            continue
+        if first is None:
+            first = event  # includes start-up costs: measure from here
+        elif event.step > first.step and event.elapsed_seconds - first.elapsed_seconds >= TRIAL_SECONDS:
+            rate = (event.elapsed_seconds - first.elapsed_seconds) / (event.step - first.step)
+            trainer.cancel_job(trial.job_id)
+            break
+    if rate is None:  # the trial finished before TRIAL_SECONDS: use its whole run
+        job = trainer.get_job(trial.job_id)
+        rate = job.model.block_size * job.training.get("batch_size", 1) / job.tokens_per_second \
+            if job.tokens_per_second > 0 else None
+    return rate
+
+
+def _training_fields(demo: Demo, corpus_id: str) -> dict[str, Any]:
     opts = demo.options
     report = demo.findings.device
     steps = opts.steps
     if opts.fast:
         steps = steps or FAST_STEPS
-    elif steps is None and report is not None:
-        steps = preset_for(report.auto_model)[1]
+    elif steps is None:
+        preset_steps = preset_for(report.auto_model)[1] if report is not None else None
+        budget = 60 * (opts.minutes or DEFAULT_TRAINING_MINUTES)
+        demo.say(f"Measuring this machine's training speed with a short trial run (budget: {budget / 60:g} min)...")
+        per_step = _seconds_per_step(demo, corpus_id)
+        if per_step:
+            fitted = max(MIN_STEPS, int(BUDGET_SHARE_FOR_STEPS * budget / per_step))
+            steps = min(fitted, preset_steps) if preset_steps else fitted
+            demo.say(f"  {per_step:.2f} s per step here: {steps} steps fit the budget"
+                     + (f" (the preset's full schedule is {preset_steps})" if preset_steps else ""))
     fields: dict[str, Any] = {"seed": opts.seed, "sample_length": 200 if not opts.fast else 80}
     if steps:
         fields.update(max_steps=steps, sample_interval=max(1, steps // SAMPLES_PER_RUN),
@@ -99,8 +134,9 @@ def show_architecture(demo: Demo) -> None:
     assert corpus is not None
     model = FAST_MODEL if demo.options.fast else None
     device = "" if demo.options.device == "auto" else demo.options.device
+    fields = _training_fields(demo, corpus.corpus_id)
     job = demo.client.trainer.create_job(corpus.corpus_id, model=model, device=device,
-                                         display_name=f"demo-{demo.options.corpus_label}", **_training_fields(demo))
+                                         display_name=f"demo-{demo.options.corpus_label}", **fields)
     demo.findings.job = job
     m = job.model
     demo.say("A decoder-only transformer (nanoGPT layout): token + position embeddings, then")
@@ -118,9 +154,10 @@ def train(demo: Demo) -> None:
     demo.step(5, "Training")
     job = demo.findings.job
     assert job is not None
-    cap = demo.options.minutes
-    if cap is None and demo.options.steps is None and not demo.options.fast:
-        cap = DEFAULT_TRAINING_CAP_MINUTES
+    opts = demo.options
+    cap = None if opts.fast else TIME_CAP_FACTOR * (opts.minutes or DEFAULT_TRAINING_MINUTES)
+    if opts.steps is not None and opts.minutes is None:
+        cap = None  # an explicit schedule runs to its end
     demo.say("Loss is cross-entropy in nats per character (ln of the vocabulary size at the start: pure guessing)."
              + (f" Time cap: {cap:g} min." if cap else ""))
     progress = JobProgress(out=demo.out, sample_width=100)
