@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from chargpt_client.cli import build_parser, main
+
 from tests.client.conftest import ServerThread, inference_factory, trainer_factory
 from tests.client.test_library_units import _png_size
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from chargpt_client.demo import DemoOptions, run_demo
+
 from tests.client.test_library_units import _png_size
 
 ROOT = Path(__file__).resolve().parents[2]
