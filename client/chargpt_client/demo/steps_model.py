@@ -14,6 +14,7 @@ from chargpt_client.tokenizer import CharMapping
 PRESET_SETTINGS = {"focused": "temperature 0.3, top-k 5", "balanced": "temperature 0.8, top-k 40",
                    "creative": "temperature 1.2, top-k 200"}
 MIN_SCORED_CHARS = 50
+PREVIOUS_TOKEN_HEAD = 0.3  # mean attention on the previous character that is worth pointing out
 
 
 def write(demo: Demo) -> None:
@@ -116,7 +117,7 @@ def look_inside(demo: Demo) -> None:
     demo.say(f"Wrote {path}: {len(attention.layers)} layers x {len(attention.heads)} heads over {len(text)} "
              "characters (row = the character predicting the next one, column = the earlier character it looks at).")
     strongest = _strongest_previous(attention)
-    if strongest and not demo.options.fast:
+    if strongest:
         demo.say(strongest)
     curves = report_dir / "loss.png"
     plots.loss_curves(demo.findings.events, curves, title=f"training on {demo.options.corpus_label}")
@@ -136,5 +137,7 @@ def _strongest_previous(attention: t.Attention) -> str:
             prev = sum(m[i][i - 1] for i in range(1, size)) / (size - 1)
             best = max(best, (prev, li, hi))
     weight, li, hi = best
+    if weight < PREVIOUS_TOKEN_HEAD:
+        return ""
     return (f"Layer {attention.layers[li]} head {attention.heads[hi]} puts {weight:.0%} of its attention on the "
             "previous character on average (a 'previous-token' head).")

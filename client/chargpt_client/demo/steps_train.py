@@ -13,12 +13,12 @@ from chargpt_client.tokenizer import CharMapping
 FAST_MODEL = t.ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.0)
 FAST_STEPS = 30
 DEFAULT_TRAINING_MINUTES = 3.0  # fits `make demo` in about 5 minutes on a 2-core CPU
-TIME_CAP_FACTOR = 1.5  # stop (keeping the best checkpoint) if training overruns its budget this much
+TIME_CAP_FACTOR = 1.25  # stop (keeping the best checkpoint) if training overruns its budget this much
 TRIAL_STEPS, TRIAL_SECONDS = 200, 4.0
-BUDGET_SHARE_FOR_STEPS = 0.85  # the rest of the budget goes to evaluations and samples
+BUDGET_SHARE_FOR_STEPS = 0.9  # the rest goes to samples and checkpoints; evaluations are counted apart
 MIN_STEPS = 50
 SAMPLES_PER_RUN = 6
-EVALS_PER_RUN = 5
+EVALS_PER_RUN = 4
 
 
 def preset_for(model: t.ModelConfig) -> tuple[str, int | None]:
@@ -105,7 +105,22 @@ def _seconds_per_step(demo: Demo, corpus_id: str) -> float | None:
     return rate
 
 
-def _training_fields(demo: Demo, corpus_id: str) -> dict[str, Any]:
+def _fitted_steps(demo: Demo, corpus: t.Corpus, per_step: float, preset_steps: int | None) -> int:
+    """Steps that fit the budget once the evaluations (forward passes over the validation split) are paid for."""
+    report = demo.findings.device
+    assert report is not None
+    tokens_per_step = report.auto_batch_size * report.auto_model.block_size
+    # An evaluation reads the validation split plus up to 256 windows of training text, forward only (about a
+    # third of a training step's work per token).
+    block = report.auto_model.block_size
+    eval_steps = (corpus.val_chars + min(256 * block, corpus.val_chars)) / (3 * tokens_per_step)
+    budget_steps = 60 * (demo.options.minutes or DEFAULT_TRAINING_MINUTES) / per_step
+    fitted = int(BUDGET_SHARE_FOR_STEPS * budget_steps - EVALS_PER_RUN * eval_steps)
+    steps = max(MIN_STEPS, fitted)
+    return min(steps, preset_steps) if preset_steps else steps
+
+
+def _training_fields(demo: Demo, corpus: t.Corpus) -> dict[str, Any]:
     opts = demo.options
     report = demo.findings.device
     steps = opts.steps
@@ -113,18 +128,18 @@ def _training_fields(demo: Demo, corpus_id: str) -> dict[str, Any]:
         steps = steps or FAST_STEPS
     elif steps is None:
         preset_steps = preset_for(report.auto_model)[1] if report is not None else None
-        budget = 60 * (opts.minutes or DEFAULT_TRAINING_MINUTES)
-        demo.say(f"Measuring this machine's training speed with a short trial run (budget: {budget / 60:g} min)...")
-        per_step = _seconds_per_step(demo, corpus_id)
+        minutes = opts.minutes or DEFAULT_TRAINING_MINUTES
+        demo.say(f"Measuring this machine's training speed with a short trial run (budget: {minutes:g} min)...")
+        per_step = _seconds_per_step(demo, corpus.corpus_id)
         if per_step:
-            fitted = max(MIN_STEPS, int(BUDGET_SHARE_FOR_STEPS * budget / per_step))
-            steps = min(fitted, preset_steps) if preset_steps else fitted
-            demo.say(f"  {per_step:.2f} s per step here: {steps} steps fit the budget"
-                     + (f" (the preset's full schedule is {preset_steps})" if preset_steps else ""))
+            steps = _fitted_steps(demo, corpus, per_step, preset_steps)
+            demo.say(f"  {per_step:.2f} s per step here: {steps} steps and {EVALS_PER_RUN} evaluations fit the "
+                     "budget" + (f" (the preset's full schedule is {preset_steps} steps)" if preset_steps else ""))
     fields: dict[str, Any] = {"seed": opts.seed, "sample_length": 200 if not opts.fast else 80}
     if steps:
-        fields.update(max_steps=steps, sample_interval=max(1, steps // SAMPLES_PER_RUN),
-                      eval_interval=max(1, steps // EVALS_PER_RUN))
+        evals, samples = (2, 3) if opts.fast else (EVALS_PER_RUN, SAMPLES_PER_RUN)
+        fields.update(max_steps=steps, sample_interval=max(1, steps // samples),
+                      eval_interval=max(1, steps // evals))
     return fields
 
 
@@ -134,7 +149,7 @@ def show_architecture(demo: Demo) -> None:
     assert corpus is not None
     model = FAST_MODEL if demo.options.fast else None
     device = "" if demo.options.device == "auto" else demo.options.device
-    fields = _training_fields(demo, corpus.corpus_id)
+    fields = _training_fields(demo, corpus)
     job = demo.client.trainer.create_job(corpus.corpus_id, model=model, device=device,
                                          display_name=f"demo-{demo.options.corpus_label}", **fields)
     demo.findings.job = job
