@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import hashlib
+import logging
 import os
 import re
 import time
@@ -16,6 +17,7 @@ from chargpt.errors import FailedPreconditionError, InvalidArgumentError, NotFou
 from trainer_service import builtin_corpora
 from trainer_service.store import CorpusRecord, Store
 
+log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9 ._-]{1,128}")
 MAX_DESCRIPTION_CHARS = 1024
 TRAIN_FRACTION = 0.9
@@ -143,22 +145,27 @@ class CorpusLibrary:
     def _materialise_builtins(self) -> None:
         for name in builtin_corpora.builtin_corpus_names():
             try:
-                text = builtin_corpora.build_builtin_corpus(name)
-            except builtin_corpora.BuiltinCorpusUnavailable:
-                continue  # listed only where its source package is installed
-            data = text.encode("utf-8")
-            sha = hashlib.sha256(data).hexdigest()
-            if self.store.get_corpus(sha) is not None:
-                continue
-            record = self._record(sha, name, builtin_corpora.BUILTIN_CORPORA[name].description, len(data),
-                                  len(text), "".join(sorted(set(text))), builtin=True)
-            tmp = self.root / f".upload-{uuid.uuid4().hex}"
-            tmp.write_bytes(data)
-            try:
-                self._place(tmp, record)
-            finally:
-                tmp.unlink(missing_ok=True)
-            self.store.put_corpus(record)
+                self._materialise(name)
+            except builtin_corpora.BuiltinCorpusUnavailable as exc:
+                log.warning("%s", exc)  # listed only where its source package is installed
+            except Exception:  # one broken built-in must not hide the others or the uploads
+                log.exception("could not materialise built-in corpus %r", name)
+
+    def _materialise(self, name: str) -> None:
+        text = builtin_corpora.build_builtin_corpus(name)
+        data = text.encode("utf-8")
+        sha = hashlib.sha256(data).hexdigest()
+        if self.store.get_corpus(sha) is not None:
+            return
+        record = self._record(sha, name, builtin_corpora.BUILTIN_CORPORA[name].description, len(data),
+                              len(text), "".join(sorted(set(text))), builtin=True)
+        tmp = self.root / f".upload-{uuid.uuid4().hex}"
+        tmp.write_bytes(data)
+        try:
+            self._place(tmp, record)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.store.put_corpus(record)
 
     # ---- lookups
 

@@ -167,6 +167,8 @@ def _training(spec: trainer_pb2.TrainingSpec, profile: SizeProfile, num_processe
     }
     if values["precision"] == "fp16" and facts.type != "cuda":
         raise InvalidArgumentError("training.precision", f"fp16 needs a CUDA device (this job runs on {facts.type})")
+    if values["precision"] == "bf16" and (facts.type == "mps" or (facts.type == "cuda" and not facts.bf16_supported)):
+        raise InvalidArgumentError("training.precision", f"bf16 is not supported on this {facts.type} device")
     shards = num_processes * values["grad_accumulation_steps"]
     if values["batch_size"] % shards:
         raise InvalidArgumentError("training.batch_size", f"{values['batch_size']} sequences must divide evenly "

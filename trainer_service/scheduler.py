@@ -31,7 +31,15 @@ from trainer_service.store import (
     Store,
 )
 from trainer_service.training.api import CorpusRef, TrainingPlan
-from trainer_service.worker import CORPUS_FILE, EXIT_LOCKED, LOG_FILE, OUTCOME_FILE, PLAN_FILE, read_outcome
+from trainer_service.worker import (
+    CORPUS_FILE,
+    EXIT_LOCKED,
+    EXIT_STOP_DEADLINE,
+    LOG_FILE,
+    OUTCOME_FILE,
+    PLAN_FILE,
+    read_outcome,
+)
 
 log = logging.getLogger(__name__)
 TAIL_CHARS = 2000
@@ -94,6 +102,11 @@ class JobManager:
         plan = self.plan(job_id)
         return plan.batch_size * plan.model.block_size
 
+    def running_process(self, job_id: str) -> asyncio.subprocess.Process | None:
+        """The top worker process of a running job (torchrun's for multi-process jobs)."""
+        run = self._running.get(job_id)
+        return run.process if run is not None else None
+
     # ---- life cycle
 
     async def start(self) -> None:
@@ -105,7 +118,7 @@ class JobManager:
         """Jobs a previous server left RUNNING continue from their latest checkpoint (or end if cancelled)."""
         for job in self.store.jobs_in_state(RUNNING):
             if job.cancel_requested:
-                self.store.set_state(job.job_id, CANCELLED, "cancelled (the server stopped while it stopped)",
+                self.store.set_state(job.job_id, CANCELLED, "cancelled (server went down while the job was stopping)",
                                      finished=time.time())
             else:
                 self.store.set_state(job.job_id, QUEUED, "server restarted; will resume from the latest checkpoint")
@@ -113,10 +126,9 @@ class JobManager:
     async def stop(self) -> None:
         """Stop scheduling; running workers checkpoint and their jobs go back to QUEUED."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._wake.set()
+        if self._task is not None:  # let a launch in progress finish, so its worker is supervised too
+            await self._task
         running = list(self._running.values())
         for run in running:
             self._request_stop(run, "shutdown")
@@ -203,7 +215,8 @@ class JobManager:
         python = self.settings.worker_python or sys.executable
         args = ["--job-dir", str(job_dir), "--db", str(self.store.path), "--engine", self.settings.engine,
                 "--server-pid", str(os.getpid()),
-                "--lock-timeout", str(self.settings.worker_stop_timeout_seconds + 30)]
+                "--lock-timeout", str(self.settings.worker_stop_timeout_seconds + 30),
+                "--stop-deadline", str(self.settings.worker_stop_timeout_seconds + 15)]
         if plan.num_processes == 1:
             return [python, "-m", "trainer_service.worker", *args]
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={plan.num_processes}",
@@ -320,6 +333,8 @@ class JobManager:
 def describe_exit(code: int) -> str:
     if code == EXIT_LOCKED:
         return "another worker process still holds this job's lock"
+    if code == EXIT_STOP_DEADLINE:
+        return "worker did not stop in time after being asked to"
     if code < 0:
         try:
             name = signal.Signals(-code).name

@@ -38,20 +38,30 @@ from trainer_service.training.api import (
 PLAN_FILE, CORPUS_FILE, OUTCOME_FILE = "plan.json", "corpus.json", "outcome.json"
 LOCK_FILE, LOG_FILE = "worker.lock", "worker.log"
 EXIT_LOCKED = 75  # another live worker holds the job (EX_TEMPFAIL)
+EXIT_STOP_DEADLINE = 70  # asked to stop, but did not finish in time
 PR_SET_PDEATHSIG = 1
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT, by the parent or server dying; the engine polls it as should_stop."""
+    """Set by SIGTERM/SIGINT, by the parent or server dying; the engine polls it as should_stop.
 
-    def __init__(self) -> None:
+    With a deadline, a process still alive that long after the stop request exits hard: an orphan whose
+    engine hangs (no server is left to SIGKILL it) must not hold the job lock forever.
+    """
+
+    def __init__(self, deadline_seconds: float | None = None) -> None:
         self._event = threading.Event()
         self.reason = ""
+        self._deadline = deadline_seconds
 
     def set(self, reason: str) -> None:
         if not self._event.is_set():
             self.reason = reason
             print(f"worker: stopping ({reason})", file=sys.stderr, flush=True)
+            if self._deadline is not None:
+                timer = threading.Timer(self._deadline, _exit_hard, [reason, self._deadline])
+                timer.daemon = True
+                timer.start()
         self._event.set()
 
     def __call__(self) -> bool:
@@ -59,6 +69,11 @@ class StopFlag:
 
     def wait(self, seconds: float) -> bool:
         return self._event.wait(seconds)
+
+
+def _exit_hard(reason: str, seconds: float) -> None:
+    print(f"worker: still running {seconds:.0f}s after stopping ({reason}); exiting", file=sys.stderr, flush=True)
+    os._exit(EXIT_STOP_DEADLINE)
 
 
 def die_with_parent(stop: StopFlag) -> None:
@@ -136,8 +151,10 @@ class DbEventSink:
                       "best_val_loss": self._best}
         elif isinstance(event, CheckpointSaved):
             payload["path"] = str(event.path)
-            reported = getattr(event, "write_seconds", None)
-            payload["write_seconds"] = reported if reported is not None else now - self._last_emit
+            # Without the engine's own timing: the time since its previous event, an upper bound that is close
+            # because the engine reports checkpoints right after the evaluation or step that triggered them.
+            if event.write_seconds is None:
+                payload["write_seconds"] = now - self._last_emit
         self._last_emit = now
         try:
             append_event(self._conn, self.job_id, event.kind, payload, update)
@@ -174,13 +191,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--db", type=Path, help="SQLite event log to append to (rank 0); none: events dropped")
     parser.add_argument("--engine", default="trainer_service.training.loop:run_training")
     parser.add_argument("--server-pid", type=int, help="stop when this process dies")
-    parser.add_argument("--lock-timeout", type=float, default=120.0)
+    parser.add_argument("--lock-timeout", type=float, default=120.0,
+                        help="seconds to wait for a previous worker of the job to let go")
+    parser.add_argument("--stop-deadline", type=float, default=180.0,
+                        help="seconds after a stop request before the process exits regardless")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stop = StopFlag()
+    stop = StopFlag(args.stop_deadline)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set(f"signal {signal.Signals(signum).name}"))
     die_with_parent(stop)

@@ -72,11 +72,10 @@ class _Run:
         manifest = save_checkpoint(path, self.model, self.tokenizer, info,
                                    write_extra=lambda d: (d / STATE_FILE).write_text(json.dumps({"step": step})))
         size = sum(f.stat().st_size for f in path.iterdir())
-        event = CheckpointSaved(checkpoint_kind=kind, step=self.step, path=path, train_loss=self.loss,  # type: ignore[arg-type]
-                                val_loss=val_loss, weights_sha256=manifest.weights.sha256, size_bytes=size)
-        if "write_seconds" in CheckpointSaved.model_fields:
-            event = event.model_copy(update={"write_seconds": time.monotonic() - started})
-        self.sink.emit(event)
+        self.sink.emit(CheckpointSaved(checkpoint_kind=kind, step=self.step, path=path,  # type: ignore[arg-type]
+                                       train_loss=self.loss, val_loss=val_loss, size_bytes=size,
+                                       weights_sha256=manifest.weights.sha256,
+                                       write_seconds=time.monotonic() - started))
 
     def evaluate(self) -> None:
         val = self.loss + 0.1

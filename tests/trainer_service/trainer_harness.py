@@ -46,7 +46,7 @@ class Trainer:
 
     def settings(self) -> TrainerSettings:
         values: dict[str, Any] = dict(port=self.port, data_dir=self.data_dir, device="cpu", engine=FAKE_ENGINE,
-                                      metrics_port=0, event_poll_seconds=0.1, worker_stop_timeout_seconds=20,
+                                      metrics_port=None, event_poll_seconds=0.1, worker_stop_timeout_seconds=20,
                                       builtin_corpora=False)
         values.update(self.overrides)
         return TrainerSettings(**values)
@@ -58,6 +58,12 @@ class Trainer:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
 
+    def attach(self, port: int) -> None:
+        """Talk to a server running elsewhere (e.g. a `python -m trainer_service.server` subprocess)."""
+        self.port = port
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
+
     async def stop(self) -> None:
         if self.channel is not None:
             await self.channel.close()
@@ -65,6 +71,16 @@ class Trainer:
         if self.server is not None:
             await self.server.stop(0)
             self.server = None
+
+    def store_state(self, job_id: str) -> str:
+        """The job's state as stored, read without a server (e.g. between stop and start)."""
+        from trainer_service.store import Store
+
+        store = Store(self.data_dir / "trainer.db")
+        try:
+            return store.get_job(job_id).state
+        finally:
+            store.close()
 
     @property
     def metrics_port(self) -> int:

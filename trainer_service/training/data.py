@@ -50,18 +50,25 @@ class CorpusData:
         """Training sequence length: the model's block, unless the training split is shorter."""
         return min(block_size, len(self.train) - 1)
 
-    def batch(self, size: int, block_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`size` random training windows (inputs, next-character targets), both (size, T) int64.
+    def batch_starts(self, size: int, block_size: int, seed: int) -> torch.Tensor:
+        """Start positions of `size` random training windows; a function of `seed` alone.
 
-        The positions depend only on `seed`, so a job that derives it from (seed, step, rank) replays the
-        exact data order after a resume without storing any sampler state.
+        A job derives the seed from (seed, step), draws the whole batch and gives each rank and micro-batch
+        its slice, so the data a step sees does not depend on the process count or gradient accumulation,
+        and a resumed job replays the exact data order without storing any sampler state.
         """
         T = self.context_length(block_size)
         gen = torch.Generator().manual_seed(seed)
-        starts = torch.randint(len(self.train) - T, (size,), generator=gen)
+        return torch.randint(len(self.train) - T, (size,), generator=gen)
+
+    def windows(self, starts: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training windows at `starts`: (inputs, next-character targets), both (len(starts), T) int64."""
+        T = self.context_length(block_size)
         rows = self.train[starts[:, None] + torch.arange(T + 1)].long()  # (size, T+1)
         return rows[:, :-1], rows[:, 1:]
 
+    def batch(self, size: int, block_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.windows(self.batch_starts(size, block_size, seed), block_size)
 
 def split_windows(data: torch.Tensor, block_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The whole split as non-overlapping (inputs, targets) windows of block_size; the tail as a shorter one.

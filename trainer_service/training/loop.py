@@ -64,8 +64,9 @@ class Trainer:
         self.data = CorpusData.from_file(corpus.path)
         self._check_plan()
         self.block = self.data.context_length(plan.model.block_size)
-        per_rank = split_evenly(plan.batch_size, runtime.world_size)[runtime.rank]
-        self.micro_sizes = split_evenly(per_rank, plan.grad_accumulation_steps)
+        shares = split_evenly(plan.batch_size, runtime.world_size)
+        self.rank_offset = sum(shares[: runtime.rank])  # this rank's slice of each step's global batch
+        self.micro_sizes = split_evenly(shares[runtime.rank], plan.grad_accumulation_steps)
         torch.manual_seed(mix_seed(plan.seed, "init"))  # identical initial weights on every rank
         self.model = GPT(plan.model).to(runtime.device)
         self.optimizer = build_optimizer(self.model, plan, runtime.device)
@@ -131,8 +132,11 @@ class Trainer:
         set_learning_rate(self.optimizer, learning_rate_at(plan, step))
         total = torch.zeros((), device=rt.device)
         last = len(self.micro_sizes) - 1
+        starts = self.data.batch_starts(plan.batch_size, self.block, mix_seed(plan.seed, "batch", step))
+        offset = self.rank_offset
         for micro, size in enumerate(self.micro_sizes):
-            x, y = self._batch(size, mix_seed(plan.seed, step, micro, rt.rank))
+            x, y = self._batch(starts[offset:offset + size])
+            offset += size
             syncing = micro == last or not rt.distributed
             with contextlib.nullcontext() if syncing else self.train_model.no_sync():  # type: ignore[operator]
                 with rt.autocast():
@@ -149,8 +153,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total
 
-    def _batch(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.data.batch(size, self.block, seed)
+    def _batch(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data.windows(starts, self.block)
         if self.rt.device.type == "cuda":
             return x.pin_memory().to(self.rt.device, non_blocking=True), y.pin_memory().to(
                 self.rt.device, non_blocking=True)

@@ -5,8 +5,8 @@ Resume state files in a `latest` checkpoint directory:
     resume.json             step, elapsed time, best/last losses, optimizer param groups and scalar state,
                             GradScaler state, and how the data order is derived
 
-No random-number-generator state needs saving: every random choice of step s on rank r (batch positions,
-dropout masks, samples) comes from generators seeded by (plan.seed, s, r), so a resumed job replays the exact
+No random-number-generator state needs saving: every random choice of step s (batch positions; dropout masks,
+per rank; samples) comes from generators seeded by (plan.seed, s[, rank]), so a resumed job replays the exact
 data order and dropout masks of an uninterrupted one, on every rank.
 """
 
@@ -26,7 +26,8 @@ from chargpt.errors import DataLossError, FailedPreconditionError
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 RESUME_FILE = "resume.json"
-DATA_ORDER = "batch positions of step s, micro-batch m, rank r from a generator seeded blake2b(seed, s, m, r)"
+DATA_ORDER = "step s draws its global batch from a generator seeded blake2b(seed, 'batch', s); ranks and " \
+             "micro-batches take consecutive slices"
 
 
 class ResumeState(BaseModel):

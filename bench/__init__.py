@@ -1,0 +1,1 @@
+"""Benchmarks: scripts printing a table and writing JSON to bench/results/, with a same-run reference."""
