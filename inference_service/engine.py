@@ -25,6 +25,7 @@ from prometheus_client import Counter
 
 from chargpt.core.model import GPT, KVCache
 from chargpt.errors import ResourceExhaustedError, UnavailableError
+from inference_service.fast_decode import FastDecoder
 from inference_service.metrics import InferenceMetrics
 from inference_service.requests import Finish, GenRequest, Summary
 from inference_service.sampler import BatchSampler
@@ -43,6 +44,7 @@ class Engine:
         weight = next(model.parameters())
         self.device = weight.device
         self.cache = KVCache(model.config, max_batch, device=self.device, dtype=weight.dtype)
+        self.decoder = FastDecoder(model, self.cache)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.active: list[GenRequest] = []
         self.waiting: deque[GenRequest] = deque()
@@ -154,7 +156,9 @@ class Engine:
         batch = len(self.active)
         self._m.batch_size.observe(batch)
         tokens = torch.tensor([r.history[-1] for r in self.active], device=self.device)
-        logits = self.model.decode_step(tokens, self.cache)
+        lengths = [r.cache_len for r in self.active]
+        positions = torch.tensor(lengths, device=self.device)
+        logits = self.decoder.step(tokens, positions, max(lengths) + 1)
         for request in self.active:
             request.cache_len += 1
         self._accept_all(self.sampler.sample(logits), offset=0)

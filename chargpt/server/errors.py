@@ -98,7 +98,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def _fail(self, method: str, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         """Abort with the mapped status; cancellations and explicit aborts pass through untouched."""
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):  # GeneratorExit: a stream closed early
             self._observe(method, grpc.StatusCode.CANCELLED)
             return
         if isinstance(exc, grpc.aio.AbortError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import torch
 
@@ -16,7 +17,7 @@ from .conftest import Served, write_checkpoint
 Req = inference_pb2.GenerateRequest
 
 
-async def _generate(s: Served, **fields: object) -> inference_pb2.GenerateResponse:
+async def _generate(s: Served, **fields: Any) -> inference_pb2.GenerateResponse:
     reply: inference_pb2.GenerateResponse = await s.stub.Generate(Req(model="tiny", **fields), timeout=60)
     return reply
 
