@@ -133,6 +133,9 @@ def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     assert streamed.returncode == 0 and streamed.stdout.startswith("First") and "seed 3" in streamed.stderr
     whole = cli.json("generate", "m", "First", "--seed", "3", "--max-new-tokens", "20", "--preset", "creative")
     assert streamed.stdout == "First" + whole["text"] + "\n" and whole["summary"]["top_k"] == 200
+    stopped = cli.json("generate", "m", "All", "--stop", r"\n", "--seed", "1", "--max-new-tokens", "300")
+    assert "\n" not in stopped["text"] and stopped["summary"]["finish_reason"] == "STOP"
+    assert stopped["summary"]["stop_sequence"] == "\n"
     rows = cli.json("score", "m", "Speak, speak.", "--compare", "m2")
     assert [r["model"] for r in rows] == ["m", "m2"] and all(r["perplexity"] > 1 for r in rows)
     (cli.workdir / "odd.txt").write_text("Speak, speak! Zürich 42\n")

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from chargpt_client import (
     AlreadyExists,
+    AsyncClient,
     AsyncInferenceClient,
     ChargptClientError,
     InferenceClient,
@@ -116,7 +117,9 @@ def test_unload(client: InferenceClient) -> None:
 
 
 async def test_async_client_mirrors_the_sync_one(inference: InferenceFixture) -> None:
-    async with AsyncInferenceClient(inference.address, FAST_RETRY) as client:
+    async with AsyncClient(inference_address=inference.address, options=FAST_RETRY) as both:
+        client = both.inference
+        assert isinstance(client, AsyncInferenceClient)
         loaded = await client.load_model("tiny", checkpoint_path="tiny")
         assert loaded.model.name == "tiny"
         assert "tiny" in [m.name for m in await client.list_models()]

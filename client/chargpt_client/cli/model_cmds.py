@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 from pathlib import Path
 
@@ -43,8 +44,14 @@ def _register_generate(subparsers: SubParsers, parent: argparse.ArgumentParser) 
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--seed", type=int)
     gen.add_argument("--max-new-tokens", type=int, default=500)
-    gen.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    gen.add_argument("--stop", action="append", default=[], type=_unescape,
+                     help="stop sequence (repeatable); backslash escapes such as \\n are understood")
     gen.set_defaults(handler=generate_cmd)
+
+
+def _unescape(value: str) -> str:
+    """'\\n\\n' typed in a shell -> two newlines."""
+    return codecs.decode(value.encode("utf-8"), "unicode_escape").encode("latin-1").decode("utf-8")
 
 
 def _register_score(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
