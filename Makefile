@@ -12,7 +12,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 VENV_FLAGS := $(if $(filter 1,$(SYSTEM_SITE_PACKAGES)),--system-site-packages,)
 
-.PHONY: venv demo serve test lint typecheck protos check-protos bench clean
+.PHONY: venv demo serve test lint typecheck protos check-protos check-deploy bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -23,13 +23,16 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-# Until `chargpt demo` lands, the main job is both services on their default ports.
-demo: serve
+# The main job: trains on a built-in corpus with both services started in-process, writes ./chargpt-report/.
+# Pass flags through DEMO_ARGS, e.g. make demo DEMO_ARGS="--corpus python --minutes 5".
+DEMO_ARGS ?=
+demo: $(STAMP)
+	$(BIN)/chargpt demo $(DEMO_ARGS)
 
 serve: $(STAMP)
 	$(BIN)/chargpt-trainer & $(BIN)/chargpt-inference & wait
 
-test: $(STAMP) check-protos lint typecheck
+test: $(STAMP) check-protos lint typecheck check-deploy
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -43,6 +46,10 @@ protos: $(STAMP)
 
 check-protos: $(STAMP)
 	$(PY) scripts/gen_protos.py --check
+
+# Dockerfiles, Compose, Kubernetes, Prometheus and Grafana configuration (see deploy/README.md).
+check-deploy: $(STAMP)
+	$(PY) -m deploy.tools.check
 
 bench: $(STAMP)
 	$(PY) -m bench.train_throughput

@@ -1,1 +1,1 @@
-"""Benchmarks: each prints a table and writes JSON to bench/results/ with a reference measured in the same run."""
+"""Benchmarks: scripts printing a table and writing JSON to bench/results/, with a same-run reference."""

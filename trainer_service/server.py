@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import grpc
+from grpc_health.v1 import health
+
+from chargpt.server.metrics import MetricsEndpoint
 from chargpt.server.serving import (
     ManagedServer,
     add_health_and_reflection,
@@ -14,19 +18,70 @@ from chargpt.server.serving import (
     serve_forever,
 )
 from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
+from trainer_service.corpora import CorpusLibrary
+from trainer_service.events import EventHub
+from trainer_service.metrics import TrainerMetrics
+from trainer_service.plan import DeviceProber
+from trainer_service.scheduler import JobManager
 from trainer_service.servicer import TrainerServicer
 from trainer_service.settings import TrainerSettings
+from trainer_service.store import Store
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+DB_FILE = "trainer.db"
+
+
+class TrainerServer(ManagedServer):
+    """The managed gRPC server plus handles operators and tests use: the store, jobs and /metrics port."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, names: list[str], *,
+                 store: Store, jobs: JobManager, metrics_endpoint: MetricsEndpoint) -> None:
+        super().__init__(server, health_servicer, names)
+        self.store, self.jobs, self.metrics_endpoint = store, jobs, metrics_endpoint
 
 
 async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
-    """A ready-to-start trainer server bound to settings.host:port; returns it and the bound port."""
-    server = new_server(settings)
-    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(TrainerServicer(settings.device), server)
-    health = add_health_and_reflection(server, [SERVICE_NAME])
+    """A ready-to-start trainer server bound to settings.host:port; returns it and the bound port.
+
+    The store opens here, so the server is SERVING as soon as it starts; the scheduler, the event tail and
+    the metrics endpoint start and stop with it.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.data_dir / DB_FILE)
+    metrics = TrainerMetrics()
+    corpora = CorpusLibrary(store, settings.data_dir / "corpora", settings.max_upload_bytes)
+    jobs_ref: list[JobManager] = []
+    hub = EventHub(store, metrics, settings.event_poll_seconds, lambda job_id: jobs_ref[0].tokens_per_step(job_id))
+    jobs = JobManager(settings, store, hub)
+    jobs_ref.append(jobs)
+    prober = DeviceProber(settings.device)
+    server = new_server(settings, observer=metrics.rpcs.observe)
+    servicer = TrainerServicer(settings, store, corpora, jobs, hub, metrics, prober)
+    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
+    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind(server, settings)
-    return ManagedServer(server, health, [SERVICE_NAME]), port
+    endpoint = MetricsEndpoint(settings, metrics.registry)
+    managed = TrainerServer(server, health_servicer, [SERVICE_NAME], store=store, jobs=jobs, metrics_endpoint=endpoint)
+    hub.listeners.append(lambda event: metrics.refresh_store_gauges(store) if event.kind == "state" else None)
+
+    async def on_start() -> None:
+        if settings.builtin_corpora:
+            corpora.start_builtins()
+        hub.start()
+        await jobs.start()
+        metrics.refresh_store_gauges(store)
+        await endpoint.start()
+
+    async def on_stop() -> None:
+        await jobs.stop()
+        await hub.stop()
+        await corpora.builtins_ready()
+        metrics.refresh_store_gauges(store)
+        await endpoint.stop()
+
+    managed.on_start.append(on_start)
+    managed.on_stop.append(on_stop)
+    return managed, port
 
 
 async def _serve(settings: TrainerSettings) -> None:

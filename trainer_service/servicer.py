@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+
 import grpc
 
-from chargpt.core.device import PRESETS, DeviceFacts, auto_size, probe_device
+from chargpt.core.device import PRESETS, DeviceFacts, auto_size
+from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from trainer_service import checkpoints, convert
+from trainer_service.corpora import CorpusLibrary
+from trainer_service.events import EventHub
+from trainer_service.metrics import TrainerMetrics
+from trainer_service.plan import DeviceProber, build_plan
+from trainer_service.scheduler import JobManager
+from trainer_service.settings import TrainerSettings
+from trainer_service.store import Store
+
+MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 100
+TOKEN_PREFIX = "jobs-before:"
 
 
 def device_info_proto(facts: DeviceFacts) -> common_pb2.DeviceInfo:
@@ -14,16 +33,160 @@ def device_info_proto(facts: DeviceFacts) -> common_pb2.DeviceInfo:
                                  cpu_cores=facts.cpu_cores, compute_capability=facts.compute_capability)
 
 
-class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    """Every RPC of the v1 API; those not built yet answer UNIMPLEMENTED."""
+def encode_page_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{TOKEN_PREFIX}{seq}".encode()).decode()
 
-    def __init__(self, device_preference: str) -> None:
-        self._facts = probe_device(device_preference)
+
+def decode_page_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
+        if text.startswith(TOKEN_PREFIX):
+            return int(text.removeprefix(TOKEN_PREFIX))
+    except (ValueError, binascii.Error, UnicodeError):
+        pass
+    raise InvalidArgumentError("page_token", "not a token from a previous ListTrainingJobs response")
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    """Every RPC of the v1 API."""
+
+    def __init__(self, settings: TrainerSettings, store: Store, corpora: CorpusLibrary, jobs: JobManager,
+                 hub: EventHub, metrics: TrainerMetrics, prober: DeviceProber) -> None:
+        self.settings, self.store, self.corpora, self.jobs = settings, store, corpora, jobs
+        self.hub, self.metrics, self.prober = hub, metrics, prober
 
     async def GetDeviceInfo(self, request: trainer_pb2.GetDeviceInfoRequest,
                             context: grpc.aio.ServicerContext) -> trainer_pb2.GetDeviceInfoResponse:
-        size = auto_size(self._facts)
+        facts = self.prober.facts("auto")
+        size = auto_size(facts)
         auto_model = common_pb2.ModelConfig(n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd,
                                             block_size=size.block_size, dropout=size.dropout)
-        return trainer_pb2.GetDeviceInfoResponse(device=device_info_proto(self._facts), auto_model=auto_model,
+        return trainer_pb2.GetDeviceInfoResponse(device=device_info_proto(facts), auto_model=auto_model,
                                                  auto_batch_size=size.batch_size, presets=list(PRESETS))
+
+    # ---- corpora
+
+    async def UploadCorpus(self, request_iterator: AsyncIterator[trainer_pb2.UploadCorpusRequest],
+                           context: grpc.aio.ServicerContext) -> trainer_pb2.UploadCorpusResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgumentError("header", "the first message must be the corpus header")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if message.WhichOneof("part") == "header":
+                    raise InvalidArgumentError("header", "only the first message may be a header")
+                yield message.data
+
+        record, created = await self.corpora.upload(first.header.name, first.header.description, chunks())
+        self.metrics.refresh_store_gauges(self.store)
+        return trainer_pb2.UploadCorpusResponse(corpus=convert.corpus_proto(record), created=created)
+
+    async def ListCorpora(self, request: trainer_pb2.ListCorporaRequest,
+                          context: grpc.aio.ServicerContext) -> trainer_pb2.ListCorporaResponse:
+        records = await self.corpora.list()
+        return trainer_pb2.ListCorporaResponse(corpora=[convert.corpus_proto(r) for r in records])
+
+    async def GetCorpus(self, request: trainer_pb2.GetCorpusRequest,
+                        context: grpc.aio.ServicerContext) -> trainer_pb2.GetCorpusResponse:
+        record = await self.corpora.resolve(request.corpus_id)
+        return trainer_pb2.GetCorpusResponse(corpus=convert.corpus_proto(record))
+
+    async def DeleteCorpus(self, request: trainer_pb2.DeleteCorpusRequest,
+                           context: grpc.aio.ServicerContext) -> trainer_pb2.DeleteCorpusResponse:
+        await self.corpora.delete(request.corpus_id)
+        self.metrics.refresh_store_gauges(self.store)
+        return trainer_pb2.DeleteCorpusResponse()
+
+    # ---- jobs
+
+    async def CreateTrainingJob(self, request: trainer_pb2.CreateTrainingJobRequest,
+                                context: grpc.aio.ServicerContext) -> trainer_pb2.CreateTrainingJobResponse:
+        if len(request.display_name) > 256:
+            raise InvalidArgumentError("display_name", f"at most 256 characters (got {len(request.display_name)})")
+        corpus = await self.corpora.resolve(request.corpus_id)
+        job_id = uuid.uuid4().hex
+        plan = await asyncio.to_thread(build_plan, job_id, request, corpus, self.prober,
+                                       self.settings.max_processes_per_job)
+        job = await self.jobs.create(job_id, request.display_name, plan, corpus)
+        return trainer_pb2.CreateTrainingJobResponse(job=self._job(job.job_id))
+
+    def _job(self, job_id: str) -> trainer_pb2.TrainingJob:
+        return convert.job_proto(self.store.get_job(job_id), self.jobs.plan(job_id))
+
+    async def GetTrainingJob(self, request: trainer_pb2.GetTrainingJobRequest,
+                             context: grpc.aio.ServicerContext) -> trainer_pb2.GetTrainingJobResponse:
+        return trainer_pb2.GetTrainingJobResponse(job=self._job(request.job_id))
+
+    async def ListTrainingJobs(self, request: trainer_pb2.ListTrainingJobsRequest,
+                               context: grpc.aio.ServicerContext) -> trainer_pb2.ListTrainingJobsResponse:
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgumentError("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (got {page_size})")
+        states = []
+        for value in request.states:
+            if value not in convert.PROTO_TO_STATE:
+                raise InvalidArgumentError("states", f"unknown job state {value}")
+            states.append(convert.PROTO_TO_STATE[value])
+        before = decode_page_token(request.page_token)
+        records = self.store.list_jobs(states, before, page_size + 1)
+        page = records[:page_size]
+        token = encode_page_token(page[-1].seq) if len(records) > page_size else ""
+        jobs = [convert.job_proto(r, self.jobs.plan(r.job_id)) for r in page]
+        return trainer_pb2.ListTrainingJobsResponse(jobs=jobs, next_page_token=token)
+
+    async def CancelTrainingJob(self, request: trainer_pb2.CancelTrainingJobRequest,
+                                context: grpc.aio.ServicerContext) -> trainer_pb2.CancelTrainingJobResponse:
+        job = await self.jobs.cancel(request.job_id)
+        return trainer_pb2.CancelTrainingJobResponse(job=self._job(job.job_id))
+
+    async def ResumeTrainingJob(self, request: trainer_pb2.ResumeTrainingJobRequest,
+                                context: grpc.aio.ServicerContext) -> trainer_pb2.ResumeTrainingJobResponse:
+        job = await self.jobs.resume(request.job_id)
+        return trainer_pb2.ResumeTrainingJobResponse(job=self._job(job.job_id))
+
+    async def WatchTrainingJob(self, request: trainer_pb2.WatchTrainingJobRequest,
+                               context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[trainer_pb2.WatchTrainingJobResponse]:
+        if request.after_sequence < 0:
+            raise InvalidArgumentError("after_sequence", f"must be >= 0 (got {request.after_sequence})")
+        self.store.get_job(request.job_id)  # NOT_FOUND before the stream starts
+        async for event in self.hub.watch(request.job_id, request.after_sequence):
+            yield convert.event_proto(event)
+
+    # ---- checkpoints
+
+    async def ListCheckpoints(self, request: trainer_pb2.ListCheckpointsRequest,
+                              context: grpc.aio.ServicerContext) -> trainer_pb2.ListCheckpointsResponse:
+        job = self.store.get_job(request.job_id)
+        found = await asyncio.to_thread(checkpoints.list_checkpoints, self.jobs.job_dir(job.job_id))
+        return trainer_pb2.ListCheckpointsResponse(
+            checkpoints=[convert.checkpoint_proto(job.job_id, info) for info in found])
+
+    async def DownloadCheckpoint(self, request: trainer_pb2.DownloadCheckpointRequest,
+                                 context: grpc.aio.ServicerContext
+                                 ) -> AsyncIterator[trainer_pb2.DownloadCheckpointResponse]:
+        chunk_size = checkpoints.chunk_size_or_default(request.chunk_size)
+        if request.kind not in convert.PROTO_TO_KIND:
+            raise InvalidArgumentError("kind", f"unknown checkpoint kind {request.kind}")
+        job = self.store.get_job(request.job_id)
+        snapshot = await asyncio.to_thread(checkpoints.open_snapshot, self.jobs.job_dir(job.job_id),
+                                           convert.PROTO_TO_KIND[request.kind])
+        try:
+            files = [trainer_pb2.CheckpointFile(name=f.name, size_bytes=f.size_bytes, sha256=f.sha256)
+                     for f in snapshot.files]
+            yield trainer_pb2.DownloadCheckpointResponse(header=trainer_pb2.CheckpointArchiveHeader(
+                checkpoint=convert.checkpoint_proto(job.job_id, snapshot.info), files=files))
+            chunks = snapshot.chunks(chunk_size)
+            while piece := await asyncio.to_thread(next, chunks, None):
+                name, offset, data = piece
+                yield trainer_pb2.DownloadCheckpointResponse(chunk=trainer_pb2.CheckpointChunk(
+                    file_name=name, offset=offset, data=data, sha256=_sha256(data)))
+        finally:
+            snapshot.close()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -93,6 +93,7 @@ class CheckpointSaved(BaseModel):
     val_loss: float | None
     weights_sha256: str
     size_bytes: int
+    write_seconds: float | None = Field(default=None, description="time spent writing it, if the engine timed it")
 
 
 TrainingEvent = ProgressUpdate | EvaluationResult | TextSample | CheckpointSaved

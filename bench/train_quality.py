@@ -1,0 +1,164 @@
+"""Training quality: validation loss the CPU default reaches in a wall-clock budget, against a reference recipe.
+
+    python -m bench.train_quality [--budget 100] [--corpus PATH] [--no-reference]
+    python -m bench.train_quality --config small --steps 5000 --device cuda     # the notebook run on a GPU
+
+Budget mode (the default, on CPU): a few calibration steps measure the step time, max_steps is chosen so the
+learning-rate decay ends when the budget does, and training stops at the budget in any case. The reference
+is nanoGPT's CPU recipe for this corpus (4 layers x 128, block 64, batch 12, lr 1e-3 cosine over 2000 steps)
+trained by the same engine for the same budget. Both are scored the same way: mean cross-entropy over the
+whole validation split in block_size windows, fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.train_common import DEFAULT_CORPUS, machine_facts, print_table, write_result
+from chargpt.core.checkpoint import load_checkpoint
+from chargpt.core.config import ModelConfig
+from chargpt.core.device import PRESETS
+from trainer_service.training.api import LATEST, CorpusRef, ProgressUpdate, TrainingEvent, TrainingPlan
+from trainer_service.training.data import CorpusData
+from trainer_service.training.evaluate import Evaluator
+from trainer_service.training.loop import Trainer, run_training
+from trainer_service.training.runtime import resolve_runtime
+
+CALIBRATION_STEPS = 8
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[TrainingEvent] = []
+
+    def emit(self, event: TrainingEvent) -> None:
+        self.events.append(event)
+
+
+def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int) -> TrainingPlan:
+    p = PRESETS[name]
+    override = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                                              "dropout", "learning_rate", "warmup_steps")
+                if getattr(args, k, None) is not None}
+    p = p.model_copy(update=override)
+    model = ModelConfig(vocab_size=vocab, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
+                        block_size=p.block_size, dropout=p.dropout)
+    return TrainingPlan(job_id=f"quality-{name}", model=model, max_steps=max_steps, batch_size=p.batch_size,
+                        learning_rate=p.learning_rate, min_learning_rate=p.learning_rate * args.min_lr_ratio,
+                        warmup_steps=p.warmup_steps, weight_decay=0.1, grad_clip=1.0,
+                        eval_interval=args.eval_interval, sample_interval=0, sample_length=200, seed=args.seed,
+                        checkpoint_interval=0, device=args.device, compile=args.compile)
+
+
+def reference_plan(vocab: int, args: argparse.Namespace) -> TrainingPlan:
+    """nanoGPT's README recipe for training this corpus on a CPU."""
+    model = ModelConfig(vocab_size=vocab, n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0)
+    return TrainingPlan(job_id="quality-reference", model=model, max_steps=2000, batch_size=12,
+                        learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, weight_decay=0.1,
+                        grad_clip=1.0, eval_interval=0, sample_interval=0, sample_length=200, seed=args.seed,
+                        checkpoint_interval=0, device=args.device, compile="off")
+
+
+def calibrate(plan: TrainingPlan, corpus: CorpusRef) -> float:
+    """Seconds per optimizer step, measured on the real engine (the median of a few steps after warm-up)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(plan, corpus, Path(tmp), Recorder(), resolve_runtime(plan))
+        trainer._train_step(0)
+        times = []
+        for step in range(1, CALIBRATION_STEPS + 1):
+            t0 = time.perf_counter()
+            trainer._train_step(step)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def train(label: str, plan: TrainingPlan, corpus: CorpusRef, data: CorpusData, budget: float | None,
+          device: torch.device) -> dict[str, Any]:
+    """Train (until max_steps or the budget), then score the final weights on the whole validation split."""
+    recorder = Recorder()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        deadline = t0 + budget if budget else float("inf")
+        outcome = run_training(plan, corpus, Path(tmp), recorder, lambda: time.perf_counter() >= deadline)
+        wall = time.perf_counter() - t0
+        checkpoint = load_checkpoint(Path(tmp) / "checkpoints" / LATEST, device=device)
+    progress = [e for e in recorder.events if isinstance(e, ProgressUpdate)]
+    train_seconds = progress[-1].elapsed_seconds if progress else wall
+    evaluator = Evaluator(data, plan.model.block_size, 64, resolve_runtime(plan.model_copy(
+        update={"precision": "fp32"})))
+    train_loss, val_loss = evaluator.losses(checkpoint.model)
+    tokens = outcome.final_step * plan.batch_size * plan.model.block_size
+    m = plan.model
+    return {"recipe": label, "model": f"{m.n_layer}x{m.n_embd} h{m.n_head} T{m.block_size} B{plan.batch_size}",
+            "lr": plan.learning_rate, "steps": outcome.final_step, "max_steps": plan.max_steps,
+            "train_seconds": train_seconds, "wall_seconds_with_final_eval": wall,
+            "tokens_per_second": tokens / max(train_seconds, 1e-9), "train_loss": train_loss,
+            "val_loss": val_loss, "best_val_loss_seen": outcome.best_val_loss,
+            "parameters": m.parameter_count()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--config", default="cpu", help="a PRESETS name (cpu, small, ...)")
+    parser.add_argument("--budget", type=float, default=100.0, help="training seconds (budget mode)")
+    parser.add_argument("--steps", type=int, default=0, help="train exactly this many steps instead of a budget")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--eval-interval", type=int, default=None,
+                        help="default: a tenth of --steps in steps mode; the end only in budget mode")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1)
+    parser.add_argument("--no-reference", action="store_true")
+    for name, kind in (("n_layer", int), ("n_head", int), ("n_embd", int), ("block_size", int),
+                       ("batch_size", int), ("dropout", float), ("learning_rate", float), ("warmup_steps", int)):
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+    args = parser.parse_args(argv)
+    corpus = CorpusRef(corpus_id="bench", name=args.corpus.name, sha256="", path=args.corpus)
+    data = CorpusData.from_file(args.corpus)
+    vocab = data.tokenizer.vocab_size
+    load_before = machine_facts()["load_average"]
+    rows, calibration = [], None
+    if args.eval_interval is None:
+        args.eval_interval = max(1, args.steps // 10) if args.steps else 0
+    if args.steps:
+        plan = make_plan(args.config, vocab, args, args.steps)
+        device = resolve_runtime(plan).device
+        rows.append(train(f"{args.config} ({args.steps} steps)", plan, corpus, data, None, device))
+    else:
+        probe = make_plan(args.config, vocab, args, 10**6)
+        calibration = calibrate(probe, corpus)
+        max_steps = max(1, int(args.budget / calibration))
+        plan = make_plan(args.config, vocab, args, max_steps)
+        device = resolve_runtime(plan).device
+        rows.append(train(f"{args.config} preset, budget-aware", plan, corpus, data, args.budget, device))
+        if not args.no_reference:
+            rows.append(train("reference (nanoGPT CPU recipe)", reference_plan(vocab, args), corpus, data,
+                              args.budget, device))
+    report(rows, args, calibration, load_before)
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, calibration: float | None,
+           load_before: tuple[float, float, float]) -> None:
+    facts = machine_facts()
+    print(f"load average before {tuple(round(x, 2) for x in load_before)}, after "
+          f"{tuple(round(x, 2) for x in facts['load_average'])}; {facts['threads']} threads"
+          + (f"; calibrated step {calibration * 1000:.1f} ms" if calibration else ""))
+    print_table(["recipe", "model", "lr", "steps", "train s", "tokens/s", "train loss", "val loss"],
+                [[r["recipe"], r["model"], r["lr"], r["steps"], r["train_seconds"], r["tokens_per_second"],
+                  r["train_loss"], r["val_loss"]] for r in rows])
+    path = write_result(f"train_quality_{args.config}", {"machine": facts, "load_average_before": load_before,
+                                                         "budget_seconds": None if args.steps else args.budget,
+                                                         "calibrated_step_seconds": calibration,
+                                                         "args": vars(args), "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

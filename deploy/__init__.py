@@ -1,0 +1,1 @@
+"""Deployment artefacts (containers, Compose, Kubernetes, Prometheus, Grafana) and the tools that check them."""

@@ -1,0 +1,217 @@
+"""Kubernetes manifests: the renderer, schema validation catching mistakes, and the deployment's invariants."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy.tools import check, kustomize, prometheusrule
+
+K8S = check.DEPLOY / "k8s"
+
+
+def rendered(directory: str) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {kustomize.resource_id(r): r for r in kustomize.render(K8S / directory)}
+
+
+def pod_spec(resource: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = resource["spec"]["template"]["spec"]
+    return spec
+
+
+def normalised(value: Any) -> Any:
+    """Order-insensitive for keyed lists: kustomize puts patched list items first, we keep base order."""
+    if isinstance(value, dict):
+        return {key: normalised(item) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [normalised(item) for item in value]
+        if all(isinstance(item, dict) and ("name" in item or "mountPath" in item) for item in items):
+            return sorted(items, key=lambda item: str(item.get("name", item.get("mountPath"))))
+        return items
+    return value
+
+
+@pytest.mark.parametrize("directory", ["base", "overlays/gpu", "multinode"])
+def test_renderer_matches_kubectl_kustomize(directory: str) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with built-in kustomize) not installed: nothing to compare against")
+    output = subprocess.run([kubectl, "kustomize", str(K8S / directory)], capture_output=True, text=True,
+                            check=True).stdout
+    theirs = {kustomize.resource_id(r): normalised(r) for r in yaml.safe_load_all(output)}
+    ours = {key: normalised(r) for key, r in rendered(directory).items()}
+    assert ours == theirs
+
+
+def test_strategic_merge_merges_keyed_lists_and_replaces_others() -> None:
+    base = {"containers": [{"name": "a", "image": "x", "env": [{"name": "A", "value": "1"}]}, {"name": "b"}],
+            "tolerations": [{"key": "old"}], "nodeSelector": {"zone": "1", "drop": "me"}}
+    patch = {"containers": [{"name": "a", "env": [{"name": "B", "value": "2"}]}],
+             "tolerations": [{"key": "new"}], "nodeSelector": {"drop": None, "gpu": "yes"}}
+    merged = kustomize.strategic_merge(base, patch)
+    assert merged["containers"] == [{"name": "a", "image": "x", "env": [{"name": "A", "value": "1"},
+                                                                         {"name": "B", "value": "2"}]},
+                                    {"name": "b"}]
+    assert merged["tolerations"] == [{"key": "new"}]
+    assert merged["nodeSelector"] == {"zone": "1", "gpu": "yes"}
+    assert base["nodeSelector"] == {"zone": "1", "drop": "me"}  # inputs untouched
+
+
+def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
+    with pytest.raises(kustomize.KustomizeError, match="namePrefix"):
+        kustomize.render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text("resources: [cm.yaml]\npatches: [{path: p.yaml}]\n")
+    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
+    (tmp_path / "p.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n")
+    with pytest.raises(kustomize.KustomizeError, match="not among the resources"):
+        kustomize.render(tmp_path)
+
+
+def test_images_transformer_retags() -> None:
+    resources = [{"kind": "Deployment", "spec": {"template": {"spec": {"containers": [
+        {"name": "c", "image": "registry.local:5000/chargpt-trainer:cpu"}, {"name": "d", "image": "other"}]}}}}]
+    kustomize.apply_images(resources, [{"name": "registry.local:5000/chargpt-trainer", "newTag": "gpu"},
+                                       {"name": "other", "newName": "mirror/other", "newTag": "1"}])
+    containers = pod_spec(resources[0])["containers"]
+    assert [c["image"] for c in containers] == ["registry.local:5000/chargpt-trainer:gpu", "mirror/other:1"]
+
+
+def _deployment() -> dict[str, Any]:
+    return copy.deepcopy(rendered("base")[("apps", "Deployment", "chargpt-inference")])
+
+
+def test_validation_rejects_schema_mistakes() -> None:
+    check.validate_resource(_deployment(), "ok")
+    named_port = _deployment()
+    pod_spec(named_port)["containers"][0]["livenessProbe"]["grpc"]["port"] = "grpc"  # gRPC probes need a number
+    unknown_field = _deployment()
+    pod_spec(unknown_field)["containers"][0]["resource"] = {}  # typo for `resources`, caught in strict mode
+    for bad in (named_port, unknown_field):
+        with pytest.raises(AssertionError, match="chargpt-inference"):
+            check.validate_resource(bad, "bad")
+
+
+def test_podmonitor_schema_rejects_unknown_fields() -> None:
+    monitor = copy.deepcopy(rendered("base")[("monitoring.coreos.com", "PodMonitor", "chargpt")])
+    check.validate_resource(monitor, "ok")
+    monitor["spec"]["podMetricsEndpoints"][0]["targetport"] = 9101
+    with pytest.raises(AssertionError, match="targetport"):
+        check.validate_resource(monitor, "bad")
+
+
+def _containers(resources: dict[tuple[str, str, str], dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(key[2], c) for key, r in resources.items() if key[1] in ("Deployment", "Job")
+            for c in pod_spec(r)["containers"]]
+
+
+@pytest.mark.parametrize("directory", ["base", "overlays/gpu", "multinode"])
+def test_every_pod_runs_non_root_with_resources(directory: str) -> None:
+    resources = rendered(directory)
+    for key, resource in resources.items():
+        if key[1] in ("Deployment", "Job"):
+            assert pod_spec(resource)["securityContext"]["runAsNonRoot"] is True, key
+    for name, container in _containers(resources):
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+        assert "memory" in container["resources"]["limits"], name
+
+
+def test_services_probe_their_grpc_port_and_expose_metrics() -> None:
+    resources = rendered("base")
+    for name, container in _containers(resources):
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        config = resources[("", "ConfigMap", name)]["data"]
+        prefix = "CHARGPT_TRAINER_" if "trainer" in name else "CHARGPT_INFERENCE_"
+        assert int(config[prefix + "PORT"]) == ports["grpc"]
+        assert int(config[prefix + "METRICS_PORT"]) == ports["metrics"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == ports["grpc"], (name, probe)
+    inference_service = resources[("", "Service", "chargpt-inference")]
+    assert inference_service["spec"]["clusterIP"] == "None"  # headless: dns:/// round-robin over replicas
+    trainer_address = resources[("", "ConfigMap", "chargpt-inference")]["data"]["CHARGPT_INFERENCE_TRAINER_ADDRESS"]
+    trainer_service = resources[("", "Service", "chargpt-trainer")]
+    assert trainer_address == f"{trainer_service['metadata']['name']}:{trainer_service['spec']['ports'][0]['port']}"
+
+
+def test_gpu_overlay_requests_gpus_only_there() -> None:
+    base, gpu = rendered("base"), rendered("overlays/gpu")
+    assert all("nvidia.com/gpu" not in c["resources"].get("limits", {}) for _, c in _containers(base))
+    for name, container in _containers(gpu):
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1, name
+        assert container["image"].endswith(":gpu"), name
+    for key in [("apps", "Deployment", "chargpt-trainer"), ("apps", "Deployment", "chargpt-inference")]:
+        spec = pod_spec(gpu[key])
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert {v["name"] for v in spec["volumes"]} == {v["name"] for v in pod_spec(base[key])["volumes"]}
+
+
+def test_multinode_job_runs_torchrun_over_the_trainer_worker() -> None:
+    resources = rendered("multinode")
+    job = resources[("batch", "Job", "chargpt-train")]
+    config = resources[("", "ConfigMap", "chargpt-train")]["data"]
+    service = resources[("", "Service", "chargpt-train")]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == int(config["NNODES"])
+    assert pod_spec(job)["subdomain"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
+    container = pod_spec(job)["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == int(config["NPROC_PER_NODE"])
+    args = container["args"]
+    assert container["command"] == ["torchrun"] and args[args.index("-m") + 1] == "trainer_service.worker"
+    assert "--master-addr=chargpt-train-0.chargpt-train" in args  # pod 0 of the Job, via the headless Service
+
+
+def test_multinode_command_is_accepted_by_torchrun_and_the_trainer_worker() -> None:
+    """Expand the container's $(VAR)s as the kubelet would, then parse with torchrun's and the worker's own parsers."""
+    run = pytest.importorskip("torch.distributed.run")
+    worker = pytest.importorskip("trainer_service.worker")
+    resources = rendered("multinode")
+    env = {**resources[("", "ConfigMap", "chargpt-train")]["data"], "NODE_RANK": "1"}
+    container = pod_spec(resources[("batch", "Job", "chargpt-train")])["containers"][0]
+    args = [re.sub(r"\$\((\w+)\)", lambda match: env[match.group(1)], arg) for arg in container["args"]]
+    parsed = run.get_args_parser().parse_args(args)
+    assert parsed.module and parsed.training_script == "trainer_service.worker"
+    assert (parsed.nnodes, parsed.nproc_per_node, parsed.node_rank) == (env["NNODES"], env["NPROC_PER_NODE"], 1)
+    assert parsed.master_port == int(env["MASTER_PORT"])
+    assert worker.parse_args(parsed.training_script_args).job_dir == Path(env["CHARGPT_JOB_DIR"])
+
+
+def test_a_manifest_no_kustomization_lists_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "k8s" / "app").mkdir(parents=True)
+    (tmp_path / "k8s" / "app" / "kustomization.yaml").write_text("resources: [cm.yaml]\n")
+    (tmp_path / "k8s" / "app" / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
+    monkeypatch.setattr(check, "DEPLOY", tmp_path)
+    check.check_kubernetes()
+    (tmp_path / "k8s" / "app" / "forgotten.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: b}\n")
+    with pytest.raises(AssertionError, match=r"forgotten\.yaml"):
+        check.check_kubernetes()
+
+
+def test_prometheus_rule_carries_exactly_the_tested_alerts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    rule = rendered("base")[("monitoring.coreos.com", "PrometheusRule", "chargpt")]
+    alerts = yaml.safe_load((check.DEPLOY / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    stale = tmp_path / "prometheusrule.yaml"
+    stale.write_text(prometheusrule.render().replace("for: 2m", "for: 1m"))
+    monkeypatch.setattr(prometheusrule, "TARGET", stale)
+    with pytest.raises(AssertionError, match="stale"):
+        check.check_generated()
+    broken = copy.deepcopy(rule)
+    broken["spec"]["groups"][0]["rules"][0]["labels"]["severity"] = 3  # labels are strings
+    with pytest.raises(AssertionError, match="PrometheusRule"):
+        check.validate_resource(broken, "bad")
+
+
+def test_a_kind_without_any_schema_is_an_error_not_a_pass() -> None:
+    unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {}}
+    with pytest.raises(AssertionError, match="no schema"):
+        check.validate_resource(unknown, "custom")

@@ -1,0 +1,68 @@
+"""The service with the real training engine: a tiny model trains, streams progress and downloads loadable."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+from trainer_harness import Trainer, sample_text
+
+from chargpt.core.checkpoint import load_checkpoint
+from chargpt.v1 import common_pb2
+from chargpt.v1 import trainer_pb2 as S
+from trainer_service.settings import DEFAULT_ENGINE
+
+
+@pytest.fixture
+async def real_trainer(tmp_path: Path, fake_engine_env: pytest.MonkeyPatch) -> Trainer:
+    t = Trainer(tmp_path / "data", engine=DEFAULT_ENGINE, metrics_port=0)
+    await t.start()
+    yield t  # type: ignore[misc]
+    await t.stop()
+
+
+@pytest.mark.slow
+async def test_real_engine_trains_and_the_checkpoint_loads(real_trainer: Trainer, tmp_path: Path) -> None:
+    t = real_trainer
+    corpus = (await t.upload(sample_text(3000), chunk=777)).corpus
+    job = await t.create_job(corpus.corpus_id, max_steps=20, eval_interval=10, sample_interval=10,
+                             checkpoint_interval=10, learning_rate=3e-3)
+    done = await t.wait_for(job.job_id, [S.JOB_STATE_SUCCEEDED], timeout=120)
+    assert done.step == 20 and math.isfinite(done.val_loss) and done.best_val_loss <= done.val_loss
+    events = [e async for e in t.stub.WatchTrainingJob(S.WatchTrainingJobRequest(job_id=job.job_id))]
+    evaluations = [e.evaluation for e in events if e.HasField("evaluation")]
+    assert [e.step for e in evaluations] == [10, 20]
+    assert evaluations[-1].val_loss < math.log(len(corpus.vocabulary)) + 0.5  # roughly learning, not diverging
+    assert any(e.HasField("sample") and e.sample.text for e in events)
+    written = [e.checkpoint_written.checkpoint for e in events if e.HasField("checkpoint_written")]
+    assert {c.kind for c in written} == {common_pb2.CHECKPOINT_KIND_LATEST, common_pb2.CHECKPOINT_KIND_BEST}
+
+    stream = t.stub.DownloadCheckpoint(S.DownloadCheckpointRequest(job_id=job.job_id, chunk_size=4096))
+    header = (await anext(aiter(stream))).header
+    target = tmp_path / "downloaded"
+    target.mkdir()
+    async for message in stream:
+        assert hashlib.sha256(message.chunk.data).hexdigest() == message.chunk.sha256
+        with open(target / message.chunk.file_name, "ab") as f:
+            f.write(message.chunk.data)
+    assert [f.name for f in header.files] == ["manifest.json", "model.safetensors"]
+    loaded = load_checkpoint(target)
+    assert loaded.manifest.training.job_id == job.job_id
+    assert loaded.manifest.weights.sha256 == header.checkpoint.weights_sha256
+
+
+@pytest.mark.slow
+async def test_real_engine_two_process_gloo_ddp(real_trainer: Trainer, tmp_path: Path) -> None:
+    t = real_trainer
+    corpus = (await t.upload(sample_text(2000))).corpus
+    job = await t.create_job(corpus.corpus_id, max_steps=6, eval_interval=3, sample_interval=0,
+                             checkpoint_interval=3, num_processes=2)
+    done = await t.wait_for(job.job_id, [S.JOB_STATE_SUCCEEDED], timeout=150)
+    assert done.step == 6 and math.isfinite(done.val_loss)
+    listed = (await t.stub.ListCheckpoints(S.ListCheckpointsRequest(job_id=job.job_id))).checkpoints
+    latest = next(c for c in listed if c.kind == common_pb2.CHECKPOINT_KIND_LATEST)
+    assert latest.step == 6
+    path = t.data_dir / "jobs" / job.job_id / "checkpoints" / "latest"
+    assert load_checkpoint(path).manifest.weights.sha256 == latest.weights_sha256

@@ -1,0 +1,136 @@
+"""Training engine pieces: data split and batches, evaluation windows, LR schedule, optimizer groups, precision."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from chargpt.core.config import ModelConfig
+from chargpt.core.model import GPT
+from chargpt.errors import InvalidArgumentError
+from trainer_service.training.api import TrainingPlan
+from trainer_service.training.data import CorpusData, encode_text, split_windows, train_subset_windows
+from trainer_service.training.evaluate import Evaluator
+from trainer_service.training.loop import split_evenly
+from trainer_service.training.optim import build_optimizer, learning_rate_at, parameter_groups
+from trainer_service.training.runtime import Runtime, resolve_precision
+
+TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
+
+
+def plan(**update: object) -> TrainingPlan:
+    base = TrainingPlan(job_id="j", model=ModelConfig(vocab_size=30, block_size=16, n_layer=1, n_head=2, n_embd=16),
+                        max_steps=1000, batch_size=4, learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100,
+                        weight_decay=0.1, grad_clip=1.0, eval_interval=0, sample_interval=0, sample_length=10,
+                        seed=0, checkpoint_interval=0)
+    return base.model_copy(update=update)
+
+
+def cpu_runtime() -> Runtime:
+    return Runtime(device=torch.device("cpu"), rank=0, local_rank=0, world_size=1, autocast_dtype=None,
+                   compile=False, owns_process_group=False)
+
+
+def test_split_is_first_90_percent_train_and_tokenizer_covers_the_whole_corpus() -> None:
+    data = CorpusData(TEXT)
+    n_train = int(0.9 * len(TEXT))
+    assert data.tokenizer.decode(data.train.tolist()) == TEXT[:n_train]
+    assert data.tokenizer.decode(data.val.tolist()) == TEXT[n_train:]
+    assert set(data.tokenizer.vocabulary) == set(TEXT)
+    assert encode_text(TEXT, data.tokenizer).tolist() == data.tokenizer.encode(TEXT)
+
+
+def test_a_corpus_too_small_to_split_is_rejected() -> None:
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        CorpusData("abcdefghi")
+
+
+def test_batches_are_a_function_of_the_seed_and_targets_are_shifted_inputs() -> None:
+    data = CorpusData(TEXT)
+    x1, y1 = data.batch(8, 16, seed=42)
+    x2, y2 = data.batch(8, 16, seed=42)
+    x3, _ = data.batch(8, 16, seed=43)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x3)
+    assert x1.shape == (8, 16) and x1.dtype == torch.long
+    assert torch.equal(x1[:, 1:], y1[:, :-1])
+
+
+def test_validation_windows_cover_every_target_exactly_once() -> None:
+    data = CorpusData(TEXT)
+    windows = split_windows(data.val, 16)
+    targets = torch.cat([y.flatten() for _, y in windows])
+    assert targets.tolist() == data.val[1:].tolist()
+    x, y = train_subset_windows(data.train, 16, 10)
+    assert x.shape == (10, 16) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_evaluation_is_deterministic_and_equals_the_plain_mean_over_the_split() -> None:
+    data = CorpusData(TEXT)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=data.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                            dropout=0.5))
+    evaluator = Evaluator(data, 16, 3, cpu_runtime())
+    first, second = evaluator.losses(model), evaluator.losses(model)
+    assert first == second and model.training
+    model.eval()
+    with torch.no_grad():
+        losses = []
+        for x, y in split_windows(data.val, 16):
+            logits, _ = model(x)
+            losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none"))
+    assert first[1] == pytest.approx(float(torch.cat(losses).mean()), rel=1e-6)
+
+
+def test_learning_rate_warms_up_linearly_then_cosine_decays_to_the_minimum() -> None:
+    p = plan()
+    assert learning_rate_at(p, 0) == pytest.approx(1e-3 / 101)
+    assert learning_rate_at(p, 49) == pytest.approx(1e-3 * 50 / 101)
+    assert learning_rate_at(p, 100) == pytest.approx(1e-3)
+    assert learning_rate_at(p, 550) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
+    assert learning_rate_at(p, 1000) == pytest.approx(1e-4)
+    values = [learning_rate_at(p, s) for s in range(100, 1001)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_linear_and_constant_schedules() -> None:
+    linear = plan(lr_schedule="linear")
+    assert learning_rate_at(linear, 550) == pytest.approx(5.5e-4)
+    assert learning_rate_at(linear, 1000) == pytest.approx(1e-4)
+    constant = plan(lr_schedule="constant", warmup_steps=0)
+    assert {learning_rate_at(constant, s) for s in (0, 500, 999)} == {1e-3}
+
+
+def test_weight_decay_applies_to_matrices_only() -> None:
+    model = GPT(ModelConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16, bias=True))
+    decayed, plain = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}  # type: ignore[attr-defined]
+    plain_names = {names[id(p)] for p in plain["params"]}  # type: ignore[attr-defined]
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert decayed_names == {n for n, p in model.named_parameters() if p.dim() >= 2}
+    assert "wte.weight" in decayed_names and "blocks.0.attn.c_attn.weight" in decayed_names
+    assert "blocks.0.ln_1.weight" in plain_names and "blocks.0.attn.c_attn.bias" in plain_names
+    total = sum(p.numel() for g in (decayed, plain) for p in g["params"])  # type: ignore[attr-defined]
+    assert total == model.num_parameters()
+    optimizer = build_optimizer(model, plan(), torch.device("cpu"))
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+
+
+def test_precision_resolution() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) == torch.bfloat16
+    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
+    with pytest.raises(InvalidArgumentError) as info:
+        resolve_precision("fp16", cpu)
+    assert info.value.field == "training.precision"
+
+
+def test_batch_shares_add_up() -> None:
+    assert split_evenly(10, 3) == [4, 3, 3]
+    assert split_evenly(8, 2) == [4, 4]
+    assert sum(split_evenly(65, 4)) == 65
+    assert math.isclose(sum(s / 10 for s in split_evenly(10, 3)), 1.0)

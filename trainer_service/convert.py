@@ -1,0 +1,108 @@
+"""Store records and engine events to v1 protos (and the few enums back)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from chargpt.v1 import common_pb2, trainer_pb2
+from trainer_service.checkpoints import CheckpointInfo
+from trainer_service.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, CorpusRecord, EventRecord, JobRecord
+from trainer_service.training.api import TrainingPlan
+
+STATE_TO_PROTO = {QUEUED: trainer_pb2.JOB_STATE_QUEUED, RUNNING: trainer_pb2.JOB_STATE_RUNNING,
+                  SUCCEEDED: trainer_pb2.JOB_STATE_SUCCEEDED, FAILED: trainer_pb2.JOB_STATE_FAILED,
+                  CANCELLED: trainer_pb2.JOB_STATE_CANCELLED}
+PROTO_TO_STATE = {v: k for k, v in STATE_TO_PROTO.items()}
+KIND_TO_PROTO = {"latest": common_pb2.CHECKPOINT_KIND_LATEST, "best": common_pb2.CHECKPOINT_KIND_BEST}
+PROTO_TO_KIND = {common_pb2.CHECKPOINT_KIND_UNSPECIFIED: "", common_pb2.CHECKPOINT_KIND_LATEST: "latest",
+                 common_pb2.CHECKPOINT_KIND_BEST: "best"}
+_ENUMS: dict[str, dict[str, Any]] = {
+    "precision": {"auto": trainer_pb2.PRECISION_AUTO, "fp32": trainer_pb2.PRECISION_FP32,
+                  "bf16": trainer_pb2.PRECISION_BF16, "fp16": trainer_pb2.PRECISION_FP16},
+    "compile": {"auto": trainer_pb2.COMPILE_MODE_AUTO, "on": trainer_pb2.COMPILE_MODE_ON,
+                "off": trainer_pb2.COMPILE_MODE_OFF},
+    "lr_schedule": {"cosine": trainer_pb2.LR_SCHEDULE_COSINE, "constant": trainer_pb2.LR_SCHEDULE_CONSTANT,
+                    "linear": trainer_pb2.LR_SCHEDULE_LINEAR},
+}
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _loss(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def corpus_proto(record: CorpusRecord) -> trainer_pb2.Corpus:
+    return trainer_pb2.Corpus(corpus_id=record.corpus_id, name=record.name, description=record.description,
+                              size_bytes=record.size_bytes, num_chars=record.num_chars,
+                              vocabulary=record.vocabulary, train_chars=record.train_chars,
+                              val_chars=record.val_chars, builtin=record.builtin,
+                              created_time=timestamp(record.created))
+
+
+def model_proto(plan: TrainingPlan) -> common_pb2.ModelConfig:
+    m = plan.model
+    return common_pb2.ModelConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
+                                  vocab_size=m.vocab_size, dropout=m.dropout, bias=m.bias)
+
+
+def training_proto(plan: TrainingPlan) -> trainer_pb2.TrainingSpec:
+    plain = ("max_steps", "batch_size", "learning_rate", "min_learning_rate", "warmup_steps", "weight_decay",
+             "grad_clip", "eval_interval", "sample_interval", "sample_length", "seed", "checkpoint_interval",
+             "grad_accumulation_steps")
+    values: dict[str, Any] = {name: getattr(plan, name) for name in plain}
+    values.update({name: table[getattr(plan, name)] for name, table in _ENUMS.items()})
+    return trainer_pb2.TrainingSpec(**values)
+
+
+def job_proto(job: JobRecord, plan: TrainingPlan) -> trainer_pb2.TrainingJob:
+    return trainer_pb2.TrainingJob(
+        job_id=job.job_id, display_name=job.display_name, state=STATE_TO_PROTO[job.state],
+        corpus_id=job.corpus_id, model=model_proto(plan), training=training_proto(plan),
+        resources=trainer_pb2.ResourceSpec(device=plan.device, num_processes=plan.num_processes),
+        step=job.step, train_loss=_loss(job.train_loss), val_loss=_loss(job.val_loss),
+        best_val_loss=_loss(job.best_val_loss), tokens_per_second=job.tokens_per_second, error=job.error,
+        parameter_count=job.parameter_count, created_time=timestamp(job.created),
+        started_time=timestamp(job.started), finished_time=timestamp(job.finished), device=plan.device)
+
+
+def checkpoint_proto(job_id: str, info: CheckpointInfo) -> trainer_pb2.Checkpoint:
+    t = info.manifest.training
+    return trainer_pb2.Checkpoint(job_id=job_id, kind=KIND_TO_PROTO[info.kind], step=t.step,
+                                  train_loss=_loss(t.train_loss), val_loss=_loss(t.val_loss),
+                                  weights_sha256=info.manifest.weights.sha256, size_bytes=info.size_bytes,
+                                  created_time=timestamp(info.created))
+
+
+def event_proto(event: EventRecord) -> trainer_pb2.WatchTrainingJobResponse:
+    p = event.payload
+    response = trainer_pb2.WatchTrainingJobResponse(sequence=event.seq, time=timestamp(event.time),
+                                                    job_id=event.job_id)
+    if event.kind == "state":
+        response.state_changed.CopyFrom(trainer_pb2.StateChangedEvent(state=STATE_TO_PROTO[p["state"]],
+                                                                      message=p.get("message", "")))
+    elif event.kind == "progress":
+        response.progress.CopyFrom(trainer_pb2.ProgressEvent(
+            step=p["step"], max_steps=p["max_steps"], loss=p["loss"], learning_rate=p["learning_rate"],
+            tokens_per_second=p["tokens_per_second"], elapsed_seconds=p["elapsed_seconds"],
+            eta_seconds=p["eta_seconds"]))
+    elif event.kind == "evaluation":
+        response.evaluation.CopyFrom(trainer_pb2.EvaluationEvent(step=p["step"], train_loss=p["train_loss"],
+                                                                 val_loss=p["val_loss"], is_best=p["is_best"]))
+    elif event.kind == "sample":
+        response.sample.CopyFrom(trainer_pb2.SampleEvent(step=p["step"], text=p["text"]))
+    elif event.kind == "checkpoint":
+        response.checkpoint_written.CopyFrom(trainer_pb2.CheckpointWrittenEvent(checkpoint=trainer_pb2.Checkpoint(
+            job_id=event.job_id, kind=KIND_TO_PROTO[p["checkpoint_kind"]], step=p["step"],
+            train_loss=_loss(p.get("train_loss")), val_loss=_loss(p.get("val_loss")),
+            weights_sha256=p["weights_sha256"], size_bytes=p["size_bytes"], created_time=timestamp(event.time))))
+    return response

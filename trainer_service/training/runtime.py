@@ -1,0 +1,147 @@
+"""Where and how a training process runs: device, torchrun/DDP rank, precision, compilation, threads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from chargpt.core.device import cpu_cores, cpu_supports_bf16, probe_device, torch_device_string
+from chargpt.errors import FailedPreconditionError, InvalidArgumentError
+from trainer_service.training.api import TrainingPlan
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One process's place in the job and the numeric settings it trains with."""
+
+    device: torch.device
+    rank: int
+    local_rank: int
+    world_size: int
+    autocast_dtype: torch.dtype | None  # None: plain fp32
+    compile: bool
+    owns_process_group: bool  # we initialised it, so we tear it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def uses_grad_scaler(self) -> bool:
+        return self.autocast_dtype == torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def resolve_runtime(plan: TrainingPlan) -> Runtime:
+    """Join the torchrun process group when launched by it, pick the device and numerics, set threads."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    device = _resolve_device(plan.device, local_rank if world_size > 1 else None)
+    owns_group = False
+    if world_size > 1 and not (dist.is_available() and dist.is_initialized()):
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        owns_group = True
+    torch.set_num_threads(training_threads(local_world))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32
+    return Runtime(device=device, rank=rank, local_rank=local_rank, world_size=world_size,
+                   autocast_dtype=resolve_precision(plan.precision, device),
+                   compile=plan.compile == "on" or (plan.compile == "auto" and device.type == "cuda"),
+                   owns_process_group=owns_group)
+
+
+def training_threads(local_world_size: int) -> int:
+    """Intra-op threads: this machine's cores shared among the local ranks, unless CHARGPT_TRAIN_THREADS says."""
+    override = os.environ.get("CHARGPT_TRAIN_THREADS", "")
+    if override.isdigit() and int(override) > 0:
+        return int(override)
+    return max(1, cpu_cores() // max(1, local_world_size))
+
+
+def _resolve_device(preference: str, local_rank: int | None) -> torch.device:
+    try:
+        facts = probe_device(preference)
+    except RuntimeError as exc:
+        raise FailedPreconditionError(f"training.device: {exc}") from None
+    name = torch_device_string(facts, preference)
+    if facts.type == "cuda" and local_rank is not None:
+        name = f"cuda:{local_rank}"  # one GPU per torchrun process
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting, or None for fp32; rejects what the device cannot do."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise InvalidArgumentError("training.precision", f"fp16 needs a CUDA device (this job runs on "
+                                                             f"{device.type}); use bf16, fp32 or auto")
+        return torch.float16
+    if precision == "bf16":
+        if device.type == "mps" or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+            raise InvalidArgumentError("training.precision", f"bf16 is not supported on {device}")
+        return torch.bfloat16
+    return torch.bfloat16 if bf16_is_faster(device) else None  # auto
+
+
+def bf16_is_faster(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds training up on this device (what precision "auto" picks).
+
+    On CUDA, whenever the GPU supports bf16. On CPUs only with AMX tiles: an AVX-512-BF16 dot product does the
+    same 64 FLOPs per cycle as two fp32 FMAs (measured 232 vs 238 GFLOP/s per core on a Sapphire Rapids
+    VM), and oneDNN's bf16 GEMM reached ~165 GFLOP/s against ~320 for MKL's fp32 one, so bf16 autocast there
+    made training ~1.5x slower (bench/train_throughput.py shows both).
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_supports_bf16() and cpu_has_amx_bf16()
+
+
+def cpu_has_amx_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+def all_agree(flag: bool, runtime: Runtime) -> bool:
+    """True on every rank if it is true on any rank (a stop request seen by one stops all at the same step)."""
+    if not runtime.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_sum(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    if runtime.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+@contextlib.contextmanager
+def process_group(runtime: Runtime) -> Iterator[Runtime]:
+    """Tear down the process group we created, however training ends."""
+    try:
+        yield runtime
+    finally:
+        if runtime.owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
