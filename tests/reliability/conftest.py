@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.client.conftest import ServerThread
+from tests.inference_service.conftest import make_server  # noqa: F401 - the in-process inference fixture
 
 
 @pytest.fixture(scope="module")
