@@ -219,3 +219,15 @@ async def served(make_server: object) -> Served:
     write_checkpoint(s.models_dir / "tiny")
     await s.load("tiny", "tiny")
     return s
+
+
+async def test_a_model_too_big_for_the_device_is_refused(trainer_stub: trainer_pb2_grpc.TrainerServiceStub) -> None:
+    corpus = (await trainer_stub.UploadCorpus(_upload(trainer_pb2.CorpusHeader(name="c"), b"abc " * 600),
+                                              timeout=30)).corpus
+    huge = common_pb2.ModelConfig(n_layer=128, n_head=128, n_embd=16_384, block_size=16)  # ~400 billion params
+    request = trainer_pb2.CreateTrainingJobRequest(corpus_id=corpus.corpus_id, model=trainer_pb2.ModelSpec(custom=huge),
+                                                   resources=trainer_pb2.ResourceSpec(device="cpu"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await trainer_stub.CreateTrainingJob(request, timeout=30)
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "parameters" in (err.value.details() or "")
+    assert (await trainer_stub.ListTrainingJobs(trainer_pb2.ListTrainingJobsRequest(), timeout=10)).jobs == []
