@@ -43,6 +43,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 return path
         elif source_kind == "trainer_checkpoint":
             ref = request.trainer_checkpoint
+            if ref.kind not in common_pb2.CheckpointKind.values():
+                raise errors.InvalidArgumentError("trainer_checkpoint.kind", f"unknown checkpoint kind {ref.kind}")
             kind = common_pb2.CheckpointKind.Name(ref.kind).removeprefix("CHECKPOINT_KIND_").lower()
             source = f"trainer:{ref.job_id}/{kind}"
 
