@@ -231,3 +231,15 @@ async def test_a_model_too_big_for_the_device_is_refused(trainer_stub: trainer_p
         await trainer_stub.CreateTrainingJob(request, timeout=30)
     assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "parameters" in (err.value.details() or "")
     assert (await trainer_stub.ListTrainingJobs(trainer_pb2.ListTrainingJobsRequest(), timeout=10)).jobs == []
+
+
+async def test_error_messages_stay_small_whatever_the_input(trainer_stub: trainer_pb2_grpc.TrainerServiceStub,
+                                                            served: Served) -> None:
+    """Messages quote the offending value; a huge value must not turn NOT_FOUND into a metadata overflow."""
+    for huge in ("x" * 70_000, "\U0001f642" * 20_000):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await trainer_stub.GetCorpus(trainer_pb2.GetCorpusRequest(corpus_id=huge), timeout=10)
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND and len(err.value.details() or "") < 2000
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await served.stub.GetModel(inference_pb2.GetModelRequest(name=huge), timeout=10)
+        assert err.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
