@@ -40,7 +40,7 @@ def _findings(path: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module.split(".")[0]]
         if any(name in UNSAFE_MODULES for name in names):
-            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: imports {names}")
+            found.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}: imports {names}")
         if isinstance(node, ast.Call):
             called = _dotted(node.func)
             if called in UNSAFE_CALLS or called.rsplit(".", 1)[-1] in {"all_gather_object", "broadcast_object_list"}:
@@ -99,8 +99,8 @@ async def test_trainer_ids_and_names_never_become_paths(trainer_stub: trainer_pb
         header = trainer_pb2.CorpusHeader(name=bad)
         try:
             await trainer_stub.UploadCorpus(_upload(header, f"{bad} ".encode() * 400), timeout=10)
-        except grpc.aio.AioRpcError as err:
-            assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "header.name" in (err.details() or "")
+        except grpc.aio.AioRpcError as refused:
+            assert refused.code() is grpc.StatusCode.INVALID_ARGUMENT and "header.name" in (refused.details() or "")
     stored = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     corpora = {p for p in stored if p.startswith("trainer/corpora/")}
     assert corpora and all(re.fullmatch(r"trainer/corpora/[0-9a-f]{64}\.txt", p) for p in corpora), corpora

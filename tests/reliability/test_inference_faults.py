@@ -44,6 +44,10 @@ def _edit_manifest(**changes: Any) -> Callable[[Path], None]:
     return damage
 
 
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
 def _pickled_weights(path: Path) -> None:
     """A classic attack: a pickle that runs code when loaded with torch.load, in place of the safetensors."""
     (path / "model.safetensors").write_bytes(b"\x80\x04\x95cos\nsystem\n(S'touch /tmp/chargpt-pwned'\ntR.")
@@ -61,8 +65,8 @@ DAMAGE: dict[str, Callable[[Path], None]] = {
     "vocabulary tampered": _edit_manifest(vocabulary="ab"),
     "weights path escapes": _edit_manifest(weights__file="../tiny/model.safetensors"),
     "format from the future": _edit_manifest(format_version=99),
-    "manifest not json": lambda p: (p / "manifest.json").write_text("{not json"),
-    "manifest not utf-8": lambda p: (p / "manifest.json").write_bytes(b"\xff\xfe\x00garbage"),
+    "manifest not json": lambda p: _write(p / "manifest.json", b"{not json"),
+    "manifest not utf-8": lambda p: _write(p / "manifest.json", b"\xff\xfe\x00garbage"),
 }
 
 

@@ -50,7 +50,7 @@ async def wait_job(stub: trainer_pb2_grpc.TrainerServiceStub, job_id: str, state
                    min_step: int = 0) -> S.TrainingJob:
     deadline = time.monotonic() + timeout
     while True:
-        job = (await stub.GetTrainingJob(S.GetTrainingJobRequest(job_id=job_id), timeout=10)).job
+        job: S.TrainingJob = (await stub.GetTrainingJob(S.GetTrainingJobRequest(job_id=job_id), timeout=10)).job
         if job.state in states and job.step >= min_step:
             return job
         assert time.monotonic() < deadline and (job.state not in TERMINAL or job.state in states), \

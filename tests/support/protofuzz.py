@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 FD = descriptor.FieldDescriptor
 Overrides = Mapping[str, st.SearchStrategy[Any]]
 
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
 HUGE_TEXT = st.sampled_from(["x" * 70_000, "é" * 20_000, "\U0001f642" * 5_000, "\x00" * 1000])
 ANY_TEXT = st.one_of(_TEXT, _TEXT, _TEXT, HUGE_TEXT)
 
