@@ -16,10 +16,12 @@ from chargpt_client import ClientOptions, InferenceClient, RetryPolicy, TlsOptio
 from google.protobuf import descriptor, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chargpt.v1 import inference_pb2, inference_pb2_grpc, trainer_pb2
+from chargpt.server.auth import BearerTokenInterceptor
+from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc, trainer_pb2
 from tests.client.conftest import ServerThread, inference_factory, trainer_factory
-from tests.inference_service.conftest import write_checkpoint
+from tests.inference_service.conftest import Served, write_checkpoint
 from tests.support.certs import Pki, make_pki
+from tests.support.fake_trainer import CheckpointTrainer, serve_trainer
 
 TOKEN = "correct-horse-battery-staple"
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,3 +167,33 @@ def test_cli_over_mtls_and_token(secured: Secured) -> None:
     assert models.returncode == 0, models.stderr
     denied = _cli(secured, "device", token="wrong")
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+
+
+async def test_inference_loads_from_a_mutual_tls_trainer_with_a_token(make_server: Any, secured: Secured,
+                                                                      tmp_path: Path) -> None:
+    """The inference service's own trainer channel speaks TLS and mTLS (trainer_tls_* settings) and sends its token."""
+    pki = secured.pki
+    fake = CheckpointTrainer(write_checkpoint(tmp_path / "trainer-side" / "best", seed=2))
+    credentials = grpc.ssl_server_credentials([(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
+                                              root_certificates=pki.ca_cert.read_bytes(), require_client_auth=True)
+    trainer, port = await serve_trainer(fake, [BearerTokenInterceptor(TOKEN)], credentials)
+    ref = inference_pb2.TrainerCheckpointRef(job_id="job1", kind=common_pb2.CHECKPOINT_KIND_BEST)
+    request = inference_pb2.LoadModelRequest(name="remote", trainer_checkpoint=ref)
+    tls = {"trainer_tls_ca_file": pki.ca_cert, "trainer_tls_cert_file": pki.client_cert,
+           "trainer_tls_key_file": pki.client_key}
+    try:
+        for overrides, code in (({}, grpc.StatusCode.UNAVAILABLE),  # plaintext to a TLS trainer
+                                ({**tls, "trainer_tls_cert_file": None, "trainer_tls_key_file": None},
+                                 grpc.StatusCode.UNAVAILABLE),  # no client certificate
+                                (tls, grpc.StatusCode.OK)):
+            s: Served = await make_server(trainer_address=f"localhost:{port}", trainer_auth_token=TOKEN, **overrides)
+            try:
+                reply = await s.stub.LoadModel(request, timeout=60)
+                assert reply.model.state == inference_pb2.MODEL_STATE_READY
+                got = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as err:
+                got = err.code()
+            assert got is code, overrides
+        assert fake.downloads == 1
+    finally:
+        await trainer.stop(0)

@@ -43,9 +43,11 @@ class CheckpointTrainer(trainer_pb2_grpc.TrainerServiceServicer):
 
 
 async def serve_trainer(servicer: trainer_pb2_grpc.TrainerServiceServicer,
-                        interceptors: list[grpc.aio.ServerInterceptor] | None = None) -> tuple[grpc.aio.Server, int]:
+                        interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+                        credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(interceptors=interceptors or [])
     trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = (server.add_secure_port("127.0.0.1:0", credentials) if credentials is not None
+            else server.add_insecure_port("127.0.0.1:0"))
     await server.start()
     return server, port
