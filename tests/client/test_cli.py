@@ -123,6 +123,21 @@ def test_job_and_checkpoint_commands(cli: Cli, job_id: str) -> None:
     assert min(_png_size(cli.workdir / "loss.png")) > 100
 
 
+def test_detached_training_from_a_file_then_cancel_and_resume(cli: Cli, job_id: str) -> None:
+    detached = cli.run("train", "citizens.txt", *TINY_FLAGS[:8], "--batch-size", "4", "--max-steps", "100000",
+                       "--detach")
+    assert detached.returncode == 0 and "uploaded citizens.txt as corpus" in detached.stderr
+    new_job = detached.stdout.strip()
+    assert len(new_job) >= 8 and new_job != job_id
+    assert cli.json("jobs", "cancel", new_job)["state"] in ("CANCELLED", "RUNNING", "QUEUED")
+    watched = cli.run("jobs", "watch", new_job)
+    assert watched.returncode == 0 and "cancelled" in watched.stderr
+    assert cli.json("jobs", "resume", new_job)["state"] in ("QUEUED", "RUNNING")
+    assert cli.json("jobs", "cancel", new_job)["state"] in ("CANCELLED", "RUNNING", "QUEUED")
+    assert {j["state"] for j in cli.json("jobs", "list", "--state", "running", "--state", "queued")} <= {
+        "RUNNING", "QUEUED"}
+
+
 def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     loaded = cli.json("models", "load", "m", "--job", job_id)
     assert loaded["model"]["state"] == "READY" and loaded["model"]["training"]["job_id"] == job_id

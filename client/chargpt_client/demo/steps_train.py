@@ -85,8 +85,9 @@ def show_tokenizer(demo: Demo) -> None:
 def _seconds_per_step(demo: Demo, corpus_id: str) -> float | None:
     """Time a short trial run of the same model on this machine (stopped once a few steps are measured)."""
     trainer = demo.client.trainer
+    device = "" if demo.options.device == "auto" else demo.options.device
     trial = trainer.create_job(corpus_id, display_name="demo-speed-trial", max_steps=TRIAL_STEPS, eval_interval=0,
-                               sample_interval=0, seed=demo.options.seed)
+                               sample_interval=0, seed=demo.options.seed, device=device)
     first: t.Progress | None = None
     rate: float | None = None
     for event in trainer.watch_job(trial.job_id):
