@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=0, help="train exactly this many steps instead of a budget")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    parser.add_argument("--eval-interval", type=int, default=0)
+    parser.add_argument("--eval-interval", type=int, default=None,
+                        help="default: a tenth of --steps in steps mode; the end only in budget mode")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--min-lr-ratio", type=float, default=0.1)
     parser.add_argument("--no-reference", action="store_true")
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     vocab = data.tokenizer.vocab_size
     load_before = machine_facts()["load_average"]
     rows, calibration = [], None
+    if args.eval_interval is None:
+        args.eval_interval = max(1, args.steps // 10) if args.steps else 0
     if args.steps:
         plan = make_plan(args.config, vocab, args, args.steps)
         device = resolve_runtime(plan).device

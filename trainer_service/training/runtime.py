@@ -57,11 +57,21 @@ def resolve_runtime(plan: TrainingPlan) -> Runtime:
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         owns_group = True
-    torch.set_num_threads(max(1, cpu_cores() // max(1, local_world)))
+    torch.set_num_threads(training_threads(local_world))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32
     return Runtime(device=device, rank=rank, local_rank=local_rank, world_size=world_size,
                    autocast_dtype=resolve_precision(plan.precision, device),
                    compile=plan.compile == "on" or (plan.compile == "auto" and device.type == "cuda"),
                    owns_process_group=owns_group)
+
+
+def training_threads(local_world_size: int) -> int:
+    """Intra-op threads: this machine's cores shared among the local ranks, unless CHARGPT_TRAIN_THREADS says."""
+    override = os.environ.get("CHARGPT_TRAIN_THREADS", "")
+    if override.isdigit() and int(override) > 0:
+        return int(override)
+    return max(1, cpu_cores() // max(1, local_world_size))
 
 
 def _resolve_device(preference: str, local_rank: int | None) -> torch.device:

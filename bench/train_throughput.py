@@ -1,0 +1,149 @@
+"""Training throughput: tokens/s and model FLOPs utilisation of the engine against a plain fp32 eager loop.
+
+    python -m bench.train_throughput [--configs notebook,cpu] [--rounds N] [--compile-notebook]
+
+Every variant trains the same model on the same batches in this process, and their steps are timed
+round-robin (one step of each variant per round), so other load on the machine hits all of them alike; the
+median step counts. The reference is the notebook's loop (fp32, eager, default AdamW, zero_grad); the engine
+variants run `Trainer._train_step` exactly as jobs do. MFU = (6 N + attention) FLOPs per token x tokens/s over
+a GEMM peak measured in the same run for the dtype the variant computes its matmuls in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.train_common import (
+    DEFAULT_CORPUS,
+    flops_per_token,
+    machine_facts,
+    matmul_peak_gflops,
+    print_table,
+    write_result,
+)
+from chargpt.core.config import ModelConfig
+from chargpt.core.device import PRESETS
+from chargpt.core.model import GPT
+from trainer_service.training.api import CorpusRef, TrainingPlan
+from trainer_service.training.data import CorpusData
+from trainer_service.training.loop import Trainer
+from trainer_service.training.runtime import resolve_runtime
+
+CONFIGS = {"notebook": PRESETS["small"], "cpu": PRESETS["cpu"]}
+Step = Callable[[int], object]
+
+
+class NullSink:
+    def emit(self, event: object) -> None:
+        pass
+
+
+def plan_for(name: str, vocab_size: int, precision: str = "auto", compile_mode: str = "off") -> TrainingPlan:
+    p = CONFIGS[name]
+    model = ModelConfig(vocab_size=vocab_size, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
+                        block_size=p.block_size, dropout=p.dropout)
+    return TrainingPlan(job_id=f"bench-{name}", model=model, max_steps=10**6, batch_size=p.batch_size,
+                        learning_rate=p.learning_rate, min_learning_rate=p.learning_rate / 10,
+                        warmup_steps=p.warmup_steps, weight_decay=0.1, grad_clip=1.0, eval_interval=0,
+                        sample_interval=0, sample_length=1, seed=0, precision=precision,  # type: ignore[arg-type]
+                        compile=compile_mode, checkpoint_interval=0, device="cpu")  # type: ignore[arg-type]
+
+
+def reference_step(plan: TrainingPlan, data: CorpusData) -> Step:
+    """The notebook's plain loop: fp32, eager, default AdamW, zero_grad, no clipping or autocast."""
+    torch.manual_seed(0)
+    model = GPT(plan.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate)
+
+    def step(i: int) -> None:
+        x, y = data.batch(plan.batch_size, plan.model.block_size, seed=i)
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        assert loss is not None
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def variants(name: str, vocab: int, compile_too: bool) -> list[tuple[str, TrainingPlan | None]]:
+    """(label, plan) pairs; plan None is the reference loop."""
+    out: list[tuple[str, TrainingPlan | None]] = [("reference fp32 eager", None),
+                                                   ("engine auto", plan_for(name, vocab)),
+                                                   ("engine bf16 autocast", plan_for(name, vocab, "bf16"))]
+    if compile_too:
+        out.append(("engine auto + compile", plan_for(name, vocab, compile_mode="on")))
+    return out
+
+
+def measure(name: str, corpus: CorpusRef, data: CorpusData, rounds: int, compile_too: bool,
+            peaks: dict[str, float], tmp: Path) -> list[dict[str, Any]]:
+    vocab = data.tokenizer.vocab_size
+    labelled = variants(name, vocab, compile_too)
+    steps: list[Step] = []
+    rows: list[dict[str, Any]] = []
+    for label, plan in labelled:
+        if plan is None:
+            steps.append(reference_step(plan_for(name, vocab, "fp32"), data))
+        else:
+            trainer = Trainer(plan, corpus, tmp / label.replace(" ", "_"), NullSink(), resolve_runtime(plan))
+            steps.append(trainer._train_step)
+        t0 = time.perf_counter()
+        for i in range(3 if plan is not None and plan.compile == "on" else 1):  # compilation happens here
+            steps[-1](i)
+        dtype = "bf16" if plan is not None and resolve_runtime(plan).autocast_dtype == torch.bfloat16 else "fp32"
+        rows.append({"config": name, "variant": label, "dtype": dtype, "warmup_s": time.perf_counter() - t0,
+                     "times": []})
+    for r in range(rounds):
+        for row, step in zip(rows, steps, strict=True):
+            t0 = time.perf_counter()
+            step(100 + r)
+            row["times"].append(time.perf_counter() - t0)
+    model = plan_for(name, vocab).model
+    tokens = CONFIGS[name].batch_size * model.block_size
+    for row in rows:
+        row["step_s"] = statistics.median(row["times"])
+        row["tokens_per_s"] = tokens / row["step_s"]
+        row["mfu_vs_measured_peak"] = flops_per_token(model, model.block_size) * row["tokens_per_s"] / (
+            peaks[row["dtype"]] * 1e9)
+        row["speedup_vs_reference"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", default="notebook,cpu")
+    parser.add_argument("--rounds", type=int, default=0, help="timed steps per variant (0: 3 notebook, 15 cpu)")
+    parser.add_argument("--compile-notebook", action="store_true", help="also compile the notebook model (slow)")
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    args = parser.parse_args(argv)
+    corpus = CorpusRef(corpus_id="bench", name=args.corpus.name, sha256="", path=args.corpus)
+    data = CorpusData.from_file(args.corpus)
+    load_before = machine_facts()["load_average"]
+    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs.split(","):
+            rounds = args.rounds or (3 if name == "notebook" else 15)
+            compile_too = name != "notebook" or args.compile_notebook
+            rows += measure(name, corpus, data, rounds, compile_too, peaks, Path(tmp))
+    facts = machine_facts()
+    print(f"GEMM peak measured: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
+          f"{torch.get_num_threads()} threads; load average before {load_before}, after {facts['load_average']}")
+    print_table(["config", "variant", "dtype", "warm-up s", "step s", "tokens/s", "MFU", "vs reference"],
+                [[r["config"], r["variant"], r["dtype"], r["warmup_s"], r["step_s"], r["tokens_per_s"],
+                  f"{100 * r['mfu_vs_measured_peak']:.1f}%", f"{r['speedup_vs_reference']:.2f}x"] for r in rows])
+    path = write_result("train_throughput", {"machine": facts, "load_average_before": load_before,
+                                             "peaks_gflops": peaks, "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
