@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from chargpt_client.cli.common import SubParsers, UsageError
@@ -50,10 +51,13 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
 
 
 def demo_cmd(args: argparse.Namespace) -> int:
-    from chargpt_client.demo import ServicesUnavailable, run_demo
+    from chargpt_client.demo import DemoFailed, ServicesUnavailable, run_demo
 
     try:
         run_demo(options_from(args))
     except ServicesUnavailable as exc:
         raise UsageError(str(exc)) from exc
+    except DemoFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -7,7 +7,7 @@ from typing import Any
 
 from chargpt_client import types as t
 from chargpt_client.cli.progress import JobProgress
-from chargpt_client.demo.context import Demo
+from chargpt_client.demo.context import Demo, DemoFailed
 from chargpt_client.tokenizer import CharMapping
 
 FAST_MODEL = t.ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.0)
@@ -194,6 +194,6 @@ def train(demo: Demo) -> None:
     demo.findings.stopped_early = cancelled
     demo.findings.job = final = demo.client.trainer.get_job(job.job_id)
     if final.state == "FAILED":
-        raise RuntimeError(f"training failed: {final.error}")
+        raise DemoFailed(f"training failed: {final.error}")
     demo.say(f"Done in {demo.findings.training_seconds:.0f} s: {final.state.lower()} at step {final.step}, "
              f"best validation loss {final.best_val_loss:.4f}.")
