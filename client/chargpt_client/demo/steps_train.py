@@ -12,8 +12,8 @@ from chargpt_client.tokenizer import CharMapping
 
 FAST_MODEL = t.ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.0)
 FAST_STEPS = 30
-DEFAULT_TRAINING_MINUTES = 3.0  # fits `make demo` in about 5 minutes on a 2-core CPU
-TIME_CAP_FACTOR = 1.25  # stop (keeping the best checkpoint) if training overruns its budget this much
+DEFAULT_TRAINING_MINUTES = 3.5  # fits `make demo` in about 5 minutes on a 2-core CPU
+TIME_CAP_FACTOR = 1.2  # stop (keeping the best checkpoint) if training overruns its budget this much
 TRIAL_STEPS, TRIAL_SECONDS = 200, 4.0
 BUDGET_SHARE_FOR_STEPS = 0.9  # the rest goes to samples and checkpoints; evaluations are counted apart
 MIN_STEPS = 50
