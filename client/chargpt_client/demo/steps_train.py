@@ -139,8 +139,8 @@ def _training_fields(demo: Demo, corpus: t.Corpus) -> dict[str, Any]:
     fields: dict[str, Any] = {"seed": opts.seed, "sample_length": 200 if not opts.fast else 80}
     if steps:
         evals, samples = (2, 3) if opts.fast else (EVALS_PER_RUN, SAMPLES_PER_RUN)
-        fields.update(max_steps=steps, sample_interval=max(1, steps // samples),
-                      eval_interval=max(1, steps // evals))
+        # Rounded up, so the last regular evaluation is the final one rather than a step or two before it.
+        fields.update(max_steps=steps, sample_interval=-(-steps // samples), eval_interval=-(-steps // evals))
     return fields
 
 
