@@ -174,3 +174,29 @@ def test_missing_matplotlib_is_explained(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["attention", "m", "text", "--inference", "127.0.0.1:1"]) == 3
     assert "pip install 'chargpt[plot]'" in capsys.readouterr().err
+
+
+def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
+    import io
+
+    from chargpt_client import types as t
+    from chargpt_client.cli.progress import JobProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    progress = JobProgress(out)
+    base: dict[str, Any] = {"time": None, "job_id": "job"}
+    for step in (5, 10):
+        progress.handle(t.Progress(sequence=step, step=step, max_steps=10, loss=2.5, learning_rate=1e-3,
+                                   tokens_per_second=12345, elapsed_seconds=6.5 * step, eta_seconds=65 - 6.5 * step,
+                                   **base))
+        if step == 5:
+            progress.handle(t.Sample(sequence=6, step=5, text="hello\nworld", **base))
+    progress.close()
+    assert out.getvalue() == (
+        "\r\x1b[K[############............]  50% step 5/10  loss 2.5000  12.3k tok/s  elapsed 0:32  ETA 0:32"
+        "\r\x1b[Ksample at step 5:\n  | hello\n  | world\n"
+        "\r\x1b[K[########################] 100% step 10/10  loss 2.5000  12.3k tok/s  elapsed 1:05  ETA 0:00\n")
