@@ -34,6 +34,7 @@ from chargpt.core.model import GPT
 from chargpt.core.sampling import PRESETS, Preset, generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from inference_service.server import default_torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
@@ -64,9 +65,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(models_dir: Path, port: int, threads: int) -> subprocess.Popen[bytes]:
+def start_server(models_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "inference_service.server", "--port", str(port), "--models-dir",
-               str(models_dir), "--preload", f"{MODEL}={MODEL}", "--torch-threads", str(threads),
+               str(models_dir), "--preload", f"{MODEL}={MODEL}", "--torch-threads", str(args.threads),
+               "--kv-cache-dtype", args.kv_cache_dtype,
                "--device", "cpu", "--log-level", "WARNING"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.Popen(command, cwd=ROOT, env=env)
@@ -147,7 +149,7 @@ async def run(args: argparse.Namespace, models_dir: Path) -> dict[str, Any]:
     model = write_model(models_dir, text)
     tokenizer = CharTokenizer.from_text(text)
     port = free_port()
-    server = start_server(models_dir, port, args.threads)
+    server = start_server(models_dir, port, args)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
                                              options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
@@ -169,7 +171,7 @@ async def run(args: argparse.Namespace, models_dir: Path) -> dict[str, Any]:
         server.terminate()
         server.wait(timeout=30)
     torch.set_num_threads(args.threads)
-    out["reference"] = reference(model, tokenizer, 64 if args.quick else NEW_TOKENS)
+    out["reference"] = reference(model, tokenizer, NEW_TOKENS)
     return out
 
 
@@ -194,14 +196,17 @@ def print_table(out: dict[str, Any], load: tuple[float, float, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter Score texts")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server torch threads")
+    parser.add_argument("--quick", action="store_true", help="fewer single-stream rounds, shorter Score texts")
+    parser.add_argument("--threads", type=int, default=default_torch_threads(),
+                        help="torch threads of the server and the reference (default: the server's default)")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="server KV cache dtype (auto, bfloat16, ...)")
     args = parser.parse_args()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         out = asyncio.run(run(args, Path(tmp)))
     out["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                      "threads": args.threads, "load_before": load, "load_after": os.getloadavg(),
+                      "threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype,
+                      "load_before": load, "load_after": os.getloadavg(),
                       "quick": args.quick, "time": datetime.now(UTC).isoformat()}
     print_table(out, load)
     results = ROOT / "bench" / "results"

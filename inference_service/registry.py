@@ -164,7 +164,8 @@ class ModelRegistry:
             model = entry.checkpoint.model
             entry.engine = await asyncio.to_thread(
                 Engine, name, model, entry.checkpoint.tokenizer.vocabulary, self._batch_rows(model.config),
-                self.settings.max_queue, self.metrics)
+                self.settings.max_queue, self.metrics, DTYPES.get(self.settings.kv_cache_dtype),
+                self.settings.window_slide)
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
             entry.loaded.set()
@@ -180,7 +181,8 @@ class ModelRegistry:
 
     def _batch_rows(self, config: ModelConfig) -> int:
         """max_batch_size, or fewer rows if their keys and values would exceed max_kv_cache_bytes."""
-        row_bytes = 2 * config.n_layer * config.block_size * config.n_embd * 4
+        itemsize = DTYPES.get(self.settings.kv_cache_dtype, torch.float32).itemsize
+        row_bytes = 2 * config.n_layer * config.block_size * config.n_embd * itemsize
         return max(1, min(self.settings.max_batch_size, self.settings.max_kv_cache_bytes // row_bytes))
 
     async def unload(self, name: str) -> None:

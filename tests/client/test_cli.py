@@ -123,6 +123,21 @@ def test_job_and_checkpoint_commands(cli: Cli, job_id: str) -> None:
     assert min(_png_size(cli.workdir / "loss.png")) > 100
 
 
+def test_detached_training_from_a_file_then_cancel_and_resume(cli: Cli, job_id: str) -> None:
+    detached = cli.run("train", "citizens.txt", *TINY_FLAGS[:8], "--batch-size", "4", "--max-steps", "100000",
+                       "--detach")
+    assert detached.returncode == 0 and "uploaded citizens.txt as corpus" in detached.stderr
+    new_job = detached.stdout.strip()
+    assert len(new_job) >= 8 and new_job != job_id
+    assert cli.json("jobs", "cancel", new_job)["state"] in ("CANCELLED", "RUNNING", "QUEUED")
+    watched = cli.run("jobs", "watch", new_job)
+    assert watched.returncode == 0 and "cancelled" in watched.stderr
+    assert cli.json("jobs", "resume", new_job)["state"] in ("QUEUED", "RUNNING")
+    assert cli.json("jobs", "cancel", new_job)["state"] in ("CANCELLED", "RUNNING", "QUEUED")
+    assert {j["state"] for j in cli.json("jobs", "list", "--state", "running", "--state", "queued")} <= {
+        "RUNNING", "QUEUED"}
+
+
 def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     loaded = cli.json("models", "load", "m", "--job", job_id)
     assert loaded["model"]["state"] == "READY" and loaded["model"]["training"]["job_id"] == job_id
@@ -159,3 +174,29 @@ def test_missing_matplotlib_is_explained(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["attention", "m", "text", "--inference", "127.0.0.1:1"]) == 3
     assert "pip install 'chargpt[plot]'" in capsys.readouterr().err
+
+
+def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
+    import io
+
+    from chargpt_client import types as t
+    from chargpt_client.cli.progress import JobProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    progress = JobProgress(out)
+    base: dict[str, Any] = {"time": None, "job_id": "job"}
+    for step in (5, 10):
+        progress.handle(t.Progress(sequence=step, step=step, max_steps=10, loss=2.5, learning_rate=1e-3,
+                                   tokens_per_second=12345, elapsed_seconds=6.5 * step, eta_seconds=65 - 6.5 * step,
+                                   **base))
+        if step == 5:
+            progress.handle(t.Sample(sequence=6, step=5, text="hello\nworld", **base))
+    progress.close()
+    assert out.getvalue() == (
+        "\r\x1b[K[############............]  50% step 5/10  loss 2.5000  12.3k tok/s  elapsed 0:32  ETA 0:32"
+        "\r\x1b[Ksample at step 5:\n  | hello\n  | world\n"
+        "\r\x1b[K[########################] 100% step 10/10  loss 2.5000  12.3k tok/s  elapsed 1:05  ETA 0:00\n")

@@ -69,3 +69,20 @@ def test_demo_on_your_own_text(tmp_path: Path) -> None:
     assert {r["domain"] for r in perplexity[1:]} == {"out"} and len(perplexity) >= 2
     assert any("outside the vocabulary" in note for note in demo.findings.filter_notes)
     _check_report(tmp_path / "report", "recipes")
+
+
+def test_training_steps_fit_the_time_budget() -> None:
+    from chargpt_client import types as t
+    from chargpt_client.demo.context import Demo
+    from chargpt_client.demo.steps_train import _fitted_steps, preset_for
+
+    cpu_model = t.ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=128)
+    device = t.DeviceInfo("cpu", "x86", 1, 0, False, 2, "")
+    demo = Demo(options=DemoOptions(minutes=3.0), client=None)  # type: ignore[arg-type]
+    demo.findings.device = t.DeviceReport(device, cpu_model, auto_batch_size=32, presets=["cpu"])
+    corpus = t.Corpus("id", "c", "", 0, 1_000_000, "ab", 900_000, 100_000, True, None)
+    assert preset_for(cpu_model)[0] == "cpu"
+    # 180 s / 0.5 s = 360 step-times; 90% of them, less 4 evaluations of (100k + 32k) / (3 * 4096) steps each.
+    assert _fitted_steps(demo, corpus, 0.5, preset_steps=2000) == int(0.9 * 360 - 4 * 132_768 / 12_288)
+    assert _fitted_steps(demo, corpus, 0.01, preset_steps=2000) == 2000  # a fast device runs the whole schedule
+    assert _fitted_steps(demo, corpus, 100.0, preset_steps=2000) == 50  # never fewer than MIN_STEPS

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from chargpt_client.cli.common import SubParsers, UsageError
 from chargpt_client.demo.context import BUILTIN_CORPORA, DemoOptions
+from chargpt_client.demo.steps_train import DEFAULT_TRAINING_MINUTES
 
 
 def register(subparsers: SubParsers) -> None:
@@ -18,10 +20,11 @@ def register(subparsers: SubParsers) -> None:
     source.add_argument("--corpus", choices=BUILTIN_CORPORA, default="shakespeare", help="built-in corpus")
     source.add_argument("--text-file", type=Path, help="train on your own UTF-8 text file instead")
     demo.add_argument("--prompt", help="a prompt to continue (default depends on the corpus)")
-    demo.add_argument("--steps", type=int, help="training steps (default: the device's preset)")
+    demo.add_argument("--steps", type=int, help="train exactly this many steps (default: as many as fit "
+                                                "--minutes, at most the device preset's schedule)")
     demo.add_argument("--minutes", type=float,
-                      help="cap training at this many minutes, keeping the best checkpoint (default 4 unless "
-                           "--steps is given)")
+                      help=f"training time budget (default {DEFAULT_TRAINING_MINUTES:g}); a trial run measures "
+                           "the speed, and training past 1.2x the budget is stopped, keeping the best checkpoint")
     demo.add_argument("--fast", action="store_true", help="a tiny model and a few steps (seconds; for tests)")
     demo.add_argument("--seed", type=int, default=1337)
     demo.add_argument("--data-dir", type=Path, default=Path("chargpt-data"))
@@ -50,10 +53,13 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
 
 
 def demo_cmd(args: argparse.Namespace) -> int:
-    from chargpt_client.demo import ServicesUnavailable, run_demo
+    from chargpt_client.demo import DemoFailed, ServicesUnavailable, run_demo
 
     try:
         run_demo(options_from(args))
     except ServicesUnavailable as exc:
         raise UsageError(str(exc)) from exc
+    except DemoFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 import time
 from typing import TextIO
 
@@ -45,8 +44,7 @@ class JobProgress:
             self.final_state, self.final_message = event.state, event.message
             note = f" ({event.message})" if event.message else ""
             self._line(f"job {event.job_id[:12]} {event.state.lower()}{note}")
-        elif isinstance(event, t.CheckpointWritten) and event.checkpoint.kind == "best" and not self.tty:
-            pass  # checkpoints are frequent; the evaluation line already says "new best"
+        # CheckpointWritten is not shown: checkpoints are frequent and the evaluation line says "new best".
 
     def bar(self, p: t.Progress) -> str:
         fraction = min(1.0, p.step / p.max_steps) if p.max_steps else 0.0
@@ -76,10 +74,10 @@ class JobProgress:
         self.out.flush()
 
     def _block(self, text: str) -> None:
-        lines = text.splitlines() or [""]
-        for line in lines[:12]:
-            self._line(self.indent + "| " + textwrap.shorten(line, self.sample_width, placeholder="…")
-                       if len(line) > self.sample_width else self.indent + "| " + line)
+        """A sample, indented, at most 12 lines of at most sample_width characters."""
+        for line in (text.splitlines() or [""])[:12]:
+            shown = line if len(line) <= self.sample_width else line[:self.sample_width - 1] + "…"
+            self._line(f"{self.indent}| {shown}")
 
     def close(self) -> None:
         if self._bar_shown:

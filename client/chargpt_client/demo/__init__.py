@@ -7,7 +7,7 @@ import time
 from contextlib import ExitStack
 from typing import TextIO
 
-from chargpt_client.demo.context import Demo, DemoOptions
+from chargpt_client.demo.context import Demo, DemoFailed, DemoOptions
 from chargpt_client.demo.report import write_report
 from chargpt_client.demo.services import LocalServices, ServicesUnavailable
 from chargpt_client.demo.steps_model import generalize, look_inside, write
@@ -15,7 +15,7 @@ from chargpt_client.demo.steps_train import show_architecture, show_corpus, show
 from chargpt_client.options import ClientOptions
 from chargpt_client.sync import Client
 
-__all__ = ["DemoOptions", "ServicesUnavailable", "run_demo"]
+__all__ = ["DemoFailed", "DemoOptions", "ServicesUnavailable", "run_demo"]
 
 STEPS = (show_device, show_corpus, show_tokenizer, show_architecture, train, write, generalize, look_inside)
 

@@ -12,6 +12,10 @@ from chargpt_client import types as t
 from chargpt_client.sync import Client
 
 BUILTIN_CORPORA = ("shakespeare", "python", "startups")
+
+
+class DemoFailed(Exception):
+    """A step could not go on (e.g. training failed); the CLI prints the reason and exits with status 1."""
 STEP_COUNT = 8
 
 

@@ -34,7 +34,9 @@ def write(demo: Demo) -> None:
                                        seed=demo.options.seed)
         demo.findings.generations[preset] = generated
         demo.say("")
-        demo.say(f"--- {preset} ({PRESET_SETTINGS[preset]}), seed {generated.summary.seed} ---")
+        s = generated.summary
+        demo.say(f"--- {preset} ({PRESET_SETTINGS[preset]}), seed {s.seed}: {s.generated_tokens} characters in "
+                 f"{s.total_seconds:.1f} s ---")
         demo.block(generated.text)
     prompt = demo.options.prompt if demo.options.prompt is not None else demo.profile.prompt
     known, dropped = CharMapping(model.vocabulary).filter(prompt)

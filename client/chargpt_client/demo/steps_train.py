@@ -7,13 +7,13 @@ from typing import Any
 
 from chargpt_client import types as t
 from chargpt_client.cli.progress import JobProgress
-from chargpt_client.demo.context import Demo
+from chargpt_client.demo.context import Demo, DemoFailed
 from chargpt_client.tokenizer import CharMapping
 
 FAST_MODEL = t.ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.0)
 FAST_STEPS = 30
-DEFAULT_TRAINING_MINUTES = 3.0  # fits `make demo` in about 5 minutes on a 2-core CPU
-TIME_CAP_FACTOR = 1.25  # stop (keeping the best checkpoint) if training overruns its budget this much
+DEFAULT_TRAINING_MINUTES = 3.5  # fits `make demo` in about 5 minutes on a 2-core CPU
+TIME_CAP_FACTOR = 1.2  # stop (keeping the best checkpoint) if training overruns its budget this much
 TRIAL_STEPS, TRIAL_SECONDS = 200, 4.0
 BUDGET_SHARE_FOR_STEPS = 0.9  # the rest goes to samples and checkpoints; evaluations are counted apart
 MIN_STEPS = 50
@@ -85,8 +85,9 @@ def show_tokenizer(demo: Demo) -> None:
 def _seconds_per_step(demo: Demo, corpus_id: str) -> float | None:
     """Time a short trial run of the same model on this machine (stopped once a few steps are measured)."""
     trainer = demo.client.trainer
+    device = "" if demo.options.device == "auto" else demo.options.device
     trial = trainer.create_job(corpus_id, display_name="demo-speed-trial", max_steps=TRIAL_STEPS, eval_interval=0,
-                               sample_interval=0, seed=demo.options.seed)
+                               sample_interval=0, seed=demo.options.seed, device=device)
     first: t.Progress | None = None
     rate: float | None = None
     for event in trainer.watch_job(trial.job_id):
@@ -138,8 +139,8 @@ def _training_fields(demo: Demo, corpus: t.Corpus) -> dict[str, Any]:
     fields: dict[str, Any] = {"seed": opts.seed, "sample_length": 200 if not opts.fast else 80}
     if steps:
         evals, samples = (2, 3) if opts.fast else (EVALS_PER_RUN, SAMPLES_PER_RUN)
-        fields.update(max_steps=steps, sample_interval=max(1, steps // samples),
-                      eval_interval=max(1, steps // evals))
+        # Rounded up, so the last regular evaluation is the final one rather than a step or two before it.
+        fields.update(max_steps=steps, sample_interval=-(-steps // samples), eval_interval=-(-steps // evals))
     return fields
 
 
@@ -193,6 +194,6 @@ def train(demo: Demo) -> None:
     demo.findings.stopped_early = cancelled
     demo.findings.job = final = demo.client.trainer.get_job(job.job_id)
     if final.state == "FAILED":
-        raise RuntimeError(f"training failed: {final.error}")
+        raise DemoFailed(f"training failed: {final.error}")
     demo.say(f"Done in {demo.findings.training_seconds:.0f} s: {final.state.lower()} at step {final.step}, "
              f"best validation loss {final.best_val_loss:.4f}.")
