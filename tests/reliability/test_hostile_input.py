@@ -104,7 +104,8 @@ async def test_trainer_ids_and_names_never_become_paths(trainer_stub: trainer_pb
     stored = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     corpora = {p for p in stored if p.startswith("trainer/corpora/")}
     assert corpora and all(re.fullmatch(r"trainer/corpora/[0-9a-f]{64}\.txt", p) for p in corpora), corpora
-    assert stored - corpora <= {"trainer/trainer.db", "trainer/trainer.db-wal", "trainer/trainer.db-shm"}
+    assert stored - corpora <= {"trainer/trainer.db", "trainer/trainer.db-wal", "trainer/trainer.db-shm",
+                                "trainer/server.lock"}
 
 
 async def test_model_names_never_become_paths(served: Served) -> None:
