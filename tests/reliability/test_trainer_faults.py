@@ -202,3 +202,34 @@ def test_enospc_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path
     monkeypatch.undo()
     assert load_checkpoint(path).manifest.weights.sha256 == before
     assert [p.name for p in tmp_path.iterdir()] == ["latest"]
+
+
+@pytest.mark.slow
+async def test_a_killed_worker_fails_only_its_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two jobs train side by side; SIGKILL one worker: that job FAILS naming the signal, the other finishes."""
+    fake_engine_dir = Path(__file__).resolve().parents[1] / "trainer_service"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(fake_engine_dir),
+                                                                   os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("FAKE_ENGINE_STEP_SECONDS", "0.05")
+    settings = TrainerSettings(port=0, data_dir=tmp_path / "data", device="cpu", builtin_corpora=False,
+                               event_poll_seconds=0.1, engine="fake_engine:run_training", max_jobs_per_device=2)
+    server, port = await create_server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            corpus = (await upload(stub, TEXT.encode())).corpus
+            victim = (await stub.CreateTrainingJob(tiny_job(corpus.corpus_id, max_steps=100_000), timeout=30)).job
+            other = (await stub.CreateTrainingJob(tiny_job(corpus.corpus_id, max_steps=60), timeout=30)).job
+            for job in (victim, other):
+                await wait_job(stub, job.job_id, {S.JOB_STATE_RUNNING}, timeout=90, min_step=3)
+            process = server.jobs.running_process(victim.job_id)  # type: ignore[attr-defined]
+            assert process is not None
+            os.kill(process.pid, signal.SIGKILL)
+            failed = await wait_job(stub, victim.job_id, {S.JOB_STATE_FAILED}, timeout=30)
+            assert "SIGKILL" in failed.error
+            assert (await wait_job(stub, other.job_id, {S.JOB_STATE_SUCCEEDED}, timeout=120)).step == 60
+            assert (await stub.ListCorpora(S.ListCorporaRequest(), timeout=10)).corpora[0].corpus_id \
+                == corpus.corpus_id
+    finally:
+        await server.stop(0)
