@@ -194,6 +194,9 @@ async def soak(trainer: trainer_pb2_grpc.TrainerServiceStub, inference: inferenc
     for kind in MIX:
         for _ in range(5):
             await reference.timed(kind, getattr(traffic, kind))
+    for _ in range(5):
+        await reference.timed("trainer_poll", lambda: trainer.GetTrainingJob(
+            trainer_pb2.GetTrainingJobRequest(job_id=job_id), timeout=10))
     recorder = Recorder()
     started = time.monotonic()
     until = started + seconds

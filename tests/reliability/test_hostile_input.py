@@ -244,3 +244,10 @@ async def test_error_messages_stay_small_whatever_the_input(trainer_stub: traine
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await served.stub.GetModel(inference_pb2.GetModelRequest(name=huge), timeout=10)
         assert err.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_overlong_checkpoint_paths_are_invalid_arguments(served: Served) -> None:
+    for path in ("x" * 300, "a/" * 600, "é" * 200):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await served.load("long", path)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
