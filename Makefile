@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-# Until `chargpt demo` lands, the main job is both services on their default ports.
-demo: serve
+# The main job: trains on a built-in corpus with both services started in-process, writes ./chargpt-report/.
+# Pass flags through DEMO_ARGS, e.g. make demo DEMO_ARGS="--corpus python --minutes 5".
+DEMO_ARGS ?=
+demo: $(STAMP)
+	$(BIN)/chargpt demo $(DEMO_ARGS)
 
 serve: $(STAMP)
 	$(BIN)/chargpt-trainer & $(BIN)/chargpt-inference & wait

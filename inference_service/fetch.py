@@ -24,8 +24,20 @@ MAX_FILES = 16
 MAX_TOTAL_BYTES = 8 << 30
 
 
+def trainer_credentials(ca_file: Path | None, cert_file: Path | None,
+                        key_file: Path | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the trainer channel (None: plaintext); a client certificate needs its key."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("trainer mutual TLS needs both trainer_tls_cert_file and trainer_tls_key_file")
+    if ca_file is None and cert_file is None:
+        return None
+    return grpc.ssl_channel_credentials(ca_file.read_bytes() if ca_file else None,
+                                        key_file.read_bytes() if key_file else None,
+                                        cert_file.read_bytes() if cert_file else None)
+
+
 async def download_checkpoint(address: str | None, token: str | None, job_id: str, kind: int, cache_root: Path,
-                              chunk_size: int) -> Path:
+                              chunk_size: int, credentials: grpc.ChannelCredentials | None = None) -> Path:
     """The local directory of the job's checkpoint, downloaded unless an identical copy is cached."""
     if not address:
         raise errors.FailedPreconditionError("no trainer_address is configured, so trainer checkpoints "
@@ -35,7 +47,9 @@ async def download_checkpoint(address: str | None, token: str | None, job_id: st
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     request = trainer_pb2.DownloadCheckpointRequest(job_id=job_id, kind=kind, chunk_size=chunk_size)  # type: ignore[arg-type]
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        channel = (grpc.aio.secure_channel(address, credentials) if credentials is not None
+                   else grpc.aio.insecure_channel(address))
+        async with channel:
             stream = trainer_pb2_grpc.TrainerServiceStub(channel).DownloadCheckpoint(request, metadata=metadata)
             return await _receive(stream, job_id, cache_root)
     except grpc.aio.AioRpcError as err:

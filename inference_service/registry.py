@@ -99,6 +99,8 @@ class ModelRegistry:
         """The checkpoint directory, which must lie inside models_dir once symlinks are resolved."""
         if not checkpoint_path or "\x00" in checkpoint_path:
             raise errors.InvalidArgumentError("checkpoint_path", "must be a non-empty path")
+        if len(checkpoint_path.encode()) > 1024 or any(len(p.encode()) > 255 for p in Path(checkpoint_path).parts):
+            raise errors.InvalidArgumentError("checkpoint_path", "too long: at most 1024 bytes, 255 per component")
         if ".." in Path(checkpoint_path).parts:
             raise errors.InvalidArgumentError("checkpoint_path", "must not contain '..'")
         root = self.settings.models_dir.resolve()

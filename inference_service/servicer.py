@@ -13,7 +13,7 @@ from chargpt import errors
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from inference_service import scoring
 from inference_service.convert import build_request, model_to_proto, summary_to_proto
-from inference_service.fetch import download_checkpoint
+from inference_service.fetch import download_checkpoint, trainer_credentials
 from inference_service.metrics import InferenceMetrics
 from inference_service.registry import TRAINER_CACHE, ModelEntry, ModelRegistry
 from inference_service.requests import Finish, GenRequest, Summary
@@ -28,6 +28,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def __init__(self, settings: InferenceSettings, registry: ModelRegistry, metrics: InferenceMetrics) -> None:
         self.settings, self.registry, self.metrics = settings, registry, metrics
+        self.trainer_credentials = trainer_credentials(settings.trainer_tls_ca_file, settings.trainer_tls_cert_file,
+                                                       settings.trainer_tls_key_file)
 
     # ---- models ----
 
@@ -43,13 +45,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 return path
         elif source_kind == "trainer_checkpoint":
             ref = request.trainer_checkpoint
+            if ref.kind not in common_pb2.CheckpointKind.values():
+                raise errors.InvalidArgumentError("trainer_checkpoint.kind", f"unknown checkpoint kind {ref.kind}")
             kind = common_pb2.CheckpointKind.Name(ref.kind).removeprefix("CHECKPOINT_KIND_").lower()
             source = f"trainer:{ref.job_id}/{kind}"
 
             async def locate() -> Path:
                 return await download_checkpoint(
                     self.settings.trainer_address, self.settings.trainer_auth_token, ref.job_id, ref.kind,
-                    self.settings.models_dir / TRAINER_CACHE, self.settings.download_chunk_bytes)
+                    self.settings.models_dir / TRAINER_CACHE, self.settings.download_chunk_bytes,
+                    self.trainer_credentials)
         else:
             raise errors.InvalidArgumentError("source", "give checkpoint_path or trainer_checkpoint")
         entry, loaded = await self.registry.load(request.name, source, locate, request.device, request.dtype)

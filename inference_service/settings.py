@@ -21,6 +21,10 @@ class InferenceSettings(ServerSettings):
     trainer_address: str | None = Field(default=None,
                                         description="trainer host:port for loading a job's checkpoint")
     trainer_auth_token: str | None = Field(default=None, description="bearer token for the trainer, if it needs one")
+    trainer_tls_ca_file: Path | None = Field(default=None,
+                                             description="talk TLS to the trainer, verifying it with these roots")
+    trainer_tls_cert_file: Path | None = Field(default=None, description="client certificate for a mutual-TLS trainer")
+    trainer_tls_key_file: Path | None = Field(default=None, description="client key for a mutual-TLS trainer")
     device: str = Field(default="auto", description="default device for models: auto, cpu, cuda, cuda:N, mps")
     dtype: str = Field(default="auto", description="default compute dtype: auto, float32, bfloat16, float16")
     preload: str = Field(default="", description="models to load at start-up, comma-separated: name=path "

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import PRESETS, DeviceFacts, SizeProfile, auto_size
-from chargpt.errors import FailedPreconditionError, InvalidArgumentError
+from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from chargpt.v1 import trainer_pb2
 from trainer_service.store import CorpusRecord
 from trainer_service.training.api import TrainingPlan
@@ -62,10 +62,25 @@ def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpu
     device, num_processes, facts = _resources(request.resources, prober, max_processes)
     profile = auto_size(facts)
     model = _model(request.model, profile, corpus)
+    _check_fits(model, facts)
     training = _training(request.training, profile, num_processes, facts)
     plan = _validated_plan(dict(job_id=job_id, model=model, device=device, num_processes=num_processes,
                                 **training))
     return plan
+
+
+# fp32 weights, gradients and AdamW's two moments: the least a training step holds per parameter.
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def _check_fits(model: ModelConfig, facts: DeviceFacts) -> None:
+    """Refuse models whose training state alone exceeds the device's memory (a fuzzed n_layer=128,
+    n_embd=16384 would otherwise be queued and then exhaust the machine)."""
+    needed = model.parameter_count() * TRAINING_BYTES_PER_PARAMETER
+    if facts.memory_bytes and needed > facts.memory_bytes:
+        raise ResourceExhaustedError(f"model: {model.parameter_count():,} parameters need at least {needed / 1e9:.1f} "
+                                     f"GB to train (weights, gradients, optimizer state); the {facts.type} device "
+                                     f"has {facts.memory_bytes / 1e9:.1f} GB")
 
 
 def _validated_plan(values: dict[str, Any]) -> TrainingPlan:

@@ -122,7 +122,15 @@ def save_checkpoint(path: str | os.PathLike[str], model: GPT, tokenizer: CharTok
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remove_stale_temporaries(path)
     return manifest
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries left by writers killed mid-write (a path has one writer at a time: the trainer's job
+    lock), so repeated crashes cannot fill the disk with partial checkpoints."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _fsync_dir_files(directory: Path) -> None:

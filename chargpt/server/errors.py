@@ -40,7 +40,19 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# Messages quote offending values; gRPC sends them percent-encoded in a header that clients cap at 16 KiB, so an
+# unbounded quote of a huge input would turn a clear status into a RESOURCE_EXHAUSTED metadata overflow.
+MAX_MESSAGE_CHARS = 600
+
+
 def message_for(exc: BaseException) -> str:
+    message = _full_message(exc)
+    if len(message) > MAX_MESSAGE_CHARS:
+        return message[:MAX_MESSAGE_CHARS] + f"… ({len(message) - MAX_MESSAGE_CHARS} more characters)"
+    return message
+
+
+def _full_message(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
     if isinstance(exc, NotImplementedError):

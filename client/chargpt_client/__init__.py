@@ -1,5 +1,50 @@
 """chargpt client library: typed Python clients for the trainer and inference services (no torch needed)."""
 
 from chargpt import __version__
+from chargpt_client.aio import AsyncClient, AsyncInferenceClient, AsyncTextStream, AsyncTrainerClient
+from chargpt_client.errors import (
+    AlreadyExists,
+    ChargptClientError,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from chargpt_client.options import ClientOptions, RetryPolicy, TlsOptions
+from chargpt_client.sync import Client, InferenceClient, TextStream, TrainerClient
+from chargpt_client.tokenizer import CharMapping
+from chargpt_client.types import (
+    Attention,
+    Checkpoint,
+    CheckpointWritten,
+    Corpus,
+    DeviceReport,
+    Evaluation,
+    GenerationResult,
+    GenerationSummary,
+    JobEvent,
+    Model,
+    ModelConfig,
+    Progress,
+    Sample,
+    ScoreResult,
+    StateChanged,
+    TrainingJob,
+)
 
-__all__ = ["__version__"]
+__all__ = [
+    "AlreadyExists", "AsyncClient", "AsyncInferenceClient", "AsyncTextStream", "AsyncTrainerClient", "Attention",
+    "CharMapping", "ChargptClientError", "Checkpoint", "CheckpointWritten", "Client", "ClientOptions", "Corpus",
+    "DataLoss", "DeadlineExceeded", "DeviceReport", "Evaluation", "FailedPrecondition", "GenerationResult",
+    "GenerationSummary", "InferenceClient", "Internal", "InvalidArgument", "JobEvent", "Model", "ModelConfig",
+    "NotFound", "PermissionDenied", "Progress", "ResourceExhausted", "RetryPolicy", "Sample", "ScoreResult",
+    "StateChanged", "TextStream", "TlsOptions", "TrainerClient", "TrainingJob", "Unauthenticated", "Unavailable",
+    "Unimplemented", "__version__",
+]

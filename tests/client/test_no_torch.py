@@ -40,3 +40,10 @@ def test_cli_runs_without_torch() -> None:
 def test_the_block_works() -> None:
     result = _run("import torch")
     assert result.returncode != 0 and "blocked" in result.stderr
+
+
+def test_demo_without_the_server_install_says_what_is_missing(tmp_path: Path) -> None:
+    result = _run(f"import os; os.chdir({str(tmp_path)!r}); from chargpt_client.cli import main; "
+                  "raise SystemExit(main(['demo', '--fast']))")
+    assert result.returncode == 2, result.stderr
+    assert "needs the server install" in result.stderr and "torch" in result.stderr

@@ -1,0 +1,172 @@
+"""`chargpt models load|list|show|unload`, `chargpt generate` and `chargpt score`."""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+from pathlib import Path
+
+from chargpt_client import types as t
+from chargpt_client.cli.common import SubParsers, UsageError, fmt, inference_client, print_json, print_table
+from chargpt_client.ops import PRESETS
+from chargpt_client.tokenizer import CharMapping
+
+
+def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
+    models = subparsers.add_parser("models", help="load and manage models in the inference service")
+    sub = models.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+    load = sub.add_parser("load", parents=[parent], help="load a checkpoint under a name")
+    load.add_argument("name")
+    source = load.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint directory under the service's models root")
+    source.add_argument("--job", help="a trainer job id (the service fetches its checkpoint)")
+    load.add_argument("--kind", choices=["best", "latest"], default="")
+    load.add_argument("--device", default="")
+    load.add_argument("--dtype", default="")
+    load.set_defaults(handler=load_cmd)
+    sub.add_parser("list", parents=[parent], help="loaded models").set_defaults(handler=list_cmd)
+    for name, handler in (("show", show_cmd), ("unload", unload_cmd)):
+        cmd = sub.add_parser(name, parents=[parent], help=f"{name} a model")
+        cmd.add_argument("name")
+        cmd.set_defaults(handler=handler)
+    _register_generate(subparsers, parent)
+    _register_score(subparsers, parent)
+
+
+def _register_generate(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
+    gen = subparsers.add_parser("generate", parents=[parent], help="stream generated text to the terminal")
+    gen.add_argument("model")
+    gen.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
+    gen.add_argument("--preset", choices=list(PRESETS), help="focused 0.3/5, balanced 0.8/40, creative 1.2/200")
+    gen.add_argument("--temperature", type=float)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--max-new-tokens", type=int, default=500)
+    gen.add_argument("--stop", action="append", default=[], type=_unescape,
+                     help="stop sequence (repeatable); backslash escapes such as \\n are understood")
+    gen.set_defaults(handler=generate_cmd)
+
+
+def _unescape(value: str) -> str:
+    """'\\n\\n' typed in a shell -> two newlines."""
+    return codecs.decode(value.encode("utf-8"), "unicode_escape").encode("latin-1").decode("utf-8")
+
+
+def _register_score(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
+    score = subparsers.add_parser("score", parents=[parent], help="perplexity and bits/char of texts or files")
+    score.add_argument("model")
+    score.add_argument("texts", nargs="*", help="texts to score")
+    score.add_argument("--file", "-f", action="append", default=[], help="score a file's text (repeatable)")
+    score.add_argument("--compare", action="append", default=[], metavar="MODEL",
+                       help="also score under this model (repeatable)")
+    score.add_argument("--drop-unknown", action="store_true",
+                       help="drop characters outside a model's vocabulary instead of failing")
+    score.set_defaults(handler=score_cmd)
+
+
+def load_cmd(args: argparse.Namespace) -> int:
+    with inference_client(args) as client:
+        result = client.load_model(args.name, checkpoint_path=args.checkpoint, job_id=args.job, kind=args.kind,
+                                   device=args.device, dtype=args.dtype)
+    if args.json:
+        print_json(result)
+    else:
+        verb = "loaded" if result.loaded else "already loaded"
+        print(f"{verb} {result.model.name} from {result.model.source}")
+        show(result.model)
+    return 0
+
+
+def list_cmd(args: argparse.Namespace) -> int:
+    with inference_client(args) as client:
+        models = client.list_models()
+    if args.json:
+        print_json(models)
+        return 0
+    rows = [(m.name, m.state, m.source, m.parameter_count, m.device, m.dtype, m.training.val_loss) for m in models]
+    print_table(["name", "state", "source", "params", "device", "dtype", "val loss"], rows)
+    return 0
+
+
+def show_cmd(args: argparse.Namespace) -> int:
+    with inference_client(args) as client:
+        model = client.get_model(args.name)
+    print_json(model) if args.json else show(model)
+    return 0
+
+
+def show(m: t.Model) -> None:
+    c = m.config
+    print(f"  {m.name}: {m.state} on {m.device} ({m.dtype}), {m.parameter_count:,} parameters")
+    print(f"  architecture: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} dims, block {c.block_size}, "
+          f"vocab {c.vocab_size}")
+    print(f"  trained: corpus {m.training.corpus_name or m.training.corpus_id[:12]}, step {m.training.step}, "
+          f"val loss {fmt(m.training.val_loss)}")
+    if m.error:
+        print(f"  error: {m.error}")
+
+
+def unload_cmd(args: argparse.Namespace) -> int:
+    with inference_client(args) as client:
+        client.unload_model(args.name)
+    print_json({"unloaded": args.name}) if args.json else print(f"unloaded {args.name}")
+    return 0
+
+
+def generate_cmd(args: argparse.Namespace) -> int:
+    sampling = {"preset": args.preset, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                "seed": args.seed, "max_new_tokens": args.max_new_tokens, "stop": args.stop}
+    with inference_client(args) as client:
+        if args.json:
+            print_json(client.generate(args.model, args.prompt, **sampling))
+            return 0
+        sys.stdout.write(args.prompt)
+        stream = client.generate_stream(args.model, args.prompt, **sampling)
+        for chunk in stream:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    s = stream.summary
+    if s is not None:
+        print(f"[{s.generated_tokens} chars, {s.finish_reason.lower()}, seed {s.seed}, temperature "
+              f"{s.temperature:g}, top-k {s.top_k}, {s.total_seconds:.2f}s]", file=sys.stderr)
+    return 0
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    inputs = [(text if len(text) <= 24 else text[:21] + "...", text) for text in args.texts]
+    for name in args.file:
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"no such file: {name}")
+        inputs.append((path.name, path.read_text(encoding="utf-8")))
+    if not inputs:
+        raise UsageError("give texts to score or --file")
+    return inputs
+
+
+def score_cmd(args: argparse.Namespace) -> int:
+    inputs = _inputs(args)
+    results: list[dict[str, object]] = []
+    with inference_client(args) as client:
+        for model_name in [args.model, *args.compare]:
+            mapping = CharMapping(client.get_model(model_name).vocabulary) if args.drop_unknown else None
+            for label, text in inputs:
+                dropped = 0
+                if mapping is not None:
+                    filtered, counts = mapping.filter(text)
+                    text, dropped = filtered, sum(counts.values())
+                score = client.score(model_name, text)
+                results.append({"input": label, "model": model_name, "chars": score.num_tokens + 1,
+                                "dropped": dropped, "perplexity": score.perplexity,
+                                "bits_per_char": score.bits_per_char, "mean_nll": score.mean_nll})
+    if args.json:
+        print_json(results)
+        return 0
+    headers = ["input", "model", "chars", "perplexity", "bits/char"] + (["dropped"] if args.drop_unknown else [])
+    rows = [[r["input"], r["model"], r["chars"], r["perplexity"], r["bits_per_char"]]
+            + ([r["dropped"]] if args.drop_unknown else []) for r in results]
+    print_table(headers, rows)
+    return 0

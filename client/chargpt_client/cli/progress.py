@@ -1,0 +1,86 @@
+"""The live training display on stderr: a progress bar (step, loss, tokens/s, ETA), evaluations and samples."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from chargpt_client import types as t
+from chargpt_client.cli.common import duration, human_count
+
+BAR_WIDTH = 24
+LOG_EVERY_S = 15.0  # off a terminal: a progress line every 10% of steps or this often
+
+
+class JobProgress:
+    """Renders job events; on a terminal the bar redraws in place, elsewhere it prints a line now and then."""
+
+    def __init__(self, out: TextIO = sys.stderr, sample_width: int = 100, indent: str = "  ") -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.sample_width = sample_width
+        self.indent = indent
+        self._bar_shown = False
+        self._last_logged_tenth = -1
+        self._last_logged_at = time.monotonic()
+        self.samples: list[t.Sample] = []
+        self.evaluations: list[t.Evaluation] = []
+        self.final_state = ""
+        self.final_message = ""
+
+    def handle(self, event: t.JobEvent) -> None:
+        if isinstance(event, t.Progress):
+            self._progress(event)
+        elif isinstance(event, t.Evaluation):
+            self.evaluations.append(event)
+            best = "  (new best)" if event.is_best else ""
+            self._line(f"step {event.step}: train loss {event.train_loss:.4f}, val loss {event.val_loss:.4f}{best}")
+        elif isinstance(event, t.Sample):
+            self.samples.append(event)
+            self._line(f"sample at step {event.step}:")
+            self._block(event.text)
+        elif isinstance(event, t.StateChanged):
+            self.final_state, self.final_message = event.state, event.message
+            note = f" ({event.message})" if event.message else ""
+            self._line(f"job {event.job_id[:12]} {event.state.lower()}{note}")
+        # CheckpointWritten is not shown: checkpoints are frequent and the evaluation line says "new best".
+
+    def bar(self, p: t.Progress) -> str:
+        fraction = min(1.0, p.step / p.max_steps) if p.max_steps else 0.0
+        filled = int(fraction * BAR_WIDTH)
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        return (f"[{bar}] {100 * fraction:3.0f}% step {p.step}/{p.max_steps}  loss {p.loss:.4f}  "
+                f"{human_count(p.tokens_per_second)} tok/s  elapsed {duration(p.elapsed_seconds)}  "
+                f"ETA {duration(p.eta_seconds)}")
+
+    def _progress(self, p: t.Progress) -> None:
+        if self.tty:
+            self.out.write("\r\033[K" + self.bar(p))
+            self.out.flush()
+            self._bar_shown = True
+            return
+        tenth = int(10 * p.step / p.max_steps) if p.max_steps else 0
+        now = time.monotonic()
+        if tenth > self._last_logged_tenth or now - self._last_logged_at >= LOG_EVERY_S:
+            self._last_logged_tenth, self._last_logged_at = tenth, now
+            self._line(self.bar(p))
+
+    def _line(self, text: str) -> None:
+        if self._bar_shown:
+            self.out.write("\r\033[K")
+            self._bar_shown = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def _block(self, text: str) -> None:
+        """A sample, indented, at most 12 lines of at most sample_width characters."""
+        for line in (text.splitlines() or [""])[:12]:
+            shown = line if len(line) <= self.sample_width else line[:self.sample_width - 1] + "…"
+            self._line(f"{self.indent}| {shown}")
+
+    def close(self) -> None:
+        if self._bar_shown:
+            self.out.write("\n")
+            self.out.flush()
+            self._bar_shown = False

@@ -1,0 +1,106 @@
+"""Typed client exceptions: every gRPC status becomes a subclass of ChargptClientError."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ChargptClientError(Exception):
+    """A call failed; `code` is the gRPC status and `message` the server's explanation."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    @property
+    def status_name(self) -> str:
+        """The status as the gRPC docs spell it, e.g. "NOT_FOUND"."""
+        return str(self.code.name)
+
+    def __str__(self) -> str:
+        return f"{self.status_name}: {self.message}"
+
+
+class Cancelled(ChargptClientError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unknown(ChargptClientError):
+    code = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(ChargptClientError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class DeadlineExceeded(ChargptClientError, TimeoutError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NotFound(ChargptClientError, LookupError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ChargptClientError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(ChargptClientError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(ChargptClientError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(ChargptClientError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(ChargptClientError):
+    code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(ChargptClientError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unimplemented(ChargptClientError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(ChargptClientError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unavailable(ChargptClientError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(ChargptClientError):
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class Unauthenticated(ChargptClientError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+ERROR_BY_CODE: dict[grpc.StatusCode, type[ChargptClientError]] = {
+    cls.code: cls
+    for cls in (Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists, PermissionDenied,
+                ResourceExhausted, FailedPrecondition, Aborted, OutOfRange, Unimplemented, Internal, Unavailable,
+                DataLoss, Unauthenticated)
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> ChargptClientError:
+    """The typed exception for a failed call (grpc.RpcError from the sync or the aio API)."""
+    code_fn = getattr(error, "code", None)
+    details_fn = getattr(error, "details", None)
+    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    message = (details_fn() if callable(details_fn) else None) or str(error)
+    return ERROR_BY_CODE.get(code, ChargptClientError)(message, code)

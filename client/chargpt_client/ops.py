@@ -1,0 +1,207 @@
+"""Every RPC as data: the request built from typed arguments, the converter, and whether retrying is safe.
+
+The sync and asyncio clients share these; only their call layer differs. Retry policy (on UNAVAILABLE only):
+reads (Get/List/DeviceInfo/Score/GetAttention/Generate), LoadModel (idempotent for the same name and source),
+CancelTrainingJob (idempotent by contract) and uploads (content-addressed: a repeat returns the stored corpus)
+are retried. CreateTrainingJob, ResumeTrainingJob, DeleteCorpus and UnloadModel are not: a first attempt that
+reached the server would make a retry create a second job or fail confusingly. Streams are retried only before
+their first message, except WatchTrainingJob, which resumes after the last event it delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from google.protobuf.message import Message
+
+from chargpt.v1 import common_pb2, inference_pb2, trainer_pb2
+from chargpt_client import convert
+from chargpt_client import types as t
+
+T = TypeVar("T")
+V = TypeVar("V")
+
+PRESETS: dict[str, int] = {
+    "focused": inference_pb2.SAMPLING_PRESET_FOCUSED,
+    "balanced": inference_pb2.SAMPLING_PRESET_BALANCED,
+    "creative": inference_pb2.SAMPLING_PRESET_CREATIVE,
+}
+CHECKPOINT_KINDS: dict[str, str] = {"": "CHECKPOINT_KIND_UNSPECIFIED", "latest": "CHECKPOINT_KIND_LATEST",
+                                     "best": "CHECKPOINT_KIND_BEST"}
+JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+_TRAINING_ENUMS: dict[str, str] = {"lr_schedule": "LR_SCHEDULE_", "precision": "PRECISION_",
+                                   "compile": "COMPILE_MODE_"}
+
+
+@dataclass(frozen=True)
+class Unary(Generic[T]):
+    """One unary call: stub method name, request, response converter, retry safety."""
+
+    method: str
+    request: Message
+    convert: Callable[[Any], T]
+    idempotent: bool
+
+
+def _lookup(table: dict[str, V], value: str, what: str) -> V:
+    try:
+        return table[value.lower()]
+    except KeyError:
+        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(k for k in table if k)}") from None
+
+
+# ---- trainer ----
+
+def get_device_info() -> Unary[t.DeviceReport]:
+    return Unary("GetDeviceInfo", trainer_pb2.GetDeviceInfoRequest(), convert.device_report, True)
+
+
+def list_corpora() -> Unary[list[t.Corpus]]:
+    return Unary("ListCorpora", trainer_pb2.ListCorporaRequest(),
+                 lambda r: [convert.corpus(c) for c in r.corpora], True)
+
+
+def get_corpus(corpus_id: str) -> Unary[t.Corpus]:
+    return Unary("GetCorpus", trainer_pb2.GetCorpusRequest(corpus_id=corpus_id),
+                 lambda r: convert.corpus(r.corpus), True)
+
+
+def delete_corpus(corpus_id: str) -> Unary[None]:
+    return Unary("DeleteCorpus", trainer_pb2.DeleteCorpusRequest(corpus_id=corpus_id), lambda r: None, False)
+
+
+def training_spec(**fields: Any) -> trainer_pb2.TrainingSpec:
+    """A TrainingSpec from keyword fields (None skipped); enums by short name, e.g. precision="fp32"."""
+    spec = trainer_pb2.TrainingSpec()
+    known = {f.name for f in spec.DESCRIPTOR.fields}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name not in known:
+            raise ValueError(f"unknown training field {name!r}; known: {', '.join(sorted(known))}")
+        if name in _TRAINING_ENUMS:
+            enum = spec.DESCRIPTOR.fields_by_name[name].enum_type
+            full = _TRAINING_ENUMS[name] + str(value).upper()
+            if full not in enum.values_by_name:
+                raise ValueError(f"unknown {name} {value!r}")
+            value = enum.values_by_name[full].number
+        setattr(spec, name, value)
+    return spec
+
+
+def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.ModelConfig | None = None,
+                        display_name: str = "", device: str = "", num_processes: int = 0,
+                        **training: Any) -> Unary[t.TrainingJob]:
+    spec = trainer_pb2.ModelSpec()
+    if model is not None:
+        spec.custom.CopyFrom(common_pb2.ModelConfig(n_layer=model.n_layer, n_head=model.n_head,
+                                                    n_embd=model.n_embd, block_size=model.block_size,
+                                                    dropout=model.dropout, bias=model.bias))
+    elif preset:
+        spec.preset = preset
+    request = trainer_pb2.CreateTrainingJobRequest(
+        corpus_id=corpus_id, display_name=display_name, model=spec, training=training_spec(**training),
+        resources=trainer_pb2.ResourceSpec(device=device, num_processes=num_processes))
+    return Unary("CreateTrainingJob", request, lambda r: convert.job(r.job), False)
+
+
+def get_training_job(job_id: str) -> Unary[t.TrainingJob]:
+    return Unary("GetTrainingJob", trainer_pb2.GetTrainingJobRequest(job_id=job_id),
+                 lambda r: convert.job(r.job), True)
+
+
+def list_training_jobs_page(states: Iterable[str] = (), page_size: int = 0,
+                            page_token: str = "") -> Unary[tuple[list[t.TrainingJob], str]]:
+    numbers = []
+    for state in states:
+        if state.upper() not in JOB_STATES:
+            raise ValueError(f"unknown job state {state!r}; choose from {', '.join(JOB_STATES)}")
+        numbers.append(trainer_pb2.JobState.Value("JOB_STATE_" + state.upper()))
+    request = trainer_pb2.ListTrainingJobsRequest(states=numbers, page_size=page_size, page_token=page_token)
+    return Unary("ListTrainingJobs", request,
+                 lambda r: ([convert.job(j) for j in r.jobs], r.next_page_token), True)
+
+
+def cancel_training_job(job_id: str) -> Unary[t.TrainingJob]:
+    return Unary("CancelTrainingJob", trainer_pb2.CancelTrainingJobRequest(job_id=job_id),
+                 lambda r: convert.job(r.job), True)
+
+
+def resume_training_job(job_id: str) -> Unary[t.TrainingJob]:
+    return Unary("ResumeTrainingJob", trainer_pb2.ResumeTrainingJobRequest(job_id=job_id),
+                 lambda r: convert.job(r.job), False)
+
+
+def list_checkpoints(job_id: str) -> Unary[list[t.Checkpoint]]:
+    return Unary("ListCheckpoints", trainer_pb2.ListCheckpointsRequest(job_id=job_id),
+                 lambda r: [convert.checkpoint(c) for c in r.checkpoints], True)
+
+
+def watch_request(job_id: str, after_sequence: int) -> trainer_pb2.WatchTrainingJobRequest:
+    return trainer_pb2.WatchTrainingJobRequest(job_id=job_id, after_sequence=after_sequence)
+
+
+def download_request(job_id: str, kind: str, chunk_size: int) -> trainer_pb2.DownloadCheckpointRequest:
+    return trainer_pb2.DownloadCheckpointRequest(job_id=job_id, kind=_lookup(CHECKPOINT_KINDS, kind, "kind"),
+                                                 chunk_size=chunk_size)
+
+
+# ---- inference ----
+
+def load_model(name: str, *, checkpoint_path: str | None = None, job_id: str | None = None, kind: str = "",
+               device: str = "", dtype: str = "") -> Unary[t.LoadResult]:
+    if (checkpoint_path is None) == (job_id is None):
+        raise ValueError("give exactly one of checkpoint_path or job_id")
+    request = inference_pb2.LoadModelRequest(name=name, device=device, dtype=dtype)
+    if checkpoint_path is not None:
+        request.checkpoint_path = checkpoint_path
+    else:
+        request.trainer_checkpoint.CopyFrom(inference_pb2.TrainerCheckpointRef(
+            job_id=job_id or "", kind=_lookup(CHECKPOINT_KINDS, kind, "kind")))
+    return Unary("LoadModel", request, convert.load_result, True)
+
+
+def unload_model(name: str) -> Unary[None]:
+    return Unary("UnloadModel", inference_pb2.UnloadModelRequest(name=name), lambda r: None, False)
+
+
+def list_models() -> Unary[list[t.Model]]:
+    return Unary("ListModels", inference_pb2.ListModelsRequest(), lambda r: [convert.model(m) for m in r.models],
+                 True)
+
+
+def get_model(name: str) -> Unary[t.Model]:
+    return Unary("GetModel", inference_pb2.GetModelRequest(name=name), lambda r: convert.model(r.model), True)
+
+
+def generate_request(model: str, prompt: str = "", *, max_new_tokens: int = 0, preset: str | None = None,
+                     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                     seed: int | None = None, stop: Iterable[str] = ()) -> inference_pb2.GenerateRequest:
+    request = inference_pb2.GenerateRequest(model=model, prompt=prompt, max_new_tokens=max_new_tokens,
+                                            stop=list(stop))
+    if preset:
+        request.preset = _lookup(PRESETS, preset, "preset")  # type: ignore[assignment]
+    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("seed", seed)):
+        if value is not None:
+            setattr(request, name, value)
+    return request
+
+
+def generate(request: inference_pb2.GenerateRequest) -> Unary[t.GenerationResult]:
+    return Unary("Generate", request, convert.generation, True)
+
+
+def score(model: str, text: str, *, stride: int = 0, include_token_logprobs: bool = False) -> Unary[t.ScoreResult]:
+    request = inference_pb2.ScoreRequest(model=model, text=text, stride=stride,
+                                         include_token_logprobs=include_token_logprobs)
+    return Unary("Score", request, convert.score, True)
+
+
+def get_attention(model: str, text: str, *, layers: Iterable[int] = (), heads: Iterable[int] = (),
+                  dtype: str = "float16") -> Unary[t.Attention]:
+    dtypes = {"float16": common_pb2.TENSOR_DTYPE_FLOAT16, "float32": common_pb2.TENSOR_DTYPE_FLOAT32}
+    request = inference_pb2.GetAttentionRequest(model=model, text=text, layers=list(layers), heads=list(heads),
+                                                dtype=_lookup(dtypes, dtype, "dtype"))
+    return Unary("GetAttention", request, convert.attention, True)

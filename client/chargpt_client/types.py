@@ -1,0 +1,281 @@
+"""Typed results of the client: plain frozen dataclasses, never raw protobuf."""
+
+from __future__ import annotations
+
+import array
+import math
+import struct
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+def to_jsonable(value: Any) -> Any:
+    """A dataclass (or list of them) as JSON-ready dicts: datetimes as ISO strings, NaN as None."""
+    if hasattr(value, "__dataclass_fields__"):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items() if k != "data"}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    vocab_size: int = 0
+    dropout: float = 0.0
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    type: str
+    name: str
+    count: int
+    memory_bytes: int
+    bf16_supported: bool
+    cpu_cores: int
+    compute_capability: str
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """GetDeviceInfo: the trainer's device and the model size `auto` would pick for it."""
+
+    device: DeviceInfo
+    auto_model: ModelConfig
+    auto_batch_size: int
+    presets: list[str]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    corpus_id: str
+    name: str
+    description: str
+    size_bytes: int
+    num_chars: int
+    vocabulary: str
+    train_chars: int
+    val_chars: int
+    builtin: bool
+    created_time: datetime | None
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    corpus: Corpus
+    created: bool = field(metadata={"doc": "False when identical content was already stored"})
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    job_id: str
+    display_name: str
+    state: str  # QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED
+    corpus_id: str
+    model: ModelConfig
+    training: dict[str, Any]  # the resolved hyper-parameters (TrainingSpec fields)
+    device_request: str
+    num_processes: int
+    step: int
+    train_loss: float
+    val_loss: float
+    best_val_loss: float
+    tokens_per_second: float
+    error: str
+    parameter_count: int
+    created_time: datetime | None
+    started_time: datetime | None
+    finished_time: datetime | None
+    device: str
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.training.get("max_steps", 0))
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    job_id: str
+    kind: str  # "best" or "latest"
+    step: int
+    train_loss: float
+    val_loss: float
+    weights_sha256: str
+    size_bytes: int
+    created_time: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobEvent:
+    """One event of a job's history; `sequence` increases by one per event, from 1."""
+
+    sequence: int
+    time: datetime | None
+    job_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateChanged(JobEvent):
+    state: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Progress(JobEvent):
+    step: int
+    max_steps: int
+    loss: float
+    learning_rate: float
+    tokens_per_second: float
+    elapsed_seconds: float
+    eta_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluation(JobEvent):
+    step: int
+    train_loss: float
+    val_loss: float
+    is_best: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample(JobEvent):
+    step: int
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointWritten(JobEvent):
+    checkpoint: Checkpoint
+
+
+@dataclass(frozen=True)
+class DownloadedCheckpoint:
+    path: str
+    checkpoint: Checkpoint
+    files: dict[str, str]  # file name -> verified sha256
+
+
+@dataclass(frozen=True)
+class TrainingMetadata:
+    job_id: str
+    corpus_id: str
+    corpus_name: str
+    corpus_sha256: str
+    step: int
+    train_loss: float
+    val_loss: float
+    created_time: datetime | None
+    library_versions: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    state: str  # LOADING, READY, FAILED or UNLOADING
+    source: str
+    config: ModelConfig
+    vocabulary: str
+    parameter_count: int
+    device: str
+    dtype: str
+    training: TrainingMetadata
+    error: str
+    loaded_time: datetime | None
+    weights_sha256: str
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    model: Model
+    loaded: bool  # False when the same name and source were already loaded
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    finish_reason: str  # LENGTH, STOP or CANCELLED
+    prompt_tokens: int
+    generated_tokens: int
+    seed: int
+    prompt_truncated: bool
+    prompt_chars_dropped: int
+    queue_seconds: float
+    time_to_first_token_seconds: float
+    total_seconds: float
+    stop_sequence: str
+    temperature: float
+    top_k: int
+    top_p: float
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    summary: GenerationSummary
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    mean_nll: float
+    bits_per_char: float
+    perplexity: float
+    num_tokens: int
+    token_logprobs: list[float]
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Softmax attention weights of shape [len(layers), len(heads), T, T]; no numpy needed to read them."""
+
+    tokens: list[str]
+    layers: list[int]
+    heads: list[int]
+    shape: tuple[int, ...]
+    dtype: str  # "float16" or "float32"
+    data: bytes = field(repr=False)
+
+    def values(self) -> array.array[float]:
+        """All weights, row-major, as a flat array of Python floats (array('f'), so memoryview works)."""
+        count = math.prod(self.shape)
+        if self.dtype == "float32":
+            flat = array.array("f", self.data)
+        else:  # float16: struct knows IEEE half precision, array does not
+            flat = array.array("f", struct.unpack(f"<{count}e", self.data))
+        if sys.byteorder == "big" and self.dtype == "float32":
+            flat.byteswap()
+        return flat
+
+    def matrix(self, layer_index: int, head_index: int) -> list[list[float]]:
+        """The T x T matrix of the layer and head at these positions in `layers` and `heads`."""
+        t = self.shape[2]
+        start = (layer_index * self.shape[1] + head_index) * t * t
+        flat = self.values()[start:start + t * t]
+        return [list(flat[i * t:(i + 1) * t]) for i in range(t)]
+
+    def to_lists(self) -> list[list[list[list[float]]]]:
+        """The weights as nested lists [layer][head][query][key]."""
+        return [[self.matrix(li, hi) for hi in range(self.shape[1])] for li in range(self.shape[0])]
+
+    def to_numpy(self) -> Any:
+        """A numpy array of `shape` (needs numpy installed)."""
+        import numpy as np
+
+        dtype = np.dtype("<f2") if self.dtype == "float16" else np.dtype("<f4")
+        return np.frombuffer(self.data, dtype=dtype).reshape(self.shape).astype(np.float32)

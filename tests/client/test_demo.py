@@ -1,0 +1,88 @@
+"""`chargpt demo` in its fast mode: every step's output, and a report folder with decodable PNGs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from chargpt_client.demo import DemoOptions, run_demo
+
+from tests.client.test_library_units import _png_size
+
+ROOT = Path(__file__).resolve().parents[2]
+STEP_TITLES = ["[1/8] The device", "[2/8] The corpus", "[3/8] The tokenizer", "[4/8] The architecture",
+               "[5/8] Training", "[6/8] Writing", "[7/8] Generalization", "[8/8] Attention heatmaps"]
+
+
+def _check_report(report: Path, in_domain: str) -> dict[str, object]:
+    text = (report / "report.md").read_text()
+    for heading in ("## Training: the timelapse", "## Writing at the three presets", "### balanced",
+                    "## Generalization: perplexity on held-out text", "![attention heatmaps](attention.png)"):
+        assert heading in text
+    assert f"| {in_domain} | in |" in text
+    for image in ("loss.png", "attention.png"):
+        width, height = _png_size(report / image)
+        assert width > 200 and height > 200
+    summary: dict[str, object] = json.loads((report / "summary.json").read_text())
+    return summary
+
+
+def test_demo_on_a_builtin_corpus_through_the_cli(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{ROOT}:{ROOT / 'client'}"}
+    result = subprocess.run([sys.executable, "-m", "chargpt_client.cli", "demo", "--fast", "--steps", "12",
+                             "--prompt", "ROMEO:"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    positions = [out.index(title) for title in STEP_TITLES]
+    assert positions == sorted(positions)
+    for expected in ("Found: CPU", "Built-in corpus 'shakespeare'", "Split: the first 90% for training",
+                     "Vocabulary size: 63", "round trip OK", "Parameters: ", "sample at step 0:",
+                     "step 12/12", "--- focused", "--- balanced", "--- creative", "--- your prompt 'ROMEO:'",
+                     "held-out text", "removed", "Wrote chargpt-report/attention.png", "Report: chargpt-report"):
+        assert expected in out, expected
+    table = out[out.index("held-out text"):].splitlines()
+    rows = [line.split() for line in table[2:5]]
+    assert [r[:2] for r in rows] == [["shakespeare", "in"], ["python", "out"], ["startups", "out"]]
+    assert all(float(r[4]) > 1 for r in rows)
+    summary = _check_report(tmp_path / "chargpt-report", "shakespeare")
+    assert set(summary["generations"]) == {"focused", "balanced", "creative"}  # type: ignore[arg-type]
+    assert summary["roundtrip"][0] == summary["roundtrip"][2]  # type: ignore[index]
+    assert (tmp_path / "chargpt-data" / "trainer").is_dir()
+
+
+def test_demo_on_your_own_text(tmp_path: Path) -> None:
+    text_file = tmp_path / "recipes.txt"
+    text_file.write_text("Mix the flour with water; knead for ten minutes, then rest.\n" * 400)
+    out = io.StringIO()
+    demo = run_demo(DemoOptions(text_file=text_file, fast=True, steps=6, prompt="Mix → the", sample_chars=40,
+                                heldout_chars=400, data_dir=tmp_path / "data", report_dir=tmp_path / "report"), out)
+    transcript = out.getvalue()
+    assert "Uploaded your text" in transcript and "dropped characters the model never saw" in transcript
+    assert demo.findings.prompt == "Mix  the"
+    perplexity = demo.findings.perplexity
+    assert [(r["corpus"], r["domain"]) for r in perplexity][:1] == [("recipes", "in")]
+    assert {r["domain"] for r in perplexity[1:]} == {"out"} and len(perplexity) >= 2
+    assert any("outside the vocabulary" in note for note in demo.findings.filter_notes)
+    _check_report(tmp_path / "report", "recipes")
+
+
+def test_training_steps_fit_the_time_budget() -> None:
+    from chargpt_client import types as t
+    from chargpt_client.demo.context import Demo
+    from chargpt_client.demo.steps_train import _fitted_steps, preset_for
+
+    cpu_model = t.ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=128)
+    device = t.DeviceInfo("cpu", "x86", 1, 0, False, 2, "")
+    demo = Demo(options=DemoOptions(minutes=3.0), client=None)  # type: ignore[arg-type]
+    demo.findings.device = t.DeviceReport(device, cpu_model, auto_batch_size=32, presets=["cpu"])
+    corpus = t.Corpus("id", "c", "", 0, 1_000_000, "ab", 900_000, 100_000, True, None)
+    assert preset_for(cpu_model)[0] == "cpu"
+    # 180 s / 0.5 s = 360 step-times; 90% of them, less 4 evaluations of (100k + 32k) / (3 * 4096) steps each.
+    assert _fitted_steps(demo, corpus, 0.5, preset_steps=2000) == int(0.9 * 360 - 4 * 132_768 / 12_288)
+    assert _fitted_steps(demo, corpus, 0.01, preset_steps=2000) == 2000  # a fast device runs the whole schedule
+    assert _fitted_steps(demo, corpus, 100.0, preset_steps=2000) == 50  # never fewer than MIN_STEPS

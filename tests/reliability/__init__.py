@@ -1,0 +1,1 @@
+"""Reliability and security tests: auth, TLS, hostile input, faults, fuzzing and a short soak."""
