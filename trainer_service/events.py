@@ -21,10 +21,9 @@ class EventHub:
     only delays itself: it never holds a queue the training side has to fill.
     """
 
-    def __init__(self, store: Store, metrics: TrainerMetrics, poll_seconds: float,
-                 tokens_per_step: Callable[[str], int]) -> None:
+    def __init__(self, store: Store, metrics: TrainerMetrics, poll_seconds: float) -> None:
         self.store, self.metrics, self.poll_seconds = store, metrics, poll_seconds
-        self._tokens_per_step = tokens_per_step
+        self.tokens_per_step: Callable[[str], int] = lambda job_id: 0  # set by the job manager's owner
         self._last_id = store.last_event_id()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -59,7 +58,7 @@ class EventHub:
 
     def _account(self, event: EventRecord) -> None:
         try:
-            self.metrics.observe_event(event, self._tokens_per_step(event.job_id))
+            self.metrics.observe_event(event, self.tokens_per_step(event.job_id))
             for listener in self.listeners:
                 listener(event)
         except Exception:  # metrics must never break the event pipeline

@@ -283,12 +283,12 @@ class JobManager:
     def _final_state(self, run: RunningJob, code: int) -> tuple[str, str]:
         outcome = read_outcome(run.job_dir)
         step = outcome.final_step if outcome else self.store.get_job(run.job.job_id).step
+        if code == 0 and outcome is not None and not outcome.stopped_early and outcome.final_step >= run.plan.max_steps:
+            return SUCCEEDED, f"finished {outcome.final_step} steps"  # even if a stop request came too late
         if run.stop_reason == "cancel":
             return CANCELLED, f"cancelled at step {step}"
         if run.stop_reason == "shutdown":
             return QUEUED, f"server shutting down at step {step}; will resume from the latest checkpoint"
-        if code == 0 and outcome is not None and not outcome.stopped_early and outcome.final_step >= run.plan.max_steps:
-            return SUCCEEDED, f"finished {outcome.final_step} steps"
         if code == 0 and outcome is not None:
             return FAILED, f"worker stopped at step {outcome.final_step} without being asked to (outside signal?)"
         return FAILED, f"{describe_exit(code)}; last output:\n{self._tail(run)}"

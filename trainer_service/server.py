@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health
@@ -29,6 +32,7 @@ from trainer_service.store import Store
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 DB_FILE = "trainer.db"
+LOCK_FILE = "server.lock"
 
 
 class TrainerServer(ManagedServer):
@@ -40,6 +44,17 @@ class TrainerServer(ManagedServer):
         self.store, self.jobs, self.metrics_endpoint = store, jobs, metrics_endpoint
 
 
+def lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """One server per data directory: two would both schedule its jobs."""
+    handle = open(data_dir / LOCK_FILE, "ab")  # noqa: SIM115 - held until the server stops
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"another trainer server is using {data_dir}") from None
+    return handle
+
+
 async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
     """A ready-to-start trainer server bound to settings.host:port; returns it and the bound port.
 
@@ -47,13 +62,13 @@ async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
     the metrics endpoint start and stop with it.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir_lock = lock_data_dir(settings.data_dir)
     store = Store(settings.data_dir / DB_FILE)
     metrics = TrainerMetrics()
     corpora = CorpusLibrary(store, settings.data_dir / "corpora", settings.max_upload_bytes)
-    jobs_ref: list[JobManager] = []
-    hub = EventHub(store, metrics, settings.event_poll_seconds, lambda job_id: jobs_ref[0].tokens_per_step(job_id))
+    hub = EventHub(store, metrics, settings.event_poll_seconds)
     jobs = JobManager(settings, store, hub)
-    jobs_ref.append(jobs)
+    hub.tokens_per_step = jobs.tokens_per_step
     prober = DeviceProber(settings.device)
     server = new_server(settings, observer=metrics.rpcs.observe)
     servicer = TrainerServicer(settings, store, corpora, jobs, hub, metrics, prober)
@@ -78,6 +93,7 @@ async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
         await corpora.builtins_ready()
         metrics.refresh_store_gauges(store)
         await endpoint.stop()
+        data_dir_lock.close()  # a new server may take over the data directory now
 
     managed.on_start.append(on_start)
     managed.on_stop.append(on_stop)

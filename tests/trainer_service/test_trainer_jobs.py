@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -114,6 +115,7 @@ async def test_server_restart_requeues_and_finishes_with_the_right_step_count(tr
     assert progress_steps == list(range(1, 31))
 
 
+@pytest.mark.slow
 async def test_two_process_ddp_job_under_torchrun_cancels_and_resumes(trainer: Trainer) -> None:
     """The fake engine all-reduces over gloo every step, so this fails unless both ranks run and talk."""
     corpus = (await trainer.upload(sample_text(2000))).corpus
@@ -129,3 +131,18 @@ async def test_two_process_ddp_job_under_torchrun_cancels_and_resumes(trainer: T
     assert done.step == 40
     log = (trainer.data_dir / "jobs" / job.job_id / "worker.log").read_text()
     assert log.count("worker: finished at step 40") == 2  # one line per rank
+
+
+async def test_more_jobs_per_device_when_configured(tmp_path: Path, fake_engine_env: pytest.MonkeyPatch) -> None:
+    trainer = Trainer(tmp_path / "data", max_jobs_per_device=2)
+    await trainer.start()
+    try:
+        corpus = (await trainer.upload(sample_text(2000))).corpus
+        jobs = [await trainer.create_job(corpus.corpus_id, max_steps=10_000) for _ in range(3)]
+        for job in jobs[:2]:
+            await trainer.wait_for(job.job_id, [RUNNING], min_step=1)
+        assert (await trainer.job(jobs[2].job_id)).state == QUEUED
+        for job in jobs:
+            await trainer.stub.CancelTrainingJob(S.CancelTrainingJobRequest(job_id=job.job_id))
+    finally:
+        await trainer.stop()

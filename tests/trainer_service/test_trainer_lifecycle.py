@@ -116,3 +116,16 @@ async def _error(stream: object) -> grpc.aio.AioRpcError:
     except grpc.aio.AioRpcError as err:
         return err
     raise AssertionError("expected an error")
+
+
+async def test_a_stalled_watcher_does_not_hold_training_back(trainer: Trainer) -> None:
+    corpus = (await trainer.upload(sample_text(2000))).corpus
+    job = await trainer.create_job(corpus.corpus_id, max_steps=40, sample_length=2000)
+    stream = trainer.stub.WatchTrainingJob(S.WatchTrainingJobRequest(job_id=job.job_id), timeout=60)
+    first = await anext(aiter(stream))
+    assert first.sequence == 1
+    # Nobody reads the stream while the job trains; it must still finish at its normal pace.
+    done = await trainer.wait_for(job.job_id, [S.JOB_STATE_SUCCEEDED], timeout=30)
+    rest = [e async for e in stream]
+    assert [e.sequence for e in rest] == list(range(2, len(rest) + 2))
+    assert rest[-1].state_changed.state == S.JOB_STATE_SUCCEEDED and done.step == 40

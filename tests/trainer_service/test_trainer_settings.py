@@ -1,0 +1,35 @@
+"""Trainer settings from flags and environment; device info over gRPC."""
+
+from __future__ import annotations
+
+import pytest
+from trainer_harness import Trainer
+
+from chargpt.core.device import PRESETS
+from chargpt.v1 import trainer_pb2 as S
+from trainer_service.server import create_server
+from trainer_service.settings import TrainerSettings
+
+
+def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARGPT_TRAINER_MAX_JOBS_PER_DEVICE", "3")
+    monkeypatch.setenv("CHARGPT_TRAINER_MAX_UPLOAD_BYTES", "2048")
+    settings = TrainerSettings.from_args(["--max-upload-bytes", "4096", "--data-dir", "/tmp/x"])
+    assert (settings.max_jobs_per_device, settings.max_upload_bytes) == (3, 4096)
+    assert TrainerSettings().max_upload_bytes == 2048
+    monkeypatch.delenv("CHARGPT_TRAINER_MAX_UPLOAD_BYTES")
+    assert TrainerSettings().max_upload_bytes == 100 * 1024 * 1024
+    with pytest.raises(ValueError, match="max_jobs_per_device"):
+        TrainerSettings(max_jobs_per_device=0)
+
+
+async def test_device_info(trainer: Trainer) -> None:
+    info = await trainer.stub.GetDeviceInfo(S.GetDeviceInfoRequest())
+    assert info.device.type == "cpu" and info.device.cpu_cores >= 1
+    assert list(info.presets) == list(PRESETS)
+    assert info.auto_model.n_embd == PRESETS["cpu"].n_embd and info.auto_batch_size == PRESETS["cpu"].batch_size
+
+
+async def test_one_server_per_data_directory(trainer: Trainer) -> None:
+    with pytest.raises(RuntimeError, match="another trainer server"):
+        await create_server(trainer.settings())
