@@ -34,6 +34,7 @@ from chargpt.core.model import GPT
 from chargpt.core.sampling import PRESETS, Preset, generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from inference_service.server import default_torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
@@ -64,9 +65,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(models_dir: Path, port: int, threads: int) -> subprocess.Popen[bytes]:
+def start_server(models_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "inference_service.server", "--port", str(port), "--models-dir",
-               str(models_dir), "--preload", f"{MODEL}={MODEL}", "--torch-threads", str(threads),
+               str(models_dir), "--preload", f"{MODEL}={MODEL}", "--torch-threads", str(args.threads),
+               "--kv-cache-dtype", args.kv_cache_dtype,
                "--device", "cpu", "--log-level", "WARNING"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.Popen(command, cwd=ROOT, env=env)
@@ -104,16 +106,29 @@ async def one_stream(stub: inference_pb2_grpc.InferenceServiceStub, seed: int) -
     return {"tokens": chars, "ttft": ttft, "gaps": gaps, "total": time.perf_counter() - start}
 
 
-async def concurrent(stub: inference_pb2_grpc.InferenceServiceStub, streams: int, rounds: int) -> dict[str, Any]:
-    results, wall = [], 0.0
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) from /proc; 0 where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def concurrent(stub: inference_pb2_grpc.InferenceServiceStub, streams: int, rounds: int,
+                     pid: int) -> dict[str, Any]:
+    """Aggregate throughput, plus tokens per CPU-second of the server: a figure other load barely moves."""
+    results, wall, cpu = [], 0.0, cpu_seconds(pid)
     for r in range(rounds):
         start = time.perf_counter()
         results += await asyncio.gather(*[one_stream(stub, seed=1000 * r + i) for i in range(streams)])
         wall += time.perf_counter() - start
+    cpu = cpu_seconds(pid) - cpu
     gaps = sorted(g for res in results for g in res["gaps"])
     ttfts = sorted(res["ttft"] for res in results)
     tokens = sum(res["tokens"] for res in results)
     return {"streams": streams, "tok_s": tokens / wall, "tokens": tokens, "seconds": wall,
+            "tok_per_server_cpu_s": tokens / cpu if cpu else 0.0,
             "ttft_p50_ms": 1e3 * pct(ttfts, 50), "ttft_p99_ms": 1e3 * pct(ttfts, 99),
             "itl_p50_ms": 1e3 * pct(gaps, 50), "itl_p99_ms": 1e3 * pct(gaps, 99)}
 
@@ -135,11 +150,11 @@ async def score(stub: inference_pb2_grpc.InferenceServiceStub, text: str, stride
 def reference(model: GPT, tokenizer: CharTokenizer, tokens: int) -> dict[str, Any]:
     """The notebook's loop: full recompute, no cache, one request at a time (in this process)."""
     idx = torch.tensor([tokenizer.encode("\n")])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         generate(model, idx, tokens, PRESETS[Preset.BALANCED], make_generator(0))
-    seconds = time.perf_counter() - start
-    return {"tok_s": tokens / seconds, "tokens": tokens, "seconds": seconds}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"tok_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "tok_per_cpu_s": tokens / cpu}
 
 
 async def run(args: argparse.Namespace, models_dir: Path) -> dict[str, Any]:
@@ -147,16 +162,16 @@ async def run(args: argparse.Namespace, models_dir: Path) -> dict[str, Any]:
     model = write_model(models_dir, text)
     tokenizer = CharTokenizer.from_text(text)
     port = free_port()
-    server = start_server(models_dir, port, args.threads)
+    server = start_server(models_dir, port, args)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
                                              options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
             await wait_ready(channel)
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             await one_stream(stub, seed=0)  # warm-up
-            out: dict[str, Any] = {"single": await concurrent(stub, 1, 2 if args.quick else 5)}
+            out: dict[str, Any] = {"single": await concurrent(stub, 1, 2 if args.quick else 5, server.pid)}
             for streams in (16, 64):
-                out[f"streams_{streams}"] = await concurrent(stub, streams, 1)
+                out[f"streams_{streams}"] = await concurrent(stub, streams, 1, server.pid)
             score_text = text[: 20_000 if args.quick else 100_000]
             out["score"] = await score(stub, score_text, 0)
             out["score_stride_256"] = await score(stub, score_text, 256)
@@ -169,39 +184,45 @@ async def run(args: argparse.Namespace, models_dir: Path) -> dict[str, Any]:
         server.terminate()
         server.wait(timeout=30)
     torch.set_num_threads(args.threads)
-    out["reference"] = reference(model, tokenizer, 64 if args.quick else NEW_TOKENS)
+    out["reference"] = reference(model, tokenizer, NEW_TOKENS)
     return out
 
 
 def print_table(out: dict[str, Any], load: tuple[float, float, float]) -> None:
     ref = out["reference"]["tok_s"]
-    rows = [("naive reference (no cache, 1 at a time)", f"{ref:8.1f} tok/s", "", "", "")]
+    ref_cpu = out["reference"]["tok_per_cpu_s"]
+    rows = [("naive reference (no cache, 1 at a time)", f"{ref:8.1f} tok/s", "", "", f"{ref_cpu:7.0f}")]
     for key, label in (("single", "single stream"), ("streams_16", "16 concurrent streams"),
                        ("streams_64", "64 concurrent streams")):
         r = out[key]
         target = TARGETS["single_stream_tok_s" if key == "single" else f"{key}_tok_s"]
         rows.append((f"{label} (target {target})", f"{r['tok_s']:8.1f} tok/s  x{r['tok_s'] / ref:5.1f}",
                      f"TTFT p50 {r['ttft_p50_ms']:6.1f} p99 {r['ttft_p99_ms']:6.1f} ms",
-                     f"ITL p50 {r['itl_p50_ms']:5.2f} p99 {r['itl_p99_ms']:6.2f} ms", ""))
+                     f"ITL p50 {r['itl_p50_ms']:5.2f} p99 {r['itl_p99_ms']:6.2f} ms",
+                     f"{r['tok_per_server_cpu_s']:7.0f}"))
     for key, label in (("score", "Score, default stride 128"), ("score_stride_256", "Score, stride 256"),
                        ("score_short_texts", "Score, concurrent 256-char texts")):
         rows.append((f"{label} (target 10000)", f"{out[key]['chars_s']:8.0f} chars/s", "", "", ""))
     print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  "
           f"(2 shared cores: figures are noisy)")
+    print(f"{'':<52} {'throughput':<24} {'':<30} {'':<28} tok per server CPU-s")
     for row in rows:
-        print(f"{row[0]:<52} {row[1]:<24} {row[2]:<30} {row[3]}")
+        print(f"{row[0]:<52} {row[1]:<24} {row[2]:<30} {row[3]:<28} {row[4]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter Score texts")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server torch threads")
+    parser.add_argument("--quick", action="store_true", help="fewer single-stream rounds, shorter Score texts")
+    parser.add_argument("--threads", type=int, default=default_torch_threads(),
+                        help="torch threads of the server and the reference (default: the server's default)")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="server KV cache dtype (auto, bfloat16, ...)")
     args = parser.parse_args()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         out = asyncio.run(run(args, Path(tmp)))
     out["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                      "threads": args.threads, "load_before": load, "load_after": os.getloadavg(),
+                      "threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype,
+                      "load_before": load, "load_after": os.getloadavg(),
                       "quick": args.quick, "time": datetime.now(UTC).isoformat()}
     print_table(out, load)
     results = ROOT / "bench" / "results"

@@ -51,11 +51,13 @@ def build_request(request: inference_pb2.GenerateRequest, tokenizer: CharTokeniz
         if not 1 <= len(stop) <= MAX_STOP_CHARS:
             raise InvalidArgumentError("stop", f"each stop sequence must be 1-{MAX_STOP_CHARS} characters")
     prompt = request.prompt or start_character(tokenizer)
-    ids = tokenizer.encode(prompt, field="prompt")
-    dropped = max(0, len(ids) - block_size)
+    dropped = max(0, len(prompt) - block_size)
+    if dropped and not set(prompt[:dropped]) <= set(tokenizer.vocabulary):  # cheap check of the cropped part
+        tokenizer.encode(prompt, field="prompt")  # raises, naming the unknown characters
+    ids = tokenizer.encode(prompt[dropped:], field="prompt")
     seed = request.seed if request.HasField("seed") else random.getrandbits(63)
     deadline = time.monotonic() + time_remaining if time_remaining is not None else None
-    return GenRequest(prompt_ids=ids[dropped:], prompt_chars_dropped=dropped, max_new_tokens=max_new,
+    return GenRequest(prompt_ids=ids, prompt_chars_dropped=dropped, max_new_tokens=max_new,
                       params=params, seed=seed, stops=stops, deadline=deadline, loop=asyncio.get_running_loop())
 
 

@@ -5,11 +5,11 @@ gathered copies: newcomers are prefilled into the rows after the last active one
 row is refilled by moving the last active row into it (swap-remove).
 
 When a sequence fills the context window (block_size positions), its cache row is rebuilt from its last
-`keep = block_size - max(1, block_size // 4)` characters (positions 0..keep-1) and decoding goes on from there,
-so every character is predicted from between keep+1 and block_size characters of context. The notebook crops
-to the last block_size characters at every step, which needs a full forward pass per character; this sliding
-re-prefill costs one prefill per block_size/4 characters instead, and matches the notebook exactly until the
-window first fills.
+`keep = block_size - slide` characters (positions 0..keep-1; slide defaults to block_size // 4) and decoding
+goes on from there, so every character is predicted from between keep+1 and block_size characters of context.
+The notebook crops to the last block_size characters at every step, which needs a full forward pass per
+character; the sliding re-prefill costs one prefill per `slide` characters instead, and matches the notebook
+exactly until the window first fills. slide = 1 reproduces the notebook exactly, at the notebook's cost.
 """
 
 from __future__ import annotations
@@ -37,13 +37,15 @@ class Engine:
     """Owns one model's cache and decode thread; `submit` is called from the event loop."""
 
     def __init__(self, name: str, model: GPT, vocabulary: str, max_batch: int, max_queue: int,
-                 metrics: InferenceMetrics) -> None:
+                 metrics: InferenceMetrics, cache_dtype: torch.dtype | None = None, window_slide: int = 0
+                 ) -> None:
         self.model, self.vocabulary = model, vocabulary
         self.block_size = model.config.block_size
-        self.keep = self.block_size - max(1, self.block_size // 4)
+        slide = window_slide or max(1, self.block_size // 4)
+        self.keep = self.block_size - min(slide, self.block_size)
         weight = next(model.parameters())
         self.device = weight.device
-        self.cache = KVCache(model.config, max_batch, device=self.device, dtype=weight.dtype)
+        self.cache = KVCache(model.config, max_batch, device=self.device, dtype=cache_dtype or weight.dtype)
         self.decoder = FastDecoder(model, self.cache)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.active: list[GenRequest] = []
@@ -99,7 +101,7 @@ class Engine:
                     self._step(admitted)
                 except Exception as exc:  # a bug or a device error: fail this batch, keep serving
                     log.exception("engine step failed")
-                    self._fail_all([*self.active, *admitted], exc)
+                    self._fail_all(list({id(r): r for r in [*self.active, *admitted]}.values()), exc)
                 self._m.running.set(len(self.active))
                 self._flush()
 
@@ -141,12 +143,12 @@ class Engine:
             self._m.prompt_tokens.inc(lengths[i])
         length_t = torch.tensor(lengths)
         rows = torch.arange(start, start + n)
-        logits = self.model.prefill(padded.to(self.device), length_t.to(self.device), self.cache,
-                                    rows.to(self.device))
+        logits = self._prefill(padded.to(self.device), length_t.to(self.device), rows.to(self.device))
         last = logits[torch.arange(n, device=self.device), (length_t - 1).to(self.device)]
         first = BatchSampler()
         first.set_rows([r.sampling for r in admitted])
         self.active.extend(admitted)
+        self.sampler.set_rows([r.sampling for r in self.active])
         self._accept_all(first.sample(last), offset=start)
 
     def _decode(self) -> None:
@@ -167,11 +169,23 @@ class Engine:
         """Rebuild a full row from the last `keep` characters before the pending one (see module doc)."""
         if self.keep:
             context = torch.tensor([request.history[-(self.keep + 1):-1]], device=self.device)
-            self.model.prefill(context, torch.tensor([self.keep], device=self.device), self.cache,
-                               torch.tensor([index], device=self.device))
+            self._prefill(context, torch.tensor([self.keep], device=self.device),
+                          torch.tensor([index], device=self.device))
         else:
             self.cache.lengths[index] = 0
         request.cache_len = self.keep
+
+    def _prefill(self, idx: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """GPT.prefill into cache rows; through a scratch cache in the model's dtype if the cache's differs."""
+        if self.cache.k.dtype == self.model.wte.weight.dtype:
+            return self.model.prefill(idx, lengths, self.cache, rows)
+        n, T = idx.shape
+        scratch = KVCache(self.model.config, n, device=self.device, dtype=self.model.wte.weight.dtype, max_len=T)
+        logits = self.model.prefill(idx, lengths, scratch)
+        self.cache.k[:, rows, :, :T] = scratch.k.to(self.cache.k.dtype)
+        self.cache.v[:, rows, :, :T] = scratch.v.to(self.cache.v.dtype)
+        self.cache.lengths[rows] = lengths
+        return logits
 
     def _accept_all(self, tokens: list[int], offset: int) -> None:
         """Record one new character for rows offset.., then remove the sequences that finished."""
@@ -179,7 +193,6 @@ class Engine:
         done = [offset + i for i, token in enumerate(tokens) if self._accept(self.active[offset + i], token, now)]
         for index in reversed(done):
             self._remove(index)
-        self.sampler.set_rows([r.sampling for r in self.active])
 
     def _accept(self, request: GenRequest, token: int, now: float) -> bool:
         request.history.append(token)

@@ -3,7 +3,9 @@
 GPT.decode_step is general (any rows, any dtype path, module calls, dropout no-ops, a bool mask converted in
 every layer). The engine always decodes cache rows 0..B-1 with positions it already knows, so this runner
 calls the functional ops on the model's own weights directly, builds one additive mask per step and writes
-the new keys and values with one indexed assignment per layer. tests/inference_service/test_fast_decode.py
+the new keys and values with one indexed assignment per layer. The cache may be in a narrower dtype than the
+model (e.g. bfloat16 keys and values for a float32 model): attention then runs in the cache's dtype, which halves
+the memory traffic that dominates large-batch decoding. tests/inference_service/test_fast_decode.py
 checks it against GPT.decode_step.
 """
 
@@ -40,7 +42,7 @@ class FastDecoder:
         B, C, nh, hs = tokens.shape[0], self.n_embd, self.n_head, self.head_size
         x = model.wte.weight[tokens] + model.wpe.weight[positions]  # (B, C)
         keys = self.keys[:attend_len]
-        mask = torch.zeros(B, 1, 1, attend_len, dtype=x.dtype, device=x.device)
+        mask = torch.zeros(B, 1, 1, attend_len, dtype=cache.k.dtype, device=x.device)
         mask.masked_fill_(keys[None, None, None, :] > positions[:, None, None, None], float("-inf"))
         rows = self.rows[:B]
         for layer, module in enumerate(model.blocks):
@@ -51,8 +53,9 @@ class FastDecoder:
             k_cache, v_cache = cache.k[layer], cache.v[layer]
             k_cache[rows, :, positions] = qkv[:, 1].to(k_cache.dtype)
             v_cache[rows, :, positions] = qkv[:, 2].to(v_cache.dtype)
-            y = F.scaled_dot_product_attention(qkv[:, 0, :, None, :], k_cache[:B, :, :attend_len],
-                                               v_cache[:B, :, :attend_len], attn_mask=mask)
+            q = qkv[:, 0, :, None, :].to(k_cache.dtype)  # (B, nh, 1, hs)
+            y = F.scaled_dot_product_attention(q, k_cache[:B, :, :attend_len], v_cache[:B, :, :attend_len],
+                                               attn_mask=mask).to(x.dtype)
             x = x + F.linear(y.reshape(B, C), attn.c_proj.weight, attn.c_proj.bias)
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, self.eps)
             x = x + F.linear(F.gelu(F.linear(h, mlp.c_fc.weight, mlp.c_fc.bias)), mlp.c_proj.weight,

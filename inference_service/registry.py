@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from grpc_health.v1 import health, health_pb2
 
 from chargpt import errors
 from chargpt.core.checkpoint import Checkpoint, load_checkpoint
+from chargpt.core.config import ModelConfig
 from chargpt.core.device import probe_device, torch_device_string
 from inference_service.engine import Engine
 from inference_service.metrics import InferenceMetrics
@@ -134,9 +136,9 @@ class ModelRegistry:
         if entry.in_flight == 0:
             entry.idle.set()
 
-    async def load(self, name: str, source: str, locate: object, device: str, dtype: str
+    async def load(self, name: str, source: str, locate: Callable[[], Awaitable[Path]], device: str, dtype: str
                    ) -> tuple[ModelEntry, bool]:
-        """Load `source` under `name`; `locate` is an async callable giving the checkpoint directory."""
+        """Load `source` under `name`; `locate` gives the checkpoint directory (it may download it)."""
         validate_name(name)
         if self.draining:
             raise errors.UnavailableError("the server is shutting down")
@@ -156,26 +158,38 @@ class ModelRegistry:
         entry = ModelEntry(name=name, source=source, device=torch_device, dtype=str(torch_dtype).split(".")[-1])
         self.models[name] = entry
         await self._set_health(name, False)
+        await self._load_into(entry, locate, torch_dtype)
+        await self._set_health(name, True)
+        return entry, True
+
+    async def _load_into(self, entry: ModelEntry, locate: Callable[[], Awaitable[Path]],
+                         dtype: torch.dtype) -> None:
+        """Read the checkpoint and start its engine, off the event loop; a failure marks the entry FAILED."""
         started = time.monotonic()
         try:
-            path = await locate()  # type: ignore[operator]
-            entry.checkpoint = await asyncio.to_thread(load_checkpoint, path, torch_device, torch_dtype)
+            path = await locate()
+            entry.checkpoint = await asyncio.to_thread(load_checkpoint, path, entry.device, dtype)
             model = entry.checkpoint.model
             entry.engine = await asyncio.to_thread(
-                Engine, name, model, entry.checkpoint.tokenizer.vocabulary, self.settings.max_batch_size,
-                self.settings.max_queue, self.metrics)
+                Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, self._batch_rows(model.config),
+                self.settings.max_queue, self.metrics, DTYPES.get(self.settings.kv_cache_dtype),
+                self.settings.window_slide)
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
             entry.loaded.set()
-            log.warning("loading model %s from %s failed: %s", name, source, entry.error)
+            log.warning("loading model %s from %s failed: %s", entry.name, entry.source, entry.error)
             raise
         entry.state, entry.loaded_time = State.READY, datetime.now(UTC)
         entry.loaded.set()
-        self.metrics.load_seconds.labels(model=name).observe(time.monotonic() - started)
+        self.metrics.load_seconds.labels(model=entry.name).observe(time.monotonic() - started)
         self._count_ready()
-        await self._set_health(name, True)
-        log.info("model %s ready (%s on %s, %s)", name, source, torch_device, entry.dtype)
-        return entry, True
+        log.info("model %s ready (%s on %s, %s)", entry.name, entry.source, entry.device, entry.dtype)
+
+    def _batch_rows(self, config: ModelConfig) -> int:
+        """max_batch_size, or fewer rows if their keys and values would exceed max_kv_cache_bytes."""
+        itemsize = DTYPES.get(self.settings.kv_cache_dtype, torch.float32).itemsize
+        row_bytes = 2 * config.n_layer * config.block_size * config.n_embd * itemsize
+        return max(1, min(self.settings.max_batch_size, self.settings.max_kv_cache_bytes // row_bytes))
 
     async def unload(self, name: str) -> None:
         """Refuse new requests, let in-flight ones finish, then free the model."""

@@ -57,7 +57,7 @@ class BatchSampler:
         """One character id per row of logits (B, V); rows are in the order given to set_rows."""
         if self._dirty:
             self._rebuild(logits.shape[-1])
-        logits = logits.float()
+        logits = logits.float().cpu()  # (B, V) is tiny; the token ids are needed on the host anyway
         if self._all_greedy:
             ids: list[int] = logits.argmax(dim=-1).tolist()
             return ids

@@ -19,7 +19,7 @@ from chargpt.server.serving import (
     new_server,
     serve_forever,
 )
-from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from inference_service.metrics import InferenceMetrics
 from inference_service.registry import ModelRegistry
 from inference_service.servicer import InferenceServicer
@@ -29,8 +29,14 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].ful
 log = logging.getLogger(__name__)
 
 
+def default_torch_threads() -> int:
+    """All cores but one, at most 8: the gRPC event loop keeps a core (when torch's threads share it, one
+    preempted worker stalls every parallel op), and this model's small matrices gain little past 8."""
+    return max(1, min(8, cpu_cores() - 1))
+
+
 def parse_preload(spec: str) -> list[tuple[str, str]]:
-    """`name=path,name=path` -> [(name, path)]."""
+    """`name=path,name=trainer:JOB/best` -> [(name, path)]."""
     pairs = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, sep, path = item.partition("=")
@@ -42,7 +48,7 @@ def parse_preload(spec: str) -> list[tuple[str, str]]:
 
 async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int]:
     """A ready-to-start inference server bound to settings.host:port; returns it and the bound port."""
-    torch.set_num_threads(settings.torch_threads or cpu_cores())
+    torch.set_num_threads(settings.torch_threads or default_torch_threads())
     preload = parse_preload(settings.preload)
     metrics = InferenceMetrics()
     server = new_server(settings, observer=metrics.rpcs.observe)
@@ -66,11 +72,20 @@ async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int
 async def _preload(servicer: InferenceServicer, models: list[tuple[str, str]]) -> None:
     """Load the --preload models; one that fails is logged (and listed as FAILED), the rest still load."""
     for name, path in models:
-        request = inference_pb2.LoadModelRequest(name=name, checkpoint_path=path)
         try:
-            await servicer.LoadModel(request, None)
-        except errors.ChargptError as exc:
+            await servicer.LoadModel(_load_request(name, path), None)
+        except (errors.ChargptError, ValueError) as exc:
             log.error("preloading %s from %s failed: %s", name, path, exc)
+
+
+def _load_request(name: str, path: str) -> inference_pb2.LoadModelRequest:
+    """A LoadModelRequest for `path` or `trainer:JOB[/best|/latest]`."""
+    if not path.startswith("trainer:"):
+        return inference_pb2.LoadModelRequest(name=name, checkpoint_path=path)
+    job, _, kind = path.removeprefix("trainer:").partition("/")
+    kind_value = common_pb2.CheckpointKind.Value(f"CHECKPOINT_KIND_{(kind or 'unspecified').upper()}")
+    ref = inference_pb2.TrainerCheckpointRef(job_id=job, kind=kind_value)
+    return inference_pb2.LoadModelRequest(name=name, trainer_checkpoint=ref)
 
 
 async def _serve(settings: InferenceSettings) -> None:

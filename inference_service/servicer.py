@@ -136,9 +136,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             stride = request.stride or max(1, block // 2)
             if not 1 <= stride <= block:
                 raise errors.InvalidArgumentError("stride", f"must be 1..{block} (block_size), got {request.stride}")
-            ids = entry.checkpoint.tokenizer.encode(request.text, field="text")
-            result = await self._in_model_thread(entry, scoring.score, entry.checkpoint.model, ids, stride,
-                                                 self.settings.score_batch_windows, request.include_token_logprobs)
+            checkpoint = entry.checkpoint
+
+            def encode_and_score() -> scoring.ScoreResult:  # encoding a long text is too slow for the loop
+                ids = checkpoint.tokenizer.encode(request.text, field="text")
+                return scoring.score(checkpoint.model, ids, stride, self.settings.score_batch_windows,
+                                     request.include_token_logprobs)
+
+            result = await self._in_model_thread(entry, encode_and_score)
             self.metrics.score_requests.labels(model=entry.name).inc()
             return inference_pb2.ScoreResponse(mean_nll=result.mean_nll, bits_per_char=result.bits_per_char,
                                                perplexity=result.perplexity, num_tokens=result.num_tokens,

@@ -23,15 +23,22 @@ class InferenceSettings(ServerSettings):
     trainer_auth_token: str | None = Field(default=None, description="bearer token for the trainer, if it needs one")
     device: str = Field(default="auto", description="default device for models: auto, cpu, cuda, cuda:N, mps")
     dtype: str = Field(default="auto", description="default compute dtype: auto, float32, bfloat16, float16")
-    preload: str = Field(default="", description="models to load at start-up: name=path[,name=path...]")
+    preload: str = Field(default="", description="models to load at start-up, comma-separated: name=path "
+                         "or name=trainer:JOB[/best|/latest]")
     max_models: int = Field(default=8, ge=1, description="models held at once")
     max_new_tokens_limit: int = Field(default=4096, ge=1, description="largest max_new_tokens accepted")
     max_batch_size: int = Field(default=64, ge=1, description="sequences decoded together per model")
+    max_kv_cache_bytes: int = Field(default=1 << 30, ge=1 << 20,
+                                    description="KV cache memory per model; fewer batch rows if it is exceeded")
+    kv_cache_dtype: str = Field(default="auto", pattern="^(auto|float32|bfloat16|float16)$",
+                                description="KV cache dtype: auto (the model's) or narrower to speed up big batches")
+    window_slide: int = Field(default=0, ge=0, description="characters dropped when a sequence fills the context "
+                              "window; 0: block_size/4; 1: the notebook's exact crop-every-step (slowest)")
     max_queue: int = Field(default=256, ge=0, description="requests waiting for a batch slot per model")
     max_score_chars: int = Field(default=1_000_000, ge=2, description="longest text Score accepts")
-    score_batch_windows: int = Field(default=16, ge=1, description="context windows per Score forward pass")
+    score_batch_windows: int = Field(default=32, ge=1, description="context windows per Score forward pass")
     max_attention_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
                                      description="largest GetAttention tensor (also capped by max_message_bytes)")
-    torch_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; default: all cores")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch threads; default: cores - 1, at most 8")
     download_chunk_bytes: int = Field(default=1 << 20, ge=1024, le=4 << 20,
                                       description="chunk size asked of the trainer's DownloadCheckpoint")

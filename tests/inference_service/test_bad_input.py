@@ -117,3 +117,10 @@ async def test_bad_model_requests(served: Served) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == code and named in (err.value.details() or ""), named
+
+
+async def test_unknown_characters_in_the_cropped_part_of_a_prompt_are_named(served: Served) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await served.stub.Generate(G(model="tiny", prompt="€" + "a" * 40, max_new_tokens=2), timeout=10)
+    assert err.value.code() == INVALID and "prompt" in (err.value.details() or "") and "€" in (
+        err.value.details() or "")

@@ -122,3 +122,32 @@ async def test_a_second_model_serves_alongside(served: Served) -> None:
         served.stub.Generate(Req(model="tiny", prompt="ab", max_new_tokens=40, temperature=0.0), timeout=60),
         served.stub.Generate(Req(model="other", prompt="ab", max_new_tokens=40, temperature=0.0), timeout=60))
     assert len(a.text) == len(b.text) == 40
+
+
+async def test_bfloat16_kv_cache_batched_equals_alone(make_server: Any) -> None:
+    s: Served = await make_server(kv_cache_dtype="bfloat16")
+    write_checkpoint(s.models_dir / "tiny")
+    await s.load("tiny", "tiny")
+    prompts = ["a", "hello there", "What, ho!", "xyz" * 15]
+    alone = [await _generate(s, prompt=p, max_new_tokens=40, temperature=0.0) for p in prompts]
+    together = await asyncio.gather(*[_generate(s, prompt=p, max_new_tokens=40, temperature=0.0) for p in prompts])
+    assert [r.text for r in together] == [r.text for r in alone]
+
+
+async def test_window_slide_one_is_the_notebook_exactly(make_server: Any) -> None:
+    """With --window-slide 1, text far past the context window equals the notebook's crop-every-step loop."""
+    s: Served = await make_server(window_slide=1)
+    write_checkpoint(s.models_dir / "tiny")
+    await s.load("tiny", "tiny")
+    checkpoint = load_checkpoint(s.models_dir / "tiny")
+    prompt = "Once upon"
+    ids = torch.tensor([checkpoint.tokenizer.encode(prompt)])
+    expected = generate(checkpoint.model, ids, 80, SamplingParams(temperature=0.0))
+    reply = await _generate(s, prompt=prompt, max_new_tokens=80, temperature=0.0)
+    assert reply.text == checkpoint.tokenizer.decode(expected[0, len(prompt):].tolist())
+
+
+async def test_one_token_requests_finish_at_prefill(served: Served) -> None:
+    replies = await asyncio.gather(*[_generate(served, prompt="ab" * i, max_new_tokens=1, seed=i) for i in range(5)])
+    assert all(len(r.text) == 1 and r.summary.finish_reason == inference_pb2.FINISH_REASON_LENGTH for r in replies)
+    assert served.metric("chargpt_inference_requests_running", model="tiny") == 0

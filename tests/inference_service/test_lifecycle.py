@@ -188,3 +188,30 @@ async def test_shutdown_lets_streams_finish_and_refuses_new_work(make_server: An
         messages.append(message)
     assert messages[-1].summary.finish_reason == inference_pb2.FINISH_REASON_LENGTH
     await stopping
+
+
+async def test_requests_to_a_loading_model_are_unavailable(make_server: Any, monkeypatch: Any) -> None:
+    import threading
+
+    from inference_service import registry
+
+    release = threading.Event()
+    real = registry.load_checkpoint  # type: ignore[attr-defined]
+
+    def slow_load(*args: Any, **kwargs: Any) -> Any:
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "load_checkpoint", slow_load)
+    s: Served = await make_server()
+    write_checkpoint(s.models_dir / "tiny")
+    loading = asyncio.ensure_future(s.load("tiny", "tiny"))
+    await _until(lambda: "tiny" in s.server.registry.models)
+    m = (await s.stub.GetModel(inference_pb2.GetModelRequest(name="tiny"), timeout=5)).model
+    assert m.state == inference_pb2.MODEL_STATE_LOADING
+    assert await _code(s.stub.Generate(Req(model="tiny", prompt="a"), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+    assert await _health(s, "tiny") == NOT_SERVING
+    assert (await s.stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5)).models  # the loop is free
+    release.set()
+    assert (await loading).model.state == inference_pb2.MODEL_STATE_READY
+    assert await _health(s, "tiny") == SERVING

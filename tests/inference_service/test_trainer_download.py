@@ -104,3 +104,12 @@ async def test_unknown_job_and_missing_trainer(make_server: Any, trainer: tuple[
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _load(plain, "z")
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_preload_from_trainer(make_server: Any, trainer: tuple[FakeTrainer, int]) -> None:
+    _, port = trainer
+    s: Served = await make_server(trainer_address=f"127.0.0.1:{port}",
+                                  preload="pre=trainer:job1/best,bad=trainer:x/y")
+    models = {m.name: m for m in (await s.stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5)).models}
+    assert models["pre"].state == inference_pb2.MODEL_STATE_READY and models["pre"].source == "trainer:job1/best"
+    assert "bad" not in models  # an unknown kind is refused before anything is loaded
