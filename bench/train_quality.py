@@ -31,6 +31,7 @@ from trainer_service.training.loop import Trainer, run_training
 from trainer_service.training.runtime import resolve_runtime
 
 CALIBRATION_STEPS = 8
+SCHEDULE_MARGIN = 0.97  # end the decay a little before the deadline: its last low-LR steps matter most
 
 
 class Recorder:
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         probe = make_plan(args.config, vocab, args, 10**6)
         calibration = calibrate(probe, corpus)
-        max_steps = max(1, int(args.budget / calibration))
+        max_steps = max(1, int(SCHEDULE_MARGIN * args.budget / calibration))
         plan = make_plan(args.config, vocab, args, max_steps)
         device = resolve_runtime(plan).device
         rows.append(train(f"{args.config} preset, budget-aware", plan, corpus, data, args.budget, device))

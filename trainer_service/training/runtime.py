@@ -107,7 +107,7 @@ def bf16_is_faster(device: torch.device) -> bool:
     On CUDA, whenever the GPU supports bf16. On CPUs only with AMX tiles: an AVX-512-BF16 dot product does the
     same 64 FLOPs per cycle as two fp32 FMAs (measured 232 vs 238 GFLOP/s per core on a Sapphire Rapids
     VM), and oneDNN's bf16 GEMM reached ~165 GFLOP/s against ~320 for MKL's fp32 one, so bf16 autocast there
-    made training ~1.5x slower (bench/train_throughput.py shows both).
+    made training slower: 0.34x at the CPU preset's size, 0.99x at the notebook's (bench/train_throughput.py).
     """
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
