@@ -20,7 +20,7 @@ from chargpt import errors
 from chargpt.core.checkpoint import Checkpoint, load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import probe_device, torch_device_string
-from inference_service.engine import Engine
+from inference_service.engine import Engine, ThreadPolicy
 from inference_service.metrics import InferenceMetrics
 from inference_service.settings import InferenceSettings
 
@@ -175,7 +175,7 @@ class ModelRegistry:
             entry.engine = await asyncio.to_thread(
                 Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, self._batch_rows(model.config),
                 self.settings.max_queue, self.metrics, DTYPES.get(self.settings.kv_cache_dtype),
-                self.settings.window_slide)
+                self.settings.window_slide, ThreadPolicy(torch.get_num_threads(), self.settings.parallel_decode_from))
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
             entry.loaded.set()

@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def default_torch_threads() -> int:
-    """All cores but one, at most 8: the gRPC event loop keeps a core (when torch's threads share it, one
-    preempted worker stalls every parallel op), and this model's small matrices gain little past 8."""
-    return max(1, min(8, cpu_cores() - 1))
+    """Every core, at most 8 (this model's small matrices gain little past 8); the engine drops to one thread
+    for small decode batches, which leaves the gRPC event loop a core when it matters most (see ThreadPolicy)."""
+    return max(1, min(8, cpu_cores()))
 
 
 def parse_preload(spec: str) -> list[tuple[str, str]]:

@@ -43,6 +43,8 @@ class InferenceSettings(ServerSettings):
     score_batch_windows: int = Field(default=32, ge=1, description="context windows per Score forward pass")
     max_attention_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
                                      description="largest GetAttention tensor (also capped by max_message_bytes)")
-    torch_threads: int | None = Field(default=None, ge=1, description="torch threads; default: cores - 1, at most 8")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch threads; default: the cores, at most 8")
+    parallel_decode_from: int = Field(default=24, ge=1, description="decode batches at least this big use every "
+                                      "torch thread; smaller ones one (less fork/join overhead)")
     download_chunk_bytes: int = Field(default=1 << 20, ge=1024, le=4 << 20,
                                       description="chunk size asked of the trainer's DownloadCheckpoint")
