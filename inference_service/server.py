@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -15,9 +14,8 @@ from chargpt.server.serving import (
     ManagedServer,
     add_health_and_reflection,
     bind,
-    configure_logging,
     new_server,
-    serve_forever,
+    run_service,
 )
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from inference_service.metrics import InferenceMetrics
@@ -88,15 +86,8 @@ def _load_request(name: str, path: str) -> inference_pb2.LoadModelRequest:
     return inference_pb2.LoadModelRequest(name=name, trainer_checkpoint=ref)
 
 
-async def _serve(settings: InferenceSettings) -> None:
-    server, _ = await create_server(settings)
-    await serve_forever(server, settings.shutdown_grace_seconds)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = InferenceSettings.from_args(argv)
-    configure_logging(settings.log_level)
-    asyncio.run(_serve(settings))
+    run_service(InferenceSettings, create_server, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +15,8 @@ from chargpt.server.serving import (
     ManagedServer,
     add_health_and_reflection,
     bind,
-    configure_logging,
     new_server,
-    serve_forever,
+    run_service,
 )
 from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_service.corpora import CorpusLibrary
@@ -100,15 +98,8 @@ async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
     return managed, port
 
 
-async def _serve(settings: TrainerSettings) -> None:
-    server, _ = await create_server(settings)
-    await serve_forever(server, settings.shutdown_grace_seconds)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = TrainerSettings.from_args(argv)
-    configure_logging(settings.log_level)
-    asyncio.run(_serve(settings))
+    run_service(TrainerSettings, create_server, argv)
 
 
 if __name__ == "__main__":

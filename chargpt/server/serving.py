@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -108,3 +109,20 @@ async def serve_forever(server: ManagedServer, grace: float) -> None:
     await stop.wait()
     log.info("signal received: draining for up to %.0fs", grace)
     await server.stop(grace)
+
+
+SettingsT = TypeVar("SettingsT", bound=ServerSettings)
+
+
+def run_service(settings_type: type[SettingsT],
+                create: Callable[[SettingsT], Awaitable[tuple[ManagedServer, int]]],
+                argv: Sequence[str] | None = None) -> None:
+    """A service's `main`: settings from flags and environment, logging, then serve until SIGTERM."""
+    settings = settings_type.from_args(argv)
+    configure_logging(settings.log_level)
+
+    async def serve() -> None:
+        server, _ = await create(settings)
+        await serve_forever(server, settings.shutdown_grace_seconds)
+
+    asyncio.run(serve())
