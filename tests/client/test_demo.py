@@ -74,8 +74,9 @@ def test_demo_on_your_own_text(tmp_path: Path) -> None:
 def test_training_steps_fit_the_time_budget() -> None:
     from chargpt_client import types as t
     from chargpt_client.demo.context import Demo
-    from chargpt.core.device import PRESETS
     from chargpt_client.demo.steps_train import _fitted_steps, preset_for
+
+    from chargpt.core.device import PRESETS
 
     cpu = PRESETS["cpu"]  # whatever the tuned CPU preset is, the demo must recognise it
     cpu_model = t.ModelConfig(n_layer=cpu.n_layer, n_head=cpu.n_head, n_embd=cpu.n_embd, block_size=cpu.block_size)
