@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,49 +9,16 @@ from typing import Any
 import grpc
 import pytest
 
-from chargpt.v1 import common_pb2, inference_pb2, trainer_pb2, trainer_pb2_grpc
+from chargpt.v1 import common_pb2, inference_pb2
+from tests.support.fake_trainer import CheckpointTrainer, serve_trainer
 
 from .conftest import Served, write_checkpoint
 
 
-class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
-    """Serves one checkpoint directory as job "job1"; `corrupt` flips a byte of one chunk's data."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory, self.corrupt, self.downloads = directory, False, 0
-
-    async def DownloadCheckpoint(self, request: trainer_pb2.DownloadCheckpointRequest,
-                                 context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        if request.job_id != "job1":
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
-        self.downloads += 1
-        files = sorted(p for p in self.directory.iterdir() if p.is_file())
-        manifest_sha = hashlib.sha256((self.directory / "model.safetensors").read_bytes()).hexdigest()
-        header = trainer_pb2.CheckpointArchiveHeader(
-            checkpoint=trainer_pb2.Checkpoint(job_id="job1", kind=common_pb2.CHECKPOINT_KIND_BEST,
-                                              weights_sha256=manifest_sha),
-            files=[trainer_pb2.CheckpointFile(name=p.name, size_bytes=p.stat().st_size,
-                                              sha256=hashlib.sha256(p.read_bytes()).hexdigest()) for p in files])
-        yield trainer_pb2.DownloadCheckpointResponse(header=header)
-        size = request.chunk_size or 1 << 20
-        for path in files:
-            data = path.read_bytes()
-            for offset in range(0, len(data), size):
-                piece = data[offset:offset + size]
-                digest = hashlib.sha256(piece).hexdigest()
-                if self.corrupt and path.name == "model.safetensors" and offset == 0:
-                    piece = bytes([piece[0] ^ 1]) + piece[1:]
-                yield trainer_pb2.DownloadCheckpointResponse(chunk=trainer_pb2.CheckpointChunk(
-                    file_name=path.name, offset=offset, data=piece, sha256=digest))
-
-
 @pytest.fixture
-async def trainer(tmp_path: Path) -> AsyncIterator[tuple[FakeTrainer, int]]:
-    fake = FakeTrainer(write_checkpoint(tmp_path / "trainer-side" / "best", seed=4))
-    server = grpc.aio.server()
-    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+async def trainer(tmp_path: Path) -> AsyncIterator[tuple[CheckpointTrainer, int]]:
+    fake = CheckpointTrainer(write_checkpoint(tmp_path / "trainer-side" / "best", seed=4))
+    server, port = await serve_trainer(fake)
     yield fake, port
     await server.stop(0)
 
@@ -62,7 +28,7 @@ def _load(s: Served, name: str, job: str = "job1") -> Any:
     return s.stub.LoadModel(inference_pb2.LoadModelRequest(name=name, trainer_checkpoint=ref), timeout=30)
 
 
-async def test_load_from_trainer_then_cached(make_server: Any, trainer: tuple[FakeTrainer, int]) -> None:
+async def test_load_from_trainer_then_cached(make_server: Any, trainer: tuple[CheckpointTrainer, int]) -> None:
     fake, port = trainer
     s: Served = await make_server(trainer_address=f"127.0.0.1:{port}", download_chunk_bytes=1024)
     reply = await _load(s, "fromjob")
@@ -78,7 +44,7 @@ async def test_load_from_trainer_then_cached(make_server: Any, trainer: tuple[Fa
     assert len(list((s.models_dir / ".trainer-cache").iterdir())) == 1
 
 
-async def test_corrupt_chunk_fails_cleanly(make_server: Any, trainer: tuple[FakeTrainer, int]) -> None:
+async def test_corrupt_chunk_fails_cleanly(make_server: Any, trainer: tuple[CheckpointTrainer, int]) -> None:
     fake, port = trainer
     fake.corrupt = True
     s: Served = await make_server(trainer_address=f"127.0.0.1:{port}", download_chunk_bytes=1024)
@@ -91,7 +57,7 @@ async def test_corrupt_chunk_fails_cleanly(make_server: Any, trainer: tuple[Fake
     assert reply.model.state == inference_pb2.MODEL_STATE_READY
 
 
-async def test_unknown_job_and_missing_trainer(make_server: Any, trainer: tuple[FakeTrainer, int]) -> None:
+async def test_unknown_job_and_missing_trainer(make_server: Any, trainer: tuple[CheckpointTrainer, int]) -> None:
     _, port = trainer
     s: Served = await make_server(trainer_address=f"127.0.0.1:{port}")
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -106,7 +72,7 @@ async def test_unknown_job_and_missing_trainer(make_server: Any, trainer: tuple[
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_preload_from_trainer(make_server: Any, trainer: tuple[FakeTrainer, int]) -> None:
+async def test_preload_from_trainer(make_server: Any, trainer: tuple[CheckpointTrainer, int]) -> None:
     _, port = trainer
     s: Served = await make_server(trainer_address=f"127.0.0.1:{port}",
                                   preload="pre=trainer:job1/best,bad=trainer:x/y")

@@ -16,12 +16,14 @@ Renamer = Callable[[str], str]
 
 
 class CheckpointTrainer(trainer_pb2_grpc.TrainerServiceServicer):
-    """Serves `directory` as job "job1"; `rename` lets a test send hostile file names."""
+    """Serves `directory` as job "job1" in the requested chunk size; `rename` lets a test send hostile file
+    names, and `corrupt` flips a byte of the first weights chunk after its checksum was computed."""
 
     def __init__(self, directory: Path, rename: Renamer | None = None) -> None:
         self.directory = directory
         self.rename: Renamer = rename or (lambda name: name)
         self.downloads = 0
+        self.corrupt = False
 
     async def DownloadCheckpoint(self, request: trainer_pb2.DownloadCheckpointRequest,
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -36,10 +38,16 @@ class CheckpointTrainer(trainer_pb2_grpc.TrainerServiceServicer):
             files=[trainer_pb2.CheckpointFile(name=self.rename(p.name), size_bytes=p.stat().st_size,
                                               sha256=hashlib.sha256(p.read_bytes()).hexdigest()) for p in files])
         yield trainer_pb2.DownloadCheckpointResponse(header=header)
+        size = request.chunk_size or 1 << 20
         for path in files:
             data = path.read_bytes()
-            yield trainer_pb2.DownloadCheckpointResponse(chunk=trainer_pb2.CheckpointChunk(
-                file_name=self.rename(path.name), offset=0, data=data, sha256=hashlib.sha256(data).hexdigest()))
+            for offset in range(0, len(data), size):
+                piece = data[offset:offset + size]
+                digest = hashlib.sha256(piece).hexdigest()
+                if self.corrupt and path.name == "model.safetensors" and offset == 0:
+                    piece = bytes([piece[0] ^ 1]) + piece[1:]
+                yield trainer_pb2.DownloadCheckpointResponse(chunk=trainer_pb2.CheckpointChunk(
+                    file_name=self.rename(path.name), offset=offset, data=piece, sha256=digest))
 
 
 async def serve_trainer(servicer: trainer_pb2_grpc.TrainerServiceServicer,

@@ -3,66 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from trainer_harness import HERE, Trainer, sample_text
 
 from chargpt.v1 import trainer_pb2 as S
+from tests.support.procs import free_port, processes_mentioning, start_service, wait_serving
 from trainer_service.settings import DEFAULT_ENGINE
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    root = HERE.parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "client"), str(HERE)])}
-    args = [sys.executable, "-m", "trainer_service.server", "--port", str(port), "--data-dir", str(data_dir),
-            "--device", "cpu", "--builtin-corpora", "false", "--engine", DEFAULT_ENGINE,
-            "--event-poll-seconds", "0.1", "--worker-stop-timeout-seconds", "30"]
-    with open(log, "ab") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-async def wait_serving(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            assert time.monotonic() < deadline, "server did not become SERVING"
-            await asyncio.sleep(0.2)
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    args = ["--port", str(port), "--data-dir", str(data_dir), "--device", "cpu", "--builtin-corpora", "false",
+            "--engine", DEFAULT_ENGINE, "--event-poll-seconds", "0.1", "--worker-stop-timeout-seconds", "30"]
+    return start_service("trainer_service.server", args, log, extra_path=[HERE])
 
 
 async def wait_no_processes(text: str, timeout: float) -> None:
