@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from chargpt.core.config import ModelConfig
+from chargpt.core.dropout import Dropout, keep_mask
 
 
 class KVCache:
@@ -58,7 +59,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
+        self.fast_dropout = False  # set by GPT.use_fast_dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, layer: int,
                 write: _CacheWrite | None = None, need_weights: bool = False
@@ -71,8 +73,9 @@ class CausalSelfAttention(nn.Module):
         if write is not None:
             k, v = self._update_cache(write, layer, k, v)
         dropout_p = self.dropout if self.training else 0.0
-        if need_weights:
-            y, weights = _attention_with_weights(q, k, v, mask, dropout_p, self.training)
+        if need_weights or (self.fast_dropout and dropout_p > 0):
+            # SDPA on CPU takes its unfused path with dropout anyway: spelling it out lets the mask be fast.
+            y, weights = _attention_with_weights(q, k, v, mask, dropout_p, self.training, self.fast_dropout)
         else:
             # mask None means plain causal attention over T keys (the training fast path).
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
@@ -97,14 +100,18 @@ class CausalSelfAttention(nn.Module):
 
 
 def _attention_with_weights(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                            dropout_p: float, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                            dropout_p: float, training: bool, fast_dropout: bool = False
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention written out, so the softmax weights can be returned; same maths as the SDPA path."""
     T, S = q.shape[-2], k.shape[-2]
     if mask is None:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.shape[-1]))  # (B, nh, T, S)
+    att = (q * (1.0 / math.sqrt(k.shape[-1]))) @ k.transpose(-2, -1)  # (B, nh, T, S); scaling q is cheaper
     att = att.masked_fill(~mask, float("-inf"))
     weights = F.softmax(att.float(), dim=-1).to(q.dtype)
+    if fast_dropout and training and dropout_p > 0:
+        keep, scale = keep_mask(weights.shape, dropout_p, weights.device, weights.dtype)
+        return ((weights * keep) @ v).mul_(scale), weights  # scaling (B, nh, T, hs) beats scaling (.., T, S)
     dropped = F.dropout(weights, dropout_p, training) if dropout_p > 0 else weights
     return dropped @ v, weights
 
@@ -115,7 +122,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -146,7 +153,7 @@ class GPT(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
         self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned position embeddings
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -164,6 +171,14 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def use_fast_dropout(self, enabled: bool = True) -> None:
+        """Draw dropout masks with chargpt.core.dropout (several times faster on CPU; eager mode only)."""
+        for module in self.modules():
+            if isinstance(module, Dropout):
+                module.fast = enabled
+            elif isinstance(module, CausalSelfAttention):
+                module.fast_dropout = enabled
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -158,6 +158,26 @@ def test_grad_accumulation_gives_the_gradient_of_the_whole_batch(tmp_path: Path,
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(one, three, strict=True))
 
 
+def test_cpu_micro_batches_give_the_gradient_of_the_whole_batch(tmp_path: Path, corpus: CorpusRef,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = make_plan(model=make_plan().model.model_copy(update={"dropout": 0.0}))
+    monkeypatch.setenv("CHARGPT_TRAIN_MICRO_TOKENS", "0")
+    loss_whole, whole = _first_step_gradient(plan, corpus, tmp_path / "whole")
+    monkeypatch.setenv("CHARGPT_TRAIN_MICRO_TOKENS", str(2 * plan.model.block_size))
+    trainer = Trainer(plan, corpus, tmp_path / "probe", Recorder(), resolve_runtime(plan))
+    assert trainer.micro_sizes == [2, 2, 2, 2]
+    loss_split, split = _first_step_gradient(plan, corpus, tmp_path / "split")
+    assert loss_split == pytest.approx(loss_whole, abs=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(whole, split, strict=True))
+
+
+def test_cpu_training_uses_fast_dropout_unless_compiled(tmp_path: Path, corpus: CorpusRef) -> None:
+    trainer = Trainer(make_plan(), corpus, tmp_path / "a", Recorder(), resolve_runtime(make_plan()))
+    assert trainer.model.drop.fast and trainer.model.blocks[0].attn.fast_dropout
+    compiled = make_plan(compile="on")
+    assert not resolve_runtime(compiled).fast_dropout
+
+
 def _first_step_gradient(plan: TrainingPlan, corpus: CorpusRef, job_dir: Path) -> tuple[float, list[torch.Tensor]]:
     trainer = Trainer(plan, corpus, job_dir, Recorder(), resolve_runtime(plan))
     seen: list[torch.Tensor] = []

@@ -14,9 +14,9 @@ from chargpt.errors import InvalidArgumentError
 from trainer_service.training.api import TrainingPlan
 from trainer_service.training.data import CorpusData, encode_text, split_windows, train_subset_windows
 from trainer_service.training.evaluate import Evaluator
-from trainer_service.training.loop import split_evenly
+from trainer_service.training.loop import micro_steps, split_evenly
 from trainer_service.training.optim import build_optimizer, learning_rate_at, parameter_groups
-from trainer_service.training.runtime import Runtime, resolve_precision
+from trainer_service.training.runtime import CPU_MICRO_BATCH_TOKENS, Runtime, micro_batch_tokens, resolve_precision
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
 
@@ -134,3 +134,21 @@ def test_batch_shares_add_up() -> None:
     assert split_evenly(8, 2) == [4, 4]
     assert sum(split_evenly(65, 4)) == 65
     assert math.isclose(sum(s / 10 for s in split_evenly(10, 3)), 1.0)
+
+
+def test_cpu_passes_are_capped_in_tokens_and_never_fewer_than_the_plan_asks() -> None:
+    assert micro_steps(64, 256, 1, 2048) == 8  # the notebook's batch: 8 passes of 8 x 256 tokens
+    assert micro_steps(16, 128, 1, 2048) == 1  # the CPU preset fits one pass
+    assert micro_steps(64, 256, 16, 2048) == 16  # more accumulation steps than the cap needs: the plan's
+    assert micro_steps(3, 1024, 1, 512) == 3  # at least one sequence per pass
+    assert micro_steps(64, 256, 2, None) == 2  # no cap (GPUs): exactly the plan's accumulation steps
+
+
+def test_micro_batch_cap_is_for_cpus_and_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHARGPT_TRAIN_MICRO_TOKENS", raising=False)
+    assert micro_batch_tokens(torch.device("cpu")) == CPU_MICRO_BATCH_TOKENS
+    assert micro_batch_tokens(torch.device("cuda")) is None
+    monkeypatch.setenv("CHARGPT_TRAIN_MICRO_TOKENS", "0")
+    assert micro_batch_tokens(torch.device("cpu")) is None
+    monkeypatch.setenv("CHARGPT_TRAIN_MICRO_TOKENS", "4096")
+    assert micro_batch_tokens(torch.device("cpu")) == 4096

@@ -54,6 +54,14 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def micro_steps(sequences: int, block: int, accumulation_steps: int, max_tokens: int | None) -> int:
+    """Forward/backward passes per optimizer step: the plan's accumulation steps, or more to stay under max_tokens."""
+    if max_tokens is None:
+        return accumulation_steps
+    per_pass = max(1, max_tokens // block)
+    return min(sequences, max(accumulation_steps, -(-sequences // per_pass)))
+
+
 class Trainer:
     """One process's share of a training job."""
 
@@ -66,9 +74,11 @@ class Trainer:
         self.block = self.data.context_length(plan.model.block_size)
         shares = split_evenly(plan.batch_size, runtime.world_size)
         self.rank_offset = sum(shares[: runtime.rank])  # this rank's slice of each step's global batch
-        self.micro_sizes = split_evenly(shares[runtime.rank], plan.grad_accumulation_steps)
+        self.micro_sizes = split_evenly(shares[runtime.rank], micro_steps(
+            shares[runtime.rank], self.block, plan.grad_accumulation_steps, runtime.max_micro_batch_tokens))
         torch.manual_seed(mix_seed(plan.seed, "init"))  # identical initial weights on every rank
         self.model = GPT(plan.model).to(runtime.device)
+        self.model.use_fast_dropout(runtime.fast_dropout)
         self.optimizer = build_optimizer(self.model, plan, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.uses_grad_scaler)
         self.state = self._resume_or_start()
