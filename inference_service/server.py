@@ -9,6 +9,7 @@ import torch
 
 from chargpt import errors
 from chargpt.core.device import cpu_cores
+from chargpt.server.memory import keep_freed_memory
 from chargpt.server.metrics import MetricsEndpoint
 from chargpt.server.serving import (
     ManagedServer,
@@ -47,6 +48,8 @@ def parse_preload(spec: str) -> list[tuple[str, str]]:
 async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int]:
     """A ready-to-start inference server bound to settings.host:port; returns it and the bound port."""
     torch.set_num_threads(settings.torch_threads or default_torch_threads())
+    if settings.keep_freed_memory:
+        keep_freed_memory()
     preload = parse_preload(settings.preload)
     metrics = InferenceMetrics()
     server = new_server(settings, observer=metrics.rpcs.observe)

@@ -138,14 +138,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                                     f"{self.settings.max_score_chars}")
             if len(request.text) < 2:
                 raise errors.InvalidArgumentError("text", "needs at least 2 characters")
-            stride = request.stride or max(1, block // 2)
+            stride = request.stride or block
             if not 1 <= stride <= block:
                 raise errors.InvalidArgumentError("stride", f"must be 1..{block} (block_size), got {request.stride}")
             checkpoint = entry.checkpoint
 
             def encode_and_score() -> scoring.ScoreResult:  # encoding a long text is too slow for the loop
                 ids = checkpoint.tokenizer.encode(request.text, field="text")
-                return scoring.score(checkpoint.model, ids, stride, self.settings.score_batch_windows,
+                windows_per_pass = max(1, self.settings.score_batch_tokens // block)
+                return scoring.score(checkpoint.model, ids, stride, windows_per_pass,
                                      request.include_token_logprobs)
 
             result = await self._in_model_thread(entry, encode_and_score)

@@ -40,7 +40,10 @@ class InferenceSettings(ServerSettings):
                               "window; 0: block_size/4; 1: the notebook's exact crop-every-step (slowest)")
     max_queue: int = Field(default=256, ge=0, description="requests waiting for a batch slot per model")
     max_score_chars: int = Field(default=1_000_000, ge=2, description="longest text Score accepts")
-    score_batch_windows: int = Field(default=32, ge=1, description="context windows per Score forward pass")
+    score_batch_tokens: int = Field(default=2048, ge=1, description="tokens per Score forward pass (whole "
+                                    "context windows, at least one); larger passes run out of cache")
+    keep_freed_memory: bool = Field(default=True, description="keep freed tensor memory in the process for reuse "
+                                    "(glibc); faster forward passes, but memory stays at its peak")
     max_attention_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
                                      description="largest GetAttention tensor (also capped by max_message_bytes)")
     torch_threads: int | None = Field(default=None, ge=1, description="torch threads; default: the cores, at most 8")

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.v1 import common_pb2, inference_pb2
-from inference_service.scoring import score_windows
+from inference_service.scoring import score, score_windows
 
 from .conftest import Served
 
@@ -60,10 +60,25 @@ async def test_sliding_window_matches_strided_definition(served: Served) -> None
                 expected += [float(logp[j - begin, ids[j + 1]]) for j in range(scored_from, end)]
         assert len(expected) == len(TEXT) - 1
         assert np.allclose(reply.token_logprobs, expected, atol=1e-4)
+        if stride == 32:  # the default: back-to-back windows, the trainer's validation-loss definition
+            default = await served.stub.Score(inference_pb2.ScoreRequest(model="tiny", text=TEXT,
+                                                                         include_token_logprobs=True), timeout=30)
+            assert list(default.token_logprobs) == list(reply.token_logprobs)
+            assert default.mean_nll == reply.mean_nll
     # The maximum context rule: with stride 1 every character gets min(j, 32) characters of context.
     reply = await served.stub.Score(inference_pb2.ScoreRequest(model="tiny", text=TEXT, stride=1,
                                                                include_token_logprobs=True), timeout=30)
     assert np.allclose(reply.token_logprobs, _direct_logprobs(served, TEXT, context=32), atol=1e-4)
+
+
+def test_windows_per_pass_do_not_change_the_result(served: Served) -> None:
+    checkpoint = load_checkpoint(served.models_dir / "tiny")
+    ids = checkpoint.tokenizer.encode(TEXT * 3)
+    for stride in (32, 5):
+        one, *others = (score(checkpoint.model, ids, stride, windows, want_logprobs=True) for windows in (1, 3, 64))
+        for other in others:
+            assert np.allclose(other.token_logprobs, one.token_logprobs, atol=1e-5)
+            assert other.mean_nll == pytest.approx(one.mean_nll, rel=1e-6)
 
 
 def test_windows_score_every_character_once() -> None:
