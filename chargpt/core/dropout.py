@@ -1,7 +1,7 @@
 """Dropout whose masks come from numpy's vectorised SFC64 generator: ~4x faster than torch's on CPU.
 
 torch's CPU generator draws one Mersenne Twister number per element (bernoulli_ ran at ~0.1 G elements/s
-on a 2-core Sapphire Rapids VM, a quarter of a training step at the notebook's dropout 0.2), while SFC64
+on a 2-core Xeon VM without AMX, a quarter of a training step at the notebook's dropout 0.2), while SFC64
 fills 64-bit words at several GB/s. Each element gets a 16-bit lane, so the drop probability is p rounded
 to a multiple of 2^-16 (0.2 becomes 0.199997) and survivors are scaled by the exact 1 / (1 - p_effective):
 the expectation is unchanged, as with torch's dropout. The stream is seeded from torch's default generator,
@@ -23,7 +23,7 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device, dtype: torch.dt
 
     The mask is in the activations' dtype: multiplying by a float mask is faster than by a bool one.
     """
-    threshold = round(p * LANES)  # lanes below it drop
+    threshold = min(round(p * LANES), LANES - 1)  # lanes below it drop; at least one lane keeps
     n = int(torch.Size(shape).numel())
     seed = int(torch.randint(0, 2**62, ()).item())
     lanes = np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.uint16)[:n]

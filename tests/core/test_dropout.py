@@ -32,6 +32,7 @@ def test_identity_when_off_and_zeros_at_one() -> None:
     x = torch.randn(4, 4)
     assert fast_dropout(x, 0.0) is x and fast_dropout(x, 0.5, training=False) is x
     assert torch.equal(fast_dropout(x, 1.0), torch.zeros(4, 4))
+    assert torch.isfinite(fast_dropout(x, 0.999999)).all()  # rounds to 65535/65536, not to "drop all"
 
 
 def test_gradient_flows_through_the_kept_elements_only() -> None:

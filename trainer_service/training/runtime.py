@@ -86,7 +86,7 @@ def micro_batch_tokens(device: torch.device) -> int | None:
     On CPU a step's activations are fresh allocations: at the notebook's 64 x 256 tokens each MLP activation is
     100 MB, past glibc's 32 MB mmap ceiling, so every step maps, page-faults and unmaps gigabytes and works out
     of DRAM. Passes of 2,048 tokens stay in the malloc heap and in cache: 2.0x the steps/s on a 2-core
-    Sapphire Rapids VM (bench/train_throughput.py), with the same gradient. GPUs have a caching allocator.
+    Xeon VM (bench/train_throughput.py), with the same gradient. GPUs have a caching allocator.
     CHARGPT_TRAIN_MICRO_TOKENS overrides (0: never split).
     """
     override = os.environ.get("CHARGPT_TRAIN_MICRO_TOKENS", "")
