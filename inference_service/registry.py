@@ -22,6 +22,7 @@ from chargpt.core.config import ModelConfig
 from chargpt.core.device import probe_device, torch_device_string
 from inference_service.engine import Engine, ThreadPolicy
 from inference_service.metrics import InferenceMetrics
+from inference_service.score_batcher import ScoreBatcher
 from inference_service.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class ModelEntry:
     error: str = ""
     checkpoint: Checkpoint | None = None
     engine: Engine | None = None
+    scorer: ScoreBatcher | None = None
     loaded_time: datetime | None = None
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -176,6 +178,7 @@ class ModelRegistry:
                 Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, self._batch_rows(model.config),
                 self.settings.max_queue, self.metrics, DTYPES.get(self.settings.kv_cache_dtype),
                 self.settings.window_slide, ThreadPolicy(torch.get_num_threads(), self.settings.parallel_decode_from))
+            entry.scorer = ScoreBatcher(entry.checkpoint, entry.executor, self.settings.score_batch_tokens)
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
             entry.loaded.set()
@@ -211,7 +214,7 @@ class ModelRegistry:
         if entry.engine is not None:
             await asyncio.to_thread(entry.engine.close)
         entry.executor.shutdown(wait=False)
-        entry.engine = entry.checkpoint = None
+        entry.engine = entry.checkpoint = entry.scorer = None
 
     async def drain(self, grace: float) -> None:
         """Shutdown: refuse new work, give in-flight requests up to `grace` seconds, then stop the engines."""

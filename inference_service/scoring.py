@@ -42,38 +42,82 @@ def score_windows(num_ids: int, block_size: int, stride: int) -> list[tuple[int,
         end_prev, end = end, min(end + stride, inputs)
 
 
-@torch.inference_mode()
+@dataclass(frozen=True)
+class ScoreJob:
+    """One text to score: its token ids, the window stride, and whether to return per-character values."""
+
+    ids: list[int]
+    stride: int
+    want_logprobs: bool = False
+
+
+Window = tuple[int, tuple[int, int, int]]  # (job index, (begin, end, first_scored))
+
+
 def score(model: GPT, ids: list[int], stride: int, windows_per_batch: int, want_logprobs: bool) -> ScoreResult:
     """Mean NLL of ids[1:] given what precedes each (up to the context window)."""
+    tokens_per_pass = windows_per_batch * model.config.block_size
+    return score_many(model, [ScoreJob(ids, stride, want_logprobs)], tokens_per_pass)[0]
+
+
+@torch.inference_mode()
+def score_many(model: GPT, jobs: list[ScoreJob], tokens_per_pass: int) -> list[ScoreResult]:
+    """Score several texts together: their windows share forward passes of at most tokens_per_pass tokens.
+
+    Windows are right-padded to the longest in their pass; causal attention keeps padding out of every real
+    position, and padded positions are never read.
+    """
+    block = model.config.block_size
+    tokens = [torch.tensor(job.ids, dtype=torch.long) for job in jobs]
+    windows: list[Window] = [(j, w) for j, job in enumerate(jobs) for w in score_windows(len(job.ids), block,
+                                                                                        job.stride)]
+    windows.sort(key=lambda jw: jw[1][1] - jw[1][0], reverse=True)  # stable: text order among equal lengths
+    totals = [0.0] * len(jobs)
+    pieces: list[list[tuple[int, torch.Tensor]]] = [[] for _ in jobs]
+    for chunk in _passes(windows, tokens_per_pass):
+        logprobs = _pass_logprobs(model, tokens, chunk)
+        sums = torch.stack([lp.sum() for lp in logprobs]).double().cpu().tolist()
+        for (j, (_, _, first)), lp, total in zip(chunk, logprobs, sums, strict=True):
+            totals[j] += total
+            if jobs[j].want_logprobs:
+                pieces[j].append((first, lp))
+    results = []
+    for j, job in enumerate(jobs):
+        ordered = [lp for _, lp in sorted(pieces[j], key=lambda piece: piece[0])]
+        values = torch.cat(ordered).float().tolist() if ordered else []
+        n = len(job.ids) - 1
+        results.append(ScoreResult(mean_nll=-totals[j] / n, num_tokens=n, token_logprobs=values))
+    return results
+
+
+def _passes(windows: list[Window], tokens_per_pass: int) -> list[list[Window]]:
+    """Consecutive runs of the (longest-first) windows whose padded size fits tokens_per_pass (at least one)."""
+    passes: list[list[Window]] = []
+    for window in windows:
+        if passes and (len(passes[-1]) + 1) * _length(passes[-1][0]) <= tokens_per_pass:
+            passes[-1].append(window)
+        else:
+            passes.append([window])
+    return passes
+
+
+def _length(window: Window) -> int:
+    begin, end, _ = window[1]
+    return end - begin
+
+
+def _pass_logprobs(model: GPT, tokens: list[torch.Tensor], chunk: list[Window]) -> list[torch.Tensor]:
+    """Log-probabilities of each window's scored targets, from one forward pass over the padded windows."""
     device = next(model.parameters()).device
-    tokens = torch.tensor(ids, dtype=torch.long, device=device)
-    windows = score_windows(len(ids), model.config.block_size, stride)
-    total, pieces = 0.0, []
-    for first in range(0, len(windows), windows_per_batch):
-        group = windows[first:first + windows_per_batch]
-        size = group[0][1] - group[0][0]
-        same_size = [w for w in group if w[1] - w[0] == size]
-        for chunk in (same_size, [w for w in group if w[1] - w[0] != size]):
-            if chunk:
-                logprobs = _chunk_logprobs(model, tokens, chunk)
-                total += float(logprobs.sum().double())
-                if want_logprobs:
-                    pieces.append(logprobs)
-    n = len(ids) - 1
-    values = torch.cat(pieces).float().tolist() if want_logprobs else []
-    return ScoreResult(mean_nll=-total / n, num_tokens=n, token_logprobs=values)
-
-
-def _chunk_logprobs(model: GPT, tokens: torch.Tensor, chunk: list[tuple[int, int, int]]) -> torch.Tensor:
-    """Log-probabilities of the scored targets of equally long windows, in text order."""
-    inputs = torch.stack([tokens[begin:end] for begin, end, _ in chunk])
-    logits, _ = model(inputs)
-    out = []
-    for row, (begin, end, scored_from) in enumerate(chunk):
-        picked = logits[row, scored_from - begin: end - begin].float()
-        targets = tokens[scored_from + 1: end + 1]
-        out.append(F.log_softmax(picked, dim=-1).gather(1, targets[:, None]).squeeze(1))
-    return torch.cat(out)
+    width = _length(chunk[0])
+    inputs = torch.zeros(len(chunk), width, dtype=torch.long)
+    targets = torch.zeros(len(chunk), width, dtype=torch.long)
+    for row, (j, (begin, end, _)) in enumerate(chunk):
+        inputs[row, : end - begin] = tokens[j][begin:end]
+        targets[row, : end - begin] = tokens[j][begin + 1: end + 1]
+    logits, _ = model(inputs.to(device))
+    picked = F.log_softmax(logits.float(), dim=-1).gather(2, targets.to(device)[..., None]).squeeze(2)  # (B, T)
+    return [picked[row, first - begin: end - begin] for row, (_, (begin, end, first)) in enumerate(chunk)]
 
 
 @torch.inference_mode()

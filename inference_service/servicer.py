@@ -141,15 +141,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             stride = request.stride or block
             if not 1 <= stride <= block:
                 raise errors.InvalidArgumentError("stride", f"must be 1..{block} (block_size), got {request.stride}")
-            checkpoint = entry.checkpoint
-
-            def encode_and_score() -> scoring.ScoreResult:  # encoding a long text is too slow for the loop
-                ids = checkpoint.tokenizer.encode(request.text, field="text")
-                windows_per_pass = max(1, self.settings.score_batch_tokens // block)
-                return scoring.score(checkpoint.model, ids, stride, windows_per_pass,
-                                     request.include_token_logprobs)
-
-            result = await self._in_model_thread(entry, encode_and_score)
+            assert entry.scorer is not None
+            # Encoding and scoring run on the model's worker, batched with other waiting Score requests.
+            result = await entry.scorer.score(request.text, stride, request.include_token_logprobs)
             self.metrics.score_requests.labels(model=entry.name).inc()
             return inference_pb2.ScoreResponse(mean_nll=result.mean_nll, bits_per_char=result.bits_per_char,
                                                perplexity=result.perplexity, num_tokens=result.num_tokens,
