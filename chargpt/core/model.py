@@ -103,11 +103,14 @@ def _attention_with_weights(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
                             dropout_p: float, training: bool, fast_dropout: bool = False
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention written out, so the softmax weights can be returned; same maths as the SDPA path."""
-    T, S = q.shape[-2], k.shape[-2]
-    if mask is None:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    att = (q * (1.0 / math.sqrt(k.shape[-1]))) @ k.transpose(-2, -1)  # (B, nh, T, S); scaling q is cheaper
-    att = att.masked_fill(~mask, float("-inf"))
+    B, nh, T, hs = q.shape
+    S, scale = k.shape[-2], 1.0 / math.sqrt(hs)
+    if mask is None:  # causal: one batched GEMM adds the scaled scores to a -inf-above-the-diagonal bias
+        bias = torch.full((T, S), float("-inf"), device=q.device, dtype=q.dtype).triu(diagonal=S - T + 1)
+        att = torch.baddbmm(bias, q.reshape(B * nh, T, hs), k.reshape(B * nh, S, hs).transpose(1, 2),
+                            alpha=scale).view(B, nh, T, S)
+    else:
+        att = ((q * scale) @ k.transpose(-2, -1)).masked_fill(~mask, float("-inf"))  # (B, nh, T, S)
     weights = F.softmax(att.float(), dim=-1).to(q.dtype)
     if fast_dropout and training and dropout_p > 0:
         keep, scale = keep_mask(weights.shape, dropout_p, weights.device, weights.dtype)
