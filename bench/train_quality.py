@@ -30,7 +30,7 @@ from trainer_service.training.evaluate import Evaluator
 from trainer_service.training.loop import Trainer, run_training
 from trainer_service.training.runtime import resolve_runtime
 
-CALIBRATION_STEPS = 8
+CALIBRATION_STEPS = 40  # the first few dozen steps run slower (warm-up); too short a sample leaves budget unused
 SCHEDULE_MARGIN = 0.97  # end the decay a little before the deadline: its last low-LR steps matter most
 
 
