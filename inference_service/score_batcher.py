@@ -59,15 +59,13 @@ class ScoreBatcher:
 
     def _score_batch(self, batch: list[_Waiting]) -> list[ScoreResult | Exception]:
         """Encode each text (a bad one fails alone), then score the rest together. Runs on the worker."""
-        outcomes: list[ScoreResult | Exception] = []
-        jobs: list[ScoreJob] = []
+        encoded: list[list[int] | Exception] = []
         for waiting in batch:
             try:
-                ids = self.checkpoint.tokenizer.encode(waiting.text, field="text")
+                encoded.append(self.checkpoint.tokenizer.encode(waiting.text, field="text"))
             except Exception as exc:
-                outcomes.append(exc)
-                continue
-            outcomes.append(ScoreResult(0.0, 0, []))  # placeholder, replaced below
-            jobs.append(ScoreJob(ids, waiting.stride, waiting.want_logprobs))
+                encoded.append(exc)
+        jobs = [ScoreJob(ids, waiting.stride, waiting.want_logprobs)
+                for ids, waiting in zip(encoded, batch, strict=True) if not isinstance(ids, Exception)]
         results = iter(score_many(self.checkpoint.model, jobs, self.tokens_per_pass) if jobs else [])
-        return [outcome if isinstance(outcome, Exception) else next(results) for outcome in outcomes]
+        return [ids if isinstance(ids, Exception) else next(results) for ids in encoded]

@@ -54,15 +54,11 @@ class ScoreJob:
 Window = tuple[int, tuple[int, int, int]]  # (job index, (begin, end, first_scored))
 
 
-def score(model: GPT, ids: list[int], stride: int, windows_per_batch: int, want_logprobs: bool) -> ScoreResult:
-    """Mean NLL of ids[1:] given what precedes each (up to the context window)."""
-    tokens_per_pass = windows_per_batch * model.config.block_size
-    return score_many(model, [ScoreJob(ids, stride, want_logprobs)], tokens_per_pass)[0]
-
-
 @torch.inference_mode()
 def score_many(model: GPT, jobs: list[ScoreJob], tokens_per_pass: int) -> list[ScoreResult]:
-    """Score several texts together: their windows share forward passes of at most tokens_per_pass tokens.
+    """Mean NLL of each job's ids[1:] given what precedes each (up to the context window).
+
+    The texts' windows share forward passes of at most tokens_per_pass tokens (at least one window each).
 
     Windows are right-padded to the longest in their pass; causal attention keeps padding out of every real
     position, and padded positions are never read.

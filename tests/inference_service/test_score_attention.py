@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.v1 import common_pb2, inference_pb2
-from inference_service.scoring import score, score_windows
+from inference_service.scoring import ScoreJob, score_many, score_windows
 
 from .conftest import Served
 
@@ -75,7 +75,8 @@ def test_windows_per_pass_do_not_change_the_result(served: Served) -> None:
     checkpoint = load_checkpoint(served.models_dir / "tiny")
     ids = checkpoint.tokenizer.encode(TEXT * 3)
     for stride in (32, 5):
-        one, *others = (score(checkpoint.model, ids, stride, windows, want_logprobs=True) for windows in (1, 3, 64))
+        one, *others = (score_many(checkpoint.model, [ScoreJob(ids, stride, want_logprobs=True)], windows * 32)[0]
+                        for windows in (1, 3, 64))
         for other in others:
             assert np.allclose(other.token_logprobs, one.token_logprobs, atol=1e-5)
             assert other.mean_nll == pytest.approx(one.mean_nll, rel=1e-6)

@@ -13,7 +13,7 @@ from chargpt.core.checkpoint import load_checkpoint
 from chargpt.errors import InvalidArgumentError
 from inference_service import score_batcher
 from inference_service.score_batcher import ScoreBatcher
-from inference_service.scoring import ScoreJob, score
+from inference_service.scoring import ScoreJob, score_many
 
 from .conftest import write_checkpoint
 
@@ -37,7 +37,8 @@ async def test_waiting_requests_share_passes_and_match_scoring_alone(tmp_path: P
         together = await asyncio.gather(*(batcher.score(t, s, True) for t, s in zip(TEXTS, strides, strict=True)))
     assert [len(jobs) for jobs in calls] == [4]  # all four were waiting when the worker started
     for text, stride, result in zip(TEXTS, strides, together, strict=True):
-        alone = score(checkpoint.model, checkpoint.tokenizer.encode(text), stride, 1, want_logprobs=True)
+        job = ScoreJob(checkpoint.tokenizer.encode(text), stride, want_logprobs=True)
+        alone = score_many(checkpoint.model, [job], tokens_per_pass=1)[0]  # one window per pass
         assert result.num_tokens == len(text) - 1
         assert np.allclose(result.token_logprobs, alone.token_logprobs, atol=1e-5)
         assert result.mean_nll == pytest.approx(alone.mean_nll, rel=1e-6)
