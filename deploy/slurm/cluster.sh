@@ -24,19 +24,7 @@ install() {
         && command -v munged >/dev/null; then
         return 0
     fi
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-    # policy-rc.d exit 101 keeps the packages' postinst from starting the system services; only ours is removed.
-    local ours=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-        $sudo chmod 755 /usr/sbin/policy-rc.d
-        ours=1
-    fi
-    trap 'if [ -n "$ours" ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi' EXIT
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        -o DPkg::Lock::Timeout=300 slurm-wlm munge >/dev/null
+    bash "$(dirname "$0")/../ci/apt-install.sh" slurm-wlm munge
     slurmctld -V
 }
 
