@@ -10,18 +10,22 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import yaml
 
-from deploy.tools import kustomize, prometheusrule
+from deploy.tools import prometheusrule
 from deploy.tools.dashboard import promql_as_rules
 
 DEPLOY = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.34.0"  # a recent release; kubernetes-validate ships its schemas, so this runs offline
 CRD_SCHEMAS = {("monitoring.coreos.com/v1", kind): DEPLOY / "k8s" / "schemas" / f"{kind.lower()}.schema.json"
                for kind in ("PodMonitor", "PrometheusRule")}
+
+
+Resource = dict[str, Any]
 
 
 class Skip(Exception):
@@ -35,7 +39,8 @@ def _run(command: list[str], cwd: Path | None = None) -> None:
 
 
 def _tool(name: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    """The dev dependency's binary in this interpreter's environment (pinned) before anything else on PATH."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if found is None:
         raise Skip(f"{name} not found")
     return found
@@ -54,7 +59,27 @@ def kustomizations() -> list[Path]:
     return sorted(p.parent for p in (DEPLOY / "k8s").rglob("kustomization.yaml"))
 
 
-def validate_resource(resource: kustomize.Resource, where: str) -> None:
+def load_documents(path: Path) -> list[Resource]:
+    with path.open(encoding="utf-8") as handle:
+        return [doc for doc in yaml.safe_load_all(handle) if doc]
+
+
+def resource_id(resource: Resource) -> tuple[str, str, str]:
+    """(API group, kind, name): how kustomize tells resources apart."""
+    group = str(resource.get("apiVersion", "")).rpartition("/")[0]
+    return group, str(resource.get("kind")), str(resource.get("metadata", {}).get("name"))
+
+
+def render(directory: Path) -> list[Resource]:
+    """`kubectl kustomize directory`: the resources `kubectl apply -k` would send."""
+    result = subprocess.run([_tool("kubectl"), "kustomize", str(directory)], capture_output=True, text=True,
+                            check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {directory}: {result.stderr.strip()}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def validate_resource(resource: Resource, where: str) -> None:
     """Built-in kinds against the Kubernetes schemas (strict); CRDs against our vendored minimal schemas."""
     crd_schema = CRD_SCHEMAS.get((resource.get("apiVersion", ""), resource.get("kind", "")))
     try:
@@ -63,9 +88,9 @@ def validate_resource(resource: kustomize.Resource, where: str) -> None:
         else:
             kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
     except (jsonschema.ValidationError, kubernetes_validate.ValidationError) as error:
-        raise AssertionError(f"{where}: {kustomize.resource_id(resource)}: {error.message}") from error
+        raise AssertionError(f"{where}: {resource_id(resource)}: {error.message}") from error
     except kubernetes_validate.SchemaNotFoundError as error:
-        raise AssertionError(f"{where}: {kustomize.resource_id(resource)}: no schema for this kind; "
+        raise AssertionError(f"{where}: {resource_id(resource)}: no schema for this kind; "
                              f"vendor a minimal one in k8s/schemas and list it in CRD_SCHEMAS") from error
 
 
@@ -80,9 +105,9 @@ def check_kubernetes() -> None:
             path = (directory / entry).resolve()
             if path.is_file():
                 listed.add(path)
-                for resource in kustomize.load_documents(path):
+                for resource in load_documents(path):
                     validate_resource(resource, str(path.relative_to(DEPLOY)))
-        for resource in kustomize.render(directory):
+        for resource in render(directory):
             validate_resource(resource, f"rendered {directory.relative_to(DEPLOY)}")
     stray = {p.resolve() for p in (DEPLOY / "k8s").rglob("*.yaml")} - {p.resolve() for p in listed}
     if stray:
@@ -143,7 +168,7 @@ def check_compose() -> None:
 CHECKS: dict[str, Callable[[], None]] = {
     "hadolint Dockerfiles": check_dockerfiles,
     "docker-compose config": check_compose,
-    f"kubernetes-validate (k8s {K8S_VERSION}, strict) + kustomize render": check_kubernetes,
+    f"kubernetes-validate (k8s {K8S_VERSION}, strict) + kubectl kustomize": check_kubernetes,
     "promtool check config/rules + test rules": check_prometheus,
     "PrometheusRule generated from alerts.yml": check_generated,
     "promtool: dashboard PromQL": check_dashboard,
