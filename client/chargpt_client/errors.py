@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -138,7 +139,7 @@ def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
         return []
     try:
         status = rpc_status.from_call(error)
-    except ValueError:  # details that contradict the call's own code or message are not trusted
+    except (ValueError, DecodeError):  # undecodable, or contradicting the call's own code or message: not trusted
         return []
     found: list[FieldViolation] = []
     for detail in status.details if status is not None else ():

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from chargpt_client import AsyncTrainerClient, ClientOptions, InvalidArgument, NotFound, TrainerClient
 from chargpt_client.errors import FieldViolation, from_rpc_error
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from pydantic import BaseModel, Field, ValidationError
 
@@ -64,10 +65,32 @@ FAILURES: dict[str, BaseException] = {
 }
 
 
+def _send_trailer(value: bytes) -> Callable[[bytes, Any], Any]:
+    async def handler(request: bytes, context: Any) -> bytes:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "x: bad", trailing_metadata=((DETAILS_KEY, value),))
+    return handler
+
+
+def _bad_request_status(code: grpc.StatusCode, message: str) -> bytes:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[{"field": "x", "description": "bad"}]))
+    return status_pb2.Status(code=code.value[0], message=message, details=[detail]).SerializeToString()
+
+
+# Trailers a buggy or hostile server might send: the client ignores them rather than fail or believe them.
+UNTRUSTED_TRAILERS = {
+    "garbage": b"\xff\x00not a protobuf",
+    "other_code": _bad_request_status(grpc.StatusCode.NOT_FOUND, "x: bad"),
+    "other_message": _bad_request_status(grpc.StatusCode.INVALID_ARGUMENT, "something else"),
+}
+
+
 @pytest.fixture
 async def failing_address() -> AsyncIterator[str]:
-    """A real aio server behind the ErrorInterceptor whose methods raise FAILURES[name]."""
+    """A real aio server behind the ErrorInterceptor whose methods raise FAILURES[name] (or send a trailer)."""
     handlers = {name: grpc.unary_unary_rpc_method_handler(_raise(exc)) for name, exc in FAILURES.items()}
+    trailers = {**UNTRUSTED_TRAILERS, "consistent": _bad_request_status(grpc.StatusCode.INVALID_ARGUMENT, "x: bad")}
+    handlers |= {name: grpc.unary_unary_rpc_method_handler(_send_trailer(value)) for name, value in trailers.items()}
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Failing", handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
@@ -114,6 +137,19 @@ async def test_details_stay_small_and_other_errors_carry_none(failing_address: s
     assert DETAILS_KEY not in [key for key, _ in not_found.trailing_metadata()]
     client_error = from_rpc_error(not_found)
     assert isinstance(client_error, NotFound) and not hasattr(client_error, "field")
+
+
+@pytest.mark.parametrize("name", list(UNTRUSTED_TRAILERS))
+async def test_untrusted_details_are_ignored(failing_address: str, name: str) -> None:
+    client_error = from_rpc_error(await _fail(failing_address, name))
+    assert isinstance(client_error, InvalidArgument) and client_error.message == "x: bad"
+    assert client_error.violations == [] and client_error.field == ""
+
+
+async def test_consistent_details_from_another_server_are_read(failing_address: str) -> None:
+    """The control for the test above: the same hand-made trailer, consistent with the call, is believed."""
+    client_error = from_rpc_error(await _fail(failing_address, "consistent"))
+    assert isinstance(client_error, InvalidArgument) and client_error.violations == [FieldViolation("x", "bad")]
 
 
 @pytest.fixture
