@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 
 class ChargptError(Exception):
     """Base class of every error chargpt raises on purpose."""
 
 
+class FieldViolation(NamedTuple):
+    """One bad request field: its path (e.g. "training.learning_rate") and what is wrong with it."""
+
+    field: str
+    description: str
+
+
 class InvalidArgumentError(ChargptError, ValueError):
-    """A request field (named in `field`) has a bad value."""
+    """A request field (named in `field`) has a bad value; `violations` lists every bad field (the server sends
+    them as a google.rpc.BadRequest detail)."""
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.violations: list[FieldViolation] = [FieldViolation(field, message)] if field else []
         super().__init__(f"{field}: {message}" if field else message)
+
+    @staticmethod
+    def from_violations(violations: Sequence[FieldViolation]) -> InvalidArgumentError:
+        """One error for several bad fields; `field` is the first one's and the message lists them all."""
+        if not violations:
+            raise ValueError("from_violations needs at least one violation")
+        error = InvalidArgumentError("", "; ".join(f"{v.field}: {v.description}" for v in violations))
+        error.field, error.violations = violations[0].field, list(violations)
+        return error
 
 
 class NotFoundError(ChargptError, LookupError):

@@ -1,27 +1,26 @@
 """Pulling a trainer job's checkpoint over DownloadCheckpoint into a local cache, verifying every byte.
 
-Every chunk's sha256, every file's size and sha256 and the chunk order are checked; files land in a temporary
-directory that is renamed into place only when all of them verify, so the cache never holds a partial copy.
+The client library's CheckpointReceiver (the same code the Python clients use) checks every chunk, file name,
+size and sha256 and renames the directory into place only when all of them verify, so the cache never holds a
+partial copy; its DataLoss and ResourceExhausted become this service's DATA_LOSS and RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shutil
 import uuid
 from pathlib import Path
-from typing import IO
 
 import grpc
+from chargpt_client.errors import DataLoss, ResourceExhausted
+from chargpt_client.receiver import SHA256_HEX, CheckpointReceiver
 
 from chargpt import errors
 from chargpt.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 JOB_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-SAFE_FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
-MAX_FILES = 16
-MAX_TOTAL_BYTES = 8 << 30
+RECEIVER_ERRORS: dict[type[Exception], type[errors.ChargptError]] = {
+    DataLoss: errors.DataLossError, ResourceExhausted: errors.ResourceExhaustedError}
 
 
 def trainer_credentials(ca_file: Path | None, cert_file: Path | None,
@@ -69,80 +68,28 @@ def _trainer_error(err: grpc.aio.AioRpcError) -> errors.ChargptError:
 
 
 async def _receive(stream: grpc.aio.UnaryStreamCall, job_id: str, cache_root: Path) -> Path:
-    iterator = stream.__aiter__()
-    try:
-        first = await iterator.__anext__()
-    except StopAsyncIteration:
-        raise errors.DataLossError("the trainer sent no checkpoint header") from None
-    if first.WhichOneof("part") != "header":
-        raise errors.DataLossError("the trainer's first message is not a checkpoint header")
-    header = first.header
-    files = _check_files(header)
-    kind_name = common_pb2.CheckpointKind.Name(header.checkpoint.kind).removeprefix("CHECKPOINT_KIND_").lower()
-    sha = header.checkpoint.weights_sha256
-    name = f"{job_id}-{kind_name}-{sha[:16]}" if re.fullmatch(r"[0-9a-f]{64}", sha) else None
+    """Receive into the cache through the client library's verifying receiver, unless the header names a copy
+    that is already cached."""
+    name: str | None = None
     cache_root.mkdir(parents=True, exist_ok=True)
-    if name and (cache_root / name / "manifest.json").is_file():
-        stream.cancel()  # an identical checkpoint is already cached
-        return cache_root / name
-    tmp = cache_root / f".download-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
     try:
-        await _write_files(iterator, files, tmp)
-        final = cache_root / (name or f"{job_id}-{kind_name}-{uuid.uuid4().hex[:16]}")
-        if final.exists():  # a concurrent download of the same checkpoint won
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(final)
-        return final
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with CheckpointReceiver(cache_root) as receiver:
+            async for message in stream:
+                receiver.feed(message)
+                if name is None and receiver.header is not None:
+                    name, cacheable = _cache_name(job_id, receiver.header.checkpoint)
+                    if cacheable and (cache_root / name / "manifest.json").is_file():
+                        stream.cancel()  # an identical checkpoint is already cached
+                        return cache_root / name
+            return receiver.finish(name or "", if_exists="keep")  # "keep": a concurrent download of it won
+    except (DataLoss, ResourceExhausted) as exc:
+        raise RECEIVER_ERRORS[type(exc)](f"trainer checkpoint download: {exc.message}") from None
 
 
-def _check_files(header: trainer_pb2.CheckpointArchiveHeader) -> list[trainer_pb2.CheckpointFile]:
-    files = list(header.files)
-    names = [f.name for f in files]
-    if not files or len(files) > MAX_FILES or len(set(names)) != len(names):
-        raise errors.DataLossError(f"the trainer's checkpoint header lists a bad set of files: {names[:20]}")
-    for f in files:
-        if not SAFE_FILE.match(f.name) or f.size_bytes < 0 or not re.fullmatch(r"[0-9a-f]{64}", f.sha256):
-            raise errors.DataLossError(f"bad file entry in the trainer's checkpoint header: {f.name!r}")
-    if sum(f.size_bytes for f in files) > MAX_TOTAL_BYTES:
-        raise errors.ResourceExhaustedError("the trainer's checkpoint is larger than 8 GiB")
-    return files
-
-
-async def _write_files(iterator: object, files: list[trainer_pb2.CheckpointFile], directory: Path) -> None:
-    """Write the chunks that follow the header, in order, verifying each chunk and each whole file."""
-    expected = {f.name: f for f in files}
-    written = dict.fromkeys(expected, 0)
-    digests = {name: hashlib.sha256() for name in expected}
-    handles: dict[str, IO[bytes]] = {}
-    try:
-        async for message in iterator:  # type: ignore[attr-defined]
-            chunk = message.chunk
-            if message.WhichOneof("part") != "chunk" or chunk.file_name not in expected:
-                raise errors.DataLossError(f"unexpected message in the checkpoint stream ({chunk.file_name!r})")
-            if chunk.offset != written[chunk.file_name]:
-                raise errors.DataLossError(f"{chunk.file_name}: chunk at offset {chunk.offset}, expected "
-                                           f"{written[chunk.file_name]}")
-            if hashlib.sha256(chunk.data).hexdigest() != chunk.sha256:
-                raise errors.DataLossError(f"{chunk.file_name}: chunk at offset {chunk.offset} fails its sha256")
-            written[chunk.file_name] += len(chunk.data)
-            if written[chunk.file_name] > expected[chunk.file_name].size_bytes:
-                raise errors.DataLossError(f"{chunk.file_name}: more bytes than the header announced")
-            digests[chunk.file_name].update(chunk.data)
-            if chunk.file_name not in handles:
-                handles[chunk.file_name] = open(directory / chunk.file_name, "wb")  # noqa: SIM115
-            handles[chunk.file_name].write(chunk.data)
-    finally:
-        for handle in handles.values():
-            handle.close()
-    for name, entry in expected.items():
-        if written[name] != entry.size_bytes:
-            raise errors.DataLossError(f"{name}: received {written[name]} of {entry.size_bytes} bytes")
-        if digests[name].hexdigest() != entry.sha256:
-            raise errors.DataLossError(f"{name}: the file's sha256 does not match the header")
-        if entry.size_bytes == 0:
-            (directory / name).touch()
+def _cache_name(job_id: str, checkpoint: trainer_pb2.Checkpoint) -> tuple[str, bool]:
+    """The cache directory's name, and whether it identifies the weights (so a cached copy can be reused)."""
+    kind = common_pb2.CheckpointKind.Name(checkpoint.kind).removeprefix("CHECKPOINT_KIND_").lower()
+    sha = checkpoint.weights_sha256
+    if SHA256_HEX.match(sha):
+        return f"{job_id}-{kind}-{sha[:16]}", True
+    return f"{job_id}-{kind}-{uuid.uuid4().hex[:16]}", False

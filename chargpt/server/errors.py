@@ -1,4 +1,4 @@
-"""The one place exceptions become gRPC status codes: a table per exception class and an aio interceptor."""
+"""The one place exceptions become gRPC statuses: a table per exception class, field details, an aio interceptor."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from pydantic import ValidationError
 
 from chargpt import errors
+from chargpt.errors import FieldViolation
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,47 @@ def message_for(exc: BaseException) -> str:
 
 def _full_message(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return "; ".join(f"{v.field}: {v.description}" for v in violations_for(exc))
     if isinstance(exc, NotImplementedError):
         return str(exc) or "not implemented yet"
     if isinstance(exc, OSError) and not isinstance(exc, errors.ChargptError):
         return f"storage error: {exc.strerror or exc}"
     return str(exc) or type(exc).__name__
+
+
+def violations_for(exc: BaseException) -> list[FieldViolation]:
+    """The bad request fields an exception names (none for errors that are not about a field)."""
+    if isinstance(exc, errors.InvalidArgumentError):
+        return exc.violations
+    if isinstance(exc, ValidationError):
+        return [FieldViolation(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+    return []
+
+
+# The details travel base64-encoded in the grpc-status-details-bin trailer, beside the message: kept well under
+# the 8 KiB that gRPC clients accept for all metadata by default.
+MAX_DETAILS_BYTES = 4096
+MAX_DESCRIPTION_CHARS = 300
+
+
+def status_metadata(code: grpc.StatusCode, message: str,
+                    violations: list[FieldViolation]) -> tuple[tuple[str, str | bytes], ...]:
+    """The trailing metadata of a google.rpc.Status with a BadRequest detail (empty without violations)."""
+    if not violations:
+        return ()
+    bad_request = error_details_pb2.BadRequest()
+    for v in violations:
+        description = v.description
+        if len(description) > MAX_DESCRIPTION_CHARS:
+            description = description[:MAX_DESCRIPTION_CHARS] + "…"
+        bad_request.field_violations.add(field=v.field[:MAX_DESCRIPTION_CHARS], description=description)
+        if bad_request.ByteSize() > MAX_DETAILS_BYTES:  # the message still names them all
+            del bad_request.field_violations[-1]
+            break
+    detail = any_pb2.Any()
+    detail.Pack(bad_request)
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return tuple(rpc_status.to_status(status).trailing_metadata)
 
 
 RpcObserver = Callable[[str, grpc.StatusCode], None]
@@ -121,7 +160,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if code is grpc.StatusCode.INTERNAL:
             log.exception("unhandled error in %s", method, exc_info=exc)
         self._observe(method, code)
-        await context.abort(code, message_for(exc))
+        message = message_for(exc)
+        await context.abort(code, message, trailing_metadata=status_metadata(code, message, violations_for(exc)))
 
     def _observe(self, method: str, code: grpc.StatusCode) -> None:
         if self._observer is not None:

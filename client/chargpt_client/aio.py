@@ -16,7 +16,7 @@ from chargpt_client import types as t
 from chargpt_client.calls import DEFAULT, Deadline, GenerationState, Timeout, retry_delay, retry_policy
 from chargpt_client.errors import from_rpc_error
 from chargpt_client.options import ClientOptions, aio_channel, inference_address, trainer_address
-from chargpt_client.transfer import UPLOAD_CHUNK_BYTES, CheckpointWriter, CorpusSource, UploadSource
+from chargpt_client.transfer import UPLOAD_CHUNK_BYTES, CorpusSource, UploadSource, consume_download_async
 
 T = TypeVar("T")
 
@@ -149,10 +149,8 @@ class AsyncTrainerClient(_AsyncService):
                                   chunk_size: int = 0, overwrite: bool = False,
                                   timeout: Timeout = DEFAULT) -> t.DownloadedCheckpoint:
         request = ops.download_request(job_id, kind, chunk_size)
-        with CheckpointWriter(destination) as writer:
-            async for message in self._stream("DownloadCheckpoint", lambda: request, False, timeout):
-                writer.feed(message)
-            return writer.finish(overwrite)
+        return await consume_download_async(self._stream("DownloadCheckpoint", lambda: request, False, timeout),
+                                            destination, overwrite)
 
 
 class AsyncTextStream:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 
 class ChargptClientError(Exception):
@@ -33,8 +39,26 @@ class Unknown(ChargptClientError):
     code = grpc.StatusCode.UNKNOWN
 
 
+class FieldViolation(NamedTuple):
+    """One bad request field as the server named it (a google.rpc.BadRequest.FieldViolation)."""
+
+    field: str
+    description: str
+
+
 class InvalidArgument(ChargptClientError, ValueError):
+    """A bad request; `violations` lists the fields the server named, `field` is the first one's ("" if none)."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None,
+                 violations: Sequence[FieldViolation] = ()) -> None:
+        super().__init__(message, code)
+        self.violations = list(violations)
+
+    @property
+    def field(self) -> str:
+        return self.violations[0].field if self.violations else ""
 
 
 class DeadlineExceeded(ChargptClientError, TimeoutError):
@@ -103,4 +127,23 @@ def from_rpc_error(error: grpc.RpcError) -> ChargptClientError:
     details_fn = getattr(error, "details", None)
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     message = (details_fn() if callable(details_fn) else None) or str(error)
-    return ERROR_BY_CODE.get(code, ChargptClientError)(message, code)
+    cls = ERROR_BY_CODE.get(code, ChargptClientError)
+    if issubclass(cls, InvalidArgument):
+        return cls(message, code, field_violations(error))
+    return cls(message, code)
+
+
+def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
+    """The google.rpc.BadRequest field violations in the call's grpc-status-details-bin trailer, if any."""
+    if not callable(getattr(error, "trailing_metadata", None)):
+        return []
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, DecodeError):  # undecodable, or contradicting the call's own code or message: not trusted
+        return []
+    found: list[FieldViolation] = []
+    for detail in status.details if status is not None else ():
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            found.extend(FieldViolation(v.field, v.description) for v in bad_request.field_violations)
+    return found

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from chargpt.v1 import trainer_pb2
 from chargpt_client import convert
 from chargpt_client import types as t
-from chargpt_client.errors import DataLoss
+from chargpt_client.receiver import CheckpointReceiver
 
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 CorpusSource = str | bytes | os.PathLike[str] | IO[bytes] | IO[str]
@@ -72,69 +69,29 @@ class UploadSource:
 
 
 class CheckpointWriter:
-    """Consumes a DownloadCheckpoint stream: checks every chunk's and file's sha256, then renames into place."""
+    """Receives a DownloadCheckpoint stream into `destination` (a new directory) through CheckpointReceiver."""
 
     def __init__(self, destination: str | os.PathLike[str]) -> None:
         self.destination = Path(destination)
-        self.checkpoint: t.Checkpoint | None = None
-        self._files: dict[str, trainer_pb2.CheckpointFile] = {}
-        self._hashes: dict[str, Any] = {}
-        self._sizes: dict[str, int] = {}
-        self._tmp: Path | None = None
+        self._receiver = CheckpointReceiver(self.destination.parent)
 
     def __enter__(self) -> CheckpointWriter:
-        self.destination.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=self.destination.parent))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None and self._tmp.exists():
-            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._receiver.abort()
 
-    def feed(self, message: trainer_pb2.DownloadCheckpointResponse) -> None:
-        if message.WhichOneof("part") == "header":
-            self.checkpoint = convert.checkpoint(message.header.checkpoint)
-            self._files = {f.name: f for f in message.header.files}
-            for f in self._files.values():
-                self._path(f.name).touch()
-                self._hashes[f.name] = hashlib.sha256()
-                self._sizes[f.name] = 0
-            return
-        chunk = message.chunk
-        if chunk.file_name not in self._files:
-            raise DataLoss(f"chunk for unknown file {chunk.file_name!r}")
-        if hashlib.sha256(chunk.data).hexdigest() != chunk.sha256:
-            raise DataLoss(f"{chunk.file_name}: chunk at offset {chunk.offset} does not match its sha256")
-        if chunk.offset != self._sizes[chunk.file_name]:
-            raise DataLoss(f"{chunk.file_name}: expected offset {self._sizes[chunk.file_name]}, got {chunk.offset}")
-        with open(self._path(chunk.file_name), "ab") as out:
-            out.write(chunk.data)
-        self._hashes[chunk.file_name].update(chunk.data)
-        self._sizes[chunk.file_name] += len(chunk.data)
-
-    def _path(self, name: str) -> Path:
-        assert self._tmp is not None, "use CheckpointWriter as a context manager"
-        path = (self._tmp / name).resolve()
-        if not path.is_relative_to(self._tmp.resolve()):
-            raise DataLoss(f"file name {name!r} escapes the checkpoint directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+    def feed(self, message: trainer_pb2.DownloadCheckpointResponse) -> int:
+        """Check and write one message; returns the file bytes it carried."""
+        return self._receiver.feed(message)
 
     def finish(self, overwrite: bool = False) -> t.DownloadedCheckpoint:
         """Verify every file, then move the directory into place (replacing an old one only if `overwrite`)."""
-        if self.checkpoint is None or self._tmp is None:
-            raise DataLoss("the download ended before its header")
-        for name, f in self._files.items():
-            if self._sizes[name] != f.size_bytes or self._hashes[name].hexdigest() != f.sha256:
-                raise DataLoss(f"{name}: got {self._sizes[name]} bytes that do not match the header's "
-                               f"size {f.size_bytes} and sha256")
-        if self.destination.exists():
-            if not overwrite:
-                raise FileExistsError(f"{self.destination} exists (use overwrite)")
-            shutil.rmtree(self.destination)
-        os.replace(self._tmp, self.destination)
-        return t.DownloadedCheckpoint(path=str(self.destination), checkpoint=self.checkpoint,
-                                      files={n: f.sha256 for n, f in self._files.items()})
+        header = self._receiver.header
+        path = self._receiver.finish(self.destination.name, "replace" if overwrite else "error")
+        assert header is not None  # finish raised DataLoss otherwise
+        return t.DownloadedCheckpoint(path=str(path), checkpoint=convert.checkpoint(header.checkpoint),
+                                      files={f.name: f.sha256 for f in header.files})
 
 
 def consume_download(messages: Iterator[trainer_pb2.DownloadCheckpointResponse],
@@ -142,7 +99,15 @@ def consume_download(messages: Iterator[trainer_pb2.DownloadCheckpointResponse],
                      on_bytes: Callable[[int], None] | None = None) -> t.DownloadedCheckpoint:
     with CheckpointWriter(destination) as writer:
         for message in messages:
+            received = writer.feed(message)
+            if on_bytes is not None and received:
+                on_bytes(received)
+        return writer.finish(overwrite)
+
+
+async def consume_download_async(messages: AsyncIterator[trainer_pb2.DownloadCheckpointResponse],
+                                 destination: str | os.PathLike[str], overwrite: bool) -> t.DownloadedCheckpoint:
+    with CheckpointWriter(destination) as writer:
+        async for message in messages:
             writer.feed(message)
-            if on_bytes is not None and message.WhichOneof("part") == "chunk":
-                on_bytes(len(message.chunk.data))
         return writer.finish(overwrite)

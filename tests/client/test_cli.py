@@ -89,6 +89,13 @@ def test_usage_and_server_errors_have_distinct_exit_codes(cli: Cli) -> None:
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
 
 
+def test_invalid_argument_names_the_field(cli: Cli) -> None:
+    (cli.workdir / "bad-name.txt").write_text(CORPUS)
+    bad = cli.run("corpus", "upload", "bad-name.txt", "--name", "no/slashes")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: INVALID_ARGUMENT: header.name: ")
+    assert bad.stderr.rstrip().endswith("(field: header.name)")
+
+
 def test_corpus_commands(cli: Cli) -> None:
     (cli.workdir / "poem.txt").write_text("Shall I compare thee to a summer's day?\n" * 40)
     uploaded = cli.json("corpus", "upload", "poem.txt", "--name", "sonnet")

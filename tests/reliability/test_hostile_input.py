@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from chargpt_client import AsyncTrainerClient, ChargptClientError, ClientOptions, DataLoss, TrainerClient
+from chargpt_client.receiver import MAX_FILES
 
 from chargpt.server.auth import BearerTokenInterceptor
 from chargpt.v1 import common_pb2, inference_pb2, trainer_pb2, trainer_pb2_grpc
@@ -144,6 +147,59 @@ async def test_a_malicious_trainer_cannot_write_outside_the_cache(make_server: o
         assert _tree(tmp_path) - before <= {cache.relative_to(tmp_path)}  # only the (empty) cache dir is new
         assert not cache.exists() or not list(cache.iterdir()), "a half-written download was left in the cache"
         assert not Path("/tmp/escaped-abs").exists()
+    finally:
+        await trainer.stop(0)
+
+
+async def _download_with_both_clients(address: str, destination: Path) -> list[ChargptClientError]:
+    """What the sync and the async client raise downloading job1 into destination/{sync,async}."""
+    def sync() -> None:
+        with TrainerClient(address, ClientOptions(timeout=30)) as client:
+            client.download_checkpoint("job1", destination / "sync")
+
+    raised: list[ChargptClientError] = []
+    async with AsyncTrainerClient(address, ClientOptions(timeout=30)) as aclient:
+        with pytest.raises(ChargptClientError) as err:
+            await aclient.download_checkpoint("job1", destination / "async")
+        raised.append(err.value)
+    with pytest.raises(ChargptClientError) as err:
+        await asyncio.to_thread(sync)
+    raised.append(err.value)
+    return raised
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_FILE_NAMES)
+async def test_a_malicious_trainer_cannot_make_the_clients_write_outside(tmp_path: Path, hostile: str) -> None:
+    """The clients receive through the same CheckpointReceiver as the inference service: DataLoss, nothing left."""
+    rename = {"model.safetensors": hostile}
+    fake = CheckpointTrainer(write_checkpoint(tmp_path / "trainer-side" / "best", seed=3),
+                             rename=lambda name: rename.get(name, name))
+    trainer, port = await serve_trainer(fake)
+    try:
+        before = _tree(tmp_path)
+        raised = await _download_with_both_clients(f"127.0.0.1:{port}", tmp_path / "downloads")
+        assert all(isinstance(e, DataLoss) for e in raised), raised
+        assert _tree(tmp_path) - before <= {Path("downloads")}  # at most the (empty) parent directory
+        assert not Path("/tmp/escaped-abs").exists()
+    finally:
+        await trainer.stop(0)
+
+
+async def test_a_trainer_announcing_too_many_files_is_refused_everywhere(make_server: object,
+                                                                          tmp_path: Path) -> None:
+    """Every receiver caps the file count: the clients raise DataLoss and the inference service DATA_LOSS."""
+    source = write_checkpoint(tmp_path / "trainer-side" / "best", seed=3)
+    for i in range(MAX_FILES):
+        (source / f"extra-{i}.txt").write_text("x")
+    trainer, port = await serve_trainer(CheckpointTrainer(source))
+    try:
+        raised = await _download_with_both_clients(f"127.0.0.1:{port}", tmp_path / "downloads")
+        assert all(isinstance(e, DataLoss) and "bad set of files" in e.message for e in raised), raised
+        s: Served = await make_server(trainer_address=f"127.0.0.1:{port}")  # type: ignore[operator]
+        ref = inference_pb2.TrainerCheckpointRef(job_id="job1", kind=common_pb2.CHECKPOINT_KIND_BEST)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.stub.LoadModel(inference_pb2.LoadModelRequest(name="many", trainer_checkpoint=ref), timeout=30)
+        assert err.value.code() is grpc.StatusCode.DATA_LOSS and "bad set of files" in (err.value.details() or "")
     finally:
         await trainer.stop(0)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from chargpt import __version__
 from chargpt_client.cli import corpus_cmds, demo_cmd, model_cmds, plot_cmds, train_cmds
 from chargpt_client.cli.common import UsageError, add_connection_flags
-from chargpt_client.errors import ChargptClientError
+from chargpt_client.errors import ChargptClientError, InvalidArgument
 from chargpt_client.plots import PlottingUnavailable
 
 EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_MISSING_EXTRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ChargptClientError as exc:
-        print(f"error: {exc.status_name}: {exc.message}", file=sys.stderr)
+        print(f"error: {exc.status_name}: {exc.message}{_fields(exc)}", file=sys.stderr)
         return EXIT_SERVER_ERROR
     except UsageError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
@@ -48,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _fields(exc: ChargptClientError) -> str:
+    """" (field: a, b)" naming the request fields the server flagged, for scripts that grep stderr."""
+    fields = list(dict.fromkeys(v.field for v in exc.violations if v.field)) if isinstance(exc, InvalidArgument) else []
+    return f" ({'fields' if len(fields) > 1 else 'field'}: {', '.join(fields)})" if fields else ""
 
 
 if __name__ == "__main__":
