@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path, PurePosixPath
 
+from chargpt.text import read_text
 from trainer_service import builtin_startups as vocab
 
 SHAKESPEARE_CHARS = 1_000_000
@@ -116,7 +117,7 @@ def build_shakespeare(max_chars: int = SHAKESPEARE_CHARS) -> str:
     chunks: list[str] = []
     total = 0
     for play in _play_files():
-        for speaker, lines in _speeches(play.read_text(encoding="utf-8")):
+        for speaker, lines in _speeches(read_text(play)):
             chunk = f"{speaker}:\n" + "\n".join(lines) + "\n\n"
             if total + len(chunk) > max_chars:
                 return "".join(chunks)
@@ -169,8 +170,8 @@ def _stdlib_modules(root: Path) -> list[PurePosixPath]:
 def _read_source(path: Path) -> str | None:
     """The file's text, or None when it is not UTF-8 or too large to be a typical module."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError):
+        text = read_text(path)
+    except (ValueError, OSError):
         return None
     return text if 0 < len(text) <= _PY_MAX_FILE_CHARS else None
 

@@ -16,6 +16,7 @@ from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from trainer_service import checkpoints, convert
 from trainer_service.corpora import CorpusLibrary
+from trainer_service.corpus_read import read_corpus
 from trainer_service.events import EventHub
 from trainer_service.metrics import TrainerMetrics
 from trainer_service.plan import DeviceProber, build_plan
@@ -25,6 +26,9 @@ from trainer_service.store import Store
 
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 100
 TOKEN_PREFIX = "jobs-before:"
+SPLIT_TO_PROTO = {"all": trainer_pb2.CORPUS_SPLIT_UNSPECIFIED, "train": trainer_pb2.CORPUS_SPLIT_TRAIN,
+                  "validation": trainer_pb2.CORPUS_SPLIT_VALIDATION}
+PROTO_TO_SPLIT = {v: k for k, v in SPLIT_TO_PROTO.items()}
 
 
 def device_info_proto(facts: DeviceFacts) -> common_pb2.DeviceInfo:
@@ -64,7 +68,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         auto_model = common_pb2.ModelConfig(n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd,
                                             block_size=size.block_size, dropout=size.dropout)
         return trainer_pb2.GetDeviceInfoResponse(device=device_info_proto(facts), auto_model=auto_model,
-                                                 auto_batch_size=size.batch_size, presets=list(PRESETS))
+                                                 auto_batch_size=size.batch_size, presets=list(PRESETS),
+                                                 auto_preset=size.name, auto_max_steps=size.max_steps)
 
     # ---- corpora
 
@@ -93,6 +98,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                         context: grpc.aio.ServicerContext) -> trainer_pb2.GetCorpusResponse:
         record = await self.corpora.resolve(request.corpus_id)
         return trainer_pb2.GetCorpusResponse(corpus=convert.corpus_proto(record))
+
+    async def ReadCorpus(self, request: trainer_pb2.ReadCorpusRequest,
+                         context: grpc.aio.ServicerContext) -> trainer_pb2.ReadCorpusResponse:
+        if request.split not in PROTO_TO_SPLIT:
+            raise InvalidArgumentError("split", f"unknown corpus split {request.split}")
+        record = await self.corpora.resolve(request.corpus_id)
+        read = await read_corpus(record, PROTO_TO_SPLIT[request.split], request.offset, request.length)
+        return trainer_pb2.ReadCorpusResponse(corpus_id=record.corpus_id, split=request.split, offset=read.offset,
+                                              split_chars=read.split_chars, text=read.text)
 
     async def DeleteCorpus(self, request: trainer_pb2.DeleteCorpusRequest,
                            context: grpc.aio.ServicerContext) -> trainer_pb2.DeleteCorpusResponse:

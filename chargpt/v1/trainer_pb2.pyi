@@ -41,6 +41,12 @@ class LrSchedule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LR_SCHEDULE_COSINE: _ClassVar[LrSchedule]
     LR_SCHEDULE_CONSTANT: _ClassVar[LrSchedule]
     LR_SCHEDULE_LINEAR: _ClassVar[LrSchedule]
+
+class CorpusSplit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CORPUS_SPLIT_UNSPECIFIED: _ClassVar[CorpusSplit]
+    CORPUS_SPLIT_TRAIN: _ClassVar[CorpusSplit]
+    CORPUS_SPLIT_VALIDATION: _ClassVar[CorpusSplit]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -60,22 +66,29 @@ LR_SCHEDULE_UNSPECIFIED: LrSchedule
 LR_SCHEDULE_COSINE: LrSchedule
 LR_SCHEDULE_CONSTANT: LrSchedule
 LR_SCHEDULE_LINEAR: LrSchedule
+CORPUS_SPLIT_UNSPECIFIED: CorpusSplit
+CORPUS_SPLIT_TRAIN: CorpusSplit
+CORPUS_SPLIT_VALIDATION: CorpusSplit
 
 class GetDeviceInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetDeviceInfoResponse(_message.Message):
-    __slots__ = ("device", "auto_model", "auto_batch_size", "presets")
+    __slots__ = ("device", "auto_model", "auto_batch_size", "presets", "auto_preset", "auto_max_steps")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     AUTO_MODEL_FIELD_NUMBER: _ClassVar[int]
     AUTO_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PRESETS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PRESET_FIELD_NUMBER: _ClassVar[int]
+    AUTO_MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     device: _common_pb2.DeviceInfo
     auto_model: _common_pb2.ModelConfig
     auto_batch_size: int
     presets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, device: _Optional[_Union[_common_pb2.DeviceInfo, _Mapping]] = ..., auto_model: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., auto_batch_size: _Optional[int] = ..., presets: _Optional[_Iterable[str]] = ...) -> None: ...
+    auto_preset: str
+    auto_max_steps: int
+    def __init__(self, device: _Optional[_Union[_common_pb2.DeviceInfo, _Mapping]] = ..., auto_model: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., auto_batch_size: _Optional[int] = ..., presets: _Optional[_Iterable[str]] = ..., auto_preset: _Optional[str] = ..., auto_max_steps: _Optional[int] = ...) -> None: ...
 
 class Corpus(_message.Message):
     __slots__ = ("corpus_id", "name", "description", "size_bytes", "num_chars", "vocabulary", "train_chars", "val_chars", "builtin", "created_time")
@@ -482,3 +495,29 @@ class DownloadCheckpointResponse(_message.Message):
     header: CheckpointArchiveHeader
     chunk: CheckpointChunk
     def __init__(self, header: _Optional[_Union[CheckpointArchiveHeader, _Mapping]] = ..., chunk: _Optional[_Union[CheckpointChunk, _Mapping]] = ...) -> None: ...
+
+class ReadCorpusRequest(_message.Message):
+    __slots__ = ("corpus_id", "split", "offset", "length")
+    CORPUS_ID_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    corpus_id: str
+    split: CorpusSplit
+    offset: int
+    length: int
+    def __init__(self, corpus_id: _Optional[str] = ..., split: _Optional[_Union[CorpusSplit, str]] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class ReadCorpusResponse(_message.Message):
+    __slots__ = ("corpus_id", "split", "offset", "split_chars", "text")
+    CORPUS_ID_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    corpus_id: str
+    split: CorpusSplit
+    offset: int
+    split_chars: int
+    text: str
+    def __init__(self, corpus_id: _Optional[str] = ..., split: _Optional[_Union[CorpusSplit, str]] = ..., offset: _Optional[int] = ..., split_chars: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...

@@ -59,6 +59,11 @@ class TrainerServiceStub:
                 request_serializer=chargpt_dot_v1_dot_trainer__pb2.DeleteCorpusRequest.SerializeToString,
                 response_deserializer=chargpt_dot_v1_dot_trainer__pb2.DeleteCorpusResponse.FromString,
                 _registered_method=True)
+        self.ReadCorpus = channel.unary_unary(
+                '/chargpt.v1.TrainerService/ReadCorpus',
+                request_serializer=chargpt_dot_v1_dot_trainer__pb2.ReadCorpusRequest.SerializeToString,
+                response_deserializer=chargpt_dot_v1_dot_trainer__pb2.ReadCorpusResponse.FromString,
+                _registered_method=True)
         self.CreateTrainingJob = channel.unary_unary(
                 '/chargpt.v1.TrainerService/CreateTrainingJob',
                 request_serializer=chargpt_dot_v1_dot_trainer__pb2.CreateTrainingJobRequest.SerializeToString,
@@ -132,6 +137,13 @@ class TrainerServiceServicer:
 
     def DeleteCorpus(self, request, context):
         """FAILED_PRECONDITION while a queued or running job uses the corpus.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadCorpus(self, request, context):
+        """A character range of a corpus, of its training split or of its validation split: the exact stored text.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,6 +228,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.DeleteCorpus,
                     request_deserializer=chargpt_dot_v1_dot_trainer__pb2.DeleteCorpusRequest.FromString,
                     response_serializer=chargpt_dot_v1_dot_trainer__pb2.DeleteCorpusResponse.SerializeToString,
+            ),
+            'ReadCorpus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadCorpus,
+                    request_deserializer=chargpt_dot_v1_dot_trainer__pb2.ReadCorpusRequest.FromString,
+                    response_serializer=chargpt_dot_v1_dot_trainer__pb2.ReadCorpusResponse.SerializeToString,
             ),
             'CreateTrainingJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTrainingJob,
@@ -393,6 +410,33 @@ class TrainerService:
             '/chargpt.v1.TrainerService/DeleteCorpus',
             chargpt_dot_v1_dot_trainer__pb2.DeleteCorpusRequest.SerializeToString,
             chargpt_dot_v1_dot_trainer__pb2.DeleteCorpusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadCorpus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chargpt.v1.TrainerService/ReadCorpus',
+            chargpt_dot_v1_dot_trainer__pb2.ReadCorpusRequest.SerializeToString,
+            chargpt_dot_v1_dot_trainer__pb2.ReadCorpusResponse.FromString,
             options,
             channel_credentials,
             insecure,

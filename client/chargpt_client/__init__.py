@@ -25,6 +25,7 @@ from chargpt_client.types import (
     Checkpoint,
     CheckpointWritten,
     Corpus,
+    CorpusText,
     DeviceReport,
     Evaluation,
     GenerationResult,
@@ -42,9 +43,9 @@ from chargpt_client.types import (
 __all__ = [
     "AlreadyExists", "AsyncClient", "AsyncInferenceClient", "AsyncTextStream", "AsyncTrainerClient", "Attention",
     "CharMapping", "ChargptClientError", "Checkpoint", "CheckpointWritten", "Client", "ClientOptions", "Corpus",
-    "DataLoss", "DeadlineExceeded", "DeviceReport", "Evaluation", "FailedPrecondition", "GenerationResult",
-    "GenerationSummary", "InferenceClient", "Internal", "InvalidArgument", "JobEvent", "Model", "ModelConfig",
-    "NotFound", "PermissionDenied", "Progress", "ResourceExhausted", "RetryPolicy", "Sample", "ScoreResult",
-    "StateChanged", "TextStream", "TlsOptions", "TrainerClient", "TrainingJob", "Unauthenticated", "Unavailable",
-    "Unimplemented", "__version__",
+    "CorpusText", "DataLoss", "DeadlineExceeded", "DeviceReport", "Evaluation", "FailedPrecondition",
+    "GenerationResult", "GenerationSummary", "InferenceClient", "Internal", "InvalidArgument", "JobEvent", "Model",
+    "ModelConfig", "NotFound", "PermissionDenied", "Progress", "ResourceExhausted", "RetryPolicy", "Sample",
+    "ScoreResult", "StateChanged", "TextStream", "TlsOptions", "TrainerClient", "TrainingJob", "Unauthenticated",
+    "Unavailable", "Unimplemented", "__version__",
 ]

@@ -14,7 +14,7 @@ from chargpt.v1 import inference_pb2_grpc, trainer_pb2_grpc
 from chargpt_client import convert, ops
 from chargpt_client import types as t
 from chargpt_client.calls import DEFAULT, Deadline, GenerationState, Timeout, retry_delay, retry_policy
-from chargpt_client.errors import from_rpc_error
+from chargpt_client.errors import ChargptClientError, from_rpc_error
 from chargpt_client.options import ClientOptions, aio_channel, inference_address, trainer_address
 from chargpt_client.transfer import UPLOAD_CHUNK_BYTES, CorpusSource, UploadSource, consume_download_async
 
@@ -93,8 +93,14 @@ class AsyncTrainerClient(_AsyncService):
     async def upload_corpus(self, name: str, source: CorpusSource, *, description: str = "",
                             chunk_bytes: int = UPLOAD_CHUNK_BYTES, timeout: Timeout = DEFAULT) -> t.UploadResult:
         upload = UploadSource(source, chunk_bytes)
-        response = await self._invoke("UploadCorpus", lambda: _aiter_sync(upload.requests(name, description)),
-                                      upload.replayable, timeout)
+        try:
+            response = await self._invoke("UploadCorpus",
+                                          lambda: _aiter_sync(upload.requests(name, description)),
+                                          upload.replayable, timeout)
+        except ChargptClientError:
+            if upload.error is not None:  # the source failed, not the server
+                raise upload.error from None
+            raise
         return convert.upload_result(response)
 
     async def list_corpora(self, *, timeout: Timeout = DEFAULT) -> list[t.Corpus]:
@@ -102,6 +108,10 @@ class AsyncTrainerClient(_AsyncService):
 
     async def get_corpus(self, corpus_id: str, *, timeout: Timeout = DEFAULT) -> t.Corpus:
         return await self._call(ops.get_corpus(corpus_id), timeout)
+
+    async def read_corpus(self, corpus_id: str, split: str = "all", offset: int = 0,
+                          length: int = ops.MAX_READ_CHARS, *, timeout: Timeout = DEFAULT) -> t.CorpusText:
+        return await self._call(ops.read_corpus(corpus_id, split, offset, length), timeout)
 
     async def delete_corpus(self, corpus_id: str, *, timeout: Timeout = DEFAULT) -> None:
         await self._call(ops.delete_corpus(corpus_id), timeout)

@@ -38,13 +38,23 @@ def device_report(r: trainer_pb2.GetDeviceInfoResponse) -> t.DeviceReport:
                           bf16_supported=d.bf16_supported, cpu_cores=d.cpu_cores,
                           compute_capability=d.compute_capability)
     return t.DeviceReport(device=device, auto_model=model_config(r.auto_model),
-                          auto_batch_size=r.auto_batch_size, presets=list(r.presets))
+                          auto_batch_size=r.auto_batch_size, presets=list(r.presets),
+                          auto_preset=r.auto_preset, auto_max_steps=r.auto_max_steps)
 
 
 def corpus(c: trainer_pb2.Corpus) -> t.Corpus:
     return t.Corpus(corpus_id=c.corpus_id, name=c.name, description=c.description, size_bytes=c.size_bytes,
                     num_chars=c.num_chars, vocabulary=c.vocabulary, train_chars=c.train_chars,
                     val_chars=c.val_chars, builtin=c.builtin, created_time=timestamp(c.created_time))
+
+
+SPLIT_NAMES = {trainer_pb2.CORPUS_SPLIT_UNSPECIFIED: "all", trainer_pb2.CORPUS_SPLIT_TRAIN: "train",
+               trainer_pb2.CORPUS_SPLIT_VALIDATION: "validation"}
+
+
+def corpus_text(r: trainer_pb2.ReadCorpusResponse) -> t.CorpusText:
+    return t.CorpusText(corpus_id=r.corpus_id, split=SPLIT_NAMES.get(r.split, str(r.split)), offset=r.offset,
+                        split_chars=r.split_chars, text=r.text)
 
 
 def upload_result(r: trainer_pb2.UploadCorpusResponse) -> t.UploadResult:

@@ -1,7 +1,7 @@
 """Every RPC as data: the request built from typed arguments, the converter, and whether retrying is safe.
 
 The sync and asyncio clients share these; only their call layer differs. Retry policy (on UNAVAILABLE only):
-reads (Get/List/DeviceInfo/Score/GetAttention/Generate), LoadModel (idempotent for the same name and source),
+reads (Get/List/Read/DeviceInfo/Score/GetAttention/Generate), LoadModel (idempotent for the same name and source),
 CancelTrainingJob (idempotent by contract) and uploads (content-addressed: a repeat returns the stored corpus)
 are retried. CreateTrainingJob, ResumeTrainingJob, DeleteCorpus and UnloadModel are not: a first attempt that
 reached the server would make a retry create a second job or fail confusingly. Streams are retried only before
@@ -66,6 +66,17 @@ def list_corpora() -> Unary[list[t.Corpus]]:
 def get_corpus(corpus_id: str) -> Unary[t.Corpus]:
     return Unary("GetCorpus", trainer_pb2.GetCorpusRequest(corpus_id=corpus_id),
                  lambda r: convert.corpus(r.corpus), True)
+
+
+CORPUS_SPLITS: dict[str, Any] = {name: number for number, name in convert.SPLIT_NAMES.items()}
+MAX_READ_CHARS = 262_144  # the server's limit per ReadCorpus call
+
+
+def read_corpus(corpus_id: str, split: str = "all", offset: int = 0,
+                length: int = MAX_READ_CHARS) -> Unary[t.CorpusText]:
+    request = trainer_pb2.ReadCorpusRequest(corpus_id=corpus_id, split=_lookup(CORPUS_SPLITS, split, "split"),
+                                            offset=offset, length=length)
+    return Unary("ReadCorpus", request, convert.corpus_text, True)
 
 
 def delete_corpus(corpus_id: str) -> Unary[None]:

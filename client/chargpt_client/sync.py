@@ -14,7 +14,7 @@ from chargpt.v1 import inference_pb2_grpc, trainer_pb2_grpc
 from chargpt_client import convert, ops
 from chargpt_client import types as t
 from chargpt_client.calls import DEFAULT, Deadline, GenerationState, Timeout, retry_delay, retry_policy
-from chargpt_client.errors import from_rpc_error
+from chargpt_client.errors import ChargptClientError, from_rpc_error
 from chargpt_client.options import ClientOptions, inference_address, sync_channel, trainer_address
 from chargpt_client.transfer import UPLOAD_CHUNK_BYTES, CorpusSource, UploadSource, consume_download
 
@@ -89,8 +89,13 @@ class TrainerClient(_SyncService):
                       chunk_bytes: int = UPLOAD_CHUNK_BYTES, timeout: Timeout = DEFAULT) -> t.UploadResult:
         """Upload text (str), bytes, a file (pathlib.Path) or a file object, in chunks."""
         upload = UploadSource(source, chunk_bytes)
-        response = self._invoke("UploadCorpus", lambda: upload.requests(name, description), upload.replayable,
-                                timeout)
+        try:
+            response = self._invoke("UploadCorpus", lambda: upload.requests(name, description), upload.replayable,
+                                    timeout)
+        except ChargptClientError:
+            if upload.error is not None:  # the source failed, not the server
+                raise upload.error from None
+            raise
         return convert.upload_result(response)
 
     def list_corpora(self, *, timeout: Timeout = DEFAULT) -> list[t.Corpus]:
@@ -98,6 +103,12 @@ class TrainerClient(_SyncService):
 
     def get_corpus(self, corpus_id: str, *, timeout: Timeout = DEFAULT) -> t.Corpus:
         return self._call(ops.get_corpus(corpus_id), timeout)
+
+    def read_corpus(self, corpus_id: str, split: str = "all", offset: int = 0, length: int = ops.MAX_READ_CHARS,
+                    *, timeout: Timeout = DEFAULT) -> t.CorpusText:
+        """Characters of a corpus, exactly as stored; `split` is "all", "train" or "validation", and a negative
+        `offset` counts from the split's end (offset=-600, length=600: its last 600 characters)."""
+        return self._call(ops.read_corpus(corpus_id, split, offset, length), timeout)
 
     def delete_corpus(self, corpus_id: str, *, timeout: Timeout = DEFAULT) -> None:
         self._call(ops.delete_corpus(corpus_id), timeout)

@@ -19,7 +19,8 @@ CorpusSource = str | bytes | os.PathLike[str] | IO[bytes] | IO[str]
 class UploadSource:
     """Chunks of a corpus: a path (os.PathLike), text (str), bytes, or a binary or text file object.
 
-    A plain str is the text itself, never a path: pass pathlib.Path for files.
+    A plain str is the text itself, never a path: pass pathlib.Path for files. Paths and binary files upload
+    their bytes exactly; a text file object uploads what it yields, so it must not translate line endings.
     """
 
     def __init__(self, source: CorpusSource, chunk_bytes: int = UPLOAD_CHUNK_BYTES) -> None:
@@ -28,6 +29,7 @@ class UploadSource:
         self._source = source
         self._chunk = chunk_bytes
         self._start = self._tell(source)
+        self.error: Exception | None = None  # why chunks() stopped the upload, when it did
 
     @staticmethod
     def _tell(source: CorpusSource) -> int | None:
@@ -59,8 +61,20 @@ class UploadSource:
             yield from self._file_chunks(source)
 
     def _file_chunks(self, f: IO[Any]) -> Iterator[bytes]:
+        carriage_return = False
         while block := f.read(self._chunk):
-            yield block.encode("utf-8") if isinstance(block, str) else block
+            if isinstance(block, str):
+                carriage_return = carriage_return or "\r" in block
+                block = block.encode("utf-8")
+            yield block
+        # A text stream opened with universal newlines (open()'s default) turns "\r\n" and "\r" into "\n"
+        # before we see them: its `newlines` records the endings it met, while no "\r" came through.
+        met = getattr(f, "newlines", None) or ()
+        if not carriage_return and any("\r" in ending for ending in ((met,) if isinstance(met, str) else met)):
+            self.error = ValueError(
+                "the text file object translated '\\r\\n' or '\\r' line endings to '\\n' (open() without "
+                "newline=''); nothing was stored - pass a path, a binary file, or a file opened with newline=''")
+            raise self.error
 
     def requests(self, name: str, description: str) -> Iterator[trainer_pb2.UploadCorpusRequest]:
         yield trainer_pb2.UploadCorpusRequest(header=trainer_pb2.CorpusHeader(name=name, description=description))

@@ -56,6 +56,8 @@ class DeviceReport:
     auto_model: ModelConfig
     auto_batch_size: int
     presets: list[str]
+    auto_preset: str = ""  # the preset `auto` picks on this device
+    auto_max_steps: int = 0  # that size's default schedule
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,17 @@ class Corpus:
     val_chars: int
     builtin: bool
     created_time: datetime | None
+
+
+@dataclass(frozen=True)
+class CorpusText:
+    """ReadCorpus: characters of a corpus (or of its "train" or "validation" split), exactly as uploaded."""
+
+    corpus_id: str
+    split: str  # "all", "train" or "validation"
+    offset: int  # where `text` starts in the split
+    split_chars: int  # characters in the whole split
+    text: str
 
 
 @dataclass(frozen=True)

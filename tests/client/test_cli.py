@@ -108,6 +108,30 @@ def test_corpus_commands(cli: Cli) -> None:
     assert cli.run("corpus", "show", corpus_id).returncode == 1
 
 
+def test_corpus_read_and_score_file_keep_line_endings(cli: Cli, job_id: str) -> None:
+    crlf = "First Citizen:\r\nSpeak, speak.\r\n\r\n" * 60
+    (cli.workdir / "windows.txt").write_bytes(crlf.encode("utf-8"))
+    corpus = cli.json("corpus", "upload", "windows.txt")["corpus"]
+    assert "\r" in corpus["vocabulary"] and corpus["num_chars"] == len(crlf)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{ROOT}:{ROOT / 'client'}",
+           "CHARGPT_TRAINER_ADDRESS": cli.trainer}
+    read = subprocess.run([sys.executable, "-m", "chargpt_client.cli", "corpus", "read", corpus["corpus_id"],
+                           "--split", "validation", "--offset", "-40", "--length", "40"], capture_output=True,
+                          env=env, timeout=120)
+    assert read.returncode == 0 and read.stdout == crlf[-40:].encode("utf-8")  # bytes: nothing translated
+    bad = cli.run("corpus", "read", corpus["corpus_id"], "--length", "0")
+    assert bad.returncode == 1 and "length" in bad.stderr
+    # The job's model never saw '\r': scoring the CRLF file must see its '\r' characters, not '\n' in their place.
+    assert cli.json("models", "load", "plain", "--job", job_id)["model"]["state"] == "READY"
+    refused = cli.run("score", "plain", "--file", "windows.txt")
+    assert refused.returncode == 1 and "\\r" in refused.stderr
+    dropped = cli.json("score", "plain", "--file", "windows.txt", "--drop-unknown")
+    assert dropped[0]["dropped"] == crlf.count("\r")
+    (cli.workdir / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    not_utf8 = cli.run("score", "plain", "--file", "latin1.txt")
+    assert not_utf8.returncode == 2 and "not valid UTF-8" in not_utf8.stderr
+
+
 def test_job_and_checkpoint_commands(cli: Cli, job_id: str) -> None:
     assert job_id in [j["job_id"] for j in cli.json("jobs", "list")]
     shown = cli.run("jobs", "show", job_id)
@@ -187,7 +211,7 @@ def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
     import io
 
     from chargpt_client import types as t
-    from chargpt_client.cli.progress import JobProgress
+    from chargpt_client.render import JobProgress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -74,18 +74,28 @@ def test_demo_on_your_own_text(tmp_path: Path) -> None:
 def test_training_steps_fit_the_time_budget() -> None:
     from chargpt_client import types as t
     from chargpt_client.demo.context import Demo
-    from chargpt_client.demo.steps_train import _fitted_steps, preset_for
+    from chargpt_client.demo.steps_train import _fitted_steps
 
-    from chargpt.core.device import PRESETS
-
-    cpu = PRESETS["cpu"]  # whatever the tuned CPU preset is, the demo must recognise it
-    cpu_model = t.ModelConfig(n_layer=cpu.n_layer, n_head=cpu.n_head, n_embd=cpu.n_embd, block_size=cpu.block_size)
+    cpu_model = t.ModelConfig(n_layer=4, n_head=4, n_embd=64, block_size=128)
     device = t.DeviceInfo("cpu", "x86", 1, 0, False, 2, "")
     demo = Demo(options=DemoOptions(minutes=3.0), client=None)  # type: ignore[arg-type]
-    demo.findings.device = t.DeviceReport(device, cpu_model, auto_batch_size=32, presets=["cpu"])
+    demo.findings.device = t.DeviceReport(device, cpu_model, auto_batch_size=32, presets=["cpu"], auto_preset="cpu",
+                                          auto_max_steps=2000)
     corpus = t.Corpus("id", "c", "", 0, 1_000_000, "ab", 900_000, 100_000, True, None)
-    assert preset_for(cpu_model)[0] == "cpu"
     # 180 s / 0.5 s = 360 step-times; 90% of them, less 4 evaluations of (100k + 32k) / (3 * 4096) steps each.
     assert _fitted_steps(demo, corpus, 0.5, preset_steps=2000) == int(0.9 * 360 - 4 * 132_768 / 12_288)
     assert _fitted_steps(demo, corpus, 0.01, preset_steps=2000) == 2000  # a fast device runs the whole schedule
     assert _fitted_steps(demo, corpus, 100.0, preset_steps=2000) == 50  # never fewer than MIN_STEPS
+
+
+def test_the_client_library_does_not_import_the_services() -> None:
+    """The client (demo included) reaches the services only through the API; chargpt.launch starts them."""
+    import ast
+
+    forbidden = ("trainer_service", "inference_service", "chargpt.core", "chargpt.server", "torch")
+    for path in (ROOT / "client" / "chargpt_client").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad = [n for n in names if n.startswith(forbidden)]
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

@@ -10,6 +10,7 @@ import torch
 
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.errors import InvalidArgumentError
+from chargpt.text import read_text
 
 TRAIN_FRACTION = 0.9
 MIN_SPLIT_TOKENS = 2  # each split needs at least one (input, target) pair
@@ -44,7 +45,7 @@ class CorpusData:
 
     @classmethod
     def from_file(cls, path: Path) -> CorpusData:
-        return cls(path.read_text(encoding="utf-8"))
+        return cls(read_text(path))  # exactly the uploaded characters: no newline translation
 
     def context_length(self, block_size: int) -> int:
         """Training sequence length: the model's block, unless the training split is shorter."""

@@ -1,4 +1,4 @@
-"""`chargpt corpus upload|list|show|delete`."""
+"""`chargpt corpus upload|list|show|read|delete`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from chargpt_client import types as t
-from chargpt_client.cli.common import SubParsers, UsageError, print_json, print_table, trainer_client
+from chargpt_client.cli.common import SubParsers, UsageError, print_json, trainer_client
+from chargpt_client.ops import CORPUS_SPLITS, MAX_READ_CHARS
+from chargpt_client.render import print_table
 
 
 def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
@@ -25,6 +27,14 @@ def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
     show = sub.add_parser("show", parents=[parent], help="show one corpus (id or built-in name)")
     show.add_argument("corpus")
     show.set_defaults(handler=show_cmd)
+
+    read = sub.add_parser("read", parents=[parent], help="print characters of a corpus or of its train or "
+                          "validation split, exactly as stored")
+    read.add_argument("corpus", help="corpus id or built-in name")
+    read.add_argument("--split", choices=list(CORPUS_SPLITS), default="all")
+    read.add_argument("--offset", type=int, default=0, help="first character; negative counts from the end")
+    read.add_argument("--length", type=int, default=1000, help=f"characters, 1-{MAX_READ_CHARS} (default 1000)")
+    read.set_defaults(handler=read_cmd)
 
     delete = sub.add_parser("delete", parents=[parent], help="delete an uploaded corpus")
     delete.add_argument("corpus")
@@ -81,6 +91,18 @@ def show(corpus: t.Corpus) -> None:
     print(f"  size:        {corpus.num_chars:,} characters ({corpus.size_bytes:,} bytes)")
     print(f"  split:       {corpus.train_chars:,} train / {corpus.val_chars:,} validation characters")
     print(f"  vocabulary:  {len(corpus.vocabulary)} characters: {corpus.vocabulary!r}")
+
+
+def read_cmd(args: argparse.Namespace) -> int:
+    with trainer_client(args) as client:
+        result = client.read_corpus(args.corpus, args.split, args.offset, args.length)
+    if args.json:
+        print_json(result)
+    else:  # the bytes of the text, so that no line ending is translated on the way out
+        sys.stdout.flush()
+        sys.stdout.buffer.write(result.text.encode("utf-8"))
+        sys.stdout.buffer.flush()
+    return 0
 
 
 def delete_cmd(args: argparse.Namespace) -> int:

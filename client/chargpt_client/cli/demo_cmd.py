@@ -53,11 +53,13 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
 
 
 def demo_cmd(args: argparse.Namespace) -> int:
-    from chargpt_client.demo import DemoFailed, ServicesUnavailable, run_demo
+    from chargpt.launch import ServicesUnavailable
+    from chargpt.text import TextDecodeError
+    from chargpt_client.demo import DemoFailed, run_demo
 
     try:
         run_demo(options_from(args))
-    except ServicesUnavailable as exc:
+    except (ServicesUnavailable, TextDecodeError) as exc:
         raise UsageError(str(exc)) from exc
     except DemoFailed as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,9 +7,11 @@ import codecs
 import sys
 from pathlib import Path
 
+from chargpt.text import TextDecodeError, read_text
 from chargpt_client import types as t
-from chargpt_client.cli.common import SubParsers, UsageError, fmt, inference_client, print_json, print_table
+from chargpt_client.cli.common import SubParsers, UsageError, inference_client, print_json
 from chargpt_client.ops import PRESETS
+from chargpt_client.render import fmt, print_table
 from chargpt_client.tokenizer import CharMapping
 
 
@@ -141,7 +143,10 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
         path = Path(name)
         if not path.is_file():
             raise UsageError(f"no such file: {name}")
-        inputs.append((path.name, path.read_text(encoding="utf-8")))
+        try:
+            inputs.append((path.name, read_text(path)))  # exactly: no newline translation
+        except TextDecodeError as exc:
+            raise UsageError(str(exc)) from exc
     if not inputs:
         raise UsageError("give texts to score or --file")
     return inputs

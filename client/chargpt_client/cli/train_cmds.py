@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from chargpt_client import types as t
-from chargpt_client.cli.common import SubParsers, UsageError, fmt, print_json, print_table, trainer_client
-from chargpt_client.cli.progress import JobProgress
+from chargpt_client.cli.common import SubParsers, UsageError, print_json, trainer_client
 from chargpt_client.ops import JOB_STATES
+from chargpt_client.render import JobProgress, fmt, print_table
 from chargpt_client.sync import TrainerClient
 
 TRAINING_FLAGS = {  # flag -> (TrainingSpec field, type)

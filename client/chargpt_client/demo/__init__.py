@@ -7,15 +7,15 @@ import time
 from contextlib import ExitStack
 from typing import TextIO
 
+from chargpt.text import read_text
 from chargpt_client.demo.context import Demo, DemoFailed, DemoOptions
 from chargpt_client.demo.report import write_report
-from chargpt_client.demo.services import LocalServices, ServicesUnavailable
 from chargpt_client.demo.steps_model import generalize, look_inside, write
 from chargpt_client.demo.steps_train import show_architecture, show_corpus, show_device, show_tokenizer, train
 from chargpt_client.options import ClientOptions
 from chargpt_client.sync import Client
 
-__all__ = ["DemoFailed", "DemoOptions", "ServicesUnavailable", "run_demo"]
+__all__ = ["DemoFailed", "DemoOptions", "run_demo"]
 
 STEPS = (show_device, show_corpus, show_tokenizer, show_architecture, train, write, generalize, look_inside)
 
@@ -23,12 +23,14 @@ STEPS = (show_device, show_corpus, show_tokenizer, show_architecture, train, wri
 def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> Demo:
     """Run every step (starting local services unless both addresses are given) and write the report."""
     started = time.monotonic()
-    own_text = options.text_file.read_text(encoding="utf-8") if options.text_file else None
+    own_text = read_text(options.text_file) if options.text_file else None  # exactly: CRLF, BOM and all
     with ExitStack() as stack:
         trainer, inference = options.trainer_address, options.inference_address
         if not (trainer and inference):
             print(f"Starting the trainer and inference services in this process (data in {options.data_dir}/)...",
                   file=out, flush=True)
+            from chargpt.launch import LocalServices  # the server packages, only when starting them here
+
             services = stack.enter_context(LocalServices(options.data_dir, options.device))
             trainer, inference = services.trainer_address, services.inference_address
             print(f"  trainer on {trainer}, inference on {inference}", file=out, flush=True)

@@ -6,9 +6,10 @@ import math
 
 from chargpt_client import plots
 from chargpt_client import types as t
-from chargpt_client.cli.common import print_table
 from chargpt_client.demo.context import BUILTIN_CORPORA, Demo
+from chargpt_client.errors import NotFound
 from chargpt_client.ops import PRESETS
+from chargpt_client.render import print_table
 from chargpt_client.tokenizer import CharMapping
 
 PRESET_SETTINGS = {"focused": "temperature 0.3, top-k 5", "balanced": "temperature 0.8, top-k 40",
@@ -56,21 +57,21 @@ def write(demo: Demo) -> None:
 
 
 def _heldout_texts(demo: Demo) -> dict[str, str]:
-    """The validation-split tail of each corpus: the trained one first (in domain), then the others."""
+    """The validation-split tail of each corpus, read through the trainer: the trained one first (in domain)."""
     size = demo.options.heldout_chars
+    trained = demo.findings.corpus
+    assert trained is not None
+    sources = {demo.options.corpus_label: trained.corpus_id}
+    sources.update({name: name for name in BUILTIN_CORPORA if name not in sources})
     texts: dict[str, str] = {}
-    if demo.own_text is not None:
-        texts[demo.options.corpus_label] = demo.own_text[-size:]
-    try:
-        from trainer_service.builtin_corpora import build_builtin_corpus
-    except ImportError:
-        demo.say("(the built-in corpora are not installed here: scoring only the trained corpus)")
-        return texts
-    order = [c for c in BUILTIN_CORPORA if demo.own_text is not None or c != demo.options.corpus]
-    if demo.own_text is None:
-        order.insert(0, demo.options.corpus)
-    for name in order:
-        texts[name] = build_builtin_corpus(name)[-size:]
+    for label, corpus_id in sources.items():
+        try:
+            corpus = trained if corpus_id == trained.corpus_id else demo.client.trainer.get_corpus(corpus_id)
+        except NotFound:  # a built-in whose source package the trainer lacks
+            demo.findings.filter_notes.append(f"{label}: not available on this trainer; not scored")
+            continue
+        tail = min(size, corpus.val_chars)
+        texts[label] = demo.client.trainer.read_corpus(corpus.corpus_id, "validation", -tail, tail).text
     return texts
 
 
@@ -79,8 +80,8 @@ def generalize(demo: Demo) -> None:
     model = demo.findings.model
     assert model is not None
     mapping = CharMapping(model.vocabulary)
-    demo.wrap(f"Perplexity = exp(mean loss) on the last {demo.options.heldout_chars:,} characters of each corpus "
-              "(for the trained corpus this lies in its held-out validation split). Lower is better; 1 is a "
+    demo.wrap(f"Perplexity = exp(mean loss) on the last {demo.options.heldout_chars:,} characters of each corpus's "
+              "validation split (text no model of it trained on), read from the trainer. Lower is better; 1 is a "
               f"perfect guess, {mapping.vocab_size} is uniform guessing over the vocabulary. Characters the model "
               "never saw cannot be scored, so they are removed first; the table says how many.")
     for i, (name, raw) in enumerate(_heldout_texts(demo).items()):

@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from chargpt_client import types as t
-from chargpt_client.cli.progress import JobProgress
 from chargpt_client.demo.context import Demo, DemoFailed
+from chargpt_client.render import JobProgress
 from chargpt_client.tokenizer import CharMapping
 
 FAST_MODEL = t.ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.0)
@@ -21,19 +21,6 @@ SAMPLES_PER_RUN = 6
 EVALS_PER_RUN = 4
 
 
-def preset_for(model: t.ModelConfig) -> tuple[str, int | None]:
-    """The named preset with this architecture and its default steps (the core table, if installed)."""
-    try:
-        from chargpt.core.device import PRESETS
-    except ImportError:
-        return "auto", None
-    for name, p in PRESETS.items():
-        if (p.n_layer, p.n_head, p.n_embd, p.block_size) == (model.n_layer, model.n_head, model.n_embd,
-                                                             model.block_size):
-            return name, p.max_steps
-    return "auto", None
-
-
 def show_device(demo: Demo) -> None:
     demo.step(1, "The device")
     report = demo.client.trainer.device_info()
@@ -42,9 +29,8 @@ def show_device(demo: Demo) -> None:
     memory = f"{d.memory_bytes / 2**30:.1f} GiB {'memory' if d.type == 'cpu' else 'per device'}"
     demo.say(f"Found: {d.type.upper()} - {d.name or 'unknown'} ({d.count} device(s), {memory}, "
              f"{d.cpu_cores} CPU cores, bf16 {'yes' if d.bf16_supported else 'no'})")
-    preset, _ = preset_for(m)
-    demo.say(f"Model size chosen for it: preset '{preset}' = {m.n_layer} layers x {m.n_head} heads x "
-             f"{m.n_embd} dims, {m.block_size}-character context, batch {report.auto_batch_size}")
+    demo.say(f"Model size chosen for it: preset '{report.auto_preset or 'auto'}' = {m.n_layer} layers x "
+             f"{m.n_head} heads x {m.n_embd} dims, {m.block_size}-character context, batch {report.auto_batch_size}")
     if demo.options.fast:
         demo.say(f"(--fast: a tiny {FAST_MODEL.n_layer}-layer, {FAST_MODEL.n_embd}-dim model instead, "
                  f"{FAST_STEPS} steps - expect noise, not words)")
@@ -128,7 +114,7 @@ def _training_fields(demo: Demo, corpus: t.Corpus) -> dict[str, Any]:
     if opts.fast:
         steps = steps or FAST_STEPS
     elif steps is None:
-        preset_steps = preset_for(report.auto_model)[1] if report is not None else None
+        preset_steps = report.auto_max_steps or None if report is not None else None
         minutes = opts.minutes or DEFAULT_TRAINING_MINUTES
         demo.say(f"Measuring this machine's training speed with a short trial run (budget: {minutes:g} min)...")
         per_step = _seconds_per_step(demo, corpus.corpus_id)

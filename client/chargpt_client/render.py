@@ -1,16 +1,67 @@
-"""The live training display on stderr: a progress bar (step, loss, tokens/s, ETA), evaluations and samples."""
+"""Terminal rendering shared by the CLI and the demo: aligned tables and the live training progress display."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import TextIO
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
 
 from chargpt_client import types as t
-from chargpt_client.cli.common import duration, human_count
 
 BAR_WIDTH = 24
 LOG_EVERY_S = 15.0  # off a terminal: a progress line every 10% of steps or this often
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO = sys.stdout) -> None:
+    """A plain aligned table (text columns left-aligned, numbers right-aligned)."""
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    numeric = [all(_is_number(r[i]) for r in cells) and bool(cells) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    print(line(headers), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in cells:
+        print(line(row), file=out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", ""))
+    except ValueError:
+        return text == "-"
+    return True
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if value is None:
+        return "-"
+    if hasattr(value, "strftime"):
+        return str(value.strftime("%Y-%m-%d %H:%M:%S"))
+    return str(value)
+
+
+def duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def human_count(n: float) -> str:
+    for unit in ("", "k", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.1f}{unit}" if unit else f"{n:.0f}"
+        n /= 1000
+    return f"{n:.1f}T"
 
 
 class JobProgress:
