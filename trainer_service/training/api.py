@@ -8,6 +8,7 @@ checkpoint format plus its own resume state, and resumes from `latest` by itself
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
@@ -19,6 +20,8 @@ from chargpt.core.config import ModelConfig
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 BEST = "best"
+TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_RUN_PATTERN = r"^\w[\w.-]{0,63}$"  # one path component: `tensorboard --logdir` names the run by it
 
 
 class TrainingPlan(BaseModel):
@@ -46,6 +49,15 @@ class TrainingPlan(BaseModel):
     grad_accumulation_steps: int = Field(default=1, ge=1)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N, mps")
     num_processes: int = Field(default=1, ge=1)
+    tensorboard_run: str | None = Field(default=None, pattern=TENSORBOARD_RUN_PATTERN,
+                                        description="rank 0 writes TensorBoard events to "
+                                                    "job_dir/tensorboard/<this>; None: no TensorBoard")
+
+
+def tensorboard_run_name(display_name: str) -> str:
+    """A job's TensorBoard run directory from its display name: word characters, dots and dashes only."""
+    name = re.sub(r"[^\w.-]+", "-", display_name).strip(".-")[:64].rstrip(".-")
+    return name or "run"
 
 
 class CorpusRef(BaseModel):
@@ -68,6 +80,7 @@ class ProgressUpdate(BaseModel):
     tokens_per_second: float
     elapsed_seconds: float
     eta_seconds: float
+    grad_norm: float | None = Field(default=None, description="the step's global gradient norm, before clipping")
 
 
 class EvaluationResult(BaseModel):
