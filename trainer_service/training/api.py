@@ -3,7 +3,8 @@
 The job layer resolves a request into a TrainingPlan, starts a worker process, and the worker calls
 `trainer_service.training.loop.run_training(plan, corpus, job_dir, sink, should_stop)`. Rank 0 reports
 through the sink; the engine writes checkpoints under `job_dir / "checkpoints" / {"latest","best"}` in the core
-checkpoint format plus its own resume state, and resumes from `latest` by itself when it exists.
+checkpoint format plus its own resume state, and resumes from `latest` by itself when it exists. With
+`plan.tensorboard_run` set, rank 0 also writes TensorBoard event files under `job_dir / "tensorboard" / run`.
 """
 
 from __future__ import annotations
