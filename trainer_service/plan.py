@@ -14,7 +14,7 @@ from chargpt.core.device import PRESETS, DeviceFacts, SizeProfile, auto_size
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from chargpt.v1 import trainer_pb2
 from trainer_service.store import CorpusRecord
-from trainer_service.training.api import TrainingPlan
+from trainer_service.training.api import TrainingPlan, tensorboard_run_name
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 PRECISIONS = {trainer_pb2.PRECISION_UNSPECIFIED: "auto", trainer_pb2.PRECISION_AUTO: "auto",
@@ -58,14 +58,15 @@ def concrete_device(facts: DeviceFacts, requested: str, default: str) -> str:
 
 
 def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpus: CorpusRecord,
-               prober: DeviceProber, max_processes: int) -> TrainingPlan:
+               prober: DeviceProber, max_processes: int, tensorboard: bool = False) -> TrainingPlan:
     device, num_processes, facts = _resources(request.resources, prober, max_processes)
     profile = auto_size(facts)
     model = _model(request.model, profile, corpus)
     _check_fits(model, facts)
     training = _training(request.training, profile, num_processes, facts)
+    run = tensorboard_run_name(request.display_name) if tensorboard else None
     plan = _validated_plan(dict(job_id=job_id, model=model, device=device, num_processes=num_processes,
-                                **training))
+                                tensorboard_run=run, **training))
     return plan
 
 

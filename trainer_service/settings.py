@@ -32,4 +32,6 @@ class TrainerSettings(ServerSettings):
     builtin_corpora: bool = Field(default=True, description="materialise the built-in corpora at start-up")
     engine: str = Field(default=DEFAULT_ENGINE,
                         description="module:function the worker trains with (tests inject a fake engine)")
+    tensorboard: bool = Field(default=True, description="jobs write TensorBoard event files under their job "
+                                                        "directory (tensorboard --logdir <data_dir>/jobs)")
     worker_python: str | None = Field(default=None, description="interpreter for workers; default: this one")

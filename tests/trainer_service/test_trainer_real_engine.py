@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer_harness import Trainer, sample_text
 
 from chargpt.core.checkpoint import load_checkpoint
@@ -28,7 +29,7 @@ async def test_real_engine_trains_and_the_checkpoint_loads(real_trainer: Trainer
     t = real_trainer
     corpus = (await t.upload(sample_text(3000), chunk=777)).corpus
     job = await t.create_job(corpus.corpus_id, max_steps=20, eval_interval=10, sample_interval=10,
-                             checkpoint_interval=10, learning_rate=3e-3)
+                             checkpoint_interval=10, learning_rate=3e-3, display_name="tiny pigs")
     done = await t.wait_for(job.job_id, [S.JOB_STATE_SUCCEEDED], timeout=120)
     assert done.step == 20 and math.isfinite(done.val_loss) and done.best_val_loss <= done.val_loss
     events = [e async for e in t.stub.WatchTrainingJob(S.WatchTrainingJobRequest(job_id=job.job_id))]
@@ -38,6 +39,12 @@ async def test_real_engine_trains_and_the_checkpoint_loads(real_trainer: Trainer
     assert any(e.HasField("sample") and e.sample.text for e in events)
     written = [e.checkpoint_written.checkpoint for e in events if e.HasField("checkpoint_written")]
     assert {c.kind for c in written} == {common_pb2.CHECKPOINT_KIND_LATEST, common_pb2.CHECKPOINT_KIND_BEST}
+    # `tensorboard --logdir <data dir>/jobs` shows this run as <job id>/tensorboard/tiny-pigs
+    board = EventAccumulator(str(t.data_dir / "jobs" / job.job_id / "tensorboard" / "tiny-pigs"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("loss/val")] == [10, 20]
+    assert [e.value for e in board.Scalars("loss/val")] == pytest.approx([e.val_loss for e in evaluations])
+    assert [i.step for i in board.Images("attention")] == [10, 20]
 
     stream = t.stub.DownloadCheckpoint(S.DownloadCheckpointRequest(job_id=job.job_id, chunk_size=4096))
     header = (await anext(aiter(stream))).header
@@ -66,3 +73,5 @@ async def test_real_engine_two_process_gloo_ddp(real_trainer: Trainer, tmp_path:
     assert latest.step == 6
     path = t.data_dir / "jobs" / job.job_id / "checkpoints" / "latest"
     assert load_checkpoint(path).manifest.weights.sha256 == latest.weights_sha256
+    event_files = list((t.data_dir / "jobs" / job.job_id / "tensorboard" / "run").iterdir())
+    assert len(event_files) == 1  # rank 0 alone writes TensorBoard events

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from trainer_harness import Trainer
 
@@ -9,6 +11,8 @@ from chargpt.core.device import PRESETS
 from chargpt.v1 import trainer_pb2 as S
 from trainer_service.server import create_server
 from trainer_service.settings import TrainerSettings
+from trainer_service.training.api import TrainingPlan
+from trainer_service.worker import PLAN_FILE
 
 
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,6 +25,22 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert TrainerSettings().max_upload_bytes == 100 * 1024 * 1024
     with pytest.raises(ValueError, match="max_jobs_per_device"):
         TrainerSettings(max_jobs_per_device=0)
+    monkeypatch.setenv("CHARGPT_TRAINER_TENSORBOARD", "false")
+    assert not TrainerSettings().tensorboard and TrainerSettings.from_args(["--tensorboard", "true"]).tensorboard
+
+
+@pytest.mark.parametrize(("enabled", "run"), [(True, "Pigs-on-a-trip"), (False, None)])
+async def test_the_tensorboard_setting_names_each_jobs_run(tmp_path: Path, fake_engine_env: pytest.MonkeyPatch,
+                                                            enabled: bool, run: str | None) -> None:
+    t = Trainer(tmp_path / "data", tensorboard=enabled)
+    await t.start()
+    try:
+        corpus = (await t.upload("pigs went to market " * 100)).corpus
+        job = await t.create_job(corpus.corpus_id, display_name="Pigs on a trip!")
+        plan_json = (t.data_dir / "jobs" / job.job_id / PLAN_FILE).read_text(encoding="utf-8")
+        assert TrainingPlan.model_validate_json(plan_json).tensorboard_run == run
+    finally:
+        await t.stop()
 
 
 async def test_device_info(trainer: Trainer) -> None:

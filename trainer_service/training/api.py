@@ -3,11 +3,13 @@
 The job layer resolves a request into a TrainingPlan, starts a worker process, and the worker calls
 `trainer_service.training.loop.run_training(plan, corpus, job_dir, sink, should_stop)`. Rank 0 reports
 through the sink; the engine writes checkpoints under `job_dir / "checkpoints" / {"latest","best"}` in the core
-checkpoint format plus its own resume state, and resumes from `latest` by itself when it exists.
+checkpoint format plus its own resume state, and resumes from `latest` by itself when it exists. With
+`plan.tensorboard_run` set, rank 0 also writes TensorBoard event files under `job_dir / "tensorboard" / run`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
@@ -19,6 +21,8 @@ from chargpt.core.config import ModelConfig
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 BEST = "best"
+TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_RUN_PATTERN = r"^\w[\w.-]{0,63}$"  # one path component: `tensorboard --logdir` names the run by it
 
 
 class TrainingPlan(BaseModel):
@@ -46,6 +50,15 @@ class TrainingPlan(BaseModel):
     grad_accumulation_steps: int = Field(default=1, ge=1)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N, mps")
     num_processes: int = Field(default=1, ge=1)
+    tensorboard_run: str | None = Field(default=None, pattern=TENSORBOARD_RUN_PATTERN,
+                                        description="rank 0 writes TensorBoard events to "
+                                                    "job_dir/tensorboard/<this>; None: no TensorBoard")
+
+
+def tensorboard_run_name(display_name: str) -> str:
+    """A job's TensorBoard run directory from its display name: word characters, dots and dashes only."""
+    name = re.sub(r"[^\w.-]+", "-", display_name).strip(".-")[:64].rstrip(".-")
+    return name or "run"
 
 
 class CorpusRef(BaseModel):
@@ -68,6 +81,7 @@ class ProgressUpdate(BaseModel):
     tokens_per_second: float
     elapsed_seconds: float
     eta_seconds: float
+    grad_norm: float | None = Field(default=None, description="the step's global gradient norm, before clipping")
 
 
 class EvaluationResult(BaseModel):

@@ -1,4 +1,4 @@
-"""Deterministic evaluation (whole validation split, fixed train subset) and the timelapse text samples."""
+"""Deterministic evaluation (whole validation split, fixed train subset), timelapse samples, attention maps."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from trainer_service.training.data import CorpusData, mix_seed, split_windows, t
 from trainer_service.training.runtime import Runtime, all_sum
 
 TRAIN_ESTIMATE_WINDOWS = 256  # a fixed train subset: enough for a stable estimate, cheap next to training
+ATTENTION_CHARS = 32  # the attention heatmaps' fixed text: short enough for a readable T x T map
 
 
 class Evaluator:
@@ -65,5 +66,22 @@ def sample_text(model: GPT, data: CorpusData, length: int, seed: int, step: int,
         with runtime.autocast():
             ids = generate(model, start, length, PRESETS[Preset.BALANCED], gen)
         return data.tokenizer.decode(ids[0, 1:].tolist())
+    finally:
+        model.train()
+
+
+def attention_ids(data: CorpusData, block_size: int) -> torch.Tensor:
+    """The fixed text the attention heatmaps show: the start of the validation split, (T,) token ids."""
+    return data.val[:min(ATTENTION_CHARS, block_size)].long()
+
+
+@torch.no_grad()
+def attention_weights(model: GPT, ids: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The softmax attention weights of every layer and head on `ids`: (n_layer, n_head, T, T), float32 on CPU."""
+    model.eval()
+    try:
+        with runtime.autocast():
+            _, weights = model.forward_with_attention(ids[None].to(runtime.device))  # each (1, nh, T, T)
+        return torch.stack([w[0] for w in weights]).float().cpu()
     finally:
         model.train()

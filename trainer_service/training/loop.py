@@ -30,10 +30,11 @@ from trainer_service.training.api import (
     TrainingPlan,
 )
 from trainer_service.training.data import CorpusData, mix_seed
-from trainer_service.training.evaluate import Evaluator, sample_text
+from trainer_service.training.evaluate import Evaluator, attention_ids, attention_weights, sample_text
 from trainer_service.training.optim import build_optimizer, learning_rate_at, set_learning_rate
 from trainer_service.training.runtime import Runtime, all_agree, process_group, resolve_runtime
 from trainer_service.training.state import ResumeState, checkpoint_size, load_resume, save_training_checkpoint
+from trainer_service.training.tensorboard import TensorBoardLog
 
 PROGRESS_INTERVAL_S = 1.0
 
@@ -87,6 +88,12 @@ class Trainer:
         self.started, self.elapsed_before = time.perf_counter(), self.state.elapsed_seconds
         self.last_progress = (self.started, self.state.step)
         self.progress_sent = False
+        self.grad_norm: torch.Tensor | None = None  # the last step's, kept on device until reported
+        self.attention_ids = attention_ids(self.data, self.block)
+        self.tensorboard = TensorBoardLog.open(plan, job_dir, self.state.step) if runtime.is_main else None
+        if self.tensorboard is not None:
+            self.tensorboard.describe(plan, corpus, self.data.tokenizer.decode(self.attention_ids.tolist()),
+                                      self.state.step)
 
     def _check_plan(self) -> None:
         vocab = self.data.tokenizer.vocab_size
@@ -121,6 +128,13 @@ class Trainer:
     # ---- the loop ----
 
     def run(self, should_stop: ShouldStop) -> TrainingOutcome:
+        try:
+            return self._run(should_stop)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+    def _run(self, should_stop: ShouldStop) -> TrainingOutcome:
         plan = self.plan
         if self.state.step == 0 and plan.sample_interval:
             self._sample()
@@ -155,9 +169,11 @@ class Trainer:
                 # yields exactly the gradient of the mean loss over all plan.batch_size sequences.
                 self.scaler.scale(loss * (size * rt.world_size / plan.batch_size)).backward()
             total += loss.detach() * (size / sum(self.micro_sizes))
+        self.scaler.unscale_(self.optimizer)  # the norm and clipping are of the true gradient (no-op without fp16)
         if plan.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), plan.grad_clip)
+            self.grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), plan.grad_clip)
+        else:
+            self.grad_norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -197,7 +213,8 @@ class Trainer:
             step=self.state.step, max_steps=self.plan.max_steps, loss=float(loss),
             learning_rate=learning_rate_at(self.plan, self.state.step - 1),
             tokens_per_second=steps * self.plan.batch_size * self.block / max(now - then, 1e-9),
-            elapsed_seconds=self._elapsed(), eta_seconds=per_step * (self.plan.max_steps - self.state.step)))
+            elapsed_seconds=self._elapsed(), eta_seconds=per_step * (self.plan.max_steps - self.state.step),
+            grad_norm=None if self.grad_norm is None else float(self.grad_norm)))
 
     def _evaluate(self) -> None:
         train_loss, val_loss = self.evaluator.losses(self.model)
@@ -208,6 +225,8 @@ class Trainer:
             self.state.best_val_loss = val_loss
         self._emit(EvaluationResult(step=self.state.step, train_loss=train_loss, val_loss=val_loss,
                                     is_best=is_best))
+        if self.tensorboard is not None:
+            self.tensorboard.attention(attention_weights(self.model, self.attention_ids, self.rt), self.state.step)
         if is_best and self.rt.is_main:
             self._announce(BEST, save_training_checkpoint(self.checkpoints / BEST, self.model,
                                                           self.data.tokenizer, self._info()))
@@ -245,6 +264,8 @@ class Trainer:
     def _emit(self, event: TrainingEvent) -> None:
         if self.rt.is_main:
             self.sink.emit(event)
+        if self.tensorboard is not None:
+            self.tensorboard.emit(event)
 
     def _barrier(self) -> None:
         if self.rt.distributed:
