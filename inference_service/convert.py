@@ -11,11 +11,14 @@ from chargpt.core.sampling import Preset, resolve_sampling
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import common_pb2, inference_pb2
+from inference_service.logits_processors import LogitsControls
+from inference_service.logprobs import MAX_LOGPROBS, TokenLogprob
 from inference_service.registry import ModelEntry, State
-from inference_service.requests import Finish, GenRequest, Summary
+from inference_service.requests import Event, Finish, GenRequest, Summary
 
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_STOPS, MAX_STOP_CHARS = 16, 64
+MAX_SAMPLES, MAX_LOGIT_BIAS = 16, 256
 PRESETS = {inference_pb2.SAMPLING_PRESET_FOCUSED: Preset.FOCUSED,
            inference_pb2.SAMPLING_PRESET_BALANCED: Preset.BALANCED,
            inference_pb2.SAMPLING_PRESET_CREATIVE: Preset.CREATIVE}
@@ -32,9 +35,9 @@ def start_character(tokenizer: CharTokenizer) -> str:
     return "\n" if "\n" in tokenizer.vocabulary else tokenizer.vocabulary[0]
 
 
-def build_request(request: inference_pb2.GenerateRequest, tokenizer: CharTokenizer, block_size: int,
-                  limit: int, time_remaining: float | None) -> GenRequest:
-    """Validate a GenerateRequest against the model and the service's limits."""
+def build_requests(request: inference_pb2.GenerateRequest, tokenizer: CharTokenizer, block_size: int,
+                   limit: int, time_remaining: float | None) -> list[GenRequest]:
+    """Validate a GenerateRequest against the model and the service's limits; one GenRequest per sample."""
     max_new = request.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     if not 1 <= max_new <= limit:
         raise InvalidArgumentError("max_new_tokens", f"must be 1..{limit}, got {request.max_new_tokens}")
@@ -57,8 +60,59 @@ def build_request(request: inference_pb2.GenerateRequest, tokenizer: CharTokeniz
     ids = tokenizer.encode(prompt[dropped:], field="prompt")
     seed = request.seed if request.HasField("seed") else random.getrandbits(63)
     deadline = time.monotonic() + time_remaining if time_remaining is not None else None
-    return GenRequest(prompt_ids=ids, prompt_chars_dropped=dropped, max_new_tokens=max_new,
-                      params=params, seed=seed, stops=stops, deadline=deadline, loop=asyncio.get_running_loop())
+    n = request.n or 1
+    if not 1 <= n <= MAX_SAMPLES:
+        raise InvalidArgumentError("n", f"must be 1..{MAX_SAMPLES}, got {request.n}")
+    if not 0 <= request.logprobs <= MAX_LOGPROBS:
+        raise InvalidArgumentError("logprobs", f"must be 0..{MAX_LOGPROBS}, got {request.logprobs}")
+    controls = build_controls(request, tokenizer)
+    events: asyncio.Queue[Event] = asyncio.Queue()
+    return [GenRequest(prompt_ids=ids, prompt_chars_dropped=dropped, max_new_tokens=max_new, params=params,
+                       seed=sample_seed(seed, i), stops=stops, deadline=deadline, loop=asyncio.get_running_loop(),
+                       events=events, index=i, logprobs=request.logprobs, controls=controls)
+            for i in range(n)]
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """Sample 0 uses the request's seed; sample i > 0 a 63-bit seed derived from (seed, i) (stable across runs:
+    random.Random hashes a str seed with SHA-512)."""
+    return seed if index == 0 else random.Random(f"chargpt-sample:{seed}:{index}").getrandbits(63)
+
+
+def _bounded(request: inference_pb2.GenerateRequest, field: str, default: float, low: float, high: float,
+             low_open: bool = False) -> float:
+    if not request.HasField(field):
+        return default
+    value: float = getattr(request, field)
+    if not math.isfinite(value) or not (low < value if low_open else low <= value) or value > high:
+        interval = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise InvalidArgumentError(field, f"must be in {interval}, got {value}")
+    return value
+
+
+def build_controls(request: inference_pb2.GenerateRequest, tokenizer: CharTokenizer) -> LogitsControls:
+    """The logits processors' settings, each bounds-checked and named in errors."""
+    if len(request.logit_bias) > MAX_LOGIT_BIAS:
+        raise InvalidArgumentError("logit_bias", f"at most {MAX_LOGIT_BIAS} entries, got {len(request.logit_bias)}")
+    bias = []
+    for char, value in sorted(request.logit_bias.items()):
+        if len(char) != 1 or char not in tokenizer.vocabulary:
+            raise InvalidArgumentError("logit_bias", f"keys must be single characters of the model's vocabulary, "
+                                       f"got {char[:20]!r}")
+        if not (math.isfinite(value) and -100.0 <= value <= 100.0):
+            raise InvalidArgumentError("logit_bias", f"values must be in [-100, 100], got {value} for {char!r}")
+        bias.append((tokenizer.encode(char, field="logit_bias")[0], value))
+    return LogitsControls(
+        repetition_penalty=_bounded(request, "repetition_penalty", 1.0, 0.0, 100.0, low_open=True),
+        frequency_penalty=_bounded(request, "frequency_penalty", 0.0, -2.0, 2.0),
+        presence_penalty=_bounded(request, "presence_penalty", 0.0, -2.0, 2.0),
+        min_p=_bounded(request, "min_p", 0.0, 0.0, 1.0), logit_bias=tuple(bias))
+
+
+def logprobs_to_proto(entries: list[TokenLogprob]) -> list[inference_pb2.TokenLogprob]:
+    return [inference_pb2.TokenLogprob(token=e.token, logprob=e.logprob,
+                                       top_logprobs=[inference_pb2.TopLogprob(token=t, logprob=v) for t, v in e.top])
+            for e in entries]
 
 
 def summary_to_proto(summary: Summary) -> inference_pb2.GenerationSummary:
@@ -69,7 +123,7 @@ def summary_to_proto(summary: Summary) -> inference_pb2.GenerationSummary:
         prompt_truncated=summary.prompt_chars_dropped > 0, prompt_chars_dropped=summary.prompt_chars_dropped,
         queue_seconds=summary.queue_seconds, time_to_first_token_seconds=summary.ttft_seconds,
         total_seconds=summary.total_seconds, stop_sequence=summary.stop_sequence,
-        temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
+        temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, index=summary.index)
 
 
 def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:

@@ -27,8 +27,10 @@ from prometheus_client import Counter
 from chargpt.core.model import GPT, KVCache
 from chargpt.errors import ResourceExhaustedError, UnavailableError
 from inference_service.fast_decode import FastDecoder
+from inference_service.logits_processors import PenaltyState, apply_controls
+from inference_service.logprobs import TokenLogprob, batch_logprobs
 from inference_service.metrics import InferenceMetrics
-from inference_service.requests import Finish, GenRequest, Summary
+from inference_service.requests import Delta, Event, Finish, GenRequest
 from inference_service.sampler import BatchSampler
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ class Engine:
         self.active: list[GenRequest] = []
         self.waiting: deque[GenRequest] = deque()
         self.sampler = BatchSampler()
-        self._outbox: list[tuple[GenRequest, str | Summary]] = []
+        self._outbox: list[tuple[GenRequest, Event]] = []
         self._cond = threading.Condition()
         self._closing = False
         self._m = _ModelMetrics(metrics, name)
@@ -80,13 +82,14 @@ class Engine:
 
     # ---- called from the event loop ----
 
-    def submit(self, request: GenRequest) -> None:
+    def submit(self, *requests: GenRequest) -> None:
+        """Queue a request's samples, all or none."""
         with self._cond:
             if self._closing:
                 raise UnavailableError("the model is being unloaded")
-            if len(self.waiting) >= self.max_queue:
+            if len(self.waiting) + len(requests) > self.max_queue:
                 raise ResourceExhaustedError(f"the model's queue is full ({self.max_queue} requests waiting)")
-            self.waiting.append(request)
+            self.waiting.extend(requests)
             self._m.waiting.set(len(self.waiting))
             self._cond.notify()
 
@@ -161,6 +164,8 @@ class Engine:
             r.history = list(r.prompt_ids)
             r.cache_len = lengths[i]
             r.joined = time.monotonic()
+            if r.controls.tracks_history:
+                r.penalties = PenaltyState(r.prompt_ids, len(self.vocabulary))
             self._m.queue_time.observe(r.joined - r.arrival)
             self._m.prompt_tokens.inc(lengths[i])
         length_t = torch.tensor(lengths)
@@ -171,7 +176,7 @@ class Engine:
         first.set_rows([r.sampling for r in admitted])
         self.active.extend(admitted)
         self.sampler.set_rows([r.sampling for r in self.active])
-        self._accept_all(first.sample(last), offset=start)
+        self._accept_all(self._pick(last, admitted, first), offset=start)
 
     def _decode(self) -> None:
         for index, request in enumerate(self.active):
@@ -186,7 +191,15 @@ class Engine:
         logits = self.decoder.step(tokens, positions, max(lengths) + 1)
         for request in self.active:
             request.cache_len += 1
-        self._accept_all(self.sampler.sample(logits), offset=0)
+        self._accept_all(self._pick(logits, self.active, self.sampler), offset=0)
+
+    def _pick(self, logits: torch.Tensor, rows: list[GenRequest],
+              sampler: BatchSampler) -> list[tuple[int, TokenLogprob | None]]:
+        """Apply each row's logits processors, sample, and take log-probabilities from the raw logits."""
+        tokens = sampler.sample(apply_controls(logits, [r.row_controls() for r in rows]))
+        wanted = [r.logprobs for r in rows]
+        logprobs = batch_logprobs(logits, tokens, wanted, self.vocabulary) if any(wanted) else [None] * len(rows)
+        return list(zip(tokens, logprobs, strict=True))
 
     def _slide(self, index: int, request: GenRequest) -> None:
         """Rebuild a full row from the last `keep` characters before the pending one (see module doc)."""
@@ -210,15 +223,18 @@ class Engine:
         self.cache.lengths[rows] = lengths
         return logits
 
-    def _accept_all(self, tokens: list[int], offset: int) -> None:
+    def _accept_all(self, picks: list[tuple[int, TokenLogprob | None]], offset: int) -> None:
         """Record one new character for rows offset.., then remove the sequences that finished."""
         now = time.monotonic()
-        done = [offset + i for i, token in enumerate(tokens) if self._accept(self.active[offset + i], token, now)]
+        done = [offset + i for i, (token, logprob) in enumerate(picks)
+                if self._accept(self.active[offset + i], token, logprob, now)]
         for index in reversed(done):
             self._remove(index)
 
-    def _accept(self, request: GenRequest, token: int, now: float) -> bool:
+    def _accept(self, request: GenRequest, token: int, logprob: TokenLogprob | None, now: float) -> bool:
         request.history.append(token)
+        if request.penalties is not None:
+            request.penalties.observe(token)
         request.generated += 1
         if request.first_token:
             self._m.inter_token.observe(now - request.last_token)
@@ -229,8 +245,8 @@ class Engine:
         text, stop = request.matcher.feed(self.vocabulary[token])
         if stop is None and request.generated >= request.max_new_tokens:
             text += request.matcher.flush()
-        if text:
-            self._outbox.append((request, text))
+        if text or logprob is not None:
+            self._outbox.append((request, Delta(request.index, text, [logprob] if logprob is not None else [])))
         if stop is not None:
             self._finish(request, Finish.STOP, stop)
         elif request.generated >= request.max_new_tokens:
@@ -279,7 +295,7 @@ class Engine:
             items[0][0].loop.call_soon_threadsafe(_deliver, items)
 
 
-def _deliver(items: list[tuple[GenRequest, str | Summary]]) -> None:
+def _deliver(items: list[tuple[GenRequest, Event]]) -> None:
     for request, item in items:
         request.events.put_nowait(item)
 

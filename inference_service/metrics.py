@@ -45,4 +45,6 @@ class InferenceMetrics:
                                           m, registry=r)
         self.running = Gauge(f"{PREFIX}_requests_running", "Sequences in the decode batch", m, registry=r)
         self.waiting = Gauge(f"{PREFIX}_requests_waiting", "Requests queued for a batch slot", m, registry=r)
+        self.http_requests = Counter(f"{PREFIX}_http_requests_total", "OpenAI-compatible HTTP API requests, by "
+                                     "route and status", ["route", "status"], registry=r)
         self.models_loaded = Gauge(f"{PREFIX}_models_loaded", "Models in the READY state", registry=r)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from chargpt.core.sampling import SamplingParams
+from inference_service.logits_processors import LogitsControls, PenaltyState, RowControls
+from inference_service.logprobs import TokenLogprob
 from inference_service.sampler import RowSampling, StopMatcher
 
 
@@ -35,6 +37,19 @@ class Summary:
     stop_sequence: str
     params: SamplingParams
     error: BaseException | None = None
+    index: int = 0
+
+
+@dataclass
+class Delta:
+    """Text released and characters generated in one step by sample `index` (logprobs only if asked for)."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob]
+
+
+Event = Delta | Summary
 
 
 @dataclass
@@ -49,7 +64,10 @@ class GenRequest:
     stops: list[str]
     deadline: float | None  # time.monotonic() after which the request is dropped
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[str | Summary] = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)  # shared by a request's n samples
+    index: int = 0  # which of the request's samples this is
+    logprobs: int = 0  # top alternatives to report per character; 0: none
+    controls: LogitsControls = field(default_factory=LogitsControls)
     arrival: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set from the event loop; the engine reads it between steps
     # Engine-side state (touched only by the engine thread).
@@ -59,10 +77,14 @@ class GenRequest:
     joined: float = 0.0
     first_token: float = 0.0
     last_token: float = 0.0
+    penalties: PenaltyState | None = None
 
     def __post_init__(self) -> None:
         self.sampling = RowSampling(self.params, random.Random(self.seed))
         self.matcher = StopMatcher(self.stops)
+
+    def row_controls(self) -> RowControls:
+        return RowControls(self.controls, self.penalties, self.params.temperature)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -74,4 +96,5 @@ class GenRequest:
                        seed=self.seed, prompt_chars_dropped=self.prompt_chars_dropped,
                        queue_seconds=joined - self.arrival,
                        ttft_seconds=(self.first_token - self.arrival) if self.first_token else 0.0,
-                       total_seconds=now - self.arrival, stop_sequence=stop, params=self.params, error=error)
+                       total_seconds=now - self.arrival, stop_sequence=stop, params=self.params, error=error,
+                       index=self.index)

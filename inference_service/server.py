@@ -20,6 +20,8 @@ from chargpt.server.serving import (
 )
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from inference_service.metrics import InferenceMetrics
+from inference_service.openai_api.app import create_app
+from inference_service.openai_api.server import HttpEndpoint
 from inference_service.registry import ModelRegistry
 from inference_service.servicer import InferenceServicer
 from inference_service.settings import InferenceSettings
@@ -61,12 +63,17 @@ async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int
     managed = ManagedServer(server, health, [SERVICE_NAME])
     endpoint = MetricsEndpoint(settings, metrics.registry)
     managed.on_start.append(endpoint.start)
+    http = HttpEndpoint(settings, create_app(servicer, settings.auth_token, metrics.http_requests))
+    http.bind()
+    managed.on_start.append(http.start)
     managed.on_start.append(lambda: _preload(servicer, preload))
     managed.on_stop.append(lambda: registry.drain(settings.shutdown_grace_seconds))
+    managed.on_stop.append(http.stop)
     managed.on_stop.append(endpoint.stop)
     # Tests and tools reach the internals through the server object.
     managed.registry = registry  # type: ignore[attr-defined]
     managed.metrics = metrics  # type: ignore[attr-defined]
+    managed.http = http  # type: ignore[attr-defined]
     return managed, port
 
 

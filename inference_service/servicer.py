@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,11 +14,12 @@ import grpc
 from chargpt import errors
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from inference_service import scoring
-from inference_service.convert import build_request, model_to_proto, summary_to_proto
+from inference_service.convert import build_requests, logprobs_to_proto, model_to_proto, summary_to_proto
 from inference_service.fetch import download_checkpoint, trainer_credentials
+from inference_service.logprobs import TokenLogprob
 from inference_service.metrics import InferenceMetrics
 from inference_service.registry import TRAINER_CACHE, ModelEntry, ModelRegistry
-from inference_service.requests import Finish, GenRequest, Summary
+from inference_service.requests import Event, Finish, GenRequest, Summary
 from inference_service.settings import InferenceSettings
 
 T = TypeVar("T")
@@ -80,41 +83,40 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def GenerateStream(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
-        entry, job = self._start(request, context)
-        try:
-            while True:
-                text, summary = await _next_events(job)
-                if summary is not None:
-                    yield inference_pb2.GenerateStreamResponse(text=text, summary=_checked(summary))
-                    return
-                yield inference_pb2.GenerateStreamResponse(text=text)
-        finally:
-            job.cancel()  # a no-op when finished; otherwise the engine drops it at its next step
-            self.registry.release(entry)
+        entry, jobs = self.start_generation(request, context.time_remaining())
+        async with contextlib.aclosing(generation_chunks(self.registry, entry, jobs)) as chunks:
+            async for chunk in chunks:
+                message = inference_pb2.GenerateStreamResponse(index=chunk.index, text=chunk.text,
+                                                               logprobs=logprobs_to_proto(chunk.logprobs))
+                if chunk.summary is not None:
+                    message.summary.CopyFrom(summary_to_proto(chunk.summary))
+                yield message
 
     async def Generate(self, request: inference_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> inference_pb2.GenerateResponse:
-        entry, job = self._start(request, context)
-        parts: list[str] = []
-        try:
-            while True:
-                text, summary = await _next_events(job)
-                parts.append(text)
-                if summary is not None:
-                    return inference_pb2.GenerateResponse(text="".join(parts), summary=_checked(summary))
-        finally:
-            job.cancel()
-            self.registry.release(entry)
+        entry, jobs = self.start_generation(request, context.time_remaining())
+        choices = [inference_pb2.GenerateChoice(index=i) for i in range(len(jobs))]
+        async with contextlib.aclosing(generation_chunks(self.registry, entry, jobs)) as chunks:
+            async for chunk in chunks:
+                choice = choices[chunk.index]
+                choice.text += chunk.text
+                choice.logprobs.extend(logprobs_to_proto(chunk.logprobs))
+                if chunk.summary is not None:
+                    choice.summary.CopyFrom(summary_to_proto(chunk.summary))
+        first = choices[0]
+        return inference_pb2.GenerateResponse(text=first.text, summary=first.summary, logprobs=first.logprobs,
+                                              choices=choices)
 
-    def _start(self, request: inference_pb2.GenerateRequest,
-               context: grpc.aio.ServicerContext) -> tuple[ModelEntry, GenRequest]:
+    def start_generation(self, request: inference_pb2.GenerateRequest,
+                         time_remaining: float | None) -> tuple[ModelEntry, list[GenRequest]]:
+        """Validate and queue a request's samples (shared by gRPC and HTTP); pair with generation_chunks."""
         model_name = request.model
         entry = self.registry.acquire(model_name)
         try:
             assert entry.checkpoint is not None and entry.engine is not None
-            job = build_request(request, entry.checkpoint.tokenizer, entry.checkpoint.model.config.block_size,
-                                self.settings.max_new_tokens_limit, context.time_remaining())
-            entry.engine.submit(job)
+            jobs = build_requests(request, entry.checkpoint.tokenizer, entry.checkpoint.model.config.block_size,
+                                  self.settings.max_new_tokens_limit, time_remaining)
+            entry.engine.submit(*jobs)
         except errors.ChargptError as exc:
             reason = "queue_full" if isinstance(exc, errors.ResourceExhaustedError) else "rejected"
             self.metrics.failure.labels(model=model_name, reason=reason).inc()
@@ -123,7 +125,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except BaseException:
             self.registry.release(entry)
             raise
-        return entry, job
+        return entry, jobs
 
     # ---- scoring and attention ----
 
@@ -197,25 +199,54 @@ def _selection(field: str, chosen: list[int], count: int) -> list[int]:
     return chosen
 
 
-async def _next_events(job: GenRequest) -> tuple[str, Summary | None]:
-    """Wait for the engine, then take everything already queued: text coalesces under load."""
-    parts, summary = [], None
-    item = await job.events.get()
+@dataclass
+class Chunk:
+    """What one sample produced since its previous chunk; `summary` is set in its last one."""
+
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    summary: Summary | None = None
+
+
+async def generation_chunks(registry: ModelRegistry, entry: ModelEntry,
+                            jobs: list[GenRequest]) -> AsyncGenerator[Chunk, None]:
+    """Chunks until every sample has finished; closing it early cancels the samples (the engine drops them at
+    its next step) and releases the model."""
+    try:
+        remaining = len(jobs)
+        while remaining:
+            for chunk in await _next_events(jobs[0].events):
+                if chunk.summary is not None:
+                    _check(chunk.summary)
+                    remaining -= 1
+                yield chunk
+    finally:
+        for job in jobs:
+            job.cancel()  # a no-op when finished
+        registry.release(entry)
+
+
+async def _next_events(events: asyncio.Queue[Event]) -> list[Chunk]:
+    """Wait for the engine, then take everything already queued, one chunk per sample: text coalesces under
+    load (a sample's summary is its last event, so nothing follows it)."""
+    chunks: dict[int, Chunk] = {}
+    item = await events.get()
     while True:
+        chunk = chunks.setdefault(item.index, Chunk(item.index))
         if isinstance(item, Summary):
-            summary = item
-            break
-        parts.append(item)
-        if job.events.empty():
-            break
-        item = job.events.get_nowait()
-    return "".join(parts), summary
+            chunk.summary = item
+        else:
+            chunk.text += item.text
+            chunk.logprobs.extend(item.logprobs)
+        if events.empty():
+            return list(chunks.values())
+        item = events.get_nowait()
 
 
-def _checked(summary: Summary) -> inference_pb2.GenerationSummary:
-    """The summary message, or the error that ended the generation (deadline, engine failure)."""
+def _check(summary: Summary) -> None:
+    """Raise the error that ended a generation (deadline, engine failure)."""
     if summary.finish is Finish.DEADLINE:
         raise TimeoutError("the request's deadline passed")
     if summary.finish is Finish.ERROR:
         raise errors.ChargptError(f"generation failed: {summary.error}")
-    return summary_to_proto(summary)

@@ -16,6 +16,9 @@ class InferenceSettings(ServerSettings):
     model_config = SettingsConfigDict(env_prefix="CHARGPT_INFERENCE_")
 
     port: int = Field(default=50052, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    http_port: int | None = Field(default=None, ge=0, le=65535, description="OpenAI-compatible HTTP API port "
+                                  "(same models, limits, auth and TLS as gRPC); unset disables it; 0 picks one")
+    http_host: str | None = Field(default=None, description="interface for the HTTP API; default: host")
     models_dir: Path = Field(default=Path("./chargpt-data/models"),
                              description="root of loadable checkpoint directories")
     trainer_address: str | None = Field(default=None,

@@ -57,16 +57,21 @@ def retry_delay(error: grpc.RpcError, delays: Iterator[float], deadline: Deadlin
 
 
 class GenerationState:
-    """Accumulates a GenerateStream: the text so far and, at the end, the summary."""
+    """Accumulates a GenerateStream: sample 0's text and logprobs so far and, at the end, its summary (with n > 1,
+    the other samples' messages are skipped here: use Generate for every sample)."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.logprobs: list[t.TokenLogprob] = []
         self.summary: t.GenerationSummary | None = None
 
     def add(self, message: inference_pb2.GenerateStreamResponse) -> str:
+        if message.index != 0:
+            return ""
         if message.HasField("summary"):
             self.summary = convert.summary(message.summary)
         self.parts.append(message.text)
+        self.logprobs.extend(convert.token_logprobs(message.logprobs))
         return message.text
 
     @property
@@ -76,4 +81,4 @@ class GenerationState:
     def result(self) -> t.GenerationResult:
         if self.summary is None:
             raise RuntimeError("the stream has not finished yet")
-        return t.GenerationResult(text=self.text, summary=self.summary)
+        return t.GenerationResult(text=self.text, summary=self.summary, logprobs=self.logprobs)

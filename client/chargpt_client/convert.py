@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,11 +149,19 @@ def summary(s: inference_pb2.GenerationSummary) -> t.GenerationSummary:
         prompt_truncated=s.prompt_truncated, prompt_chars_dropped=s.prompt_chars_dropped,
         queue_seconds=s.queue_seconds, time_to_first_token_seconds=s.time_to_first_token_seconds,
         total_seconds=s.total_seconds, stop_sequence=s.stop_sequence, temperature=round(s.temperature, 6),
-        top_k=s.top_k, top_p=round(s.top_p, 6))
+        top_k=s.top_k, top_p=round(s.top_p, 6), index=s.index)
+
+
+def token_logprobs(entries: Iterable[inference_pb2.TokenLogprob]) -> list[t.TokenLogprob]:
+    return [t.TokenLogprob(token=e.token, logprob=e.logprob, top=[(a.token, a.logprob) for a in e.top_logprobs])
+            for e in entries]
 
 
 def generation(r: inference_pb2.GenerateResponse) -> t.GenerationResult:
-    return t.GenerationResult(text=r.text, summary=summary(r.summary))
+    choices = [t.GenerationChoice(index=c.index, text=c.text, summary=summary(c.summary),
+                                  logprobs=token_logprobs(c.logprobs)) for c in r.choices]
+    return t.GenerationResult(text=r.text, summary=summary(r.summary), logprobs=token_logprobs(r.logprobs),
+                              choices=choices)
 
 
 def score(r: inference_pb2.ScoreResponse) -> t.ScoreResult:

@@ -10,7 +10,7 @@ their first message, except WatchTrainingJob, which resumes after the last event
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -189,12 +189,20 @@ def get_model(name: str) -> Unary[t.Model]:
 
 def generate_request(model: str, prompt: str = "", *, max_new_tokens: int = 0, preset: str | None = None,
                      temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                     seed: int | None = None, stop: Iterable[str] = ()) -> inference_pb2.GenerateRequest:
+                     seed: int | None = None, stop: Iterable[str] = (), logprobs: int = 0, n: int = 0,
+                     repetition_penalty: float | None = None, frequency_penalty: float | None = None,
+                     presence_penalty: float | None = None, min_p: float | None = None,
+                     logit_bias: Mapping[str, float] | None = None) -> inference_pb2.GenerateRequest:
+    """logprobs: top alternatives per generated character (raw model distribution); n: independent samples;
+    logit_bias: character -> bias added to its logit."""
     request = inference_pb2.GenerateRequest(model=model, prompt=prompt, max_new_tokens=max_new_tokens,
-                                            stop=list(stop))
+                                            stop=list(stop), logprobs=logprobs, n=n, logit_bias=logit_bias or {})
     if preset:
         request.preset = _lookup(PRESETS, preset, "preset")  # type: ignore[assignment]
-    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("seed", seed)):
+    optional = (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("seed", seed),
+                ("repetition_penalty", repetition_penalty), ("frequency_penalty", frequency_penalty),
+                ("presence_penalty", presence_penalty), ("min_p", min_p))
+    for name, value in optional:
         if value is not None:
             setattr(request, name, value)
     return request

@@ -236,12 +236,35 @@ class GenerationSummary:
     temperature: float
     top_k: int
     top_p: float
+    index: int = 0  # which of the request's n samples
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated character's natural-log probability under the model's raw distribution (before temperature,
+    penalties and filtering), and the most likely characters at that step, most likely first."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class GenerationChoice:
+    index: int
+    text: str
+    summary: GenerationSummary
+    logprobs: list[TokenLogprob]
 
 
 @dataclass(frozen=True)
 class GenerationResult:
+    """Sample 0's text, summary and logprobs; `choices` holds every sample (n of them)."""
+
     text: str
     summary: GenerationSummary
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    choices: list[GenerationChoice] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,11 @@ def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     assert streamed.returncode == 0 and streamed.stdout.startswith("First") and "seed 3" in streamed.stderr
     whole = cli.json("generate", "m", "First", "--seed", "3", "--max-new-tokens", "20", "--preset", "creative")
     assert streamed.stdout == "First" + whole["text"] + "\n" and whole["summary"]["top_k"] == 200
+    table = cli.run("generate", "m", "First", "--seed", "3", "--max-new-tokens", "5", "--logprobs", "3",
+                    "--repetition-penalty", "1.2", "--min-p", "0.01")
+    assert table.returncode == 0 and table.stdout.splitlines()[1].split() == ["#", "char", "logprob", "top", "1",
+                                                                              "top", "2", "top", "3"]
+    assert len(table.stdout.splitlines()) == 1 + 2 + 5  # the text, header and rule, one row per character
     stopped = cli.json("generate", "m", "All", "--stop", r"\n", "--seed", "1", "--max-new-tokens", "300")
     assert "\n" not in stopped["text"] and stopped["summary"]["finish_reason"] == "STOP"
     assert stopped["summary"]["stop_sequence"] == "\n"

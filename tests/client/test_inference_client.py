@@ -72,6 +72,18 @@ def test_generate_stream_yields_chunks_matching_generate(client: InferenceClient
     assert stream.summary is not None and stream.summary.generated_tokens == 30
 
 
+def test_logprobs_controls_and_samples(client: InferenceClient) -> None:
+    whole = client.generate("tiny", "a", max_new_tokens=15, seed=3, logprobs=3, n=2, repetition_penalty=1.2,
+                            frequency_penalty=0.5, presence_penalty=0.1, min_p=0.01, logit_bias={"a": -1.0})
+    assert [c.index for c in whole.choices] == [0, 1] and whole.choices[0].text == whole.text
+    assert "".join(e.token for e in whole.logprobs) == whole.text
+    assert all(len(e.top) == 3 and e.top[0][1] >= e.logprob for e in whole.logprobs)
+    stream = client.generate_stream("tiny", "a", max_new_tokens=15, seed=3, logprobs=3, n=2,
+                                    repetition_penalty=1.2, frequency_penalty=0.5, presence_penalty=0.1,
+                                    min_p=0.01, logit_bias={"a": -1.0})
+    assert "".join(stream) == whole.text and stream.result().logprobs == whole.logprobs
+
+
 def test_stop_sequences(client: InferenceClient) -> None:
     text = client.generate("tiny", "", max_new_tokens=200, seed=1, temperature=0.0).text
     stop = text[10:12]

@@ -40,7 +40,9 @@ def test_image_targets_run_their_console_script_as_non_root_with_health(target: 
     assert stage.user is not None and not stage.user.startswith(("0", "root"))
     prefix, service = SERVICES[target]
     assert stage.env[prefix + "HOST"] == "0.0.0.0"
-    assert {int(stage.env[prefix + "PORT"]), int(stage.env[prefix + "METRICS_PORT"])} == set(stage.exposed)
+    ports = {int(stage.env[name]) for name in (prefix + "PORT", prefix + "METRICS_PORT", prefix + "HTTP_PORT")
+             if name in stage.env}
+    assert ports == set(stage.exposed)
     assert stage.healthcheck[-2:] == ["--service", service]
     assert stage.healthcheck[1] in stage.copies and f"${{{prefix}PORT}}" in stage.healthcheck[2]
 

@@ -48,6 +48,14 @@ def _register_generate(subparsers: SubParsers, parent: argparse.ArgumentParser) 
     gen.add_argument("--max-new-tokens", type=int, default=500)
     gen.add_argument("--stop", action="append", default=[], type=_unescape,
                      help="stop sequence (repeatable); backslash escapes such as \\n are understood")
+    gen.add_argument("--logprobs", type=int, default=0, metavar="N",
+                     help="afterwards, print each character's log-probability and its N most likely alternatives "
+                     "(the model's raw distribution, 0..20)")
+    gen.add_argument("--repetition-penalty", type=float, help="CTRL-style divisor for seen characters (> 1 "
+                     "discourages repeats)")
+    gen.add_argument("--frequency-penalty", type=float, help="-2..2, per generated occurrence (OpenAI)")
+    gen.add_argument("--presence-penalty", type=float, help="-2..2, once a character was generated (OpenAI)")
+    gen.add_argument("--min-p", type=float, help="drop characters below min_p x the most likely one's probability")
     gen.set_defaults(handler=generate_cmd)
 
 
@@ -119,7 +127,10 @@ def unload_cmd(args: argparse.Namespace) -> int:
 
 def generate_cmd(args: argparse.Namespace) -> int:
     sampling = {"preset": args.preset, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                "seed": args.seed, "max_new_tokens": args.max_new_tokens, "stop": args.stop}
+                "seed": args.seed, "max_new_tokens": args.max_new_tokens, "stop": args.stop,
+                "logprobs": args.logprobs, "repetition_penalty": args.repetition_penalty,
+                "frequency_penalty": args.frequency_penalty, "presence_penalty": args.presence_penalty,
+                "min_p": args.min_p}
     with inference_client(args) as client:
         if args.json:
             print_json(client.generate(args.model, args.prompt, **sampling))
@@ -134,7 +145,17 @@ def generate_cmd(args: argparse.Namespace) -> int:
     if s is not None:
         print(f"[{s.generated_tokens} chars, {s.finish_reason.lower()}, seed {s.seed}, temperature "
               f"{s.temperature:g}, top-k {s.top_k}, {s.total_seconds:.2f}s]", file=sys.stderr)
+        if args.logprobs:
+            print_logprobs(stream.result().logprobs)
     return 0
+
+
+def print_logprobs(entries: list[t.TokenLogprob]) -> None:
+    """One row per generated character: its log-probability and the top alternatives (character logprob)."""
+    width = max((len(e.top) for e in entries), default=0)
+    rows = [(i, repr(e.token), round(e.logprob, 4), *(f"{c!r} {v:.3f}" for c, v in e.top), *[""] * (width - len(e.top)))
+            for i, e in enumerate(entries)]
+    print_table(["#", "char", "logprob", *(f"top {k + 1}" for k in range(width))], rows)
 
 
 def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:

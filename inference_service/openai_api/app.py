@@ -1,0 +1,156 @@
+"""The FastAPI application: routes, bearer-token auth, OpenAI-style errors and per-route metrics."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import Counter
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chargpt import errors
+from chargpt.v1 import inference_pb2
+from inference_service.openai_api import completions
+from inference_service.openai_api.errors import error_body, error_parts, error_response
+from inference_service.openai_api.schemas import CompletionRequest, ScoreRequest
+from inference_service.registry import State
+from inference_service.servicer import InferenceServicer
+
+CHAT_MESSAGE = ("chargpt serves character-level language models: they were trained on plain text, have no chat "
+                "template and no notion of roles or messages, so /v1/chat/completions cannot be answered "
+                "honestly. Use POST /v1/completions with a text prompt instead.")
+
+
+def create_app(servicer: InferenceServicer, auth_token: str | None, requests_total: Counter) -> FastAPI:
+    """The OpenAI-compatible API over `servicer`'s registry and engines."""
+    app = FastAPI(title="chargpt OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+    api = APIRouter(dependencies=[Depends(_bearer(auth_token))])
+    _add_routes(app, api, servicer)
+    app.include_router(api)
+    _add_error_handlers(app)
+    app.add_middleware(_CountRequests, counter=requests_total)
+    return app
+
+
+def _bearer(token: str | None) -> Any:
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def check(request: Request) -> None:
+        if expected is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise errors.UnauthenticatedError("missing or invalid bearer token (Authorization: Bearer <token>)")
+    return check
+
+
+def _add_routes(app: FastAPI, api: APIRouter, servicer: InferenceServicer) -> None:
+    registry = servicer.registry
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ready = sum(e.state is State.READY for e in registry.models.values())
+        if registry.draining:
+            return JSONResponse({"status": "shutting_down", "models_ready": ready}, status_code=503)
+        return JSONResponse({"status": "ok", "models_ready": ready})
+
+    @api.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        entries = sorted(registry.models.values(), key=lambda e: e.name)
+        return {"object": "list", "data": [_model_json(e) for e in entries if e.state is State.READY]}
+
+    @api.get("/v1/models/{name}")
+    async def get_model(name: str) -> dict[str, Any]:
+        return _model_json(registry.get(name))
+
+    @api.post("/v1/completions", response_model=None)
+    async def create_completion(body: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+        runs = completions.start_runs(servicer, body)
+        if not body.stream:
+            return await completions.complete(servicer, body, runs)
+        return StreamingResponse(_guarded(completions.stream(servicer, body, runs)), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @api.post("/v1/score")
+    async def score(body: ScoreRequest) -> dict[str, Any]:
+        request = inference_pb2.ScoreRequest(model=body.model, text=body.text, stride=body.stride,
+                                             include_token_logprobs=body.include_token_logprobs)
+        reply = await servicer.Score(request, None)  # Score does not use its context
+        out = {"object": "score", "model": body.model, "mean_nll": reply.mean_nll,
+               "bits_per_char": reply.bits_per_char, "perplexity": reply.perplexity, "num_tokens": reply.num_tokens}
+        if body.include_token_logprobs:
+            out["token_logprobs"] = list(reply.token_logprobs)
+        return out
+
+    @api.post("/v1/chat/completions")
+    async def chat() -> JSONResponse:
+        return JSONResponse(error_body(CHAT_MESSAGE, "invalid_request_error", "messages", "chat_not_supported"),
+                            status_code=400)
+
+
+async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """After the 200 and the first events, a failure can only be reported in-band: an error event, then [DONE]."""
+    try:
+        async for event in events:
+            yield event
+    except (errors.ChargptError, TimeoutError) as exc:
+        _status, body = error_parts(exc)
+        yield completions.sse(body)
+        yield completions.sse("[DONE]")
+
+
+def _model_json(entry: Any) -> dict[str, Any]:
+    created = int(entry.loaded_time.timestamp()) if entry.loaded_time is not None else 0
+    out = {"id": entry.name, "object": "model", "created": created, "owned_by": "chargpt", "source": entry.source}
+    if entry.checkpoint is not None:
+        out["max_model_len"] = entry.checkpoint.model.config.block_size
+        out["vocabulary"] = entry.checkpoint.tokenizer.vocabulary
+    return out
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first["loc"] if p != "body"]
+        param = loc[0] if loc else None
+        message = f"{'.'.join(loc)}: {first['msg']}" if loc else str(first["msg"])
+        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+
+class _CountRequests:
+    """`chargpt_inference_http_requests_total{route, status}` (pure ASGI: streaming responses pass through)."""
+
+    def __init__(self, app: ASGIApp, counter: Counter) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.counter.labels(route=path, status=str(status[0])).inc()

@@ -1,0 +1,178 @@
+"""/v1/completions over the gRPC servicer's own generation path: same validation, engines, seeds and limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference_service.logprobs import TokenLogprob
+from inference_service.openai_api.schemas import CompletionRequest
+from inference_service.registry import ModelEntry
+from inference_service.requests import Finish, GenRequest
+from inference_service.servicer import Chunk, InferenceServicer, generation_chunks
+
+FINISH_REASONS = {Finish.LENGTH: "length", Finish.STOP: "stop"}
+
+
+@dataclass
+class Run:
+    """One prompt's n samples; its choices are numbered from `base` (OpenAI: prompt index * n + sample)."""
+
+    prompt: str
+    base: int
+    entry: ModelEntry
+    jobs: list[GenRequest]
+    started: bool = False
+
+
+@dataclass
+class Choice:
+    """One choice being assembled: text, logprobs aligned with the released text, finish reason."""
+
+    index: int
+    echo: str
+    offset: int
+    text: list[str] = field(default_factory=list)
+    pending: list[TokenLogprob] = field(default_factory=list)
+    released: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    generated: int = 0
+
+    def add(self, chunk: Chunk) -> tuple[str, list[TokenLogprob]]:
+        """Text and its logprobs from this chunk (the echo first); characters of a stop sequence are dropped."""
+        text, self.echo = self.echo + chunk.text, ""
+        self.pending.extend(chunk.logprobs)
+        entries, self.pending = self.pending[: len(chunk.text)], self.pending[len(chunk.text):]
+        self.text.append(text)
+        self.released.extend(entries)
+        if chunk.summary is not None:
+            self.finish_reason = FINISH_REASONS.get(chunk.summary.finish)
+            self.generated = chunk.summary.generated_tokens
+        return text, entries
+
+    def logprobs_json(self, entries: list[TokenLogprob], with_logprobs: bool) -> dict[str, Any] | None:
+        """OpenAI's legacy completions logprobs object; text_offset counts from the choice's text start."""
+        if not with_logprobs:
+            return None
+        offsets = list(range(self.offset, self.offset + len(entries)))
+        self.offset += len(entries)
+        return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [dict(e.top) for e in entries], "text_offset": offsets}
+
+
+def start_runs(servicer: InferenceServicer, body: CompletionRequest) -> list[Run]:
+    """Validate and queue every prompt's samples, all or none."""
+    prompts = body.prompts()
+    entry = servicer.registry.get(body.model)
+    vocabulary = entry.checkpoint.tokenizer.vocabulary if entry.checkpoint is not None else ""
+    runs: list[Run] = []
+    try:
+        for k, prompt in enumerate(prompts):
+            started_entry, jobs = servicer.start_generation(body.to_grpc(prompt, vocabulary), None)
+            runs.append(Run(prompt, k * len(jobs), started_entry, jobs))
+    except BaseException:
+        abandon(servicer, runs)
+        raise
+    return runs
+
+
+def abandon(servicer: InferenceServicer, runs: list[Run]) -> None:
+    """Cancel and release runs whose chunks were never read (their generator's cleanup never ran)."""
+    for run in runs:
+        if not run.started:
+            run.started = True
+            for job in run.jobs:
+                job.cancel()
+            servicer.registry.release(run.entry)
+
+
+async def merged_chunks(servicer: InferenceServicer, runs: list[Run]) -> AsyncGenerator[tuple[Run, Chunk], None]:
+    """Every run's chunks as they come; closing this early (client gone) cancels every sample."""
+    queue: asyncio.Queue[tuple[Run, Chunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(run: Run) -> None:
+        try:
+            run.started = True
+            async with contextlib.aclosing(generation_chunks(servicer.registry, run.entry, run.jobs)) as chunks:
+                async for chunk in chunks:
+                    queue.put_nowait((run, chunk))
+            queue.put_nowait((run, None))
+        except Exception as exc:
+            queue.put_nowait((run, exc))
+
+    tasks = [asyncio.create_task(pump(run)) for run in runs]
+    try:
+        finished = 0
+        while finished < len(runs):
+            run, item = await queue.get()
+            if item is None:
+                finished += 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield run, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        abandon(servicer, runs)
+
+
+def new_choices(body: CompletionRequest, runs: list[Run]) -> dict[int, Choice]:
+    echo = body.echo
+    return {run.base + i: Choice(run.base + i, run.prompt if echo else "", len(run.prompt) if echo else 0)
+            for run in runs for i in range(len(run.jobs))}
+
+
+def usage(runs: list[Run], choices: dict[int, Choice]) -> dict[str, int]:
+    prompt = sum(len(run.jobs[0].prompt_ids) for run in runs)
+    completion = sum(c.generated for c in choices.values())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def envelope(body: CompletionRequest, completion_id: str, created: int) -> dict[str, Any]:
+    return {"id": completion_id, "object": "text_completion", "created": created, "model": body.model}
+
+
+async def complete(servicer: InferenceServicer, body: CompletionRequest, runs: list[Run]) -> dict[str, Any]:
+    """The whole completion at once."""
+    choices = new_choices(body, runs)
+    async with contextlib.aclosing(merged_chunks(servicer, runs)) as chunks:
+        async for run, chunk in chunks:
+            choices[run.base + chunk.index].add(chunk)
+    wants = bool(body.logprobs)
+    out = [{"index": c.index, "text": "".join(c.text), "logprobs": c.logprobs_json(c.released, wants),
+            "finish_reason": c.finish_reason} for c in sorted(choices.values(), key=lambda c: c.index)]
+    return {**envelope(body, f"cmpl-{uuid.uuid4().hex}", int(time.time())), "choices": out,
+            "usage": usage(runs, choices)}
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event: `data: <compact JSON>` and a blank line."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {payload}\n\n".encode()
+
+
+async def stream(servicer: InferenceServicer, body: CompletionRequest, runs: list[Run]) -> AsyncIterator[bytes]:
+    """Server-sent events: one chunk per choice per engine delivery, a usage chunk, then `data: [DONE]`."""
+    choices = new_choices(body, runs)
+    base = envelope(body, f"cmpl-{uuid.uuid4().hex}", int(time.time()))
+    wants = bool(body.logprobs)
+    async with contextlib.aclosing(merged_chunks(servicer, runs)) as chunks:
+        async for run, chunk in chunks:
+            choice = choices[run.base + chunk.index]
+            text, entries = choice.add(chunk)
+            if not text and chunk.summary is None:
+                continue  # only held-back characters: nothing to show yet
+            event = {"index": choice.index, "text": text, "logprobs": choice.logprobs_json(entries, wants),
+                     "finish_reason": choice.finish_reason}
+            yield sse({**base, "choices": [event]})
+    if body.stream_options is None or body.stream_options.include_usage:
+        yield sse({**base, "choices": [], "usage": usage(runs, choices)})
+    yield sse("[DONE]")

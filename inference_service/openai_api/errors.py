@@ -1,0 +1,58 @@
+"""The one place exceptions become OpenAI-style HTTP errors: a table per exception class, as for gRPC."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from chargpt import errors
+from chargpt.server.errors import message_for
+
+# Most specific first: the first matching class wins. (HTTP status, OpenAI error type, code)
+HTTP_BY_EXCEPTION: list[tuple[type[BaseException], int, str, str | None]] = [
+    (errors.InvalidArgumentError, 400, "invalid_request_error", None),
+    (errors.NotFoundError, 404, "invalid_request_error", "model_not_found"),
+    (errors.AlreadyExistsError, 409, "invalid_request_error", None),
+    (errors.FailedPreconditionError, 409, "invalid_request_error", None),
+    (errors.ResourceExhaustedError, 429, "rate_limit_error", "queue_full"),
+    (errors.UnavailableError, 503, "service_unavailable_error", None),
+    (errors.PermissionDeniedError, 403, "permission_error", None),
+    (errors.UnauthenticatedError, 401, "authentication_error", "invalid_api_key"),
+    (errors.DataLossError, 500, "server_error", None),
+    (ValidationError, 400, "invalid_request_error", None),
+    (NotImplementedError, 501, "invalid_request_error", "not_implemented"),
+    (TimeoutError, 504, "timeout_error", None),
+    (MemoryError, 429, "rate_limit_error", None),
+]
+
+# gRPC field names that the HTTP API spells differently.
+HTTP_FIELD_NAMES = {"max_new_tokens": "max_tokens"}
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, object]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_parts(exc: BaseException) -> tuple[int, dict[str, object]]:
+    """HTTP status and OpenAI error body for an exception (500 server_error for unexpected ones)."""
+    for cls, status, type_, code in HTTP_BY_EXCEPTION:
+        if isinstance(exc, cls):
+            param = None
+            if isinstance(exc, errors.InvalidArgumentError):
+                param = HTTP_FIELD_NAMES.get(exc.field, exc.field) or None
+            elif isinstance(exc, ValidationError) and exc.errors():
+                param = ".".join(str(p) for p in exc.errors()[0]["loc"]) or None
+            return status, error_body(_renamed(message_for(exc)), type_, param, code)
+    return 500, error_body(f"internal error: {type(exc).__name__}", "server_error")
+
+
+def _renamed(message: str) -> str:
+    for grpc_name, http_name in HTTP_FIELD_NAMES.items():
+        if message.startswith(f"{grpc_name}:"):
+            return http_name + message[len(grpc_name):]
+    return message
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status, body = error_parts(exc)
+    return JSONResponse(body, status_code=status)
