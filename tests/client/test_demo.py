@@ -76,9 +76,9 @@ def test_training_steps_fit_the_time_budget() -> None:
     from chargpt_client.demo.context import Demo
     from chargpt_client.demo.steps_train import _fitted_steps, preset_for
 
-    from chargpt.core.device import PRESETS
+    from chargpt.core.device import SIZE_PROFILES
 
-    cpu = PRESETS["cpu"]  # whatever the tuned CPU preset is, the demo must recognise it
+    cpu = SIZE_PROFILES["cpu"]  # whatever the tuned CPU preset is, the demo must recognise it
     cpu_model = t.ModelConfig(n_layer=cpu.n_layer, n_head=cpu.n_head, n_embd=cpu.n_embd, block_size=cpu.block_size)
     device = t.DeviceInfo("cpu", "x86", 1, 0, False, 2, "")
     demo = Demo(options=DemoOptions(minutes=3.0), client=None)  # type: ignore[arg-type]

@@ -24,10 +24,10 @@ EVALS_PER_RUN = 4
 def preset_for(model: t.ModelConfig) -> tuple[str, int | None]:
     """The named preset with this architecture and its default steps (the core table, if installed)."""
     try:
-        from chargpt.core.device import PRESETS
+        from chargpt.core.device import SIZE_PROFILES
     except ImportError:
         return "auto", None
-    for name, p in PRESETS.items():
+    for name, p in SIZE_PROFILES.items():
         if (p.n_layer, p.n_head, p.n_embd, p.block_size) == (model.n_layer, model.n_head, model.n_embd,
                                                              model.block_size):
             return name, p.max_steps
