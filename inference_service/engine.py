@@ -25,7 +25,7 @@ import torch
 from prometheus_client import Counter
 
 from chargpt.core.model import GPT, KVCache
-from chargpt.errors import ResourceExhaustedError, UnavailableError
+from chargpt.errors import NonFiniteLogitsError, ResourceExhaustedError, UnavailableError
 from inference_service.fast_decode import FastDecoder
 from inference_service.metrics import InferenceMetrics
 from inference_service.requests import Finish, GenRequest, Summary
@@ -210,14 +210,25 @@ class Engine:
         self.cache.lengths[rows] = lengths
         return logits
 
-    def _accept_all(self, tokens: list[int], offset: int) -> None:
+    def _accept_all(self, tokens: list[int | None], offset: int) -> None:
         """Record one new character for rows offset.., then remove the sequences that finished."""
         now = time.monotonic()
+        for index in [offset + i for i, token in enumerate(tokens) if token is None]:
+            # The failed row's keys and values may be NaN; the next sequence in this row would read them past its
+            # own length (masked, but 0 * NaN is NaN in attention), so they are cleared.
+            self.cache.k[:, index].zero_()
+            self.cache.v[:, index].zero_()
         done = [offset + i for i, token in enumerate(tokens) if self._accept(self.active[offset + i], token, now)]
         for index in reversed(done):
             self._remove(index)
 
-    def _accept(self, request: GenRequest, token: int, now: float) -> bool:
+    def _accept(self, request: GenRequest, token: int | None, now: float) -> bool:
+        if token is None:  # this row's logits were NaN or inf: fail the request, the rest of the batch goes on
+            self._finish(request, Finish.ERROR, error=NonFiniteLogitsError(
+                f"the model produced non-finite logits (NaN or inf) for character {request.generated + 1} of "
+                "this request, so no character can be sampled; its weights or dtype are numerically broken "
+                "(a float16 model can overflow: reload it as float32 or bfloat16)"))
+            return True
         request.history.append(token)
         request.generated += 1
         if request.first_token:

@@ -23,7 +23,7 @@ from chargpt_client import types as t
 T = TypeVar("T")
 V = TypeVar("V")
 
-PRESETS: dict[str, int] = {
+SAMPLING_PRESETS: dict[str, int] = {
     "focused": inference_pb2.SAMPLING_PRESET_FOCUSED,
     "balanced": inference_pb2.SAMPLING_PRESET_BALANCED,
     "creative": inference_pb2.SAMPLING_PRESET_CREATIVE,
@@ -176,14 +176,16 @@ def get_model(name: str) -> Unary[t.Model]:
     return Unary("GetModel", inference_pb2.GetModelRequest(name=name), lambda r: convert.model(r.model), True)
 
 
-def generate_request(model: str, prompt: str = "", *, max_new_tokens: int = 0, preset: str | None = None,
-                     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                     seed: int | None = None, stop: Iterable[str] = ()) -> inference_pb2.GenerateRequest:
-    request = inference_pb2.GenerateRequest(model=model, prompt=prompt, max_new_tokens=max_new_tokens,
-                                            stop=list(stop))
+def generate_request(model: str, prompt: str = "", *, max_new_tokens: int | None = None,
+                     preset: str | None = None, temperature: float | None = None, top_k: int | None = None,
+                     top_p: float | None = None, seed: int | None = None,
+                     stop: Iterable[str] = ()) -> inference_pb2.GenerateRequest:
+    """Only the fields the caller gave are set: the server tells an explicit 0 from "unset" (its default)."""
+    request = inference_pb2.GenerateRequest(model=model, prompt=prompt, stop=list(stop))
     if preset:
-        request.preset = _lookup(PRESETS, preset, "preset")  # type: ignore[assignment]
-    for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("seed", seed)):
+        request.preset = _lookup(SAMPLING_PRESETS, preset, "preset")  # type: ignore[assignment]
+    for name, value in (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_k", top_k),
+                        ("top_p", top_p), ("seed", seed)):
         if value is not None:
             setattr(request, name, value)
     return request
@@ -193,9 +195,11 @@ def generate(request: inference_pb2.GenerateRequest) -> Unary[t.GenerationResult
     return Unary("Generate", request, convert.generation, True)
 
 
-def score(model: str, text: str, *, stride: int = 0, include_token_logprobs: bool = False) -> Unary[t.ScoreResult]:
-    request = inference_pb2.ScoreRequest(model=model, text=text, stride=stride,
-                                         include_token_logprobs=include_token_logprobs)
+def score(model: str, text: str, *, stride: int | None = None,
+          include_token_logprobs: bool = False) -> Unary[t.ScoreResult]:
+    request = inference_pb2.ScoreRequest(model=model, text=text, include_token_logprobs=include_token_logprobs)
+    if stride is not None:  # unset: the server's default (block_size); an explicit 0 is refused
+        request.stride = stride
     return Unary("Score", request, convert.score, True)
 
 

@@ -81,5 +81,5 @@ def test_resolve_device_probes_and_names_the_field() -> None:
     assert resolve_device(" cpu", "device") == ("cpu", probe_device("cpu"))
     if torch.cuda.is_available():
         pytest.skip("CUDA is present")
-    with pytest.raises(FailedPreconditionError, match="^device: 'cuda:12' is not usable"):
+    with pytest.raises(FailedPreconditionError, match=r"^device: 'cuda:12' is not usable"):
         resolve_device("CUDA:12", "device")
