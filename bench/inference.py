@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chargpt.core.checkpoint import save_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
-from chargpt.core.sampling import PRESETS, Preset, generate, make_generator
+from chargpt.core.sampling import SAMPLING_PRESETS, SamplingPreset, generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
 from inference_service.server import default_torch_threads
@@ -153,7 +153,7 @@ def reference(model: GPT, tokenizer: CharTokenizer, tokens: int) -> dict[str, An
     idx = torch.tensor([tokenizer.encode("\n")])
     start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
-        generate(model, idx, tokens, PRESETS[Preset.BALANCED], make_generator(0))
+        generate(model, idx, tokens, SAMPLING_PRESETS[SamplingPreset.BALANCED], make_generator(0))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"tok_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "tok_per_cpu_s": tokens / cpu}
 

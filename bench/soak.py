@@ -37,7 +37,7 @@ from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc, trainer_pb
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
-PRESETS = [inference_pb2.SAMPLING_PRESET_FOCUSED, inference_pb2.SAMPLING_PRESET_BALANCED,
+SAMPLING_PRESETS = [inference_pb2.SAMPLING_PRESET_FOCUSED, inference_pb2.SAMPLING_PRESET_BALANCED,
            inference_pb2.SAMPLING_PRESET_CREATIVE]
 MIX = {"generate": 0.5, "score": 0.3, "attention": 0.2}
 BLOCK = 64
@@ -110,7 +110,7 @@ class Traffic:
     async def generate(self) -> None:
         tokens = self.rng.randint(16, 96)
         request = inference_pb2.GenerateRequest(model="soak", prompt=self._slice(self.rng.randint(0, 40)),
-                                                max_new_tokens=tokens, preset=self.rng.choice(PRESETS),
+                                                max_new_tokens=tokens, preset=self.rng.choice(SAMPLING_PRESETS),
                                                 seed=self.rng.getrandbits(32))
         text, summary = "", None
         async for message in self.inference.GenerateStream(request, timeout=60):

@@ -23,7 +23,7 @@ import torch
 from bench.train_common import DEFAULT_CORPUS, machine_facts, print_table, write_result
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.config import ModelConfig
-from chargpt.core.device import PRESETS
+from chargpt.core.device import SIZE_PROFILES
 from trainer_service.training.api import LATEST, CorpusRef, ProgressUpdate, TrainingEvent, TrainingPlan
 from trainer_service.training.data import CorpusData
 from trainer_service.training.evaluate import Evaluator
@@ -43,7 +43,7 @@ class Recorder:
 
 
 def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int) -> TrainingPlan:
-    p = PRESETS[name]
+    p = SIZE_PROFILES[name]
     override = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
                                               "dropout", "learning_rate", "warmup_steps")
                 if getattr(args, k, None) is not None}
@@ -107,7 +107,7 @@ def train(label: str, plan: TrainingPlan, corpus: CorpusRef, data: CorpusData, b
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    parser.add_argument("--config", default="cpu", help="a PRESETS name (cpu, small, ...)")
+    parser.add_argument("--config", default="cpu", help="a SIZE_PROFILES name (cpu, small, ...)")
     parser.add_argument("--budget", type=float, default=100.0, help="training seconds (budget mode)")
     parser.add_argument("--steps", type=int, default=0, help="train exactly this many steps instead of a budget")
     parser.add_argument("--device", default="cpu")

@@ -30,14 +30,14 @@ from bench.train_common import (
     write_result,
 )
 from chargpt.core.config import ModelConfig
-from chargpt.core.device import PRESETS
+from chargpt.core.device import SIZE_PROFILES
 from chargpt.core.model import GPT
 from trainer_service.training.api import CorpusRef, TrainingPlan
 from trainer_service.training.data import CorpusData
 from trainer_service.training.loop import Trainer
 from trainer_service.training.runtime import resolve_runtime
 
-CONFIGS = {"notebook": PRESETS["small"], "cpu": PRESETS["cpu"]}
+CONFIGS = {"notebook": SIZE_PROFILES["small"], "cpu": SIZE_PROFILES["cpu"]}
 Step = Callable[[int], object]
 
 

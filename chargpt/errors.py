@@ -92,3 +92,8 @@ class CheckpointFormatError(CheckpointError, FailedPreconditionError):
 
 class CheckpointCorruptError(CheckpointError, DataLossError):
     """The weights do not hash to the manifest's sha256."""
+
+
+class NonFiniteLogitsError(FailedPreconditionError):
+    """A model's forward pass gave NaN or infinite logits: its weights or its dtype are numerically broken, so
+    no character can be sampled. Retrying the same request on the same model gives the same failure."""

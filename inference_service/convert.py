@@ -7,7 +7,7 @@ import math
 import random
 import time
 
-from chargpt.core.sampling import Preset, resolve_sampling
+from chargpt.core.sampling import SamplingPreset, resolve_sampling
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import common_pb2, inference_pb2
@@ -19,9 +19,9 @@ from inference_service.requests import Event, Finish, GenRequest, Summary
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_STOPS, MAX_STOP_CHARS = 16, 64
 MAX_SAMPLES, MAX_LOGIT_BIAS = 16, 256
-PRESETS = {inference_pb2.SAMPLING_PRESET_FOCUSED: Preset.FOCUSED,
-           inference_pb2.SAMPLING_PRESET_BALANCED: Preset.BALANCED,
-           inference_pb2.SAMPLING_PRESET_CREATIVE: Preset.CREATIVE}
+SAMPLING_PRESETS = {inference_pb2.SAMPLING_PRESET_FOCUSED: SamplingPreset.FOCUSED,
+                    inference_pb2.SAMPLING_PRESET_BALANCED: SamplingPreset.BALANCED,
+                    inference_pb2.SAMPLING_PRESET_CREATIVE: SamplingPreset.CREATIVE}
 FINISH = {Finish.LENGTH: inference_pb2.FINISH_REASON_LENGTH, Finish.STOP: inference_pb2.FINISH_REASON_STOP,
           Finish.CANCELLED: inference_pb2.FINISH_REASON_CANCELLED,
           Finish.DEADLINE: inference_pb2.FINISH_REASON_CANCELLED}
@@ -38,12 +38,12 @@ def start_character(tokenizer: CharTokenizer) -> str:
 def build_requests(request: inference_pb2.GenerateRequest, tokenizer: CharTokenizer, block_size: int,
                    limit: int, time_remaining: float | None) -> list[GenRequest]:
     """Validate a GenerateRequest against the model and the service's limits; one GenRequest per sample."""
-    max_new = request.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    max_new = request.max_new_tokens if request.HasField("max_new_tokens") else DEFAULT_MAX_NEW_TOKENS
     if not 1 <= max_new <= limit:
-        raise InvalidArgumentError("max_new_tokens", f"must be 1..{limit}, got {request.max_new_tokens}")
-    if request.preset and request.preset not in PRESETS:
+        raise InvalidArgumentError("max_new_tokens", f"must be 1..{limit}, got {max_new}")
+    if request.preset and request.preset not in SAMPLING_PRESETS:
         raise InvalidArgumentError("preset", f"unknown preset {request.preset}")
-    params = resolve_sampling(PRESETS.get(request.preset),
+    params = resolve_sampling(SAMPLING_PRESETS.get(request.preset),
                               request.temperature if request.HasField("temperature") else None,
                               request.top_k if request.HasField("top_k") else None,
                               request.top_p if request.HasField("top_p") else None)
@@ -60,7 +60,7 @@ def build_requests(request: inference_pb2.GenerateRequest, tokenizer: CharTokeni
     ids = tokenizer.encode(prompt[dropped:], field="prompt")
     seed = request.seed if request.HasField("seed") else random.getrandbits(63)
     deadline = time.monotonic() + time_remaining if time_remaining is not None else None
-    n = request.n or 1
+    n = request.n if request.HasField("n") else 1
     if not 1 <= n <= MAX_SAMPLES:
         raise InvalidArgumentError("n", f"must be 1..{MAX_SAMPLES}, got {request.n}")
     if not 0 <= request.logprobs <= MAX_LOGPROBS:

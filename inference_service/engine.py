@@ -25,7 +25,7 @@ import torch
 from prometheus_client import Counter
 
 from chargpt.core.model import GPT, KVCache
-from chargpt.errors import ResourceExhaustedError, UnavailableError
+from chargpt.errors import NonFiniteLogitsError, ResourceExhaustedError, UnavailableError
 from inference_service.fast_decode import FastDecoder
 from inference_service.logits_processors import PenaltyState, apply_controls
 from inference_service.logprobs import TokenLogprob, batch_logprobs
@@ -194,10 +194,11 @@ class Engine:
         self._accept_all(self._pick(logits, self.active, self.sampler), offset=0)
 
     def _pick(self, logits: torch.Tensor, rows: list[GenRequest],
-              sampler: BatchSampler) -> list[tuple[int, TokenLogprob | None]]:
-        """Apply each row's logits processors, sample, and take log-probabilities from the raw logits."""
+              sampler: BatchSampler) -> list[tuple[int | None, TokenLogprob | None]]:
+        """Apply each row's logits processors, sample, and take log-probabilities from the raw logits.
+        A row whose logits were not finite gets (None, None)."""
         tokens = sampler.sample(apply_controls(logits, [r.row_controls() for r in rows]))
-        wanted = [r.logprobs for r in rows]
+        wanted = [r.logprobs if token is not None else 0 for r, token in zip(rows, tokens, strict=True)]
         logprobs = batch_logprobs(logits, tokens, wanted, self.vocabulary) if any(wanted) else [None] * len(rows)
         return list(zip(tokens, logprobs, strict=True))
 
@@ -223,15 +224,26 @@ class Engine:
         self.cache.lengths[rows] = lengths
         return logits
 
-    def _accept_all(self, picks: list[tuple[int, TokenLogprob | None]], offset: int) -> None:
+    def _accept_all(self, picks: list[tuple[int | None, TokenLogprob | None]], offset: int) -> None:
         """Record one new character for rows offset.., then remove the sequences that finished."""
         now = time.monotonic()
+        for index in [offset + i for i, (token, _) in enumerate(picks) if token is None]:
+            # The failed row's keys and values may be NaN; the next sequence in this row would read them past its
+            # own length (masked, but 0 * NaN is NaN in attention), so they are cleared.
+            self.cache.k[:, index].zero_()
+            self.cache.v[:, index].zero_()
         done = [offset + i for i, (token, logprob) in enumerate(picks)
                 if self._accept(self.active[offset + i], token, logprob, now)]
         for index in reversed(done):
             self._remove(index)
 
-    def _accept(self, request: GenRequest, token: int, logprob: TokenLogprob | None, now: float) -> bool:
+    def _accept(self, request: GenRequest, token: int | None, logprob: TokenLogprob | None, now: float) -> bool:
+        if token is None:  # this row's logits were NaN or inf: fail the request, the rest of the batch goes on
+            self._finish(request, Finish.ERROR, error=NonFiniteLogitsError(
+                f"the model produced non-finite logits (NaN or inf) for character {request.generated + 1} of "
+                "this request, so no character can be sampled; its weights or dtype are numerically broken "
+                "(a float16 model can overflow: reload it as float32 or bfloat16)"))
+            return True
         request.history.append(token)
         if request.penalties is not None:
             request.penalties.observe(token)

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2
 from chargpt import errors
 from chargpt.core.checkpoint import Checkpoint, load_checkpoint
 from chargpt.core.config import ModelConfig
-from chargpt.core.device import probe_device, torch_device_string
+from chargpt.core.device import resolve_device
 from inference_service.engine import Engine, ThreadPolicy
 from inference_service.metrics import InferenceMetrics
 from inference_service.score_batcher import ScoreBatcher
@@ -74,15 +74,9 @@ def validate_name(name: str, field_name: str = "name") -> str:
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
     """Validated torch device string and dtype for a load request ("auto" resolved)."""
-    if not re.fullmatch(r"auto|cpu|cuda|cuda:\d{1,2}|mps", device):
-        raise errors.InvalidArgumentError("device", "must be auto, cpu, cuda, cuda:N or mps")
+    resolved, facts = resolve_device(device, "device")
     if dtype != "auto" and dtype not in DTYPES:
         raise errors.InvalidArgumentError("dtype", "must be auto, float32, bfloat16 or float16")
-    try:
-        facts = probe_device(device)
-    except (RuntimeError, ValueError, AssertionError) as exc:
-        raise errors.FailedPreconditionError(f"device {device!r} is not available: {exc}") from None
-    resolved = torch_device_string(facts, device)
     if dtype == "auto":
         return resolved, torch.bfloat16 if facts.type == "cuda" and facts.bf16_supported else torch.float32
     return resolved, DTYPES[dtype]

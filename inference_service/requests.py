@@ -11,7 +11,42 @@ from enum import Enum
 from chargpt.core.sampling import SamplingParams
 from inference_service.logits_processors import LogitsControls, PenaltyState, RowControls
 from inference_service.logprobs import TokenLogprob
-from inference_service.sampler import RowSampling, StopMatcher
+from inference_service.sampler import RowSampling
+
+
+class StopMatcher:
+    """Finds stop sequences in streamed text, holding back any tail that could still become one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, str | None]:
+        """Text safe to release now, and the stop sequence that just completed (None if none did)."""
+        if not self.stops:
+            return text, None
+        buffer = self.held + text
+        matches = [(buffer.find(s), s) for s in self.stops if s in buffer]
+        if matches:
+            at, stop = min(matches)
+            self.held = ""
+            return buffer[:at], stop
+        keep = self._longest_partial(buffer)
+        self.held = buffer[len(buffer) - keep:] if keep else ""
+        return buffer[: len(buffer) - keep], None
+
+    def _longest_partial(self, buffer: str) -> int:
+        """Length of the longest suffix of buffer that is a proper prefix of some stop sequence."""
+        for k in range(min(len(buffer), max(len(s) for s in self.stops) - 1), 0, -1):
+            tail = buffer[-k:]
+            if any(s.startswith(tail) for s in self.stops):
+                return k
+        return 0
+
+    def flush(self) -> str:
+        """Release whatever was held back (generation ended without completing a stop sequence)."""
+        out, self.held = self.held, ""
+        return out
 
 
 class Finish(Enum):

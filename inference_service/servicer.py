@@ -140,9 +140,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                                     f"{self.settings.max_score_chars}")
             if len(request.text) < 2:
                 raise errors.InvalidArgumentError("text", "needs at least 2 characters")
-            stride = request.stride or block
+            stride = request.stride if request.HasField("stride") else block
             if not 1 <= stride <= block:
-                raise errors.InvalidArgumentError("stride", f"must be 1..{block} (block_size), got {request.stride}")
+                raise errors.InvalidArgumentError("stride", f"must be 1..{block} (block_size), got {stride}")
             assert entry.scorer is not None
             # Encoding and scoring run on the model's worker, batched with other waiting Score requests.
             result = await entry.scorer.score(request.text, stride, request.include_token_logprobs)
@@ -249,4 +249,6 @@ def _check(summary: Summary) -> None:
     if summary.finish is Finish.DEADLINE:
         raise TimeoutError("the request's deadline passed")
     if summary.finish is Finish.ERROR:
+        if isinstance(summary.error, errors.NonFiniteLogitsError):
+            raise summary.error  # FAILED_PRECONDITION: the model, not the request or the server, is at fault
         raise errors.ChargptError(f"generation failed: {summary.error}")

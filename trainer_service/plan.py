@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from chargpt.core.config import ModelConfig
-from chargpt.core.device import PRESETS, DeviceFacts, SizeProfile, auto_size
-from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, auto_size, parse_device, resolve_device
+from chargpt.errors import InvalidArgumentError, ResourceExhaustedError
 from chargpt.v1 import trainer_pb2
 from trainer_service.store import CorpusRecord
 from trainer_service.training.api import TrainingPlan, tensorboard_run_name
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 PRECISIONS = {trainer_pb2.PRECISION_UNSPECIFIED: "auto", trainer_pb2.PRECISION_AUTO: "auto",
               trainer_pb2.PRECISION_FP32: "fp32", trainer_pb2.PRECISION_BF16: "bf16",
               trainer_pb2.PRECISION_FP16: "fp16"}
@@ -40,12 +38,7 @@ class DeviceProber:
     def facts(self, device: str, field: str = "resources.device") -> DeviceFacts:
         device = self.default_device if device in ("", "auto") else device
         if device not in self._facts:
-            from chargpt.core.device import probe_device
-
-            try:
-                self._facts[device] = probe_device(device)
-            except (RuntimeError, AssertionError, ValueError) as exc:
-                raise FailedPreconditionError(f"{field}: {device!r} is not usable on this server: {exc}") from None
+            self._facts[device] = resolve_device(device, field)[1]
         return self._facts[device]
 
 
@@ -95,9 +88,7 @@ def _validated_plan(values: dict[str, Any]) -> TrainingPlan:
 
 def _resources(spec: trainer_pb2.ResourceSpec, prober: DeviceProber, max_processes: int
                ) -> tuple[str, int, DeviceFacts]:
-    requested = spec.device.strip().lower()
-    if requested and not DEVICE_PATTERN.fullmatch(requested):
-        raise InvalidArgumentError("resources.device", f"must be auto, cpu, cuda, cuda:N or mps (got {spec.device!r})")
+    requested = parse_device(spec.device, "resources.device")
     num_processes = spec.num_processes or 1
     if num_processes < 1 or num_processes > max_processes:
         raise InvalidArgumentError("resources.num_processes",
@@ -124,10 +115,10 @@ def _model(spec: trainer_pb2.ModelSpec, profile: SizeProfile, corpus: CorpusReco
         field = "model.custom.block_size"
     else:
         preset = spec.preset.strip().lower() if which == "preset" else "auto"
-        if preset not in ("", "auto") and preset not in PRESETS:
+        if preset not in ("", "auto") and preset not in SIZE_PROFILES:
             raise InvalidArgumentError("model.preset", f"unknown preset {spec.preset!r}; valid: auto, "
-                                       f"{', '.join(PRESETS)}")
-        p = profile if preset in ("", "auto") else PRESETS[preset]
+                                       f"{', '.join(SIZE_PROFILES)}")
+        p = profile if preset in ("", "auto") else SIZE_PROFILES[preset]
         model = ModelConfig(vocab_size=vocab, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
                             block_size=p.block_size, dropout=p.dropout)
         field = "model"

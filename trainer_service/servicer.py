@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from chargpt.core.device import PRESETS, DeviceFacts, auto_size
+from chargpt.core.device import SIZE_PROFILES, DeviceFacts, auto_size
 from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from trainer_service import checkpoints, convert
@@ -68,7 +68,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         auto_model = common_pb2.ModelConfig(n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd,
                                             block_size=size.block_size, dropout=size.dropout)
         return trainer_pb2.GetDeviceInfoResponse(device=device_info_proto(facts), auto_model=auto_model,
-                                                 auto_batch_size=size.batch_size, presets=list(PRESETS),
+                                                 auto_batch_size=size.batch_size, presets=list(SIZE_PROFILES),
                                                  auto_preset=size.name, auto_max_steps=size.max_steps)
 
     # ---- corpora

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chargpt.errors import FailedPreconditionError, InvalidArgumentError
+
 GIB = 1024**3
+# What a request or a setting may name: "" and "auto" pick the best device present; cuda:N one GPU of many.
+DEVICE_SPEC = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
 
 class DeviceFacts(BaseModel):
@@ -41,8 +46,9 @@ class SizeProfile(BaseModel):
     warmup_steps: int
 
 
-# Named presets, smallest first. "small" is the notebook's model (~10.7M parameters with 65 characters).
-PRESETS: dict[str, SizeProfile] = {p.name: p for p in (
+# Named size profiles (the API's model "presets"), smallest first. "small" is the notebook's model (~10.7M
+# parameters with 65 characters).
+SIZE_PROFILES: dict[str, SizeProfile] = {p.name: p for p in (
     # cpu: tuned for short CPU budgets (bench/train_quality.py): a small model seeing many small batches at a
     # high learning rate beats a wider one seeing fewer (100 s on 2 cores: 4x128/batch 32/lr 2e-3 val 1.91,
     # lr 8e-3 1.75, 4x96/batch 16 1.67, 4x64/batch 16/lr 1.2e-2 1.65).
@@ -60,24 +66,24 @@ PRESETS: dict[str, SizeProfile] = {p.name: p for p in (
                 learning_rate=4e-4, max_steps=6000, warmup_steps=300),
 )}
 
-# (minimum device memory in GiB, preset) for accelerators, largest first: more memory, bigger model.
+# (minimum device memory in GiB, size profile) for accelerators, largest first: more memory, bigger model.
 GPU_SIZING: list[tuple[float, str]] = [(120, "xl"), (64, "large"), (36, "medium"), (16, "small"), (7, "tiny")]
-MPS_PRESET = "tiny"
-CPU_PRESET = "cpu"
+MPS_PROFILE = "tiny"
+CPU_PROFILE = "cpu"
 
 
 def auto_size(facts: DeviceFacts) -> SizeProfile:
-    """The largest preset the device's memory (or, on CPU, its speed) comfortably trains."""
+    """The largest size profile the device's memory (or, on CPU, its speed) comfortably trains."""
     if facts.type == "cpu":
-        return PRESETS[CPU_PRESET]
+        return SIZE_PROFILES[CPU_PROFILE]
     if facts.type == "mps":
-        return PRESETS[MPS_PRESET]
+        return SIZE_PROFILES[MPS_PROFILE]
     memory_gib = facts.memory_bytes / GIB
-    for min_gib, preset in GPU_SIZING:
+    for min_gib, name in GPU_SIZING:
         if memory_gib >= min_gib:
-            return PRESETS[preset]
+            return SIZE_PROFILES[name]
     # A small GPU: the notebook's width at half the batch still fits in a few GiB.
-    return PRESETS["tiny"].model_copy(update={"batch_size": 16})
+    return SIZE_PROFILES["tiny"].model_copy(update={"batch_size": 16})
 
 
 def cpu_cores() -> int:
@@ -133,3 +139,25 @@ def torch_device_string(facts: DeviceFacts, preference: str = "auto") -> str:
     if facts.type == "cuda" and ":" in preference:
         return preference
     return facts.type
+
+
+def parse_device(spec: str, field: str = "device") -> str:
+    """The normalised device string ("" becomes "auto"); InvalidArgumentError naming `field` if malformed."""
+    device = spec.strip().lower() or "auto"
+    if not DEVICE_SPEC.fullmatch(device):
+        raise InvalidArgumentError(field, f"must be auto, cpu, cuda, cuda:N or mps (got {spec!r})")
+    return device
+
+
+def resolve_device(spec: str, field: str = "device") -> tuple[str, DeviceFacts]:
+    """Parse and probe a device string: the torch device ("cpu", "mps", "cuda" or "cuda:N") and its facts.
+
+    A malformed string is INVALID_ARGUMENT; a well-formed one this machine lacks (cuda without a GPU, cuda:7 on
+    a one-GPU host) is FAILED_PRECONDITION; both name `field`.
+    """
+    device = parse_device(spec, field)
+    try:
+        facts = probe_device(device)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise FailedPreconditionError(f"{field}: {device!r} is not usable on this server: {exc}") from None
+    return torch_device_string(facts, device), facts

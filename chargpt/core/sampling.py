@@ -9,7 +9,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chargpt.core.model import GPT
-from chargpt.errors import InvalidArgumentError
+from chargpt.errors import InvalidArgumentError, NonFiniteLogitsError
+
+# Temperatures below this are greedy, as in vLLM (its _SAMPLING_EPS = 1e-5): the T -> 0 limit, with ties going to
+# the first argmax exactly as at temperature 0. Anything from here up is sampled at the temperature given.
+GREEDY_BELOW = 1e-5
 
 
 class SamplingParams(BaseModel):
@@ -17,16 +21,16 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    temperature: float = Field(default=1.0, ge=0.0, le=100.0, description="0 is greedy")
-    top_k: int = Field(default=0, ge=0, description="keep the k most likely characters; 0 keeps all")
+    temperature: float = Field(default=1.0, ge=0.0, le=100.0, description=f"0 (or below {GREEDY_BELOW:g}) is greedy")
+    top_k: int = Field(default=0, ge=0, description="keep the k most likely characters (ties kept); 0 keeps all")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus mass; 1 keeps all")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
 
-class Preset(StrEnum):
+class SamplingPreset(StrEnum):
     """The notebook's three sampling settings."""
 
     FOCUSED = "focused"
@@ -34,17 +38,17 @@ class Preset(StrEnum):
     CREATIVE = "creative"
 
 
-PRESETS: dict[Preset, SamplingParams] = {
-    Preset.FOCUSED: SamplingParams(temperature=0.3, top_k=5),
-    Preset.BALANCED: SamplingParams(temperature=0.8, top_k=40),
-    Preset.CREATIVE: SamplingParams(temperature=1.2, top_k=200),
+SAMPLING_PRESETS: dict[SamplingPreset, SamplingParams] = {
+    SamplingPreset.FOCUSED: SamplingParams(temperature=0.3, top_k=5),
+    SamplingPreset.BALANCED: SamplingParams(temperature=0.8, top_k=40),
+    SamplingPreset.CREATIVE: SamplingParams(temperature=1.2, top_k=200),
 }
 
 
-def resolve_sampling(preset: Preset | None = None, temperature: float | None = None,
+def resolve_sampling(preset: SamplingPreset | None = None, temperature: float | None = None,
                      top_k: int | None = None, top_p: float | None = None) -> SamplingParams:
     """A preset (or the defaults) with any explicitly given field overriding it; validates every field."""
-    base = PRESETS[preset] if preset is not None else SamplingParams()
+    base = SAMPLING_PRESETS[preset] if preset is not None else SamplingParams()
     for field, value in (("temperature", temperature), ("top_p", top_p)):
         if value is not None and not math.isfinite(value):
             raise InvalidArgumentError(field, f"must be a finite number, got {value}")
@@ -64,35 +68,48 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return gen
 
 
+def non_finite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Rows of logits (..., V) no character can be sampled from: any NaN, any +inf, or every entry -inf.
+
+    A single -inf is a character of probability 0 (a masked one); +inf or NaN means the forward pass broke.
+    """
+    return torch.isnan(logits).any(dim=-1) | torch.isinf(logits.amax(dim=-1))
+
+
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Temperature-scaled logits (..., V) with everything outside top-k / top-p set to -inf."""
-    logits = logits.float() / params.temperature
+    """Log-weights (..., V) of the sampling distribution in float32: softmax of them is what is sampled.
+
+    Temperature-scaled and shifted so the most likely character is at 0; everything outside top-k / top-p is
+    -inf; greedy is a point mass (0 at the first argmax). Subtracting the maximum before dividing keeps every
+    temperature finite: max_logit / 1e-38 alone overflows float32 to inf, and softmax of inf - inf is NaN.
+    Top-k and top-p rank the raw logits (stable: equal logits by index), which the temperature cannot reorder.
+    """
+    logits = logits.float()
+    if params.greedy:
+        return torch.full_like(logits, float("-inf")).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 0.0)
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
     vocab = logits.shape[-1]
     if 0 < params.top_k < vocab:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        scaled = scaled.masked_fill(logits < kth, float("-inf"))
     if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the mass before it already reaches top_p; the most likely always stays.
-        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= params.top_p
+        order = torch.sort(logits, dim=-1, descending=True, stable=True).indices
+        probs = scaled.gather(-1, order).softmax(dim=-1)
+        # Drop a character when the mass before it already reaches top_p; the most likely always stays.
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= params.top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    return scaled
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token id from the logits (V,) of one sequence."""
+    """One token id from the logits (V,) of one sequence; NonFiniteLogitsError if they hold NaN or +inf."""
+    if bool(non_finite_rows(logits)):
+        raise NonFiniteLogitsError("the model produced non-finite logits (NaN or inf): no character can be sampled")
     if params.greedy:
         return int(torch.argmax(logits))
     probs = torch.softmax(filter_logits(logits, params), dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def sample_batch(logits: torch.Tensor, params: list[SamplingParams],
-                 generators: list[torch.Generator | None]) -> list[int]:
-    """One token per row of logits (B, V), each row with its own settings and random stream."""
-    return [sample_next(logits[i], params[i], generators[i]) for i in range(logits.shape[0])]
 
 
 @torch.no_grad()

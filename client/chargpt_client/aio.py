@@ -220,7 +220,7 @@ class AsyncInferenceClient(_AsyncService):
         request = ops.generate_request(model, prompt, **sampling)
         return AsyncTextStream(self._stream("GenerateStream", lambda: request, False, timeout))
 
-    async def score(self, model: str, text: str, *, stride: int = 0, include_token_logprobs: bool = False,
+    async def score(self, model: str, text: str, *, stride: int | None = None, include_token_logprobs: bool = False,
                     timeout: Timeout = DEFAULT) -> t.ScoreResult:
         return await self._call(ops.score(model, text, stride=stride,
                                           include_token_logprobs=include_token_logprobs), timeout)

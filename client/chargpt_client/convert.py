@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -142,14 +144,30 @@ def load_result(r: inference_pb2.LoadModelResponse) -> t.LoadResult:
     return t.LoadResult(model=model(r.model), loaded=r.loaded)
 
 
+def float32_value(x: float) -> float:
+    """A float32 field as the caller wrote it: the shortest decimal that reads back as the same float32
+    (0.8 rather than 0.800000011920929, and 1e-38 rather than a rounding to 0)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    packed = struct.pack("<f", x)
+    for digits in range(1, 10):  # 9 significant digits identify every float32
+        candidate = float(f"{x:.{digits}g}")
+        try:
+            if struct.pack("<f", candidate) == packed:
+                return candidate
+        except OverflowError:  # rounded past the largest float32
+            continue
+    return x
+
+
 def summary(s: inference_pb2.GenerationSummary) -> t.GenerationSummary:
     return t.GenerationSummary(
         finish_reason=enum_name(inference_pb2.FinishReason, s.finish_reason, "FINISH_REASON_"),
         prompt_tokens=s.prompt_tokens, generated_tokens=s.generated_tokens, seed=s.seed,
         prompt_truncated=s.prompt_truncated, prompt_chars_dropped=s.prompt_chars_dropped,
         queue_seconds=s.queue_seconds, time_to_first_token_seconds=s.time_to_first_token_seconds,
-        total_seconds=s.total_seconds, stop_sequence=s.stop_sequence, temperature=round(s.temperature, 6),
-        top_k=s.top_k, top_p=round(s.top_p, 6), index=s.index)
+        total_seconds=s.total_seconds, stop_sequence=s.stop_sequence, temperature=float32_value(s.temperature),
+        top_k=s.top_k, top_p=float32_value(s.top_p), index=s.index)
 
 
 def token_logprobs(entries: Iterable[inference_pb2.TokenLogprob]) -> list[t.TokenLogprob]:

@@ -23,7 +23,7 @@ from chargpt_client import types as t
 T = TypeVar("T")
 V = TypeVar("V")
 
-PRESETS: dict[str, int] = {
+SAMPLING_PRESETS: dict[str, int] = {
     "focused": inference_pb2.SAMPLING_PRESET_FOCUSED,
     "balanced": inference_pb2.SAMPLING_PRESET_BALANCED,
     "creative": inference_pb2.SAMPLING_PRESET_CREATIVE,
@@ -187,21 +187,23 @@ def get_model(name: str) -> Unary[t.Model]:
     return Unary("GetModel", inference_pb2.GetModelRequest(name=name), lambda r: convert.model(r.model), True)
 
 
-def generate_request(model: str, prompt: str = "", *, max_new_tokens: int = 0, preset: str | None = None,
-                     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                     seed: int | None = None, stop: Iterable[str] = (), logprobs: int = 0, n: int = 0,
-                     repetition_penalty: float | None = None, frequency_penalty: float | None = None,
-                     presence_penalty: float | None = None, min_p: float | None = None,
+def generate_request(model: str, prompt: str = "", *, max_new_tokens: int | None = None,
+                     preset: str | None = None, temperature: float | None = None, top_k: int | None = None,
+                     top_p: float | None = None, seed: int | None = None, stop: Iterable[str] = (),
+                     logprobs: int = 0, n: int | None = None, repetition_penalty: float | None = None,
+                     frequency_penalty: float | None = None, presence_penalty: float | None = None,
+                     min_p: float | None = None,
                      logit_bias: Mapping[str, float] | None = None) -> inference_pb2.GenerateRequest:
-    """logprobs: top alternatives per generated character (raw model distribution); n: independent samples;
+    """Only the fields the caller gave are set: the server tells an explicit 0 from "unset" (its default).
+    logprobs: top alternatives per generated character (raw model distribution); n: independent samples;
     logit_bias: character -> bias added to its logit."""
-    request = inference_pb2.GenerateRequest(model=model, prompt=prompt, max_new_tokens=max_new_tokens,
-                                            stop=list(stop), logprobs=logprobs, n=n, logit_bias=logit_bias or {})
+    request = inference_pb2.GenerateRequest(model=model, prompt=prompt, stop=list(stop), logprobs=logprobs,
+                                            logit_bias=logit_bias or {})
     if preset:
-        request.preset = _lookup(PRESETS, preset, "preset")  # type: ignore[assignment]
-    optional = (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("seed", seed),
-                ("repetition_penalty", repetition_penalty), ("frequency_penalty", frequency_penalty),
-                ("presence_penalty", presence_penalty), ("min_p", min_p))
+        request.preset = _lookup(SAMPLING_PRESETS, preset, "preset")  # type: ignore[assignment]
+    optional = (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_k", top_k),
+                ("top_p", top_p), ("seed", seed), ("n", n), ("repetition_penalty", repetition_penalty),
+                ("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty), ("min_p", min_p))
     for name, value in optional:
         if value is not None:
             setattr(request, name, value)
@@ -212,9 +214,11 @@ def generate(request: inference_pb2.GenerateRequest) -> Unary[t.GenerationResult
     return Unary("Generate", request, convert.generation, True)
 
 
-def score(model: str, text: str, *, stride: int = 0, include_token_logprobs: bool = False) -> Unary[t.ScoreResult]:
-    request = inference_pb2.ScoreRequest(model=model, text=text, stride=stride,
-                                         include_token_logprobs=include_token_logprobs)
+def score(model: str, text: str, *, stride: int | None = None,
+          include_token_logprobs: bool = False) -> Unary[t.ScoreResult]:
+    request = inference_pb2.ScoreRequest(model=model, text=text, include_token_logprobs=include_token_logprobs)
+    if stride is not None:  # unset: the server's default (block_size); an explicit 0 is refused
+        request.stride = stride
     return Unary("Score", request, convert.score, True)
 
 

@@ -219,7 +219,7 @@ class InferenceClient(_SyncService):
         request = ops.generate_request(model, prompt, **sampling)
         return TextStream(self._stream("GenerateStream", lambda: request, False, timeout))
 
-    def score(self, model: str, text: str, *, stride: int = 0, include_token_logprobs: bool = False,
+    def score(self, model: str, text: str, *, stride: int | None = None, include_token_logprobs: bool = False,
               timeout: Timeout = DEFAULT) -> t.ScoreResult:
         return self._call(ops.score(model, text, stride=stride, include_token_logprobs=include_token_logprobs),
                           timeout)

@@ -64,9 +64,11 @@ class CompletionRequest(BaseModel):
             raise InvalidArgumentError("max_tokens", f"must be at least 1, got {self.max_tokens}")
         preset = PRESET_VALUES.get(self.preset or "", inference_pb2.SAMPLING_PRESET_UNSPECIFIED)
         request = inference_pb2.GenerateRequest(
-            model=self.model, prompt=prompt, max_new_tokens=self.max_tokens or 0, n=self.n,
+            model=self.model, prompt=prompt, n=self.n,
             stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             logprobs=self.logprobs or 0, preset=preset)
+        if self.max_tokens is not None:
+            request.max_new_tokens = self.max_tokens
         for name in ("temperature", "top_p", "seed", "top_k", "presence_penalty", "frequency_penalty", "min_p",
                      "repetition_penalty"):
             value = getattr(self, name)

@@ -177,6 +177,10 @@ def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     assert {m["name"] for m in cli.json("models", "list")} >= {"m", "m2"}
     streamed = cli.run("generate", "m", "First", "--seed", "3", "--max-new-tokens", "20", "--preset", "creative")
     assert streamed.returncode == 0 and streamed.stdout.startswith("First") and "seed 3" in streamed.stderr
+    tiny = cli.run("generate", "m", "First", "--max-new-tokens", "5", "--temperature", "1e-38")
+    assert tiny.returncode == 0 and "temperature 1e-38," in tiny.stderr, tiny.stderr  # the echo, not "0"
+    zero = cli.run("generate", "m", "First", "--max-new-tokens", "0")
+    assert zero.returncode != 0 and "max_new_tokens" in zero.stderr
     whole = cli.json("generate", "m", "First", "--seed", "3", "--max-new-tokens", "20", "--preset", "creative")
     assert streamed.stdout == "First" + whole["text"] + "\n" and whole["summary"]["top_k"] == 200
     table = cli.run("generate", "m", "First", "--seed", "3", "--max-new-tokens", "5", "--logprobs", "3",

@@ -63,6 +63,18 @@ def test_generate_is_seeded_and_summarised(client: InferenceClient) -> None:
     assert focused.summary.top_k == 3 and focused.summary.temperature == pytest.approx(0.3)
 
 
+def test_explicit_zeros_and_tiny_temperatures(client: InferenceClient) -> None:
+    """0 characters and stride 0 are refused by name; 1e-38 is greedy and echoed as 1e-38, not 0."""
+    with pytest.raises(InvalidArgument, match="max_new_tokens"):
+        client.generate("tiny", "a", max_new_tokens=0)
+    with pytest.raises(InvalidArgument, match="stride"):
+        client.score("tiny", "abc abc", stride=0)
+    assert len(client.generate("tiny", "a", temperature=0.0).text) == 256  # unset: the server's default
+    greedy = client.generate("tiny", "to be", max_new_tokens=20, temperature=0.0)
+    tiny = client.generate("tiny", "to be", max_new_tokens=20, temperature=1e-38, seed=1)
+    assert tiny.text == greedy.text and tiny.summary.temperature == 1e-38
+
+
 def test_generate_stream_yields_chunks_matching_generate(client: InferenceClient) -> None:
     whole = client.generate("tiny", "a", max_new_tokens=30, seed=3, temperature=1.0)
     stream = client.generate_stream("tiny", "a", max_new_tokens=30, seed=3, temperature=1.0)
@@ -145,3 +157,7 @@ async def test_async_client_mirrors_the_sync_one(inference: InferenceFixture) ->
         assert att.shape[2:] == (3, 3)
         with pytest.raises(NotFound):
             await client.get_model("nope")
+        with pytest.raises(InvalidArgument, match="stride"):
+            await client.score("tiny", "abc abc", stride=0)
+        with pytest.raises(InvalidArgument, match="max_new_tokens"):
+            await client.generate("tiny", "a", max_new_tokens=0)

@@ -14,8 +14,9 @@ import grpc
 import pytest
 from chargpt_client import Attention, ChargptClientError, CharMapping, DataLoss, NotFound, RetryPolicy
 from chargpt_client import types as t
+from chargpt_client.convert import float32_value
 from chargpt_client.errors import ERROR_BY_CODE, from_rpc_error
-from chargpt_client.ops import generate_request, training_spec
+from chargpt_client.ops import generate_request, score, training_spec
 from chargpt_client.transfer import CheckpointWriter, UploadSource
 
 from chargpt.v1 import trainer_pb2
@@ -165,6 +166,24 @@ def test_request_builders_validate_names() -> None:
         training_spec(precision="fp8")
     request = generate_request("m", "hi", preset="Creative", temperature=0.0, stop=["\n\n"])
     assert request.preset == 3 and request.HasField("temperature") and not request.HasField("top_k")
+
+
+def test_only_the_fields_the_caller_gave_are_sent() -> None:
+    """The server tells an explicit 0 (refused, or greedy, or a seed) from an unset field (its default)."""
+    unset = generate_request("m", "hi")
+    assert not any(unset.HasField(f) for f in ("max_new_tokens", "temperature", "top_k", "top_p", "seed"))
+    zeros = generate_request("m", "hi", max_new_tokens=0, temperature=0.0, top_k=0, seed=0)
+    assert all(zeros.HasField(f) for f in ("max_new_tokens", "temperature", "top_k", "seed"))
+    assert not score("m", "hi").request.HasField("stride")
+    assert score("m", "hi", stride=0).request.HasField("stride")
+
+
+@pytest.mark.parametrize("value", [0.8, 0.3, 1e-38, 1e-45, 5e-6, 100.0, 0.999999, 3.4028235e38, 0.0])
+def test_echoed_float32_values_read_back_as_written(value: float) -> None:
+    """The summary's float32 temperature comes back as the decimal that was sent, not rounded to 0."""
+    wire = struct.unpack("<f", struct.pack("<f", value))[0]
+    assert float32_value(wire) == value
+    assert f"{float32_value(wire):.9g}" == f"{value:.9g}"
 
 
 def test_jsonable_turns_nan_into_none() -> None:

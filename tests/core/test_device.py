@@ -3,7 +3,16 @@
 import pytest
 
 from chargpt.core.config import ModelConfig
-from chargpt.core.device import GIB, PRESETS, DeviceFacts, auto_size, probe_device
+from chargpt.core.device import (
+    GIB,
+    SIZE_PROFILES,
+    DeviceFacts,
+    auto_size,
+    parse_device,
+    probe_device,
+    resolve_device,
+)
+from chargpt.errors import FailedPreconditionError, InvalidArgumentError
 
 
 def gpu(memory_gib: float) -> DeviceFacts:
@@ -34,7 +43,7 @@ def test_cpu_gets_a_small_fast_model() -> None:
 
 
 def test_every_preset_is_a_valid_config() -> None:
-    for p in PRESETS.values():
+    for p in SIZE_PROFILES.values():
         ModelConfig(vocab_size=65, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, block_size=p.block_size)
 
 
@@ -50,3 +59,27 @@ def test_probe_refuses_missing_cuda() -> None:
         pytest.skip("CUDA is present")
     with pytest.raises(RuntimeError, match="CUDA"):
         probe_device("cuda")
+
+
+@pytest.mark.parametrize(("spec", "parsed"), [("", "auto"), ("auto", "auto"), (" CPU ", "cpu"), ("mps", "mps"),
+                                              ("cuda", "cuda"), ("cuda:0", "cuda:0"), ("cuda:999", "cuda:999")])
+def test_one_device_parser(spec: str, parsed: str) -> None:
+    """The trainer's resources.device and the inference service's LoadModel device read the same way."""
+    assert parse_device(spec, "resources.device") == parsed
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:", "cuda:1000", "cuda:-1", "cpu:0", "mps:1", "tpu", "../x"])
+def test_malformed_devices_name_the_field(spec: str) -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        parse_device(spec, "resources.device")
+    assert err.value.field == "resources.device" and "cuda:N" in str(err.value)
+
+
+def test_resolve_device_probes_and_names_the_field() -> None:
+    import torch
+
+    assert resolve_device(" cpu", "device") == ("cpu", probe_device("cpu"))
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    with pytest.raises(FailedPreconditionError, match=r"^device: 'cuda:12' is not usable"):
+        resolve_device("CUDA:12", "device")

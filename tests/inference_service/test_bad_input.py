@@ -18,6 +18,7 @@ GENERATE_CASES: list[tuple[dict[str, Any], grpc.StatusCode, str]] = [
     ({"model": ""}, INVALID, "model"),
     ({"model": "nope"}, NOT_FOUND, "nope"),
     ({"max_new_tokens": -1}, INVALID, "max_new_tokens"),
+    ({"max_new_tokens": 0}, INVALID, "max_new_tokens"),  # explicit 0 is not "unset" (optional field)
     ({"max_new_tokens": 2**31 - 1}, INVALID, "max_new_tokens"),
     ({"temperature": float("nan")}, INVALID, "temperature"),
     ({"temperature": float("inf")}, INVALID, "temperature"),
@@ -62,6 +63,7 @@ SCORE_CASES: list[tuple[dict[str, Any], grpc.StatusCode, str]] = [
     ({"text": ""}, INVALID, "text"),
     ({"text": "ab€"}, INVALID, "text"),
     ({"stride": -1}, INVALID, "stride"),
+    ({"stride": 0}, INVALID, "stride"),
     ({"stride": 33}, INVALID, "stride"),
     ({"model": "nope"}, NOT_FOUND, "nope"),
     ({"text": "a" * 2001}, grpc.StatusCode.RESOURCE_EXHAUSTED, "2000"),

@@ -10,7 +10,7 @@ import torch
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.sampling import SamplingParams, generate
 from chargpt.v1 import inference_pb2
-from inference_service.sampler import StopMatcher
+from inference_service.requests import StopMatcher
 
 from .conftest import Served, write_checkpoint
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from trainer_harness import Trainer
 
-from chargpt.core.device import PRESETS
+from chargpt.core.device import SIZE_PROFILES
 from chargpt.v1 import trainer_pb2 as S
 from trainer_service.server import create_server
 from trainer_service.settings import TrainerSettings
@@ -46,8 +46,9 @@ async def test_the_tensorboard_setting_names_each_jobs_run(tmp_path: Path, fake_
 async def test_device_info(trainer: Trainer) -> None:
     info = await trainer.stub.GetDeviceInfo(S.GetDeviceInfoRequest())
     assert info.device.type == "cpu" and info.device.cpu_cores >= 1
-    assert list(info.presets) == list(PRESETS)
-    assert info.auto_model.n_embd == PRESETS["cpu"].n_embd and info.auto_batch_size == PRESETS["cpu"].batch_size
+    assert list(info.presets) == list(SIZE_PROFILES)
+    cpu = SIZE_PROFILES["cpu"]
+    assert info.auto_model.n_embd == cpu.n_embd and info.auto_batch_size == cpu.batch_size
 
 
 async def test_one_server_per_data_directory(trainer: Trainer) -> None:

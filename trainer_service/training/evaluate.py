@@ -6,7 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from chargpt.core.model import GPT
-from chargpt.core.sampling import PRESETS, Preset, generate, make_generator
+from chargpt.core.sampling import SAMPLING_PRESETS, SamplingPreset, generate, make_generator
 from trainer_service.training.data import CorpusData, mix_seed, split_windows, train_subset_windows
 from trainer_service.training.runtime import Runtime, all_sum
 
@@ -64,7 +64,7 @@ def sample_text(model: GPT, data: CorpusData, length: int, seed: int, step: int,
         start = torch.tensor([data.tokenizer.encode(data.first_char)], device=runtime.device)
         gen = make_generator(mix_seed(seed, "sample", step), device=runtime.device)
         with runtime.autocast():
-            ids = generate(model, start, length, PRESETS[Preset.BALANCED], gen)
+            ids = generate(model, start, length, SAMPLING_PRESETS[SamplingPreset.BALANCED], gen)
         return data.tokenizer.decode(ids[0, 1:].tolist())
     finally:
         model.train()

@@ -10,7 +10,7 @@ from pathlib import Path
 from chargpt.text import TextDecodeError, read_text
 from chargpt_client import types as t
 from chargpt_client.cli.common import SubParsers, UsageError, inference_client, print_json
-from chargpt_client.ops import PRESETS
+from chargpt_client.ops import SAMPLING_PRESETS
 from chargpt_client.render import fmt, print_table
 from chargpt_client.tokenizer import CharMapping
 
@@ -40,7 +40,8 @@ def _register_generate(subparsers: SubParsers, parent: argparse.ArgumentParser) 
     gen = subparsers.add_parser("generate", parents=[parent], help="stream generated text to the terminal")
     gen.add_argument("model")
     gen.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
-    gen.add_argument("--preset", choices=list(PRESETS), help="focused 0.3/5, balanced 0.8/40, creative 1.2/200")
+    gen.add_argument("--preset", choices=list(SAMPLING_PRESETS),
+                     help="focused 0.3/5, balanced 0.8/40, creative 1.2/200")
     gen.add_argument("--temperature", type=float)
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--top-p", type=float)
@@ -143,8 +144,9 @@ def generate_cmd(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     s = stream.summary
     if s is not None:
+        # .9g: the echoed values exactly (1e-38 is not "0"); the client already shortened them to what was sent.
         print(f"[{s.generated_tokens} chars, {s.finish_reason.lower()}, seed {s.seed}, temperature "
-              f"{s.temperature:g}, top-k {s.top_k}, {s.total_seconds:.2f}s]", file=sys.stderr)
+              f"{s.temperature:.9g}, top-k {s.top_k}, top-p {s.top_p:.9g}, {s.total_seconds:.2f}s]", file=sys.stderr)
         if args.logprobs:
             print_logprobs(stream.result().logprobs)
     return 0

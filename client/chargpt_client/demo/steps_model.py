@@ -8,7 +8,7 @@ from chargpt_client import plots
 from chargpt_client import types as t
 from chargpt_client.demo.context import BUILTIN_CORPORA, Demo
 from chargpt_client.errors import NotFound
-from chargpt_client.ops import PRESETS
+from chargpt_client.ops import SAMPLING_PRESETS
 from chargpt_client.render import print_table
 from chargpt_client.tokenizer import CharMapping
 
@@ -30,7 +30,7 @@ def write(demo: Demo) -> None:
     demo.say(f"Loaded {which}, from step {model.training.step}, into the inference service as '{model.name}' "
              f"on {model.device}.")
     length = demo.options.sample_chars
-    for preset in PRESETS:
+    for preset in SAMPLING_PRESETS:
         generated = inference.generate(model.name, "\n", preset=preset, max_new_tokens=length,
                                        seed=demo.options.seed)
         demo.findings.generations[preset] = generated
