@@ -78,8 +78,10 @@ def _add_routes(app: FastAPI, api: APIRouter, servicer: InferenceServicer) -> No
 
     @api.post("/v1/score")
     async def score(body: ScoreRequest) -> dict[str, Any]:
-        request = inference_pb2.ScoreRequest(model=body.model, text=body.text, stride=body.stride,
+        request = inference_pb2.ScoreRequest(model=body.model, text=body.text,
                                              include_token_logprobs=body.include_token_logprobs)
+        if body.stride is not None:  # unset: the service's default (block_size); an explicit 0 is refused
+            request.stride = body.stride
         reply = await servicer.Score(request, None)  # Score does not use its context
         out = {"object": "score", "model": body.model, "mean_nll": reply.mean_nll,
                "bits_per_char": reply.bits_per_char, "perplexity": reply.perplexity, "num_tokens": reply.num_tokens}
@@ -127,8 +129,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code)
 
+    # chargpt's own errors are answers, not crashes: a handler for them (not for Exception, which Starlette
+    # routes through its server-error middleware and logs as a crash) maps each through the one table.
+    @app.exception_handler(errors.ChargptError)
+    async def domain_error(request: Request, exc: errors.ChargptError) -> JSONResponse:
+        return error_response(exc)
+
     @app.exception_handler(Exception)
-    async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
 
 

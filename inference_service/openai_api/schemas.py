@@ -94,5 +94,5 @@ class ScoreRequest(BaseModel):
 
     model: str
     text: str
-    stride: int = Field(default=0, ge=0, lt=2**31)
+    stride: int | None = Field(default=None, ge=0, lt=2**31)
     include_token_logprobs: bool = False

@@ -134,4 +134,4 @@ async def _collect(job: GenRequest) -> tuple[str, Summary]:
         item = await asyncio.wait_for(job.events.get(), 30)
         if isinstance(item, Summary):
             return "".join(parts), item
-        parts.append(item)
+        parts.append(item.text)
