@@ -66,7 +66,6 @@ async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
     corpora = CorpusLibrary(store, settings.data_dir / "corpora", settings.max_upload_bytes)
     hub = EventHub(store, metrics, settings.event_poll_seconds)
     jobs = JobManager(settings, store, hub)
-    hub.tokens_per_step = jobs.tokens_per_step
     prober = DeviceProber(settings.device)
     server = new_server(settings, observer=metrics.rpcs.observe)
     servicer = TrainerServicer(settings, store, corpora, jobs, hub, metrics, prober)

@@ -98,10 +98,6 @@ class JobManager:
             self._plans[job_id] = TrainingPlan.model_validate_json(self.store.get_job(job_id).plan)
         return self._plans[job_id]
 
-    def tokens_per_step(self, job_id: str) -> int:
-        plan = self.plan(job_id)
-        return plan.batch_size * plan.model.block_size
-
     def running_process(self, job_id: str) -> asyncio.subprocess.Process | None:
         """The top worker process of a running job (torchrun's for multi-process jobs)."""
         run = self._running.get(job_id)
