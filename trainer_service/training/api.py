@@ -19,9 +19,8 @@ from chargpt.core.config import ModelConfig
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 BEST = "best"
-
-
 MAX_STEPS = 10_000_000
+BOUNDED_BY = {"min_learning_rate": "learning_rate", "warmup_steps": "max_steps"}  # field -> its upper limit
 
 
 class TrainingPlan(BaseModel):
@@ -79,20 +78,13 @@ class TrainingPlan(BaseModel):
                              "accumulation steps")
         return value
 
-    @field_validator("min_learning_rate")
+    @field_validator("min_learning_rate", "warmup_steps")
     @classmethod
-    def _min_below_peak(cls, value: float, info: ValidationInfo) -> float:
-        peak = info.data.get("learning_rate")
-        if peak is not None and value > peak:
-            raise ValueError(f"must be at most learning_rate ({peak:g})")
-        return value
-
-    @field_validator("warmup_steps")
-    @classmethod
-    def _warmup_within_run(cls, value: int, info: ValidationInfo) -> int:
-        steps = info.data.get("max_steps")
-        if steps is not None and value > steps:
-            raise ValueError(f"must be at most max_steps ({steps})")
+    def _within_limit(cls, value: float, info: ValidationInfo) -> float:
+        limit_name = BOUNDED_BY[str(info.field_name)]
+        limit = info.data.get(limit_name)
+        if limit is not None and value > limit:
+            raise ValueError(f"must be at most {limit_name} ({limit:g})")
         return value
 
 
