@@ -92,6 +92,6 @@ def test_a_stopped_worker_that_hangs_exits_at_its_deadline() -> None:
             "flag = StopFlag(0.5)\nflag.set('test')\ntime.sleep(30)\n")
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])})
     assert result.returncode == EXIT_STOP_DEADLINE and time.monotonic() - started < 10
     assert b"exiting" in result.stderr
