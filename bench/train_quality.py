@@ -52,7 +52,7 @@ def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int) -
                         block_size=p.block_size, dropout=p.dropout)
     return TrainingPlan(job_id=f"quality-{name}", model=model, max_steps=max_steps, batch_size=p.batch_size,
                         learning_rate=p.learning_rate, min_learning_rate=p.learning_rate * args.min_lr_ratio,
-                        warmup_steps=p.warmup_steps, weight_decay=0.1, grad_clip=1.0,
+                        warmup_steps=min(p.warmup_steps, max_steps), weight_decay=0.1, grad_clip=1.0,
                         eval_interval=args.eval_interval, sample_interval=0, sample_length=200, seed=args.seed,
                         checkpoint_interval=0, device=args.device, compile=args.compile)
 

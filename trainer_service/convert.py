@@ -1,14 +1,16 @@
-"""Store records and engine events to v1 protos (and the few enums back)."""
+"""Store records, plans and engine events to v1 protos, and a request's TrainingSpec to plan values."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import common_pb2, trainer_pb2
-from trainer_service.checkpoints import CheckpointInfo
+from trainer_service.jobs.checkpoints import CheckpointInfo
 from trainer_service.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, CorpusRecord, EventRecord, JobRecord
 from trainer_service.training.api import TrainingPlan
 
@@ -19,14 +21,28 @@ PROTO_TO_STATE = {v: k for k, v in STATE_TO_PROTO.items()}
 KIND_TO_PROTO = {"latest": common_pb2.CHECKPOINT_KIND_LATEST, "best": common_pb2.CHECKPOINT_KIND_BEST}
 PROTO_TO_KIND = {common_pb2.CHECKPOINT_KIND_UNSPECIFIED: "", common_pb2.CHECKPOINT_KIND_LATEST: "latest",
                  common_pb2.CHECKPOINT_KIND_BEST: "best"}
-_ENUMS: dict[str, dict[str, Any]] = {
-    "precision": {"auto": trainer_pb2.PRECISION_AUTO, "fp32": trainer_pb2.PRECISION_FP32,
-                  "bf16": trainer_pb2.PRECISION_BF16, "fp16": trainer_pb2.PRECISION_FP16},
-    "compile": {"auto": trainer_pb2.COMPILE_MODE_AUTO, "on": trainer_pb2.COMPILE_MODE_ON,
-                "off": trainer_pb2.COMPILE_MODE_OFF},
-    "lr_schedule": {"cosine": trainer_pb2.LR_SCHEDULE_COSINE, "constant": trainer_pb2.LR_SCHEDULE_CONSTANT,
-                    "linear": trainer_pb2.LR_SCHEDULE_LINEAR},
-}
+TRAINING_SPEC = trainer_pb2.TrainingSpec.DESCRIPTOR
+
+
+def enum_choices(enum: EnumDescriptor) -> dict[int, str]:
+    """A v1 enum's values by their plan name, e.g. PRECISION_FP32 -> "fp32"; UNSPECIFIED (0) is the default."""
+    prefix = enum.values_by_number[0].name.removesuffix("UNSPECIFIED")
+    return {v.number: v.name.removeprefix(prefix).lower() for v in enum.values if v.number}
+
+
+def training_fields(spec: trainer_pb2.TrainingSpec) -> dict[str, Any]:
+    """The TrainingSpec fields a request set, as TrainingPlan values (unset fields take the plan's defaults)."""
+    values: dict[str, Any] = {}
+    for fd in spec.DESCRIPTOR.fields:
+        if fd.enum_type is not None:
+            number, choices = getattr(spec, fd.name), enum_choices(fd.enum_type)
+            if number and number not in choices:
+                raise InvalidArgumentError(f"training.{fd.name}", f"unknown value {number}")
+            if number:
+                values[fd.name] = choices[number]
+        elif spec.HasField(fd.name):
+            values[fd.name] = getattr(spec, fd.name)
+    return values
 
 
 def timestamp(seconds: float | None) -> Timestamp | None:
@@ -56,12 +72,14 @@ def model_proto(plan: TrainingPlan) -> common_pb2.ModelConfig:
 
 
 def training_proto(plan: TrainingPlan) -> trainer_pb2.TrainingSpec:
-    plain = ("max_steps", "batch_size", "learning_rate", "min_learning_rate", "warmup_steps", "weight_decay",
-             "grad_clip", "eval_interval", "sample_interval", "sample_length", "seed", "checkpoint_interval",
-             "grad_accumulation_steps")
-    values: dict[str, Any] = {name: getattr(plan, name) for name in plain}
-    values.update({name: table[getattr(plan, name)] for name, table in _ENUMS.items()})
-    return trainer_pb2.TrainingSpec(**values)
+    """Every TrainingSpec field from the plan (each one is set: the job shows its resolved values)."""
+    spec = trainer_pb2.TrainingSpec()
+    for fd in TRAINING_SPEC.fields:
+        value = getattr(plan, fd.name)
+        if fd.enum_type is not None:
+            value = {name: number for number, name in enum_choices(fd.enum_type).items()}[value]
+        setattr(spec, fd.name, value)
+    return spec
 
 
 def job_proto(job: JobRecord, plan: TrainingPlan) -> trainer_pb2.TrainingJob:

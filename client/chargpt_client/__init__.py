@@ -20,6 +20,7 @@ from chargpt_client.errors import (
 from chargpt_client.options import ClientOptions, RetryPolicy, TlsOptions
 from chargpt_client.sync import Client, InferenceClient, TextStream, TrainerClient
 from chargpt_client.tokenizer import CharMapping
+from chargpt_client.training import TrainingOptions
 from chargpt_client.types import (
     Attention,
     Checkpoint,
@@ -46,6 +47,7 @@ __all__ = [
     "CorpusText", "DataLoss", "DeadlineExceeded", "DeviceReport", "Evaluation", "FailedPrecondition",
     "GenerationResult", "GenerationSummary", "InferenceClient", "Internal", "InvalidArgument", "JobEvent", "Model",
     "ModelConfig", "NotFound", "PermissionDenied", "Progress", "ResourceExhausted", "RetryPolicy", "Sample",
-    "ScoreResult", "StateChanged", "TextStream", "TlsOptions", "TrainerClient", "TrainingJob", "Unauthenticated",
+    "ScoreResult", "StateChanged", "TextStream", "TlsOptions", "TrainerClient", "TrainingJob", "TrainingOptions",
+    "Unauthenticated",
     "Unavailable", "Unimplemented", "__version__",
 ]

@@ -16,6 +16,7 @@ from chargpt_client import types as t
 from chargpt_client.calls import DEFAULT, Deadline, GenerationState, Timeout, retry_delay, retry_policy
 from chargpt_client.errors import ChargptClientError, from_rpc_error
 from chargpt_client.options import ClientOptions, aio_channel, inference_address, trainer_address
+from chargpt_client.training import TrainingOptions
 from chargpt_client.transfer import UPLOAD_CHUNK_BYTES, CorpusSource, UploadSource, consume_download_async
 
 T = TypeVar("T")
@@ -117,11 +118,11 @@ class AsyncTrainerClient(_AsyncService):
         await self._call(ops.delete_corpus(corpus_id), timeout)
 
     async def create_job(self, corpus_id: str, *, preset: str | None = None, model: t.ModelConfig | None = None,
-                         display_name: str = "", device: str = "", num_processes: int = 0,
-                         timeout: Timeout = DEFAULT, **training: Any) -> t.TrainingJob:
+                         training: TrainingOptions | None = None, display_name: str = "", device: str = "",
+                         num_processes: int | None = None, timeout: Timeout = DEFAULT) -> t.TrainingJob:
         return await self._call(ops.create_training_job(
-            corpus_id, preset=preset, model=model, display_name=display_name, device=device,
-            num_processes=num_processes, **training), timeout)
+            corpus_id, preset=preset, model=model, training=training, display_name=display_name, device=device,
+            num_processes=num_processes), timeout)
 
     async def get_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> t.TrainingJob:
         return await self._call(ops.get_training_job(job_id), timeout)

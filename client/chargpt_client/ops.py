@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from chargpt.v1 import common_pb2, inference_pb2, trainer_pb2
 from chargpt_client import convert
 from chargpt_client import types as t
+from chargpt_client.training import TrainingOptions
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -31,8 +32,6 @@ SAMPLING_PRESETS: dict[str, int] = {
 CHECKPOINT_KINDS: dict[str, str] = {"": "CHECKPOINT_KIND_UNSPECIFIED", "latest": "CHECKPOINT_KIND_LATEST",
                                      "best": "CHECKPOINT_KIND_BEST"}
 JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-_TRAINING_ENUMS: dict[str, str] = {"lr_schedule": "LR_SCHEDULE_", "precision": "PRECISION_",
-                                   "compile": "COMPILE_MODE_"}
 
 
 @dataclass(frozen=True)
@@ -83,28 +82,24 @@ def delete_corpus(corpus_id: str) -> Unary[None]:
     return Unary("DeleteCorpus", trainer_pb2.DeleteCorpusRequest(corpus_id=corpus_id), lambda r: None, False)
 
 
-def training_spec(**fields: Any) -> trainer_pb2.TrainingSpec:
-    """A TrainingSpec from keyword fields (None skipped); enums by short name, e.g. precision="fp32"."""
+def training_spec(options: TrainingOptions | None) -> trainer_pb2.TrainingSpec:
+    """The TrainingSpec of the options that are set; enums by short name, e.g. precision="fp32"."""
     spec = trainer_pb2.TrainingSpec()
-    known = {f.name for f in spec.DESCRIPTOR.fields}
-    for name, value in fields.items():
-        if value is None:
-            continue
-        if name not in known:
-            raise ValueError(f"unknown training field {name!r}; known: {', '.join(sorted(known))}")
-        if name in _TRAINING_ENUMS:
-            enum = spec.DESCRIPTOR.fields_by_name[name].enum_type
-            full = _TRAINING_ENUMS[name] + str(value).upper()
-            if full not in enum.values_by_name:
+    for name, value in (options.given() if options is not None else {}).items():
+        fd = spec.DESCRIPTOR.fields_by_name[name]
+        if fd.enum_type is not None:
+            prefix = fd.enum_type.values_by_number[0].name.removesuffix("UNSPECIFIED")
+            number = fd.enum_type.values_by_name.get(prefix + str(value).upper())
+            if number is None or number.number == 0:
                 raise ValueError(f"unknown {name} {value!r}")
-            value = enum.values_by_name[full].number
+            value = number.number
         setattr(spec, name, value)
     return spec
 
 
 def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.ModelConfig | None = None,
-                        display_name: str = "", device: str = "", num_processes: int = 0,
-                        **training: Any) -> Unary[t.TrainingJob]:
+                        training: TrainingOptions | None = None, display_name: str = "", device: str = "",
+                        num_processes: int | None = None) -> Unary[t.TrainingJob]:
     spec = trainer_pb2.ModelSpec()
     if model is not None:
         spec.custom.CopyFrom(common_pb2.ModelConfig(n_layer=model.n_layer, n_head=model.n_head,
@@ -113,7 +108,7 @@ def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.M
     elif preset:
         spec.preset = preset
     request = trainer_pb2.CreateTrainingJobRequest(
-        corpus_id=corpus_id, display_name=display_name, model=spec, training=training_spec(**training),
+        corpus_id=corpus_id, display_name=display_name, model=spec, training=training_spec(training),
         resources=trainer_pb2.ResourceSpec(device=device, num_processes=num_processes))
     return Unary("CreateTrainingJob", request, lambda r: convert.job(r.job), False)
 

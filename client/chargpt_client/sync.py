@@ -16,6 +16,7 @@ from chargpt_client import types as t
 from chargpt_client.calls import DEFAULT, Deadline, GenerationState, Timeout, retry_delay, retry_policy
 from chargpt_client.errors import ChargptClientError, from_rpc_error
 from chargpt_client.options import ClientOptions, inference_address, sync_channel, trainer_address
+from chargpt_client.training import TrainingOptions
 from chargpt_client.transfer import UPLOAD_CHUNK_BYTES, CorpusSource, UploadSource, consume_download
 
 T = TypeVar("T")
@@ -114,11 +115,12 @@ class TrainerClient(_SyncService):
         self._call(ops.delete_corpus(corpus_id), timeout)
 
     def create_job(self, corpus_id: str, *, preset: str | None = None, model: t.ModelConfig | None = None,
-                   display_name: str = "", device: str = "", num_processes: int = 0,
-                   timeout: Timeout = DEFAULT, **training: Any) -> t.TrainingJob:
-        """Start training; `training` takes TrainingSpec fields (max_steps=..., precision="fp32", ...)."""
-        return self._call(ops.create_training_job(corpus_id, preset=preset, model=model, display_name=display_name,
-                                                  device=device, num_processes=num_processes, **training), timeout)
+                   training: TrainingOptions | None = None, display_name: str = "", device: str = "",
+                   num_processes: int | None = None, timeout: Timeout = DEFAULT) -> t.TrainingJob:
+        """Start training; unset options (and `training=None`) take the server's defaults for the model size."""
+        return self._call(ops.create_training_job(corpus_id, preset=preset, model=model, training=training,
+                                                  display_name=display_name, device=device,
+                                                  num_processes=num_processes), timeout)
 
     def get_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> t.TrainingJob:
         return self._call(ops.get_training_job(job_id), timeout)

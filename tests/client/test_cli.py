@@ -156,11 +156,14 @@ def test_job_and_checkpoint_commands(cli: Cli, job_id: str) -> None:
 
 def test_detached_training_from_a_file_then_cancel_and_resume(cli: Cli, job_id: str) -> None:
     detached = cli.run("train", "citizens.txt", *TINY_FLAGS[:8], "--batch-size", "4", "--max-steps", "100000",
-                       "--detach")
+                       "--weight-decay", "0", "--grad-clip", "0.5", "--grad-accumulation-steps", "2", "--detach")
     assert detached.returncode == 0 and "uploaded citizens.txt as corpus" in detached.stderr
     new_job = detached.stdout.strip()
     assert len(new_job) >= 8 and new_job != job_id
-    assert cli.json("jobs", "cancel", new_job)["state"] in ("CANCELLED", "RUNNING", "QUEUED")
+    cancelled = cli.json("jobs", "cancel", new_job)
+    assert cancelled["state"] in ("CANCELLED", "RUNNING", "QUEUED")
+    training = cancelled["training"]  # every TrainingSpec field has a flag; an explicit 0 stays 0
+    assert training["weight_decay"] == 0 and training["grad_clip"] == 0.5 and training["grad_accumulation_steps"] == 2
     watched = cli.run("jobs", "watch", new_job)
     assert watched.returncode == 0 and "cancelled" in watched.stderr
     assert cli.json("jobs", "resume", new_job)["state"] in ("QUEUED", "RUNNING")

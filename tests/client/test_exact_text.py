@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from chargpt_client import AsyncTrainerClient, Client, InvalidArgument, NotFound
+from chargpt_client import AsyncTrainerClient, Client, InvalidArgument, NotFound, TrainingOptions
 from chargpt_client import types as t
 from chargpt_client.transfer import CorpusSource
 
@@ -65,8 +65,8 @@ def test_line_endings_bom_and_nul_survive_upload_training_and_scoring(services: 
         assert corpus.num_chars == len(text) and corpus.vocabulary == "".join(sorted(set(text)))
         assert trainer.read_corpus(corpus.corpus_id, length=len(text)).text == text  # stored exactly
         uploaded[name] = corpus
-    jobs = {name: trainer.create_job(c.corpus_id, model=TINY_MODEL, max_steps=3, eval_interval=0,
-                                     sample_interval=0, batch_size=4, device="cpu", seed=3)
+    options = TrainingOptions(max_steps=3, eval_interval=0, sample_interval=0, batch_size=4, seed=3)
+    jobs = {name: trainer.create_job(c.corpus_id, model=TINY_MODEL, device="cpu", training=options)
             for name, c in uploaded.items()}
     for name, job in jobs.items():
         states = [e.state for e in trainer.watch_job(job.job_id) if isinstance(e, t.StateChanged)]

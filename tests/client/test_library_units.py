@@ -12,7 +12,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from chargpt_client import Attention, ChargptClientError, CharMapping, DataLoss, NotFound, RetryPolicy
+from chargpt_client import (
+    Attention,
+    ChargptClientError,
+    CharMapping,
+    DataLoss,
+    NotFound,
+    RetryPolicy,
+    TrainingOptions,
+)
 from chargpt_client import types as t
 from chargpt_client.convert import float32_value
 from chargpt_client.errors import ERROR_BY_CODE, from_rpc_error
@@ -158,12 +166,15 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
 
 
 def test_request_builders_validate_names() -> None:
-    spec = training_spec(max_steps=5, precision="fp32", lr_schedule="constant", compile="off", seed=None)
+    spec = training_spec(TrainingOptions(max_steps=5, precision="fp32", lr_schedule="constant", compile="off",
+                                         seed=None, weight_decay=0.0))
     assert spec.max_steps == 5 and spec.precision == 2 and spec.lr_schedule == 2 and not spec.HasField("seed")
-    with pytest.raises(ValueError, match="unknown training field"):
-        training_spec(max_step=5)
+    assert spec.HasField("weight_decay") and spec.weight_decay == 0.0  # an explicit zero is sent, not dropped
+    assert training_spec(None) == trainer_pb2.TrainingSpec()
+    with pytest.raises(ValueError, match="max_step"):
+        TrainingOptions(max_step=5)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="precision"):
-        training_spec(precision="fp8")
+        TrainingOptions(precision="fp8")  # type: ignore[arg-type]
     request = generate_request("m", "hi", preset="Creative", temperature=0.0, stop=["\n\n"])
     assert request.preset == 3 and request.HasField("temperature") and not request.HasField("top_k")
 

@@ -23,6 +23,7 @@ from chargpt_client import (
     StateChanged,
     TrainerClient,
     TrainingJob,
+    TrainingOptions,
 )
 
 from tests.client.conftest import FAST_RETRY, ServerThread, inference_factory, trainer_factory
@@ -45,8 +46,9 @@ def trainer(server_thread: ServerThread, tmp_path_factory: pytest.TempPathFactor
                                                      event_poll_seconds=0.05))
     with TrainerClient(address, FAST_RETRY) as client:
         corpus = client.upload_corpus("citizens", CORPUS).corpus
-        job = client.create_job(corpus.corpus_id, model=TINY, display_name="tiny", max_steps=6, batch_size=4,
-                                eval_interval=3, sample_interval=3, sample_length=20, checkpoint_interval=3, seed=1)
+        job = client.create_job(corpus.corpus_id, model=TINY, display_name="tiny", training=TrainingOptions(
+            max_steps=6, batch_size=4, eval_interval=3, sample_interval=3, sample_length=20, checkpoint_interval=3,
+            seed=1))
         yield TrainerFixture(address, client, job, corpus.corpus_id)
 
 
@@ -137,6 +139,8 @@ async def test_async_trainer_client(trainer: TrainerFixture, tmp_path: Path) -> 
         assert (await client.device_info()).device.type == "cpu"
         uploaded = await client.upload_corpus("async", "async text " * 100)
         assert (await client.get_corpus(uploaded.corpus.corpus_id)).name == "async"
+        with pytest.raises(InvalidArgument, match=r"training\.sample_length"):  # an explicit 0 is not "default"
+            await client.create_job(uploaded.corpus.corpus_id, model=TINY, training=TrainingOptions(sample_length=0))
         assert trainer.job.job_id in [j.job_id for j in await client.list_jobs(limit=10)]
         events = [e async for e in client.watch_job(trainer.job.job_id)]
         assert isinstance(events[-1], StateChanged) and events[-1].state == "SUCCEEDED"

@@ -9,10 +9,10 @@ from trainer_harness import Trainer
 
 from chargpt.core.device import SIZE_PROFILES
 from chargpt.v1 import trainer_pb2 as S
+from trainer_service.jobs.worker import PLAN_FILE
 from trainer_service.server import create_server
 from trainer_service.settings import TrainerSettings
 from trainer_service.training.api import TrainingPlan
-from trainer_service.worker import PLAN_FILE
 
 
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from chargpt.core.config import ModelConfig
 
@@ -23,36 +23,77 @@ LATEST = "latest"
 BEST = "best"
 TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_RUN_PATTERN = r"^\w[\w.-]{0,63}$"  # one path component: `tensorboard --logdir` names the run by it
+MAX_STEPS = 10_000_000
+BOUNDED_BY = {"min_learning_rate": "learning_rate", "warmup_steps": "max_steps"}  # field -> its upper limit
 
 
 class TrainingPlan(BaseModel):
-    """A fully resolved job: every default applied, every field validated."""
+    """A fully resolved job: every default applied, every field validated.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    The one place for the bounds and defaults of the training fields: the trainer overlays the TrainingSpec
+    fields a request set onto its size profile and validates them here, once. Fields are declared so that a
+    field's checks only read fields declared before it (pydantic validates in this order).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     job_id: str
     model: ModelConfig
-    max_steps: int = Field(ge=1)
-    batch_size: int = Field(ge=1, description="sequences per optimizer step, across all ranks")
-    learning_rate: float = Field(gt=0)
-    min_learning_rate: float = Field(ge=0)
-    warmup_steps: int = Field(ge=0)
-    lr_schedule: Literal["cosine", "constant", "linear"] = "cosine"
-    weight_decay: float = Field(ge=0)
-    grad_clip: float = Field(ge=0, description="0 disables clipping")
-    eval_interval: int = Field(ge=0, description="0: evaluate at the end only")
-    sample_interval: int = Field(ge=0, description="0: no samples")
-    sample_length: int = Field(ge=1)
-    seed: int
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: Literal["auto", "on", "off"] = "auto"
-    checkpoint_interval: int = Field(ge=0, description="0: only at evaluations and the end")
-    grad_accumulation_steps: int = Field(default=1, ge=1)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N, mps")
     num_processes: int = Field(default=1, ge=1)
+    max_steps: int = Field(ge=1, le=MAX_STEPS)
+    grad_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    batch_size: int = Field(ge=1, le=65_536, description="sequences per optimizer step, across all ranks")
+    learning_rate: float = Field(gt=0, le=10.0)
+    min_learning_rate: float = Field(ge=0, description="default: learning_rate / 10")
+    warmup_steps: int = Field(ge=0)
+    lr_schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    weight_decay: float = Field(default=0.1, ge=0, le=10.0)
+    grad_clip: float = Field(default=1.0, ge=0, le=1e6, description="0 disables clipping")
+    eval_interval: int = Field(ge=0, le=MAX_STEPS, description="0: evaluate at the end only")
+    sample_interval: int = Field(ge=0, le=MAX_STEPS, description="0: no samples")
+    sample_length: int = Field(default=200, ge=1, le=100_000)
+    seed: int = Field(default=1337, ge=0, le=2**63 - 1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"
+    checkpoint_interval: int = Field(ge=0, le=MAX_STEPS, description="0: only at evaluations and the end")
+
     tensorboard_run: str | None = Field(default=None, pattern=TENSORBOARD_RUN_PATTERN,
                                         description="rank 0 writes TensorBoard events to "
                                                     "job_dir/tensorboard/<this>; None: no TensorBoard")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_defaults(cls, data: Any) -> Any:
+        """Defaults that follow other fields: the LR decays to a tenth, intervals are a tenth of the run."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        lr, steps = data.get("learning_rate"), data.get("max_steps")
+        if isinstance(lr, int | float) and not isinstance(lr, bool):
+            data.setdefault("min_learning_rate", lr / 10)
+        if isinstance(steps, int) and not isinstance(steps, bool):
+            for name in ("eval_interval", "sample_interval", "checkpoint_interval"):
+                data.setdefault(name, max(1, steps // 10))
+        return data
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_divides(cls, value: int, info: ValidationInfo) -> int:
+        processes, micro = info.data.get("num_processes"), info.data.get("grad_accumulation_steps")
+        if processes and micro and value % (processes * micro):
+            raise ValueError(f"{value} sequences must divide evenly over {processes} processes x {micro} "
+                             "accumulation steps")
+        return value
+
+    @field_validator("min_learning_rate", "warmup_steps")
+    @classmethod
+    def _within_limit(cls, value: float, info: ValidationInfo) -> float:
+        limit_name = BOUNDED_BY[str(info.field_name)]
+        limit = info.data.get(limit_name)
+        if limit is not None and value > limit:
+            raise ValueError(f"must be at most {limit_name} ({limit:g})")
+        return value
 
 
 def tensorboard_run_name(display_name: str) -> str:
@@ -79,6 +120,7 @@ class ProgressUpdate(BaseModel):
     loss: float
     learning_rate: float
     tokens_per_second: float
+    tokens_per_step: int = Field(ge=0, description="tokens (characters) per optimizer step, across all ranks")
     elapsed_seconds: float
     eta_seconds: float
     grad_norm: float | None = Field(default=None, description="the step's global gradient norm, before clipping")

@@ -11,15 +11,8 @@ from chargpt_client.cli.common import SubParsers, UsageError, print_json, traine
 from chargpt_client.ops import JOB_STATES
 from chargpt_client.render import JobProgress, fmt, print_table
 from chargpt_client.sync import TrainerClient
+from chargpt_client.training import TrainingOptions, option_fields
 
-TRAINING_FLAGS = {  # flag -> (TrainingSpec field, type)
-    "--max-steps": ("max_steps", int), "--batch-size": ("batch_size", int),
-    "--learning-rate": ("learning_rate", float), "--warmup-steps": ("warmup_steps", int),
-    "--eval-interval": ("eval_interval", int), "--sample-interval": ("sample_interval", int),
-    "--sample-length": ("sample_length", int), "--seed": ("seed", int),
-    "--checkpoint-interval": ("checkpoint_interval", int), "--precision": ("precision", str),
-    "--compile": ("compile", str), "--lr-schedule": ("lr_schedule", str),
-}
 ARCH_FLAGS = ("n_layer", "n_head", "n_embd", "block_size")
 
 
@@ -30,10 +23,12 @@ def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
     for name in ARCH_FLAGS:
         train.add_argument("--" + name.replace("_", "-"), type=int, help="custom architecture (all four needed)")
     train.add_argument("--dropout", type=float, default=0.0)
-    for flag, (_, kind) in TRAINING_FLAGS.items():
-        train.add_argument(flag, type=kind)
+    hyper = train.add_argument_group("training (unset: the trainer's default for the model size)")
+    for option in option_fields():  # one flag per TrainingSpec field, e.g. --weight-decay
+        hyper.add_argument("--" + option.name.replace("_", "-"), type=option.kind, choices=option.choices,
+                           help=option.help)
     train.add_argument("--device", default="", help="auto, cpu, cuda, cuda:N or mps")
-    train.add_argument("--num-processes", type=int, default=0, help="DDP worker processes")
+    train.add_argument("--num-processes", type=int, help="DDP worker processes (default 1)")
     train.add_argument("--name", default="", help="display name")
     train.add_argument("--detach", action="store_true", help="print the job id and return immediately")
     train.set_defaults(handler=train_cmd)
@@ -95,13 +90,12 @@ def _model_config(args: argparse.Namespace) -> t.ModelConfig | None:
 
 
 def train_cmd(args: argparse.Namespace) -> int:
-    training = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in TRAINING_FLAGS.items()}
+    training = TrainingOptions(**{option.name: getattr(args, option.name) for option in option_fields()})
     with trainer_client(args) as client:
         corpus_id = _resolve_corpus(client, args.corpus, args.json)
         try:
-            job = client.create_job(corpus_id, preset=args.preset, model=_model_config(args),
-                                    display_name=args.name, device=args.device, num_processes=args.num_processes,
-                                    **training)
+            job = client.create_job(corpus_id, preset=args.preset, model=_model_config(args), training=training,
+                                    display_name=args.name, device=args.device, num_processes=args.num_processes)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         print(f"job {job.job_id}: {job.model.n_layer} layers x {job.model.n_embd} dims, "

@@ -9,6 +9,7 @@ from chargpt_client import types as t
 from chargpt_client.demo.context import Demo, DemoFailed
 from chargpt_client.render import JobProgress
 from chargpt_client.tokenizer import CharMapping
+from chargpt_client.training import TrainingOptions
 
 FAST_MODEL = t.ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.0)
 FAST_STEPS = 30
@@ -72,8 +73,8 @@ def _seconds_per_step(demo: Demo, corpus_id: str) -> float | None:
     """Time a short trial run of the same model on this machine (stopped once a few steps are measured)."""
     trainer = demo.client.trainer
     device = "" if demo.options.device == "auto" else demo.options.device
-    trial = trainer.create_job(corpus_id, display_name="demo-speed-trial", max_steps=TRIAL_STEPS, eval_interval=0,
-                               sample_interval=0, seed=demo.options.seed, device=device)
+    trial = trainer.create_job(corpus_id, display_name="demo-speed-trial", device=device, training=TrainingOptions(
+        max_steps=TRIAL_STEPS, eval_interval=0, sample_interval=0, seed=demo.options.seed))
     first: t.Progress | None = None
     rate: float | None = None
     for event in trainer.watch_job(trial.job_id):
@@ -138,7 +139,8 @@ def show_architecture(demo: Demo) -> None:
     device = "" if demo.options.device == "auto" else demo.options.device
     fields = _training_fields(demo, corpus)
     job = demo.client.trainer.create_job(corpus.corpus_id, model=model, device=device,
-                                         display_name=f"demo-{demo.options.corpus_label}", **fields)
+                                         display_name=f"demo-{demo.options.corpus_label}",
+                                         training=TrainingOptions(**fields))
     demo.findings.job = job
     m = job.model
     demo.say("A decoder-only transformer (nanoGPT layout): token + position embeddings, then")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_support import TEXT, Recorder, make_plan, never  # type: ignore[import-not-found]
 
 from chargpt.core.checkpoint import load_checkpoint
-from chargpt.core.config import ModelConfig
 from chargpt.errors import InvalidArgumentError
 from trainer_service.training.api import (
     CheckpointSaved,
@@ -17,26 +17,12 @@ from trainer_service.training.api import (
     EvaluationResult,
     ProgressUpdate,
     TextSample,
-    TrainingEvent,
     TrainingPlan,
 )
 from trainer_service.training.data import CorpusData
 from trainer_service.training.loop import Trainer, run_training
 from trainer_service.training.runtime import resolve_runtime
 from trainer_service.training.state import OPTIMIZER_FILE, RESUME_FILE
-
-TEXT = "".join(f"{i % 7} little pigs went to market and {i % 5} came home again.\n" for i in range(150))
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[TrainingEvent] = []
-
-    def emit(self, event: TrainingEvent) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type) -> list:  # type: ignore[type-arg]
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 @pytest.fixture
@@ -46,16 +32,6 @@ def corpus(tmp_path: Path) -> CorpusRef:
     return CorpusRef(corpus_id="c1", name="pigs", sha256="ab" * 32, path=path)
 
 
-def make_plan(**update: object) -> TrainingPlan:
-    vocab = CorpusData(TEXT).tokenizer.vocab_size
-    model = ModelConfig(vocab_size=vocab, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
-    plan = TrainingPlan(job_id="job-1", model=model, max_steps=40, batch_size=8, learning_rate=3e-3,
-                        min_learning_rate=3e-4, warmup_steps=4, weight_decay=0.1, grad_clip=1.0, eval_interval=20,
-                        sample_interval=20, sample_length=24, seed=7, checkpoint_interval=0, precision="fp32",
-                        device="cpu")
-    return plan.model_copy(update=update)
-
-
 def stop_after(steps: int) -> Callable[[], bool]:
     calls = [0]
 
@@ -63,10 +39,6 @@ def stop_after(steps: int) -> Callable[[], bool]:
         calls[0] += 1
         return calls[0] > steps  # called once before each step
     return should_stop
-
-
-def never() -> bool:
-    return False
 
 
 def test_training_learns_and_reports_in_order(tmp_path: Path, corpus: CorpusRef) -> None:
@@ -85,6 +57,7 @@ def test_training_learns_and_reports_in_order(tmp_path: Path, corpus: CorpusRef)
     progress = sink.of(ProgressUpdate)
     assert progress[0].step == 1 and progress[-1].step == 40 and progress[-1].eta_seconds == 0
     assert all(p.max_steps == 40 and p.tokens_per_second > 0 and p.learning_rate > 0 for p in progress)
+    assert all(p.tokens_per_step == 8 * 32 for p in progress)  # batch x block, for the metrics
     for i, event in enumerate(sink.events):  # each evaluation is followed by best (if better), then latest
         if isinstance(event, EvaluationResult):
             following = [e.checkpoint_kind for e in sink.events[i + 1:i + 3] if isinstance(e, CheckpointSaved)]

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_support import TEXT, Recorder, make_plan, never  # type: ignore[import-not-found]
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
-from test_training_loop import TEXT, Recorder, make_plan, never
 
 from trainer_service.training import loop
 from trainer_service.training.api import TENSORBOARD_DIR, CorpusRef, ProgressUpdate, tensorboard_run_name

@@ -60,6 +60,13 @@ CASES: list[tuple[str, dict[str, Any], grpc.StatusCode, str]] = [
     ("device", {"resources": {"device": "gpu"}}, INVALID, "resources.device"),
     ("processes-negative", {"resources": {"device": "cpu", "num_processes": -1}}, INVALID,
      "resources.num_processes"),
+    ("processes-zero", {"resources": {"device": "cpu", "num_processes": 0}}, INVALID, "resources.num_processes"),
+    ("lr-too-high", {"learning_rate": 11.0}, INVALID, "training.learning_rate"),
+    ("warmup-above-steps", {"warmup_steps": 6}, INVALID, "training.warmup_steps"),
+    ("seed-negative", {"seed": -1}, INVALID, "training.seed"),
+    ("sample-length-huge", {"sample_length": 100_001}, INVALID, "training.sample_length"),
+    ("accumulation-huge", {"grad_accumulation_steps": 2048}, INVALID, "training.grad_accumulation_steps"),
+    ("steps-huge", {"max_steps": 10_000_001}, INVALID, "training.max_steps"),
     ("processes-huge", {"resources": {"device": "cpu", "num_processes": 1000}}, INVALID,
      "resources.num_processes"),
 ]
@@ -106,6 +113,17 @@ async def test_defaults_are_resolved(trainer: Trainer) -> None:
     assert t.lr_schedule == S.LR_SCHEDULE_COSINE and t.precision == S.PRECISION_AUTO
     assert job.model.dropout == pytest.approx(0.1) and job.resources.num_processes == 1
     assert job.parameter_count > 0 and math.isnan(job.train_loss) and math.isnan(job.best_val_loss)
+    await trainer.stub.CancelTrainingJob(S.CancelTrainingJobRequest(job_id=job.job_id))
+
+
+async def test_explicit_zeros_mean_what_the_proto_says(trainer: Trainer) -> None:
+    """Where 0 has a meaning (off, none, decay to zero, a seed) an explicit 0 is kept, never replaced by a default."""
+    corpus = (await trainer.upload(sample_text(2000))).corpus
+    zeros = ("min_learning_rate", "warmup_steps", "weight_decay", "grad_clip", "eval_interval", "sample_interval",
+             "seed", "checkpoint_interval")
+    job = (await trainer.stub.CreateTrainingJob(request(corpus.corpus_id, max_steps=10_000,
+                                                        **dict.fromkeys(zeros, 0)))).job
+    assert {name: getattr(job.training, name) for name in zeros} == dict.fromkeys(zeros, 0)
     await trainer.stub.CancelTrainingJob(S.CancelTrainingJobRequest(job_id=job.job_id))
 
 

@@ -1,0 +1,150 @@
+"""Turning a CreateTrainingJobRequest into a validated TrainingPlan (every default applied, every field checked).
+
+The bounds and defaults live in the schemas (TrainingPlan, ModelConfig); this module overlays the fields a
+request set onto the device's size profile, validates once, and names the proto field of the first error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from chargpt.core.config import ModelConfig
+from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, auto_size, parse_device, resolve_device
+from chargpt.errors import InvalidArgumentError, ResourceExhaustedError
+from chargpt.v1 import common_pb2, trainer_pb2
+from trainer_service.convert import training_fields
+from trainer_service.store import CorpusRecord
+from trainer_service.training.api import TrainingPlan, tensorboard_run_name
+
+RESOURCE_FIELDS = ("device", "num_processes")  # TrainingPlan fields that come from the request's ResourceSpec
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+class DeviceProber:
+    """Device facts per device string, probed once each (the probe imports torch)."""
+
+    def __init__(self, default_device: str) -> None:
+        self.default_device = default_device
+        self._facts: dict[str, DeviceFacts] = {}
+
+    def facts(self, device: str, field: str = "resources.device") -> DeviceFacts:
+        device = self.default_device if device in ("", "auto") else device
+        if device not in self._facts:
+            self._facts[device] = resolve_device(device, field)[1]
+        return self._facts[device]
+
+
+def concrete_device(facts: DeviceFacts, requested: str, default: str) -> str:
+    """The device string the job runs on: "cpu", "mps", "cuda" or "cuda:N"."""
+    chosen = default if requested in ("", "auto") else requested
+    if facts.type == "cuda" and ":" in chosen:
+        return chosen
+    return facts.type
+
+
+def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpus: CorpusRecord,
+               prober: DeviceProber, max_processes: int, tensorboard: bool = False) -> TrainingPlan:
+    device, num_processes, facts = _resources(request.resources, prober, max_processes)
+    profile = auto_size(facts)
+    model = _model(request.model, profile, corpus)
+    _check_fits(model, facts)
+    values = {"max_steps": profile.max_steps, "batch_size": profile.batch_size,
+              "learning_rate": profile.learning_rate, **training_fields(request.training)}
+    if "warmup_steps" not in values:  # the profile's warmup, at most a tenth of the run
+        values["warmup_steps"] = max(0, min(profile.warmup_steps, int(values["max_steps"]) // 10))
+    run = tensorboard_run_name(request.display_name) if tensorboard else None
+    plan = validated(TrainingPlan, dict(job_id=job_id, model=model, device=device, num_processes=num_processes,
+                                        tensorboard_run=run, **values), _plan_field)
+    _check_precision(plan.precision, facts)
+    return plan
+
+
+def validated(schema: type[Schema], values: dict[str, Any], field_path: Callable[[str], str]) -> Schema:
+    """The schema's instance, or INVALID_ARGUMENT naming the proto field of the first error."""
+    try:
+        return schema.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not isinstance(first.get("input"), dict | BaseModel):
+            message += f" (got {first.get('input')!r})"
+        raise InvalidArgumentError(field_path(name), message) from None
+
+
+def _plan_field(name: str) -> str:
+    return f"resources.{name}" if name in RESOURCE_FIELDS else f"training.{name}"
+
+
+def _check_precision(precision: str, facts: DeviceFacts) -> None:
+    if precision == "fp16" and facts.type != "cuda":
+        raise InvalidArgumentError("training.precision", f"fp16 needs a CUDA device (this job runs on {facts.type})")
+    if precision == "bf16" and (facts.type == "mps" or (facts.type == "cuda" and not facts.bf16_supported)):
+        raise InvalidArgumentError("training.precision", f"bf16 is not supported on this {facts.type} device")
+
+
+# fp32 weights, gradients and AdamW's two moments: the least a training step holds per parameter.
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def _check_fits(model: ModelConfig, facts: DeviceFacts) -> None:
+    """Refuse models whose training state alone exceeds the device's memory (a fuzzed n_layer=128,
+    n_embd=16384 would otherwise be queued and then exhaust the machine)."""
+    needed = model.parameter_count() * TRAINING_BYTES_PER_PARAMETER
+    if facts.memory_bytes and needed > facts.memory_bytes:
+        raise ResourceExhaustedError(f"model: {model.parameter_count():,} parameters need at least {needed / 1e9:.1f} "
+                                     f"GB to train (weights, gradients, optimizer state); the {facts.type} device "
+                                     f"has {facts.memory_bytes / 1e9:.1f} GB")
+
+
+def _resources(spec: trainer_pb2.ResourceSpec, prober: DeviceProber, max_processes: int
+               ) -> tuple[str, int, DeviceFacts]:
+    requested = parse_device(spec.device, "resources.device")
+    num_processes = spec.num_processes if spec.HasField("num_processes") else 1
+    if num_processes > max_processes:  # the server's limit (TrainingPlan holds the lower bound)
+        raise InvalidArgumentError("resources.num_processes",
+                                   f"at most {max_processes} on this server (got {num_processes})")
+    facts = prober.facts(requested)
+    device = concrete_device(facts, requested, prober.default_device)
+    if num_processes > 1 and facts.type == "mps":
+        raise InvalidArgumentError("resources.num_processes", "MPS trains in a single process")
+    if num_processes > 1 and facts.type == "cuda":
+        if ":" in device:
+            raise InvalidArgumentError("resources.num_processes",
+                                       f"{device} names one GPU; use device 'cuda' for {num_processes} processes")
+        if num_processes > facts.count:
+            raise InvalidArgumentError("resources.num_processes", f"{num_processes} processes need "
+                                       f"{num_processes} GPUs; this server has {facts.count}")
+    return device, num_processes, facts
+
+
+def _model(spec: trainer_pb2.ModelSpec, profile: SizeProfile, corpus: CorpusRecord) -> ModelConfig:
+    vocab = len(corpus.vocabulary)
+    which = spec.WhichOneof("size")
+    if which == "custom":
+        model = _custom_model(spec.custom, vocab)
+        field = "model.custom.block_size"
+    else:
+        preset = spec.preset.strip().lower() if which == "preset" else "auto"
+        if preset not in ("", "auto") and preset not in SIZE_PROFILES:
+            raise InvalidArgumentError("model.preset", f"unknown preset {spec.preset!r}; valid: auto, "
+                                       f"{', '.join(SIZE_PROFILES)}")
+        p = profile if preset in ("", "auto") else SIZE_PROFILES[preset]
+        model = ModelConfig(vocab_size=vocab, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
+                            block_size=p.block_size, dropout=p.dropout)
+        field = "model"
+    limit = min(corpus.train_chars, corpus.val_chars) - 1
+    if model.block_size > limit:
+        raise InvalidArgumentError(field, f"block size {model.block_size} is too large for corpus "
+                                   f"{corpus.name!r}: its validation split has {corpus.val_chars} characters, so "
+                                   f"the block size can be at most {limit}")
+    return model
+
+
+def _custom_model(custom: common_pb2.ModelConfig, vocab: int) -> ModelConfig:
+    values = {fd.name: getattr(custom, fd.name) for fd in custom.DESCRIPTOR.fields if fd.name != "vocab_size"}
+    values["dropout"] = round(float(values["dropout"]), 6)  # a float32 on the wire: 0.1 arrives as 0.10000000149
+    return validated(ModelConfig, {**values, "vocab_size": vocab}, lambda name: f"model.custom.{name}")
