@@ -26,7 +26,7 @@ from prometheus_client import Counter
 
 from chargpt.core.model import GPT, KVCache
 from chargpt.errors import ResourceExhaustedError, UnavailableError
-from inference_service.fast_decode import FastDecoder
+from inference_service.fast_decode import DEFAULT_ATTENTION, Attention, FastDecoder
 from inference_service.logits_processors import PenaltyState, apply_controls
 from inference_service.logprobs import TokenLogprob, batch_logprobs
 from inference_service.metrics import InferenceMetrics
@@ -59,7 +59,7 @@ class Engine:
 
     def __init__(self, name: str, model: GPT, vocabulary: str, max_batch: int, max_queue: int,
                  metrics: InferenceMetrics, cache_dtype: torch.dtype | None = None, window_slide: int = 0,
-                 threads: ThreadPolicy | None = None) -> None:
+                 threads: ThreadPolicy | None = None, attention: Attention = DEFAULT_ATTENTION) -> None:
         self.threads = threads or ThreadPolicy(max_threads=torch.get_num_threads())
         self.model, self.vocabulary = model, vocabulary
         self.block_size = model.config.block_size
@@ -68,7 +68,7 @@ class Engine:
         weight = next(model.parameters())
         self.device = weight.device
         self.cache = KVCache(model.config, max_batch, device=self.device, dtype=cache_dtype or weight.dtype)
-        self.decoder = FastDecoder(model, self.cache)
+        self.decoder = FastDecoder(model, self.cache, attention)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.active: list[GenRequest] = []
         self.waiting: deque[GenRequest] = deque()
@@ -297,7 +297,7 @@ class Engine:
 
 def _deliver(items: list[tuple[GenRequest, Event]]) -> None:
     for request, item in items:
-        request.events.put_nowait(item)
+        request.outbox.add(item)
 
 
 class _ModelMetrics:
