@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import torch
 
 from chargpt.core.config import ModelConfig
+from chargpt.v1 import inference_pb2
 from inference_service.memory import AUTO_BATCH_CAP, available_memory, kv_row_bytes, size_cache
 
-from .conftest import ServerFactory, write_checkpoint
+from .conftest import Served, ServerFactory, write_checkpoint
 
 NOTEBOOK = ModelConfig(vocab_size=65)  # 6 layers, 384 wide, block 256
 GIB = 1 << 30
@@ -59,3 +61,12 @@ async def test_server_sizes_the_batch_from_memory_by_default(make_server: Server
     tight = await make_server(max_kv_cache_bytes=1 << 20)  # the same models root
     await tight.load("tiny", "tiny")
     assert tight.server.registry.models["tiny"].engine.max_batch == (1 << 20) // (2 * 2 * 32 * 32 * 4)
+
+
+async def test_256_concurrent_streams_decode_in_one_batch(served: Served) -> None:
+    """With the default sizing nobody waits for a slot: every stream joins the batch (the old 64 rows queued)."""
+    request = inference_pb2.GenerateRequest(model="tiny", prompt="a", max_new_tokens=80, seed=1)
+    replies = await asyncio.gather(*[served.stub.Generate(request, timeout=120) for _ in range(256)])
+    assert {len(r.text) for r in replies} == {80} and len({r.text for r in replies}) == 1  # same seed, same text
+    count = served.metric("chargpt_inference_batch_size_count", model="tiny")
+    assert served.metric("chargpt_inference_batch_size_bucket", model="tiny", le="128.0") < count  # > 128 rows
