@@ -74,6 +74,8 @@ class Engine:
         self.waiting: deque[GenRequest] = deque()
         self.sampler = BatchSampler()
         self._outbox: list[tuple[GenRequest, Event]] = []
+        self._gaps: list[float] = []  # this step's inter-token gaps and TTFTs, observed on the event loop
+        self._ttfts: list[float] = []
         self._cond = threading.Condition()
         self._closing = False
         self._m = _ModelMetrics(metrics, name)
@@ -196,7 +198,8 @@ class Engine:
     def _pick(self, logits: torch.Tensor, rows: list[GenRequest],
               sampler: BatchSampler) -> list[tuple[int, TokenLogprob | None]]:
         """Apply each row's logits processors, sample, and take log-probabilities from the raw logits."""
-        tokens = sampler.sample(apply_controls(logits, [r.row_controls() for r in rows]))
+        controlled = any(r.has_controls for r in rows)  # most steps: none, and no per-row objects to build
+        tokens = sampler.sample(apply_controls(logits, [r.row_controls() for r in rows]) if controlled else logits)
         wanted = [r.logprobs for r in rows]
         logprobs = batch_logprobs(logits, tokens, wanted, self.vocabulary) if any(wanted) else [None] * len(rows)
         return list(zip(tokens, logprobs, strict=True))
@@ -237,10 +240,10 @@ class Engine:
             request.penalties.observe(token)
         request.generated += 1
         if request.first_token:
-            self._m.inter_token.observe(now - request.last_token)
+            self._gaps.append(now - request.last_token)
         else:
             request.first_token = now
-            self._m.ttft.observe(now - request.arrival)
+            self._ttfts.append(now - request.arrival)
         request.last_token = now
         text, stop = request.matcher.feed(self.vocabulary[token])
         if stop is None and request.generated >= request.max_new_tokens:
@@ -287,17 +290,24 @@ class Engine:
         self.sampler.set_rows([])
 
     def _flush(self) -> None:
-        """Hand this step's text and summaries to the event loop in one callback."""
+        """Hand this step's text, summaries and latencies to the event loop in one callback: the loop files
+        them while the next step's matmuls run (they release the GIL), not between steps."""
         if not self._outbox:
-            return
+            return  # latencies wait for the next delivery (held-back text produces no event)
         items, self._outbox = self._outbox, []
+        gaps, ttfts, self._gaps, self._ttfts = self._gaps, self._ttfts, [], []
         with contextlib.suppress(RuntimeError):  # the event loop is gone (server stopped): nobody listens
-            items[0][0].loop.call_soon_threadsafe(_deliver, items)
+            items[0][0].loop.call_soon_threadsafe(_deliver, items, gaps, ttfts, self._m)
 
 
-def _deliver(items: list[tuple[GenRequest, Event]]) -> None:
+def _deliver(items: list[tuple[GenRequest, Event]], gaps: list[float], ttfts: list[float],
+             metrics: _ModelMetrics) -> None:
     for request, item in items:
         request.outbox.add(item)
+    for gap in gaps:
+        metrics.inter_token.observe(gap)
+    for ttft in ttfts:
+        metrics.ttft.observe(ttft)
 
 
 class _ModelMetrics:

@@ -126,6 +126,7 @@ class GenRequest:
     def __post_init__(self) -> None:
         self.sampling = RowSampling(self.params, random.Random(self.seed))
         self.matcher = StopMatcher(self.stops)
+        self.has_controls = self.controls.active  # read every step: computed once (controls are frozen)
 
     def row_controls(self) -> RowControls:
         return RowControls(self.controls, self.penalties, self.params.temperature)

@@ -167,3 +167,11 @@ async def test_http_slow_reader_gets_the_same_text(make_server: ServerFactory) -
     assert texts(slow) == texts(fast) and len(texts(fast)) == 4
     assert all(len(t) == LONG for t in texts(fast).values())
     assert slow[-1]["usage"]["completion_tokens"] == 4 * LONG
+
+
+async def test_latency_metrics_count_characters_not_messages(served: Served) -> None:
+    """TTFT once per sample and one inter-token gap per later character, however the stream was coalesced."""
+    messages = await _grpc_messages(served, 0.3, prompt="a", max_new_tokens=50, seed=1, n=2)
+    assert sum(len(m.text) for m in messages) == 100
+    assert served.metric("chargpt_inference_time_to_first_token_seconds_count", model="tiny") == 2
+    assert served.metric("chargpt_inference_inter_token_latency_seconds_count", model="tiny") == 2 * 49
