@@ -1,11 +1,17 @@
-"""Inference benchmark over gRPC on loopback: single-stream and concurrent decode, TTFT/ITL, Score throughput.
+"""Inference benchmark on loopback, gRPC and the OpenAI-compatible HTTP API side by side: single-stream and
+concurrent decode, TTFT/ITL, Score throughput.
 
-    python -m bench.inference [--quick] [--threads N]
+    python -m bench.inference [--quick | --smoke] [--threads N]
 
 The server runs as a subprocess (its own interpreter, as in production) with the notebook's model
 (6 layers, 6 heads, 384 wide, block 256, ~10.7M parameters, random init, tiny-shakespeare's 65 characters);
-every request generates 255 characters with the BALANCED preset. The reference is the notebook's loop
-(chargpt.core.sampling.generate: full recompute, no cache, one request at a time) run in this process.
+every request generates 255 characters with the BALANCED preset. References, measured in this process in the
+same run: issue 13's lean KV-cache loop (bench/kv_reference.py) at its faster precision, for 1 and 64 streams,
+and the notebook's loop (full recompute, no cache, one request at a time). --smoke runs a tiny model with few
+characters and streams in well under a minute: it checks that the benchmark works, not how fast anything is.
+
+Client-side ITL: a message carrying n characters (the server coalesces when the client lags) counts as n gaps of
+(its gap / n). The server's own inter-token histogram times each character as the engine produced it.
 """
 
 from __future__ import annotations
@@ -20,14 +26,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.kv_reference import kv_reference
 from chargpt.core.checkpoint import save_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
@@ -40,8 +50,21 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
 NEW_TOKENS = 255
 MODEL = "bench"
-BLOCK = ModelConfig(vocab_size=65).block_size  # the notebook's context window (the config's default)
-TARGETS = {"single_stream_tok_s": 200, "streams_16_tok_s": 1000, "streams_64_tok_s": 1800, "score_chars_s": 10_000}
+
+@dataclass(frozen=True)
+class Scale:
+    """How big a run is: the real benchmark, or a smoke test of the benchmark itself."""
+
+    config: ModelConfig
+    new_tokens: int
+    streams: tuple[int, ...]  # concurrent rows over gRPC; the last is the TTFT-under-load row
+    http_streams: tuple[int, ...]
+    reference_streams: tuple[int, ...]
+
+
+FULL = Scale(ModelConfig(vocab_size=65, dropout=0.0), NEW_TOKENS, (16, 64, 256), (1, 64), (1, 64))
+SMOKE = Scale(ModelConfig(vocab_size=65, dropout=0.0, n_layer=2, n_head=2, n_embd=32, block_size=64), 31,
+              (4, 16), (1, 4), (1, 4))
 
 
 def corpus_text() -> str:
@@ -52,10 +75,10 @@ def corpus_text() -> str:
     return (chars * 2000)[:100_000]
 
 
-def write_model(models_dir: Path, text: str) -> GPT:
+def write_model(models_dir: Path, text: str, config: ModelConfig) -> GPT:
     torch.manual_seed(0)
     tokenizer = CharTokenizer.from_text(text)
-    model = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, dropout=0.0)).eval()
+    model = GPT(config.model_copy(update={"vocab_size": tokenizer.vocab_size})).eval()
     save_checkpoint(models_dir / MODEL, model, tokenizer)
     return model
 
@@ -66,8 +89,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(models_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "inference_service.server", "--port", str(port), "--models-dir",
+def start_server(models_dir: Path, port: int, http_port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "inference_service.server", "--port", str(port), "--http-port", str(http_port),
+               "--models-dir",
                str(models_dir), "--preload", f"{MODEL}={MODEL}", "--torch-threads", str(args.threads),
                "--kv-cache-dtype", args.kv_cache_dtype,
                "--device", "cpu", "--log-level", "WARNING"]
@@ -88,23 +112,47 @@ async def wait_ready(channel: grpc.aio.Channel, timeout: float = 120.0) -> None:
     raise TimeoutError("the inference server did not become ready")
 
 
-async def one_stream(stub: inference_pb2_grpc.InferenceServiceStub, seed: int) -> dict[str, Any]:
+class Timer:
     """Client-side timings of one streamed generation: TTFT, per-character gaps, total."""
-    request = inference_pb2.GenerateRequest(model=MODEL, prompt="\n", max_new_tokens=NEW_TOKENS, seed=seed,
-                                            preset=inference_pb2.SAMPLING_PRESET_BALANCED)
-    start = time.perf_counter()
-    last, ttft, gaps, chars = start, 0.0, [], 0
-    async for message in stub.GenerateStream(request, timeout=600):
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.ttft, self.gaps, self.chars = 0.0, [], 0  # type: float, list[float], int
+
+    def received(self, n: int) -> None:
         now = time.perf_counter()
-        n = len(message.text)
-        if n and not chars:
-            ttft = now - start
-            gaps += [0.0] * (n - 1)  # characters that arrived together
+        if n and not self.chars:
+            self.ttft = now - self.start
+            self.gaps += [0.0] * (n - 1)  # characters that arrived together
         elif n:
-            gaps += [(now - last) / n] * n  # a coalesced message: its gap shared by its characters
-        chars += n
-        last = now
-    return {"tokens": chars, "ttft": ttft, "gaps": gaps, "total": time.perf_counter() - start}
+            self.gaps += [(now - self.last) / n] * n  # a coalesced message: its gap shared by its characters
+        self.chars += n
+        self.last = now
+
+    def result(self) -> dict[str, Any]:
+        return {"tokens": self.chars, "ttft": self.ttft, "gaps": self.gaps, "total": time.perf_counter() - self.start}
+
+
+async def one_stream(stub: inference_pb2_grpc.InferenceServiceStub, seed: int, new_tokens: int) -> dict[str, Any]:
+    request = inference_pb2.GenerateRequest(model=MODEL, prompt="\n", max_new_tokens=new_tokens, seed=seed,
+                                            preset=inference_pb2.SAMPLING_PRESET_BALANCED)
+    timer = Timer()
+    async for message in stub.GenerateStream(request, timeout=600):
+        timer.received(len(message.text))
+    return timer.result()
+
+
+async def one_http_stream(http: httpx.AsyncClient, seed: int, new_tokens: int) -> dict[str, Any]:
+    """The same request as one_stream through /v1/completions with stream: true (server-sent events)."""
+    body = {"model": MODEL, "prompt": "\n", "max_tokens": new_tokens, "seed": seed, "preset": "balanced",
+            "stream": True, "stream_options": {"include_usage": False}}
+    timer = Timer()
+    async with http.stream("POST", "/v1/completions", json=body, timeout=600) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                timer.received(sum(len(c["text"]) for c in json.loads(line[6:])["choices"]))
+    return timer.result()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -116,13 +164,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def concurrent(stub: inference_pb2_grpc.InferenceServiceStub, streams: int, rounds: int,
+async def concurrent(stream: Callable[[int], Awaitable[dict[str, Any]]], streams: int, rounds: int,
                      pid: int) -> dict[str, Any]:
     """Aggregate throughput, plus tokens per CPU-second of the server: a figure other load barely moves."""
     results, wall, cpu = [], 0.0, cpu_seconds(pid)
     for r in range(rounds):
         start = time.perf_counter()
-        results += await asyncio.gather(*[one_stream(stub, seed=1000 * r + i) for i in range(streams)])
+        results += await asyncio.gather(*[stream(1000 * r + i) for i in range(streams)])
         wall += time.perf_counter() - start
     cpu = cpu_seconds(pid) - cpu
     gaps = sorted(g for res in results for g in res["gaps"])
@@ -144,7 +192,7 @@ async def score(stub: inference_pb2_grpc.InferenceServiceStub, text: str, stride
     start = time.perf_counter()
     reply = await stub.Score(inference_pb2.ScoreRequest(model=MODEL, text=text, stride=stride), timeout=600)
     seconds = time.perf_counter() - start
-    return {"chars": len(text), "stride": stride or BLOCK, "chars_s": len(text) / seconds, "seconds": seconds,
+    return {"chars": len(text), "stride": stride, "chars_s": len(text) / seconds, "seconds": seconds,
             "bits_per_char": reply.bits_per_char}
 
 
@@ -158,75 +206,122 @@ def reference(model: GPT, tokenizer: CharTokenizer, tokens: int) -> dict[str, An
     return {"tok_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "tok_per_cpu_s": tokens / cpu}
 
 
-async def run(args: argparse.Namespace, models_dir: Path) -> dict[str, Any]:
-    text = corpus_text()
-    model = write_model(models_dir, text)
-    tokenizer = CharTokenizer.from_text(text)
-    port = free_port()
-    server = start_server(models_dir, port, args)
+async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: Path, text: str
+                            ) -> dict[str, Any]:
+    """Every row that goes through the server, gRPC and HTTP in the same server process."""
+    port, http_port = free_port(), free_port()
+    server = start_server(models_dir, port, http_port, args)
+    block, n = scale.config.block_size, scale.new_tokens
+    quick = args.quick or args.smoke
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
-                                             options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+                                             options=[("grpc.max_receive_message_length", 64 << 20)]) as channel, \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}",
+                                  limits=httpx.Limits(max_connections=1024)) as http:
             await wait_ready(channel)
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            await one_stream(stub, seed=0)  # warm-up
-            out: dict[str, Any] = {"single": await concurrent(stub, 1, 2 if args.quick else 5, server.pid)}
-            for streams in (16, 64):
-                out[f"streams_{streams}"] = await concurrent(stub, streams, 1, server.pid)
-            score_text = text[: 20_000 if args.quick else 100_000]
-            out["score"] = await score(stub, score_text, 0)
-            out["score_stride_half"] = await score(stub, score_text, BLOCK // 2)
-            short = [text[i * 256:(i + 1) * 256] for i in range(32 if args.quick else 128)]
+
+            def grpc_stream(seed: int) -> Awaitable[dict[str, Any]]:
+                return one_stream(stub, seed, n)
+
+            def http_stream(seed: int) -> Awaitable[dict[str, Any]]:
+                return one_http_stream(http, seed, n)
+
+            await grpc_stream(0)  # warm-up, both protocols
+            await http_stream(0)
+            out: dict[str, Any] = {"single": await concurrent(grpc_stream, 1, 2 if quick else 5, server.pid)}
+            for streams in scale.streams:
+                out[f"streams_{streams}"] = await concurrent(grpc_stream, streams, 1, server.pid)
+            for streams in scale.http_streams:
+                rounds = (2 if quick else 5) if streams == 1 else 1
+                out[f"http_streams_{streams}"] = await concurrent(http_stream, streams, rounds, server.pid)
+            score_text = text[: 5_000 if args.smoke else 20_000 if args.quick else 100_000]
+            out["score"] = await score(stub, score_text, block)
+            out["score_stride_half"] = await score(stub, score_text, block // 2)
+            short = [text[i * block:(i + 1) * block] for i in range(8 if args.smoke else 32 if quick else 128)]
             start = time.perf_counter()
             await asyncio.gather(*[stub.Score(inference_pb2.ScoreRequest(model=MODEL, text=t)) for t in short])
-            out["score_short_texts"] = {"texts": len(short), "chars_s": 256 * len(short) / (time.perf_counter()
-                                                                                          - start)}
+            out["score_short_texts"] = {"texts": len(short), "chars_s": block * len(short) / (time.perf_counter()
+                                                                                            - start)}
     finally:
         server.terminate()
         server.wait(timeout=30)
-    torch.set_num_threads(args.threads)
-    out["reference"] = reference(model, tokenizer, NEW_TOKENS)
     return out
 
 
-def print_table(out: dict[str, Any], load: tuple[float, float, float]) -> None:
-    ref = out["reference"]["tok_s"]
-    ref_cpu = out["reference"]["tok_per_cpu_s"]
-    rows = [("naive reference (no cache, 1 at a time)", f"{ref:8.1f} tok/s", "", "", f"{ref_cpu:7.0f}")]
-    for key, label in (("single", "single stream"), ("streams_16", "16 concurrent streams"),
-                       ("streams_64", "64 concurrent streams")):
+async def run(args: argparse.Namespace, scale: Scale, models_dir: Path) -> dict[str, Any]:
+    text = corpus_text()
+    model = write_model(models_dir, text, scale.config)
+    tokenizer = CharTokenizer.from_text(text)
+    out = await serve_and_measure(args, scale, models_dir, text)
+    torch.set_num_threads(args.threads)
+    params, start_id = SAMPLING_PRESETS[SamplingPreset.BALANCED], tokenizer.encode("\n")[0]
+    for streams in scale.reference_streams:
+        out[f"kv_reference_{streams}"] = kv_reference(model, streams, scale.new_tokens, params, start_id,
+                                                      repeats=1 if args.quick or args.smoke else 2)
+    out["reference"] = reference(model, tokenizer, scale.new_tokens)
+    return out
+
+
+def targets(out: dict[str, Any], scale: Scale) -> list[tuple[str, float, float]]:
+    """Issue 13/15's targets as (name, measured, goal): ratios of figures from this same run."""
+    big, one, many, http = (scale.streams[-1], scale.reference_streams[0], scale.reference_streams[-1],
+                            scale.http_streams[-1])
+    single, grpc_many = out["single"]["tok_s"], out[f"streams_{many}"]["tok_s"]
+    return [("gRPC single / lean KV loop single (>= 1.0)", single / out[f"kv_reference_{one}"]["tok_s"], 1.0),
+            (f"gRPC {many} / lean KV loop {many} (>= 1.3)", grpc_many / out[f"kv_reference_{many}"]["tok_s"], 1.3),
+            (f"HTTP {http} / gRPC {http} (>= 0.85)", out[f"http_streams_{http}"]["tok_s"]
+             / out[f"streams_{http}"]["tok_s"], 0.85),
+            (f"gRPC {big} streams TTFT p99 s (< 1.0)", out[f"streams_{big}"]["ttft_p99_ms"] / 1e3, 1.0)]
+
+
+def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, float]) -> None:
+    ref = out["reference"]
+    rows = [("notebook loop (no cache, 1 at a time)", f"{ref['tok_s']:8.1f} tok/s", "", "",
+             f"{ref['tok_per_cpu_s']:7.0f}")]
+    for streams in scale.reference_streams:
+        r = out[f"kv_reference_{streams}"]
+        rows.append((f"lean KV loop, {streams} streams ({r['best']})", f"{r['tok_s']:8.1f} tok/s",
+                     f"fp32 {r['float32_tok_s']:.0f} bf16 {r['bfloat16_tok_s']:.0f}", "", ""))
+    stream_rows = [("single", "gRPC single stream")] + [(f"streams_{k}", f"gRPC {k} streams") for k in scale.streams]
+    stream_rows += [(f"http_streams_{k}", f"HTTP {k} stream{'s' if k > 1 else ''}") for k in scale.http_streams]
+    for key, label in stream_rows:
         r = out[key]
-        target = TARGETS["single_stream_tok_s" if key == "single" else f"{key}_tok_s"]
-        rows.append((f"{label} (target {target})", f"{r['tok_s']:8.1f} tok/s  x{r['tok_s'] / ref:5.1f}",
-                     f"TTFT p50 {r['ttft_p50_ms']:6.1f} p99 {r['ttft_p99_ms']:6.1f} ms",
+        rows.append((label, f"{r['tok_s']:8.1f} tok/s",
+                     f"TTFT p50 {r['ttft_p50_ms']:7.1f} p99 {r['ttft_p99_ms']:7.1f} ms",
                      f"ITL p50 {r['itl_p50_ms']:5.2f} p99 {r['itl_p99_ms']:6.2f} ms",
                      f"{r['tok_per_server_cpu_s']:7.0f}"))
-    for key, label in (("score", f"Score, default stride {BLOCK}"),
-                       ("score_stride_half", f"Score, stride {BLOCK // 2}"),
-                       ("score_short_texts", "Score, concurrent 256-char texts")):
-        rows.append((f"{label} (target 10000)", f"{out[key]['chars_s']:8.0f} chars/s", "", "", ""))
-    print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  "
-          f"(2 shared cores: figures are noisy)")
-    print(f"{'':<52} {'throughput':<24} {'':<30} {'':<28} tok per server CPU-s")
+    for key, label in (("score", "Score, default stride"), ("score_stride_half", "Score, half stride"),
+                       ("score_short_texts", "Score, concurrent block-long texts")):
+        rows.append((label, f"{out[key]['chars_s']:8.0f} chars/s", "", "", ""))
+    print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} tok per server CPU-s")
     for row in rows:
-        print(f"{row[0]:<52} {row[1]:<24} {row[2]:<30} {row[3]:<28} {row[4]}")
+        print(f"{row[0]:<40} {row[1]:<16} {row[2]:<32} {row[3]:<28} {row[4]}")
+    print()
+    for name, measured, goal in out["targets"]:
+        print(f"{name:<48} {measured:7.2f}  goal {goal}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer single-stream rounds, shorter Score texts")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model, few characters and streams: checks "
+                        "the benchmark runs (well under a minute), measures nothing")
     parser.add_argument("--threads", type=int, default=default_torch_threads(),
                         help="torch threads of the server and the reference (default: the server's default)")
     parser.add_argument("--kv-cache-dtype", default="auto", help="server KV cache dtype (auto, bfloat16, ...)")
     args = parser.parse_args()
+    scale = SMOKE if args.smoke else FULL
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        out = asyncio.run(run(args, Path(tmp)))
+        out = asyncio.run(run(args, scale, Path(tmp)))
+    out["targets"] = targets(out, scale)
     out["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                       "threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype,
                       "load_before": load, "load_after": os.getloadavg(),
-                      "quick": args.quick, "time": datetime.now(UTC).isoformat()}
-    print_table(out, load)
+                      "quick": args.quick, "smoke": args.smoke, "time": datetime.now(UTC).isoformat()}
+    print_table(out, scale, load)
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     path = results / f"inference-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"

@@ -14,7 +14,7 @@ from chargpt.v1 import common_pb2, inference_pb2
 from inference_service.logits_processors import LogitsControls
 from inference_service.logprobs import MAX_LOGPROBS, TokenLogprob
 from inference_service.registry import ModelEntry, State
-from inference_service.requests import Event, Finish, GenRequest, Summary
+from inference_service.requests import Finish, GenRequest, Outbox, Summary
 
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_STOPS, MAX_STOP_CHARS = 16, 64
@@ -66,10 +66,10 @@ def build_requests(request: inference_pb2.GenerateRequest, tokenizer: CharTokeni
     if not 0 <= request.logprobs <= MAX_LOGPROBS:
         raise InvalidArgumentError("logprobs", f"must be 0..{MAX_LOGPROBS}, got {request.logprobs}")
     controls = build_controls(request, tokenizer)
-    events: asyncio.Queue[Event] = asyncio.Queue()
+    outbox = Outbox()
     return [GenRequest(prompt_ids=ids, prompt_chars_dropped=dropped, max_new_tokens=max_new, params=params,
                        seed=sample_seed(seed, i), stops=stops, deadline=deadline, loop=asyncio.get_running_loop(),
-                       events=events, index=i, logprobs=request.logprobs, controls=controls)
+                       outbox=outbox, index=i, logprobs=request.logprobs, controls=controls)
             for i in range(n)]
 
 

@@ -26,7 +26,7 @@ from prometheus_client import Counter
 
 from chargpt.core.model import GPT, KVCache
 from chargpt.errors import NonFiniteLogitsError, ResourceExhaustedError, UnavailableError
-from inference_service.fast_decode import FastDecoder
+from inference_service.fast_decode import DEFAULT_ATTENTION, Attention, FastDecoder
 from inference_service.logits_processors import PenaltyState, apply_controls
 from inference_service.logprobs import TokenLogprob, batch_logprobs
 from inference_service.metrics import InferenceMetrics
@@ -59,7 +59,7 @@ class Engine:
 
     def __init__(self, name: str, model: GPT, vocabulary: str, max_batch: int, max_queue: int,
                  metrics: InferenceMetrics, cache_dtype: torch.dtype | None = None, window_slide: int = 0,
-                 threads: ThreadPolicy | None = None) -> None:
+                 threads: ThreadPolicy | None = None, attention: Attention = DEFAULT_ATTENTION) -> None:
         self.threads = threads or ThreadPolicy(max_threads=torch.get_num_threads())
         self.model, self.vocabulary = model, vocabulary
         self.block_size = model.config.block_size
@@ -68,12 +68,14 @@ class Engine:
         weight = next(model.parameters())
         self.device = weight.device
         self.cache = KVCache(model.config, max_batch, device=self.device, dtype=cache_dtype or weight.dtype)
-        self.decoder = FastDecoder(model, self.cache)
+        self.decoder = FastDecoder(model, self.cache, attention)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.active: list[GenRequest] = []
         self.waiting: deque[GenRequest] = deque()
         self.sampler = BatchSampler()
         self._outbox: list[tuple[GenRequest, Event]] = []
+        self._gaps: list[float] = []  # this step's inter-token gaps and TTFTs, observed on the event loop
+        self._ttfts: list[float] = []
         self._cond = threading.Condition()
         self._closing = False
         self._m = _ModelMetrics(metrics, name)
@@ -197,7 +199,8 @@ class Engine:
               sampler: BatchSampler) -> list[tuple[int | None, TokenLogprob | None]]:
         """Apply each row's logits processors, sample, and take log-probabilities from the raw logits.
         A row whose logits were not finite gets (None, None)."""
-        tokens = sampler.sample(apply_controls(logits, [r.row_controls() for r in rows]))
+        controlled = any(r.has_controls for r in rows)  # most steps: none, and no per-row objects to build
+        tokens = sampler.sample(apply_controls(logits, [r.row_controls() for r in rows]) if controlled else logits)
         wanted = [r.logprobs if token is not None else 0 for r, token in zip(rows, tokens, strict=True)]
         logprobs = batch_logprobs(logits, tokens, wanted, self.vocabulary) if any(wanted) else [None] * len(rows)
         return list(zip(tokens, logprobs, strict=True))
@@ -249,10 +252,10 @@ class Engine:
             request.penalties.observe(token)
         request.generated += 1
         if request.first_token:
-            self._m.inter_token.observe(now - request.last_token)
+            self._gaps.append(now - request.last_token)
         else:
             request.first_token = now
-            self._m.ttft.observe(now - request.arrival)
+            self._ttfts.append(now - request.arrival)
         request.last_token = now
         text, stop = request.matcher.feed(self.vocabulary[token])
         if stop is None and request.generated >= request.max_new_tokens:
@@ -299,17 +302,24 @@ class Engine:
         self.sampler.set_rows([])
 
     def _flush(self) -> None:
-        """Hand this step's text and summaries to the event loop in one callback."""
+        """Hand this step's text, summaries and latencies to the event loop in one callback: the loop files
+        them while the next step's matmuls run (they release the GIL), not between steps."""
         if not self._outbox:
-            return
+            return  # latencies wait for the next delivery (held-back text produces no event)
         items, self._outbox = self._outbox, []
+        gaps, ttfts, self._gaps, self._ttfts = self._gaps, self._ttfts, [], []
         with contextlib.suppress(RuntimeError):  # the event loop is gone (server stopped): nobody listens
-            items[0][0].loop.call_soon_threadsafe(_deliver, items)
+            items[0][0].loop.call_soon_threadsafe(_deliver, items, gaps, ttfts, self._m)
 
 
-def _deliver(items: list[tuple[GenRequest, Event]]) -> None:
+def _deliver(items: list[tuple[GenRequest, Event]], gaps: list[float], ttfts: list[float],
+             metrics: _ModelMetrics) -> None:
     for request, item in items:
-        request.events.put_nowait(item)
+        request.outbox.add(item)
+    for gap in gaps:
+        metrics.inter_token.observe(gap)
+    for ttft in ttfts:
+        metrics.ttft.observe(ttft)
 
 
 class _ModelMetrics:

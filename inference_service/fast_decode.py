@@ -7,23 +7,52 @@ the new keys and values with one indexed assignment per layer. The cache may be 
 model (e.g. bfloat16 keys and values for a float32 model): attention then runs in the cache's dtype, which halves
 the memory traffic that dominates large-batch decoding. tests/inference_service/test_fast_decode.py
 checks it against GPT.decode_step.
+
+Attention over the cache has two implementations with the same maths: torch's scaled_dot_product_attention
+("sdpa") and a written-out one ("matmul": one baddbmm for the scaled, masked scores, a softmax, one bmm). For a
+single query per sequence the CPU SDPA kernel reads the cache slowly; bench/decode_attention.py compares both
+in one run, and DEFAULT_ATTENTION is what it measured faster (see inference_service/README.md).
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from torch.nn import functional as F
 
 from chargpt.core.model import GPT, Block, KVCache
 
+Attention = Literal["sdpa", "matmul"]
+DEFAULT_ATTENTION: Attention = "sdpa"  # bench/decode_attention.py: SDPA was faster on this host (README)
+
+
+def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+                ) -> torch.Tensor:
+    """q (B, nh, 1, hs) over k, v (B, nh, S, hs) with an additive mask (B, 1, 1, S): (B, nh, 1, hs)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+                  ) -> torch.Tensor:
+    """attend_sdpa's maths written out; the softmax runs in float32 whatever the cache's dtype."""
+    B, nh, S, hs = k.shape
+    # (B, nh) merge into one batch dim without a copy: the cache slice is contiguous across them.
+    scores = torch.baddbmm(mask.expand(B, nh, 1, S).reshape(B * nh, 1, S), q.reshape(B * nh, 1, hs),
+                           k.reshape(B * nh, S, hs).transpose(1, 2), alpha=scale)  # (B*nh, 1, S)
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
+    return torch.bmm(weights, v.reshape(B * nh, S, hs)).view(B, nh, 1, hs)
+
+
+ATTENTION = {"sdpa": attend_sdpa, "matmul": attend_matmul}
+
 
 class FastDecoder:
     """Decode one token per sequence for cache rows 0..B-1."""
 
-    def __init__(self, model: GPT, cache: KVCache) -> None:
+    def __init__(self, model: GPT, cache: KVCache, attention: Attention = DEFAULT_ATTENTION) -> None:
         self.model, self.cache = model, cache
+        self.attend = ATTENTION[attention]
         config = model.config
         self.n_head, self.n_embd, self.head_size = config.n_head, config.n_embd, config.head_size
         self.eps = model.ln_f.eps
@@ -54,8 +83,8 @@ class FastDecoder:
             k_cache[rows, :, positions] = qkv[:, 1].to(k_cache.dtype)
             v_cache[rows, :, positions] = qkv[:, 2].to(v_cache.dtype)
             q = qkv[:, 0, :, None, :].to(k_cache.dtype)  # (B, nh, 1, hs)
-            y = F.scaled_dot_product_attention(q, k_cache[:B, :, :attend_len], v_cache[:B, :, :attend_len],
-                                               attn_mask=mask).to(x.dtype)
+            y = self.attend(q, k_cache[:B, :, :attend_len], v_cache[:B, :, :attend_len], mask,
+                            self.scale).to(x.dtype)
             x = x + F.linear(y.reshape(B, C), attn.c_proj.weight, attn.c_proj.bias)
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, self.eps)
             x = x + F.linear(F.gelu(F.linear(h, mlp.c_fc.weight, mlp.c_fc.bias)), mlp.c_proj.weight,

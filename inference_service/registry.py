@@ -21,6 +21,7 @@ from chargpt.core.checkpoint import Checkpoint, load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import resolve_device
 from inference_service.engine import Engine, ThreadPolicy
+from inference_service.memory import available_memory, size_cache
 from inference_service.metrics import InferenceMetrics
 from inference_service.score_batcher import ScoreBatcher
 from inference_service.settings import InferenceSettings
@@ -168,10 +169,13 @@ class ModelRegistry:
             path = await locate()
             entry.checkpoint = await asyncio.to_thread(load_checkpoint, path, entry.device, dtype)
             model = entry.checkpoint.model
+            weight = model.wte.weight
+            rows = self._batch_rows(model.config, weight.dtype, weight.device)
             entry.engine = await asyncio.to_thread(
-                Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, self._batch_rows(model.config),
+                Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, rows,
                 self.settings.max_queue, self.metrics, DTYPES.get(self.settings.kv_cache_dtype),
-                self.settings.window_slide, ThreadPolicy(torch.get_num_threads(), self.settings.parallel_decode_from))
+                self.settings.window_slide, ThreadPolicy(torch.get_num_threads(), self.settings.parallel_decode_from),
+                self.settings.decode_attention)
             entry.scorer = ScoreBatcher(entry.checkpoint, entry.executor, self.settings.score_batch_tokens)
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
@@ -184,11 +188,16 @@ class ModelRegistry:
         self._count_ready()
         log.info("model %s ready (%s on %s, %s)", entry.name, entry.source, entry.device, entry.dtype)
 
-    def _batch_rows(self, config: ModelConfig) -> int:
-        """max_batch_size, or fewer rows if their keys and values would exceed max_kv_cache_bytes."""
-        itemsize = DTYPES.get(self.settings.kv_cache_dtype, torch.float32).itemsize
-        row_bytes = 2 * config.n_layer * config.block_size * config.n_embd * itemsize
-        return max(1, min(self.settings.max_batch_size, self.settings.max_kv_cache_bytes // row_bytes))
+    def _batch_rows(self, config: ModelConfig, model_dtype: torch.dtype, device: torch.device) -> int:
+        """Cache rows for a model: max_batch_size (default 256) within its KV-cache budget (memory.size_cache)."""
+        s = self.settings
+        dtype = DTYPES.get(s.kv_cache_dtype, model_dtype)
+        available = available_memory(device) if s.max_kv_cache_bytes is None else 0
+        size = size_cache(config, dtype, s.max_batch_size, s.max_kv_cache_bytes, s.kv_cache_memory_fraction,
+                          available)
+        log.info("KV cache: %d rows of %d KiB (%d MiB, bound by %s; budget %d MiB)", size.rows,
+                 size.row_bytes >> 10, size.cache_bytes >> 20, size.bound_by, size.budget_bytes >> 20)
+        return size.rows
 
     async def unload(self, name: str) -> None:
         """Refuse new requests, let in-flight ones finish, then free the model."""

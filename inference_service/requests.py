@@ -88,6 +88,50 @@ Event = Delta | Summary
 
 
 @dataclass
+class Chunk:
+    """What one sample produced since its previous chunk; `summary` is set in its last one."""
+
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    summary: Summary | None = None
+
+
+class Outbox:
+    """A request's undelivered output, shared by its samples and touched only on the event loop.
+
+    The engine adds each step's events; the consumer takes everything at once, one Chunk per sample. A consumer
+    that lags (a slow client, a busy loop) finds several steps' characters in one chunk instead of a backlog of
+    messages, and a prompt one finds one chunk per step: never more than one message per step per sample.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[int, list[str]] = {}
+        self._logprobs: dict[int, list[TokenLogprob]] = {}
+        self._summaries: dict[int, Summary] = {}
+        self._ready = asyncio.Event()
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, Summary):
+            self._summaries[event.index] = event
+            self._texts.setdefault(event.index, [])
+        else:
+            self._texts.setdefault(event.index, []).append(event.text)
+            if event.logprobs:
+                self._logprobs.setdefault(event.index, []).extend(event.logprobs)
+        self._ready.set()
+
+    async def take(self) -> list[Chunk]:
+        """Wait until something is pending, then everything pending, in the order the samples first produced."""
+        await self._ready.wait()
+        self._ready.clear()
+        chunks = [Chunk(i, "".join(parts), self._logprobs.get(i, []), self._summaries.get(i))
+                  for i, parts in self._texts.items()]
+        self._texts, self._logprobs, self._summaries = {}, {}, {}
+        return chunks
+
+
+@dataclass
 class GenRequest:
     """One generation: its inputs, its engine-side progress, and the queue its results go to."""
 
@@ -99,7 +143,7 @@ class GenRequest:
     stops: list[str]
     deadline: float | None  # time.monotonic() after which the request is dropped
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)  # shared by a request's n samples
+    outbox: Outbox = field(default_factory=Outbox)  # shared by a request's n samples
     index: int = 0  # which of the request's samples this is
     logprobs: int = 0  # top alternatives to report per character; 0: none
     controls: LogitsControls = field(default_factory=LogitsControls)
@@ -117,6 +161,7 @@ class GenRequest:
     def __post_init__(self) -> None:
         self.sampling = RowSampling(self.params, random.Random(self.seed))
         self.matcher = StopMatcher(self.stops)
+        self.has_controls = self.controls.active  # read every step: computed once (controls are frozen)
 
     def row_controls(self) -> RowControls:
         return RowControls(self.controls, self.penalties, self.params.temperature)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,10 +15,9 @@ from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from inference_service import scoring
 from inference_service.convert import build_requests, logprobs_to_proto, model_to_proto, summary_to_proto
 from inference_service.fetch import download_checkpoint, trainer_credentials
-from inference_service.logprobs import TokenLogprob
 from inference_service.metrics import InferenceMetrics
 from inference_service.registry import TRAINER_CACHE, ModelEntry, ModelRegistry
-from inference_service.requests import Event, Finish, GenRequest, Summary
+from inference_service.requests import Chunk, Finish, GenRequest, Summary
 from inference_service.settings import InferenceSettings
 
 T = TypeVar("T")
@@ -199,24 +197,15 @@ def _selection(field: str, chosen: list[int], count: int) -> list[int]:
     return chosen
 
 
-@dataclass
-class Chunk:
-    """What one sample produced since its previous chunk; `summary` is set in its last one."""
-
-    index: int
-    text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    summary: Summary | None = None
-
-
 async def generation_chunks(registry: ModelRegistry, entry: ModelEntry,
                             jobs: list[GenRequest]) -> AsyncGenerator[Chunk, None]:
-    """Chunks until every sample has finished; closing it early cancels the samples (the engine drops them at
-    its next step) and releases the model."""
+    """Chunks until every sample has finished (each carries everything its sample produced since the previous
+    one, see Outbox); closing it early cancels the samples (the engine drops them at its next step) and
+    releases the model."""
     try:
         remaining = len(jobs)
         while remaining:
-            for chunk in await _next_events(jobs[0].events):
+            for chunk in await jobs[0].outbox.take():
                 if chunk.summary is not None:
                     _check(chunk.summary)
                     remaining -= 1
@@ -225,23 +214,6 @@ async def generation_chunks(registry: ModelRegistry, entry: ModelEntry,
         for job in jobs:
             job.cancel()  # a no-op when finished
         registry.release(entry)
-
-
-async def _next_events(events: asyncio.Queue[Event]) -> list[Chunk]:
-    """Wait for the engine, then take everything already queued, one chunk per sample: text coalesces under
-    load (a sample's summary is its last event, so nothing follows it)."""
-    chunks: dict[int, Chunk] = {}
-    item = await events.get()
-    while True:
-        chunk = chunks.setdefault(item.index, Chunk(item.index))
-        if isinstance(item, Summary):
-            chunk.summary = item
-        else:
-            chunk.text += item.text
-            chunk.logprobs.extend(item.logprobs)
-        if events.empty():
-            return list(chunks.values())
-        item = events.get_nowait()
 
 
 def _check(summary: Summary) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from chargpt.server.settings import ServerSettings
+from inference_service.fast_decode import DEFAULT_ATTENTION
 
 
 class InferenceSettings(ServerSettings):
@@ -34,11 +36,18 @@ class InferenceSettings(ServerSettings):
                          "or name=trainer:JOB[/best|/latest]")
     max_models: int = Field(default=8, ge=1, description="models held at once")
     max_new_tokens_limit: int = Field(default=4096, ge=1, description="largest max_new_tokens accepted")
-    max_batch_size: int = Field(default=64, ge=1, description="sequences decoded together per model")
-    max_kv_cache_bytes: int = Field(default=1 << 30, ge=1 << 20,
-                                    description="KV cache memory per model; fewer batch rows if it is exceeded")
+    max_batch_size: int | None = Field(default=None, ge=1, description="sequences decoded together per model; "
+                                       "default: as many as the KV-cache budget holds, at most 256")
+    max_kv_cache_bytes: int | None = Field(default=None, ge=1 << 20, description="KV cache memory per model; "
+                                           "default: kv_cache_memory_fraction of the memory available at load")
+    kv_cache_memory_fraction: float = Field(default=0.3, gt=0.0, le=0.9, description="share of the memory "
+                                            "available when a model loads (host RAM within the cgroup limit, or "
+                                            "free GPU memory) that its KV cache may take")
     kv_cache_dtype: str = Field(default="auto", pattern="^(auto|float32|bfloat16|float16)$",
                                 description="KV cache dtype: auto (the model's) or narrower to speed up big batches")
+    decode_attention: Literal["sdpa", "matmul"] = Field(default=DEFAULT_ATTENTION, description="decode "
+                                                       "attention kernel: torch's SDPA or the written-out matmul "
+                                                       "path (bench/decode_attention.py compares them)")
     window_slide: int = Field(default=0, ge=0, description="characters dropped when a sequence fills the context "
                               "window; 0: block_size/4; 1: the notebook's exact crop-every-step (slowest)")
     max_queue: int = Field(default=256, ge=0, description="requests waiting for a batch slot per model")

@@ -32,6 +32,7 @@ INFERENCE = {
     "chargpt_inference_requests_waiting": "gauge",
     "chargpt_inference_models_loaded": "gauge",
     "chargpt_inference_rpcs_total": "counter",
+    "chargpt_inference_http_requests_total": "counter",
 }
 
 ALL = {**TRAINER, **INFERENCE}

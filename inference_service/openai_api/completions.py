@@ -14,8 +14,8 @@ from typing import Any
 from inference_service.logprobs import TokenLogprob
 from inference_service.openai_api.schemas import CompletionRequest
 from inference_service.registry import ModelEntry
-from inference_service.requests import Finish, GenRequest
-from inference_service.servicer import Chunk, InferenceServicer, generation_chunks
+from inference_service.requests import Chunk, Finish, GenRequest
+from inference_service.servicer import InferenceServicer, generation_chunks
 
 FINISH_REASONS = {Finish.LENGTH: "length", Finish.STOP: "stop"}
 
@@ -92,8 +92,17 @@ def abandon(servicer: InferenceServicer, runs: list[Run]) -> None:
             servicer.registry.release(run.entry)
 
 
-async def merged_chunks(servicer: InferenceServicer, runs: list[Run]) -> AsyncGenerator[tuple[Run, Chunk], None]:
-    """Every run's chunks as they come; closing this early (client gone) cancels every sample."""
+async def merged_chunks(servicer: InferenceServicer, runs: list[Run]
+                        ) -> AsyncGenerator[list[tuple[Run, Chunk]], None]:
+    """Every run's chunks as they come, coalesced per choice (one entry per choice per batch, see Outbox);
+    closing this early (client gone) cancels every sample."""
+    if len(runs) == 1:  # one prompt: its Outbox already coalesces, no task in between
+        run = runs[0]
+        run.started = True
+        async with contextlib.aclosing(generation_chunks(servicer.registry, run.entry, run.jobs)) as chunks:
+            async for chunk in chunks:
+                yield [(run, chunk)]
+        return
     queue: asyncio.Queue[tuple[Run, Chunk | BaseException | None]] = asyncio.Queue()
 
     async def pump(run: Run) -> None:
@@ -110,18 +119,36 @@ async def merged_chunks(servicer: InferenceServicer, runs: list[Run]) -> AsyncGe
     try:
         finished = 0
         while finished < len(runs):
-            run, item = await queue.get()
-            if item is None:
-                finished += 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield run, item
+            batch: dict[int, tuple[Run, Chunk]] = {}
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            for run, item in items:
+                if item is None:
+                    finished += 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    _merge(batch, run, item)
+            if batch:
+                yield list(batch.values())
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         abandon(servicer, runs)
+
+
+def _merge(batch: dict[int, tuple[Run, Chunk]], run: Run, chunk: Chunk) -> None:
+    """Append `chunk` to the choice's entry in `batch` (a lagging reader gets one event per choice)."""
+    key = run.base + chunk.index
+    if key not in batch:
+        batch[key] = (run, Chunk(chunk.index, chunk.text, list(chunk.logprobs), chunk.summary))
+        return
+    merged = batch[key][1]
+    merged.text += chunk.text
+    merged.logprobs.extend(chunk.logprobs)
+    merged.summary = chunk.summary or merged.summary
 
 
 def new_choices(body: CompletionRequest, runs: list[Run]) -> dict[int, Choice]:
@@ -144,8 +171,9 @@ async def complete(servicer: InferenceServicer, body: CompletionRequest, runs: l
     """The whole completion at once."""
     choices = new_choices(body, runs)
     async with contextlib.aclosing(merged_chunks(servicer, runs)) as chunks:
-        async for run, chunk in chunks:
-            choices[run.base + chunk.index].add(chunk)
+        async for batch in chunks:
+            for run, chunk in batch:
+                choices[run.base + chunk.index].add(chunk)
     wants = bool(body.logprobs)
     out = [{"index": c.index, "text": "".join(c.text), "logprobs": c.logprobs_json(c.released, wants),
             "finish_reason": c.finish_reason} for c in sorted(choices.values(), key=lambda c: c.index)]
@@ -160,19 +188,21 @@ def sse(data: dict[str, Any] | str) -> bytes:
 
 
 async def stream(servicer: InferenceServicer, body: CompletionRequest, runs: list[Run]) -> AsyncIterator[bytes]:
-    """Server-sent events: one chunk per choice per engine delivery, a usage chunk, then `data: [DONE]`."""
+    """Server-sent events: per choice, one chunk with everything it produced since its previous one; then a
+    usage chunk and `data: [DONE]`."""
     choices = new_choices(body, runs)
     base = envelope(body, f"cmpl-{uuid.uuid4().hex}", int(time.time()))
     wants = bool(body.logprobs)
     async with contextlib.aclosing(merged_chunks(servicer, runs)) as chunks:
-        async for run, chunk in chunks:
-            choice = choices[run.base + chunk.index]
-            text, entries = choice.add(chunk)
-            if not text and chunk.summary is None:
-                continue  # only held-back characters: nothing to show yet
-            event = {"index": choice.index, "text": text, "logprobs": choice.logprobs_json(entries, wants),
-                     "finish_reason": choice.finish_reason}
-            yield sse({**base, "choices": [event]})
+        async for batch in chunks:
+            for run, chunk in batch:
+                choice = choices[run.base + chunk.index]
+                text, entries = choice.add(chunk)
+                if not text and chunk.summary is None:
+                    continue  # only held-back characters: nothing to show yet
+                event = {"index": choice.index, "text": text, "logprobs": choice.logprobs_json(entries, wants),
+                         "finish_reason": choice.finish_reason}
+                yield sse({**base, "choices": [event]})
     if body.stream_options is None or body.stream_options.include_usage:
         yield sse({**base, "choices": [], "usage": usage(runs, choices)})
     yield sse("[DONE]")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT, KVCache
-from inference_service.fast_decode import FastDecoder
+from inference_service.fast_decode import Attention, FastDecoder, attend_matmul, attend_sdpa
 
 
 def test_matches_gpt_decode_step_on_a_ragged_batch() -> None:
@@ -49,3 +50,36 @@ def test_bfloat16_cache_stays_close_and_batch_independent() -> None:
     for t in range(10):
         single = decoder.step(tokens[1:2, t], torch.full((1,), t), t + 1)
     assert torch.allclose(single[0], outs[1][1], atol=1e-5)  # a row's numbers do not depend on its batch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_attention_equals_sdpa(dtype: torch.dtype) -> None:
+    """Both decode attention paths on one ragged batch: same outputs, and each row independent of its batch."""
+    torch.manual_seed(2)
+    B, nh, S, hs = 5, 4, 17, 8
+    q, k, v = (torch.randn(B, nh, n, hs).to(dtype) for n in (1, S, S))
+    positions = torch.tensor([0, 16, 3, 9, 12])
+    mask = torch.zeros(B, 1, 1, S, dtype=dtype)
+    mask.masked_fill_(torch.arange(S)[None, None, None, :] > positions[:, None, None, None], float("-inf"))
+    sdpa, matmul = attend_sdpa(q, k, v, mask, hs**-0.5), attend_matmul(q, k, v, mask, hs**-0.5)
+    assert sdpa.shape == matmul.shape == (B, nh, 1, hs) and matmul.dtype == dtype
+    assert torch.allclose(matmul.float(), sdpa.float(), atol=1e-5 if dtype == torch.float32 else 2e-2)
+    alone = attend_matmul(q[3:4], k[3:4, :, :10], v[3:4, :, :10], mask[3:4, :, :, :10], hs**-0.5)
+    assert torch.allclose(alone, matmul[3:4], atol=1e-6)  # keys past a row's length change nothing
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+def test_both_attention_paths_match_gpt_decode_step(attention: Attention) -> None:
+    torch.manual_seed(3)
+    model = GPT(ModelConfig(vocab_size=19, block_size=24, n_layer=2, n_head=4, n_embd=32, dropout=0.0)).eval()
+    reference, fast = KVCache(model.config, 4), KVCache(model.config, 4)
+    lengths = torch.tensor([5, 1, 11, 7])
+    prompts = torch.randint(0, 19, (4, 11))
+    model.prefill(prompts, lengths, reference)
+    model.prefill(prompts, lengths, fast)
+    decoder = FastDecoder(model, fast, attention)
+    for step in range(6):
+        tokens = torch.randint(0, 19, (4,))
+        expected = model.decode_step(tokens, reference)
+        got = decoder.step(tokens, lengths + step, int(lengths.max()) + step + 1)
+        assert torch.allclose(got, expected, atol=1e-5)

@@ -131,7 +131,7 @@ async def test_a_failed_rows_nan_cache_never_reaches_the_next_sequence_in_that_r
 async def _collect(job: GenRequest) -> tuple[str, Summary]:
     parts: list[str] = []
     while True:
-        item = await asyncio.wait_for(job.events.get(), 30)
-        if isinstance(item, Summary):
-            return "".join(parts), item
-        parts.append(item.text)
+        for chunk in await asyncio.wait_for(job.outbox.take(), 30):
+            parts.append(chunk.text)
+            if chunk.summary is not None:
+                return "".join(parts), chunk.summary
