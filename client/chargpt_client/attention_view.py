@@ -73,9 +73,9 @@ word-break: break-all; max-width: 60em"></div>
     const r = canvas.getBoundingClientRect();
     const q = Math.floor((e.clientY - r.top) / cell), k = Math.floor((e.clientX - r.left) / cell);
     if (q < 0 || k < 0 || q >= T || k >= T) return;
+    focus(q);
     readout.textContent = JSON.stringify(d.tokens[q]) + " (" + q + ") -> " + JSON.stringify(d.tokens[k]) +
       " (" + k + "): " + (k <= q ? matrix()[q][k].toFixed(3) : "masked (future)");
-    focus(q);
   }});
   layerSel.onchange = headSel.onchange = draw;
   draw();

@@ -163,3 +163,48 @@ def test_attention_grid_labels_stay_readable() -> None:
             per_char_points = ax.get_position().width * width_in * 72 / len(labels)
             assert per_char_points >= 8  # a character's column is at least as wide as its label's font size
     assert "first 40 of 42 characters" in fig.texts[0].get_text()
+
+
+_DOM_STUB = """
+function el() { return {style: {}, children: [], listeners: {}, options: [], value: "0", textContent: "",
+  appendChild(c) { this.children.push(c); }, add(o) { this.options.push(o); },
+  addEventListener(e, f) { this.listeners[e] = f; }, getBoundingClientRect() { return {top: 0, left: 0}; },
+  getContext() { return {fillRect() {}}; }}; }
+const parts = {".layer": el(), ".head": el(), ".readout": el(), ".chars": el(), ".grid": el(),
+  ".data": Object.assign(el(), {textContent: DATA})};
+global.Option = function(text, value) { this.text = text; this.value = value; };
+global.document = {getElementById() { return {querySelector: s => parts[s]}; }, createElement: el};
+"""
+_DOM_DRIVE = """
+const chars = parts[".chars"].children, out = [];
+chars[3].listeners.mouseenter();  // hover "c": it and the earlier characters light up
+out.push(parts[".readout"].textContent, chars.map(s => s.style.background).join("|"));
+parts[".head"].value = "-1"; parts[".layer"].value = "1"; parts[".layer"].onchange();  // mean of layer 1's heads
+parts[".grid"].listeners.mousemove({clientX: 1.5 * CELL, clientY: 3.5 * CELL});  // the cell (query 3, key 1)
+out.push(parts[".readout"].textContent, String(parts[".head"].options.length));
+console.log(JSON.stringify(out));
+"""
+
+
+def test_the_attention_view_script_runs() -> None:
+    """The view's own script under node with a minimal DOM: hovering and the selectors do what they say."""
+    import shutil
+    import subprocess
+
+    from chargpt_client.attention_view import CELL_PX
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    page = _attention("ab\nc ", n_layers=2)._repr_html_()
+    data = re.search(r'class="data">(.*?)</script>', page, re.S)
+    script = re.findall(r"<script>(.*?)</script>", page, re.S)
+    assert data is not None and len(script) == 1
+    program = (_DOM_STUB.replace("DATA", json.dumps(data.group(1))) + script[0]
+               + _DOM_DRIVE.replace("CELL", str(CELL_PX)))
+    result = subprocess.run([node, "-e", program], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    hover, backgrounds, cell, options = json.loads(result.stdout)
+    assert hover == 'character 3 "c" attends to the highlighted ones'
+    assert backgrounds.split("|") == ["rgba(30, 100, 220, 0.375)"] * 3 + ["#ffd54f", "rgba(30, 100, 220, 0.000)"]
+    assert cell == '"c" (3) -> "b" (1): 0.250' and options == "3"  # heads 0, 1 and "mean"
