@@ -97,7 +97,7 @@ def attention_figure(attention: t.Attention, title: str = "", max_chars: int = G
     shown = "".join(attention.tokens[:size])
     cut = f" (first {size} of {attention.shape[2]} characters)" if size < attention.shape[2] else ""
     fig.suptitle((title or f"attention over {shown!r}") + cut, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (side * rows + 0.7)))  # keep 0.4 in for the suptitle
     return fig
 
 
@@ -172,7 +172,7 @@ def next_char_figure(steps: Sequence[NextCharStep], title: str = "", bars: int =
         if i == 0:
             ax.legend(fontsize=7, loc="upper right")
     fig.suptitle(title or "the next-character choice (red: the character sampled)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_size_inches()[1]))
     return fig
 
 
