@@ -315,3 +315,9 @@ class Attention:
 
         dtype = np.dtype("<f2") if self.dtype == "float16" else np.dtype("<f4")
         return np.frombuffer(self.data, dtype=dtype).reshape(self.shape).astype(np.float32)
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: the explorable view (layer/head selectors, hover a character to see what it attends to)."""
+        from chargpt_client.attention_view import attention_html
+
+        return attention_html(self)

@@ -21,13 +21,19 @@ STEP_TITLES = ["[1/8] The device", "[2/8] The corpus", "[3/8] The tokenizer", "[
 def _check_report(report: Path, in_domain: str) -> dict[str, object]:
     text = (report / "report.md").read_text()
     for heading in ("## Training: the timelapse", "## Writing at the three presets", "### balanced",
-                    "## Generalization: perplexity on held-out text", "![attention heatmaps](attention.png)"):
+                    "## Generalization: perplexity on held-out text", "![attention heatmaps](attention.png)",
+                    "### The next-character choice", "![next-character distribution](next_char.png)"):
         assert heading in text
     assert f"| {in_domain} | in |" in text
-    for image in ("loss.png", "attention.png"):
+    for image in ("loss.png", "attention.png", "next_char.png"):
         width, height = _png_size(report / image)
         assert width > 200 and height > 200
     summary: dict[str, object] = json.loads((report / "summary.json").read_text())
+    steps = summary["next_char"]
+    assert isinstance(steps, list) and len(steps) == 8
+    for step in steps:  # the filtered distribution sums to 1 and keeps the sampled character possible
+        assert abs(sum(p for _, p in step["filtered"]) - 1) < 1e-6
+        assert dict(step["filtered"])[step["chosen"]] > 0
     return summary
 
 
@@ -43,7 +49,8 @@ def test_demo_on_a_builtin_corpus_through_the_cli(tmp_path: Path) -> None:
     for expected in ("Found: CPU", "Built-in corpus 'shakespeare'", "Split: the first 90% for training",
                      "Vocabulary size: 63", "round trip OK", "Parameters: ", "sample at step 0:",
                      "step 12/12", "--- focused", "--- balanced", "--- creative", "--- your prompt 'ROMEO:'",
-                     "held-out text", "removed", "Wrote chargpt-report/attention.png", "Report: chargpt-report"):
+                     "held-out text", "removed", "Wrote chargpt-report/next_char.png", "sampled ",
+                     "Wrote chargpt-report/attention.png", "Report: chargpt-report"):
         assert expected in out, expected
     table = out[out.index("held-out text"):].splitlines()
     rows = [line.split() for line in table[2:5]]

@@ -31,6 +31,19 @@ def test_client_imports_without_torch() -> None:
     assert result.stdout.strip() == "ok"
 
 
+def test_notebook_helpers_work_without_torch_or_numpy() -> None:
+    code = ("import struct; from chargpt_client import notebook, types as t; "
+            "att = t.Attention(['a', 'b'], [0], [0], (1, 1, 2, 2), 'float32', struct.pack('<4f', 1, 0, .5, .5)); "
+            "assert 'chargpt-attention' in att._repr_html_(); "
+            "r = t.GenerationResult('b', t.GenerationSummary('LENGTH', 1, 1, 1, False, 0, 0, 0, 0, '', .8, 40, 1.0), "
+            "[t.TokenLogprob('b', -1.0, [('a', -.5), ('b', -1.0)])]); "
+            "assert abs(sum(p for _, p in notebook.next_char_view(r).steps[0].filtered) - 1) < 1e-9; "
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules; print('ok')")
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 def test_cli_runs_without_torch() -> None:
     result = _run("from chargpt_client.cli import main; raise SystemExit(main(['--help']))")
     assert result.returncode == 0, result.stderr

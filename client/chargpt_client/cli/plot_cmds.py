@@ -26,7 +26,7 @@ def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
 
 
 def attention_cmd(args: argparse.Namespace) -> int:
-    plots.pyplot()  # fail early with a clear message when matplotlib is missing
+    plots.require()  # fail early with a clear message when matplotlib is missing
     with inference_client(args) as client:
         attention = client.attention(args.model, args.text, layers=args.layer, heads=args.head)
     plots.attention_grid(attention, args.output, title=f"{args.model}: attention over {args.text!r}")
@@ -40,7 +40,7 @@ def attention_cmd(args: argparse.Namespace) -> int:
 
 
 def plot_cmd(args: argparse.Namespace) -> int:
-    plots.pyplot()
+    plots.require()
     with trainer_client(args) as client:
         events = job_history(client, args.job_id)
     points = plots.loss_curves(events, args.output, title=f"job {args.job_id}")

@@ -49,6 +49,6 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> Demo:
         demo.findings.seconds = time.monotonic() - started
         path = write_report(demo)
         demo.say("")
-        demo.say(f"Report: {path} (with loss.png, attention.png and summary.json) - done in "
+        demo.say(f"Report: {path} (with loss.png, next_char.png, attention.png and summary.json) - done in "
                  f"{demo.findings.seconds:.0f} s.")
         return demo

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from chargpt_client import types as t
+from chargpt_client.next_char import NextCharStep
 from chargpt_client.sync import Client
 
 BUILTIN_CORPORA = ("shakespeare", "python", "startups")
@@ -71,6 +72,7 @@ class DemoFindings:
     generations: dict[str, t.GenerationResult] = field(default_factory=dict)
     prompt: str = ""
     continuation: t.GenerationResult | None = None
+    next_char: list[NextCharStep] = field(default_factory=list)
     perplexity: list[dict[str, object]] = field(default_factory=list)
     filter_notes: list[str] = field(default_factory=list)
     images: dict[str, Path] = field(default_factory=dict)

@@ -62,6 +62,11 @@ def _writing(demo: Demo) -> list[str]:
     if demo.findings.continuation is not None:
         lines += [f"### Continuing {demo.findings.prompt!r} (balanced)", "",
                   *_fence(demo.findings.prompt + demo.findings.continuation.text)]
+    if demo.findings.next_char:
+        lines += ["### The next-character choice", "",
+                  "At each step of a short balanced generation: the model's top-20 candidates (grey: raw "
+                  "probabilities) and the same candidates after temperature, top-k and top-p, renormalised over them "
+                  "(blue); the sampled character is red.", "", "![next-character distribution](next_char.png)", ""]
     return lines
 
 
@@ -86,6 +91,7 @@ def write_report(demo: Demo) -> Path:
     summary = {"corpus": demo.options.corpus_label, "seconds": f.seconds, "training_seconds": f.training_seconds,
                "job": f.job, "model": f.model, "samples": f.samples, "roundtrip": f.roundtrip,
                "generations": f.generations, "prompt": f.prompt, "continuation": f.continuation,
+               "next_char": f.next_char,
                "perplexity": f.perplexity, "filter_notes": f.filter_notes,
                "images": {k: str(v) for k, v in f.images.items()}}
     (report_dir / "summary.json").write_text(json.dumps(t.to_jsonable(summary), indent=2, ensure_ascii=False),

@@ -8,6 +8,7 @@ from chargpt_client import plots
 from chargpt_client import types as t
 from chargpt_client.demo.context import BUILTIN_CORPORA, Demo
 from chargpt_client.errors import NotFound
+from chargpt_client.next_char import next_char_steps
 from chargpt_client.ops import SAMPLING_PRESETS
 from chargpt_client.render import print_table
 from chargpt_client.tokenizer import CharMapping
@@ -15,6 +16,7 @@ from chargpt_client.tokenizer import CharMapping
 PRESET_SETTINGS = {"focused": "temperature 0.3, top-k 5", "balanced": "temperature 0.8, top-k 40",
                    "creative": "temperature 1.2, top-k 200"}
 MIN_SCORED_CHARS = 50
+NEXT_CHAR_STEPS, NEXT_CHAR_TOP_N = 8, 20  # 20: the most the service returns, nearly all of a small vocabulary
 PREVIOUS_TOKEN_HEAD = 0.3  # mean attention on the previous character that is worth pointing out
 
 
@@ -54,6 +56,29 @@ def write(demo: Demo) -> None:
         demo.out.flush()
     demo.say("")
     demo.findings.continuation = stream.result()
+    _next_char(demo, model.name, known)
+
+
+def _next_char(demo: Demo, model: str, prompt: str) -> None:
+    """The next-character choice made visible: a few balanced steps, raw candidates vs. after the filters."""
+    result = demo.client.inference.generate(model, prompt, preset="balanced", max_new_tokens=NEXT_CHAR_STEPS,
+                                            logprobs=NEXT_CHAR_TOP_N, seed=demo.options.seed)
+    steps = demo.findings.next_char = next_char_steps(result, prompt)
+    s = result.summary
+    demo.say("")
+    demo.wrap(f"How each character is picked: the model's top-{NEXT_CHAR_TOP_N} candidates (raw probabilities) and "
+              f"the same candidates after temperature {s.temperature:g}, top-k {s.top_k} and top-p {s.top_p:g} "
+              "(renormalised over those candidates):")
+    for step in steps[:6]:
+        raw = " ".join(f"{plots.visible(ch)} {p:.2f}" for ch, p in step.raw[:4])
+        after = " ".join(f"{plots.visible(ch)} {p:.2f}" for ch, p in step.filtered[:4])
+        demo.say(f"  sampled {plots.visible(step.chosen)!r:5}  raw: {raw:32}  after: {after}")
+    report_dir = demo.options.report_dir
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / "next_char.png"
+    plots.next_char_plot(steps, path, title=f"the next-character choice after {prompt!r} (balanced preset)")
+    demo.findings.images["next_char"] = path
+    demo.say(f"Wrote {path}.")
 
 
 def _heldout_texts(demo: Demo) -> dict[str, str]:
