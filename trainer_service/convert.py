@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from chargpt.v1 import common_pb2, trainer_pb2
-from trainer_service.checkpoints import CheckpointInfo
+from trainer_service.jobs.checkpoints import CheckpointInfo
 from trainer_service.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, CorpusRecord, EventRecord, JobRecord
 from trainer_service.training.api import TrainingPlan
 

@@ -47,7 +47,7 @@ class TrainerMetrics:
             self.jobs.labels(state=state).set(count)
         self.corpus_bytes.set(store.corpus_bytes())
 
-    def observe_event(self, event: EventRecord, tokens_per_step: int) -> None:
+    def observe_event(self, event: EventRecord) -> None:
         """Account one event from the log (each is seen once, in order)."""
         p, job = event.payload, event.job_id
         if event.kind == "progress":
@@ -56,7 +56,7 @@ class TrainerMetrics:
             self._last_step[job] = step
             if done > 0:
                 self.steps.labels(job_id=job).inc(done)
-                self.tokens.labels(job_id=job).inc(done * tokens_per_step)
+                self.tokens.labels(job_id=job).inc(done * int(p.get("tokens_per_step", 0)))
             _set(self.train_loss, job, p["loss"])
             _set(self.tokens_per_second, job, p["tokens_per_second"])
         elif event.kind == "evaluation":

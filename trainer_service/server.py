@@ -19,11 +19,11 @@ from chargpt.server.serving import (
     run_service,
 )
 from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
-from trainer_service.corpora import CorpusLibrary
-from trainer_service.events import EventHub
+from trainer_service.corpora.library import CorpusLibrary
+from trainer_service.jobs.events import EventHub
+from trainer_service.jobs.manager import JobManager
+from trainer_service.jobs.plan import DeviceProber
 from trainer_service.metrics import TrainerMetrics
-from trainer_service.plan import DeviceProber
-from trainer_service.scheduler import JobManager
 from trainer_service.servicer import TrainerServicer
 from trainer_service.settings import TrainerSettings
 from trainer_service.store import Store
@@ -66,7 +66,6 @@ async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
     corpora = CorpusLibrary(store, settings.data_dir / "corpora", settings.max_upload_bytes)
     hub = EventHub(store, metrics, settings.event_poll_seconds)
     jobs = JobManager(settings, store, hub)
-    hub.tokens_per_step = jobs.tokens_per_step
     prober = DeviceProber(settings.device)
     server = new_server(settings, observer=metrics.rpcs.observe)
     servicer = TrainerServicer(settings, store, corpora, jobs, hub, metrics, prober)

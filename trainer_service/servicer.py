@@ -14,12 +14,13 @@ import grpc
 from chargpt.core.device import PRESETS, DeviceFacts, auto_size
 from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
-from trainer_service import checkpoints, convert
-from trainer_service.corpora import CorpusLibrary
-from trainer_service.events import EventHub
+from trainer_service import convert
+from trainer_service.corpora.library import CorpusLibrary
+from trainer_service.jobs import checkpoints
+from trainer_service.jobs.events import EventHub
+from trainer_service.jobs.manager import JobManager
+from trainer_service.jobs.plan import DeviceProber, build_plan
 from trainer_service.metrics import TrainerMetrics
-from trainer_service.plan import DeviceProber, build_plan
-from trainer_service.scheduler import JobManager
 from trainer_service.settings import TrainerSettings
 from trainer_service.store import Store
 

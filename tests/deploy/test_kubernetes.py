@@ -117,20 +117,20 @@ def test_multinode_job_runs_torchrun_over_the_trainer_worker() -> None:
     container = pod_spec(job)["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == int(config["NPROC_PER_NODE"])
     args = container["args"]
-    assert container["command"] == ["torchrun"] and args[args.index("-m") + 1] == "trainer_service.worker"
+    assert container["command"] == ["torchrun"] and args[args.index("-m") + 1] == "trainer_service.jobs.worker"
     assert "--master-addr=chargpt-train-0.chargpt-train" in args  # pod 0 of the Job, via the headless Service
 
 
 def test_multinode_command_is_accepted_by_torchrun_and_the_trainer_worker() -> None:
     """Expand the container's $(VAR)s as the kubelet would, then parse with torchrun's and the worker's own parsers."""
     run = pytest.importorskip("torch.distributed.run")
-    worker = pytest.importorskip("trainer_service.worker")
+    worker = pytest.importorskip("trainer_service.jobs.worker")
     resources = rendered("multinode")
     env = {**resources[("", "ConfigMap", "chargpt-train")]["data"], "NODE_RANK": "1"}
     container = pod_spec(resources[("batch", "Job", "chargpt-train")])["containers"][0]
     args = [re.sub(r"\$\((\w+)\)", lambda match: env[match.group(1)], arg) for arg in container["args"]]
     parsed = run.get_args_parser().parse_args(args)
-    assert parsed.module and parsed.training_script == "trainer_service.worker"
+    assert parsed.module and parsed.training_script == "trainer_service.jobs.worker"
     assert (parsed.nnodes, parsed.nproc_per_node, parsed.node_rank) == (env["NNODES"], env["NPROC_PER_NODE"], 1)
     assert parsed.master_port == int(env["MASTER_PORT"])
     assert worker.parse_args(parsed.training_script_args).job_dir == Path(env["CHARGPT_JOB_DIR"])

@@ -101,6 +101,7 @@ class _Run:
             tokens = rate * self.plan.batch_size * self.plan.model.block_size
             self.sink.emit(ProgressUpdate(step=self.step, max_steps=self.plan.max_steps, loss=self.loss,
                                           learning_rate=self.plan.learning_rate, tokens_per_second=tokens,
+                                          tokens_per_step=self.plan.batch_size * self.plan.model.block_size,
                                           elapsed_seconds=elapsed,
                                           eta_seconds=(self.plan.max_steps - self.step) / max(rate, 1e-9)))
 

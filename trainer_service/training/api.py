@@ -66,6 +66,7 @@ class ProgressUpdate(BaseModel):
     loss: float
     learning_rate: float
     tokens_per_second: float
+    tokens_per_step: int = Field(ge=0, description="tokens (characters) per optimizer step, across all ranks")
     elapsed_seconds: float
     eta_seconds: float
 

@@ -197,6 +197,7 @@ class Trainer:
             step=self.state.step, max_steps=self.plan.max_steps, loss=float(loss),
             learning_rate=learning_rate_at(self.plan, self.state.step - 1),
             tokens_per_second=steps * self.plan.batch_size * self.block / max(now - then, 1e-9),
+            tokens_per_step=self.plan.batch_size * self.block,
             elapsed_seconds=self._elapsed(), eta_seconds=per_step * (self.plan.max_steps - self.state.step)))
 
     def _evaluate(self) -> None:

@@ -62,7 +62,7 @@ def _heldout_texts(demo: Demo) -> dict[str, str]:
     if demo.own_text is not None:
         texts[demo.options.corpus_label] = demo.own_text[-size:]
     try:
-        from trainer_service.builtin_corpora import build_builtin_corpus
+        from trainer_service.corpora.builtin import build_builtin_corpus
     except ImportError:
         demo.say("(the built-in corpora are not installed here: scoring only the trained corpus)")
         return texts

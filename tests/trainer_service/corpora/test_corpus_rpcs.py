@@ -9,7 +9,7 @@ import pytest
 from trainer_harness import Trainer, sample_text
 
 from chargpt.v1 import trainer_pb2 as S
-from trainer_service.corpora import MIN_CORPUS_CHARS
+from trainer_service.corpora.library import MIN_CORPUS_CHARS
 
 
 async def upload_error(trainer: Trainer, data: bytes | str, **kwargs: object) -> grpc.aio.AioRpcError:

@@ -23,7 +23,6 @@ class EventHub:
 
     def __init__(self, store: Store, metrics: TrainerMetrics, poll_seconds: float) -> None:
         self.store, self.metrics, self.poll_seconds = store, metrics, poll_seconds
-        self.tokens_per_step: Callable[[str], int] = lambda job_id: 0  # set by the job manager's owner
         self._last_id = store.last_event_id()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -58,7 +57,7 @@ class EventHub:
 
     def _account(self, event: EventRecord) -> None:
         try:
-            self.metrics.observe_event(event, self.tokens_per_step(event.job_id))
+            self.metrics.observe_event(event)
             for listener in self.listeners:
                 listener(event)
         except Exception:  # metrics must never break the event pipeline

@@ -16,8 +16,17 @@ from typing import IO, Any
 
 import trainer_service
 from chargpt.errors import FailedPreconditionError
-from trainer_service.checkpoints import list_checkpoints
-from trainer_service.events import EventHub
+from trainer_service.jobs.checkpoints import list_checkpoints
+from trainer_service.jobs.events import EventHub
+from trainer_service.jobs.worker import (
+    CORPUS_FILE,
+    EXIT_LOCKED,
+    EXIT_STOP_DEADLINE,
+    LOG_FILE,
+    OUTCOME_FILE,
+    PLAN_FILE,
+    read_outcome,
+)
 from trainer_service.settings import TrainerSettings
 from trainer_service.store import (
     CANCELLED,
@@ -31,15 +40,6 @@ from trainer_service.store import (
     Store,
 )
 from trainer_service.training.api import CorpusRef, TrainingPlan
-from trainer_service.worker import (
-    CORPUS_FILE,
-    EXIT_LOCKED,
-    EXIT_STOP_DEADLINE,
-    LOG_FILE,
-    OUTCOME_FILE,
-    PLAN_FILE,
-    read_outcome,
-)
 
 log = logging.getLogger(__name__)
 TAIL_CHARS = 2000
@@ -97,10 +97,6 @@ class JobManager:
         if job_id not in self._plans:
             self._plans[job_id] = TrainingPlan.model_validate_json(self.store.get_job(job_id).plan)
         return self._plans[job_id]
-
-    def tokens_per_step(self, job_id: str) -> int:
-        plan = self.plan(job_id)
-        return plan.batch_size * plan.model.block_size
 
     def running_process(self, job_id: str) -> asyncio.subprocess.Process | None:
         """The top worker process of a running job (torchrun's for multi-process jobs)."""
@@ -218,9 +214,9 @@ class JobManager:
                 "--lock-timeout", str(self.settings.worker_stop_timeout_seconds + 30),
                 "--stop-deadline", str(self.settings.worker_stop_timeout_seconds + 15)]
         if plan.num_processes == 1:
-            return [python, "-m", "trainer_service.worker", *args]
+            return [python, "-m", "trainer_service.jobs.worker", *args]
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={plan.num_processes}",
-                "-m", "trainer_service.worker", *args]
+                "-m", "trainer_service.jobs.worker", *args]
 
     async def _launch(self, job: JobRecord, plan: TrainingPlan, slots: list[str]) -> None:
         job_dir = self.job_dir(job.job_id)

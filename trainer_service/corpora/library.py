@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
-from trainer_service import builtin_corpora
+from trainer_service.corpora import builtin
 from trainer_service.store import CorpusRecord, Store
 
 log = logging.getLogger(__name__)
@@ -143,21 +143,21 @@ class CorpusLibrary:
             await asyncio.shield(self._builtins_ready)
 
     def _materialise_builtins(self) -> None:
-        for name in builtin_corpora.builtin_corpus_names():
+        for name in builtin.builtin_corpus_names():
             try:
                 self._materialise(name)
-            except builtin_corpora.BuiltinCorpusUnavailable as exc:
+            except builtin.BuiltinCorpusUnavailable as exc:
                 log.warning("%s", exc)  # listed only where its source package is installed
             except Exception:  # one broken built-in must not hide the others or the uploads
                 log.exception("could not materialise built-in corpus %r", name)
 
     def _materialise(self, name: str) -> None:
-        text = builtin_corpora.build_builtin_corpus(name)
+        text = builtin.build_builtin_corpus(name)
         data = text.encode("utf-8")
         sha = hashlib.sha256(data).hexdigest()
         if self.store.get_corpus(sha) is not None:
             return
-        record = self._record(sha, name, builtin_corpora.BUILTIN_CORPORA[name].description, len(data),
+        record = self._record(sha, name, builtin.BUILTIN_CORPORA[name].description, len(data),
                               len(text), "".join(sorted(set(text))), builtin=True)
         tmp = self.root / f".upload-{uuid.uuid4().hex}"
         tmp.write_bytes(data)
@@ -174,7 +174,7 @@ class CorpusLibrary:
         if not corpus_id:
             raise InvalidArgumentError(field, "required: a corpus id or a built-in corpus name")
         record = self.store.get_corpus(corpus_id)
-        if record is None and corpus_id in builtin_corpora.BUILTIN_CORPORA:
+        if record is None and corpus_id in builtin.BUILTIN_CORPORA:
             await self.builtins_ready()
             record = self.store.builtin_corpus_by_name(corpus_id)
         if record is None:

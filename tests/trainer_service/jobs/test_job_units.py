@@ -18,10 +18,10 @@ from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.errors import NotFoundError
-from trainer_service.checkpoints import open_snapshot
-from trainer_service.scheduler import describe_exit
+from trainer_service.jobs.checkpoints import open_snapshot
+from trainer_service.jobs.manager import describe_exit
+from trainer_service.jobs.worker import EXIT_LOCKED, EXIT_STOP_DEADLINE, StopFlag, acquire_job_lock
 from trainer_service.store import QUEUED, RUNNING, Store, append_event, connect
-from trainer_service.worker import EXIT_LOCKED, EXIT_STOP_DEADLINE, StopFlag, acquire_job_lock
 
 
 def write_checkpoint(job_dir: Path, kind: str, step: int, seed: int) -> None:
@@ -88,7 +88,7 @@ def test_sequences_are_per_job_and_shared_by_writers(tmp_path: Path) -> None:
 
 
 def test_a_stopped_worker_that_hangs_exits_at_its_deadline() -> None:
-    code = ("import time\nfrom trainer_service.worker import StopFlag\n"
+    code = ("import time\nfrom trainer_service.jobs.worker import StopFlag\n"
             "flag = StopFlag(0.5)\nflag.set('test')\ntime.sleep(30)\n")
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_service import builtin_corpora as bc
+from trainer_service.corpora import builtin as bc
 
 SPEAKER_RE = re.compile(r"^[A-Z][A-Z .'-]+:$")
 HEADER_RE = re.compile(r"^# ---- file: (\S+) ----$", re.MULTILINE)

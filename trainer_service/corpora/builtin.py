@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path, PurePosixPath
 
-from trainer_service import builtin_startups as vocab
+from trainer_service.corpora import startups_vocab as vocab
 
 SHAKESPEARE_CHARS = 1_000_000
 PYTHON_CHARS = 800_000

@@ -1,4 +1,4 @@
-"""A job's worker process: `python -m trainer_service.worker --job-dir DIR [--db PATH]`, alone or as a torchrun rank.
+"""A job's worker process: `python -m trainer_service.jobs.worker --job-dir DIR [--db PATH]`, alone or under torchrun.
 
 The server launches it (under torchrun for several processes); Kubernetes multi-node training runs the same
 module under torchrun on each node. It reads the plan written next to the checkpoints, trains through the engine,

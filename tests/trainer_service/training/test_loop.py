@@ -85,6 +85,7 @@ def test_training_learns_and_reports_in_order(tmp_path: Path, corpus: CorpusRef)
     progress = sink.of(ProgressUpdate)
     assert progress[0].step == 1 and progress[-1].step == 40 and progress[-1].eta_seconds == 0
     assert all(p.max_steps == 40 and p.tokens_per_second > 0 and p.learning_rate > 0 for p in progress)
+    assert all(p.tokens_per_step == 8 * 32 for p in progress)  # batch x block, for the metrics
     for i, event in enumerate(sink.events):  # each evaluation is followed by best (if better), then latest
         if isinstance(event, EvaluationResult):
             following = [e.checkpoint_kind for e in sink.events[i + 1:i + 3] if isinstance(e, CheckpointSaved)]

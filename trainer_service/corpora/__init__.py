@@ -1,0 +1,1 @@
+"""Corpora: uploads, the content-addressed library and the built-in corpus builders."""
