@@ -58,14 +58,15 @@ def concrete_device(facts: DeviceFacts, requested: str, default: str) -> str:
 
 
 def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpus: CorpusRecord,
-               prober: DeviceProber, max_processes: int) -> TrainingPlan:
+               prober: DeviceProber, max_processes: int, max_nodes: int = 1) -> TrainingPlan:
     device, num_processes, facts = _resources(request.resources, prober, max_processes)
+    num_nodes = _num_nodes(request.resources, max_nodes)
     profile = auto_size(facts)
     model = _model(request.model, profile, corpus)
     _check_fits(model, facts)
-    training = _training(request.training, profile, num_processes, facts)
+    training = _training(request.training, profile, num_processes * num_nodes, facts)
     plan = _validated_plan(dict(job_id=job_id, model=model, device=device, num_processes=num_processes,
-                                **training))
+                                num_nodes=num_nodes, **training))
     return plan
 
 
@@ -113,6 +114,18 @@ def _resources(spec: trainer_pb2.ResourceSpec, prober: DeviceProber, max_process
             raise InvalidArgumentError("resources.num_processes", f"{num_processes} processes need "
                                        f"{num_processes} GPUs; this server has {facts.count}")
     return device, num_processes, facts
+
+
+def _num_nodes(spec: trainer_pb2.ResourceSpec, max_nodes: int) -> int:
+    num_nodes = spec.num_nodes or 1
+    if num_nodes < 1:
+        raise InvalidArgumentError("resources.num_nodes", f"must be at least 1 (got {spec.num_nodes})")
+    if num_nodes > max_nodes == 1:
+        raise FailedPreconditionError(f"resources.num_nodes: {num_nodes} nodes need the slurm or kubernetes "
+                                      "executor; this trainer runs jobs on its own node (executor=local)")
+    if num_nodes > max_nodes:
+        raise InvalidArgumentError("resources.num_nodes", f"must be between 1 and {max_nodes} (got {num_nodes})")
+    return num_nodes
 
 
 def _model(spec: trainer_pb2.ModelSpec, profile: SizeProfile, corpus: CorpusRecord) -> ModelConfig:

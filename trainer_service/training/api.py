@@ -45,7 +45,8 @@ class TrainingPlan(BaseModel):
     checkpoint_interval: int = Field(ge=0, description="0: only at evaluations and the end")
     grad_accumulation_steps: int = Field(default=1, ge=1)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N, mps")
-    num_processes: int = Field(default=1, ge=1)
+    num_processes: int = Field(default=1, ge=1, description="processes (ranks) per node")
+    num_nodes: int = Field(default=1, ge=1, description="nodes the job spans (slurm/kubernetes executors)")
 
 
 class CorpusRef(BaseModel):
