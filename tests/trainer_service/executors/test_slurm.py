@@ -57,6 +57,15 @@ def slurm_id(t: Trainer, job_id: str) -> str:
         store.close()
 
 
+async def submitted_as(t: Trainer, job_id: str, timeout: float = 30) -> str:
+    """The Slurm job id once the trainer has submitted the job (the scheduler runs after CreateTrainingJob)."""
+    for _ in range(int(timeout / 0.1)):
+        if found := slurm_id(t, job_id):
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} was not submitted to Slurm in {timeout}s")
+
+
 def slurm_state(cluster: SlurmCluster, slurm_job: str) -> str:
     return cluster.run("squeue", "-h", "-t", "all", "-j", slurm_job, "-o", "%T").strip()
 
@@ -69,7 +78,7 @@ async def test_a_job_runs_through_slurm_with_its_full_event_stream_and_checkpoin
         trainer: Trainer, cluster: SlurmCluster) -> None:
     corpus = (await trainer.upload(sample_text(3000))).corpus
     job = await trainer.create_job(corpus.corpus_id, max_steps=10)
-    submitted = slurm_id(trainer, job.job_id)
+    submitted = await submitted_as(trainer, job.job_id)
     assert submitted.isdigit()
     done = await trainer.wait_for(job.job_id, [S.JOB_STATE_SUCCEEDED], timeout=90)
     assert done.step == 10
@@ -79,7 +88,9 @@ async def test_a_job_runs_through_slurm_with_its_full_event_stream_and_checkpoin
     assert [s for s, _ in states] == [S.JOB_STATE_QUEUED, S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING,
                                       S.JOB_STATE_SUCCEEDED]
     assert [e.progress.step for e in stream if e.HasField("progress")] == list(range(1, 11))
-    assert [e.evaluation.step for e in stream if e.HasField("evaluation")] == [5, 10]
+    assert [e.evaluation.step for e in stream if e.HasField("evaluation")] == [5, 10, 10]  # the last: final eval
+    written = (trainer.data_dir / "jobs" / job.job_id / "events.jsonl").read_text().splitlines()
+    assert len(written) == len([e for e in stream if not e.HasField("state_changed")])  # each line once
     assert [e.sequence for e in stream] == list(range(1, len(stream) + 1))
     listed = (await trainer.stub.ListCheckpoints(S.ListCheckpointsRequest(job_id=job.job_id))).checkpoints
     assert {c.kind for c in listed} == {common_pb2.CHECKPOINT_KIND_LATEST, common_pb2.CHECKPOINT_KIND_BEST}
@@ -92,7 +103,7 @@ async def test_cancel_checkpoints_and_scancels(trainer: Trainer, cluster: SlurmC
     fake_engine_env.setenv("FAKE_ENGINE_STEP_SECONDS", "0.2")
     corpus = (await trainer.upload(sample_text(3000))).corpus
     job = await trainer.create_job(corpus.corpus_id, max_steps=1000)
-    submitted = slurm_id(trainer, job.job_id)
+    submitted = await submitted_as(trainer, job.job_id)
     await trainer.wait_for(job.job_id, [S.JOB_STATE_RUNNING], timeout=60, min_step=3)
     cancelled = (await trainer.stub.CancelTrainingJob(S.CancelTrainingJobRequest(job_id=job.job_id))).job
     assert cancelled.state == S.JOB_STATE_CANCELLED and "cancelled at step" in cancelled_message(await events(
@@ -112,7 +123,7 @@ async def test_scancel_from_outside_cancels_the_job_with_the_reason(trainer: Tra
     corpus = (await trainer.upload(sample_text(3000))).corpus
     job = await trainer.create_job(corpus.corpus_id, max_steps=1000)
     await trainer.wait_for(job.job_id, [S.JOB_STATE_RUNNING], timeout=60, min_step=2)
-    submitted = slurm_id(trainer, job.job_id)
+    submitted = await submitted_as(trainer, job.job_id)
     cluster.run("scancel", submitted)
     done = await trainer.wait_for(job.job_id, [S.JOB_STATE_CANCELLED], timeout=30)
     message = cancelled_message(await events(trainer, job.job_id))
@@ -130,7 +141,7 @@ async def test_a_restarted_trainer_reattaches_without_resubmitting(tmp_path: Pat
         corpus = (await t.upload(sample_text(3000))).corpus
         job = await t.create_job(corpus.corpus_id, max_steps=60)
         await t.wait_for(job.job_id, [S.JOB_STATE_RUNNING], timeout=60, min_step=5)
-        submitted = slurm_id(t, job.job_id)
+        submitted = await submitted_as(t, job.job_id)
         await t.stop()  # the trainer goes away; the Slurm job does not
         assert slurm_state(cluster, submitted) == "RUNNING"
         assert t.store_state(job.job_id) == "running"
