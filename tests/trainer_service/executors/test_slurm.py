@@ -96,6 +96,11 @@ async def test_a_job_runs_through_slurm_with_its_full_event_stream_and_checkpoin
     assert {c.kind for c in listed} == {common_pb2.CHECKPOINT_KIND_LATEST, common_pb2.CHECKPOINT_KIND_BEST}
     assert slurm_state(cluster, submitted) == "COMPLETED"
     assert slurm_id(trainer, job.job_id) == ""  # no longer held by the cluster
+    assert trainer.server is not None
+    registry = trainer.server.jobs.hub.metrics.registry
+    assert registry.get_sample_value("chargpt_trainer_cluster_queue_wait_seconds_count", {"executor": "slurm"}) == 1
+    assert registry.get_sample_value("chargpt_trainer_jobs_by_executor",
+                                     {"executor": "slurm", "state": "succeeded"}) == 1
 
 
 async def test_cancel_checkpoints_and_scancels(trainer: Trainer, cluster: SlurmCluster,
