@@ -46,7 +46,8 @@ def job_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -
         "completionMode": "Indexed", "completions": plan.num_nodes, "parallelism": plan.num_nodes,
         "backoffLimit": 0,
         # A preempted or evicted pod does not count as the job failing (Kueue re-admits, the job resumes).
-        "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
+        "podFailurePolicy": {"rules": [{"action": "Ignore",
+                                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
         "template": {"metadata": {"labels": labels(plan, settings)}, "spec": pod_spec(plan, job_dir, settings)}}
     if settings.kubernetes_queue_name:
         spec["suspend"] = True
