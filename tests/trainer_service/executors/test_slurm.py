@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ from trainer_harness import Trainer, sample_text
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.v1 import common_pb2
 from chargpt.v1 import trainer_pb2 as S
-from deploy.tools.slurm_cluster import SlurmCluster, missing_binaries
+from deploy.tools.slurm_cluster import SlurmCluster
+from tests.support.slurm import running_cluster
 from trainer_service.settings import DEFAULT_ENGINE
 from trainer_service.store import Store
 
@@ -24,14 +24,7 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    missing = missing_binaries()
-    if missing:
-        reason = f"Slurm not installed ({', '.join(missing)} missing): run deploy/slurm/cluster.sh install"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (.ci/run should have)")
-        pytest.skip(reason)
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as running:
-        yield running
+    yield from running_cluster(tmp_path_factory.mktemp("slurm"))
 
 
 def slurm_trainer(data_dir: Path, **overrides: object) -> Trainer:
