@@ -86,7 +86,8 @@ def job_proto(job: JobRecord, plan: TrainingPlan) -> trainer_pb2.TrainingJob:
     return trainer_pb2.TrainingJob(
         job_id=job.job_id, display_name=job.display_name, state=STATE_TO_PROTO[job.state],
         corpus_id=job.corpus_id, model=model_proto(plan), training=training_proto(plan),
-        resources=trainer_pb2.ResourceSpec(device=plan.device, num_processes=plan.num_processes),
+        resources=trainer_pb2.ResourceSpec(device=plan.device, num_processes=plan.num_processes,
+                                          num_nodes=plan.num_nodes),
         step=job.step, train_loss=_loss(job.train_loss), val_loss=_loss(job.val_loss),
         best_val_loss=_loss(job.best_val_loss), tokens_per_second=job.tokens_per_second, error=job.error,
         parameter_count=job.parameter_count, created_time=timestamp(job.created),

@@ -11,6 +11,7 @@ from trainer_service.store import STATES, TERMINAL, EventRecord, Store
 
 PREFIX = "chargpt_trainer"
 CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+QUEUE_WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
 
 class TrainerMetrics:
@@ -36,6 +37,11 @@ class TrainerMetrics:
         self.corpus_bytes = Gauge(f"{PREFIX}_corpus_bytes", "Bytes of corpus text stored", registry=r)
         self.jobs_finished = Counter(f"{PREFIX}_jobs_finished", "Jobs that reached a terminal state", ["state"],
                                      registry=r)
+        self.jobs_by_executor = Gauge(f"{PREFIX}_jobs_by_executor", "Training jobs by where they last ran "
+                                      "(local, slurm, kubernetes) and state", ["executor", "state"], registry=r)
+        self.queue_wait = Histogram(f"{PREFIX}_cluster_queue_wait_seconds", "Time from handing a job to the "
+                                    "cluster (sbatch, Job created) until it runs there", ["executor"],
+                                    buckets=QUEUE_WAIT_BUCKETS, registry=r)
         for state in STATES:
             self.jobs.labels(state=state)
         for state in TERMINAL:
@@ -45,7 +51,14 @@ class TrainerMetrics:
     def refresh_store_gauges(self, store: Store) -> None:
         for state, count in store.count_by_state().items():
             self.jobs.labels(state=state).set(count)
+        counts = store.count_by_executor_state()
+        for executor in {"local", *(e for e, _ in counts)}:
+            for state in STATES:
+                self.jobs_by_executor.labels(executor=executor, state=state).set(counts.get((executor, state), 0))
         self.corpus_bytes.set(store.corpus_bytes())
+
+    def observe_queue_wait(self, executor: str, seconds: float) -> None:
+        self.queue_wait.labels(executor=executor).observe(max(0.0, seconds))
 
     def observe_event(self, event: EventRecord) -> None:
         """Account one event from the log (each is seen once, in order)."""

@@ -124,7 +124,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         corpus = await self.corpora.resolve(request.corpus_id)
         job_id = uuid.uuid4().hex
         plan = await asyncio.to_thread(build_plan, job_id, request, corpus, self.prober,
-                                       self.settings.max_processes_per_job, self.settings.tensorboard)
+                                       self.settings.max_processes_per_job, self.settings.tensorboard,
+                                       self.jobs.executor.max_nodes)
         job = await self.jobs.create(job_id, request.display_name, plan, corpus)
         return trainer_pb2.CreateTrainingJobResponse(job=self._job(job.job_id))
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from chargpt.server.settings import ServerSettings
@@ -35,3 +38,54 @@ class TrainerSettings(ServerSettings):
     tensorboard: bool = Field(default=True, description="jobs write TensorBoard event files under their job "
                                                         "directory (tensorboard --logdir <data_dir>/jobs)")
     worker_python: str | None = Field(default=None, description="interpreter for workers; default: this one")
+    jobs_dir: Path | None = Field(default=None, description="job directories (plans, event logs, checkpoints); "
+                                  "default data_dir/jobs. slurm/kubernetes: storage the nodes mount at this path")
+    executor: Literal["local", "slurm", "kubernetes"] = Field(
+        default="local", description="where jobs run: this node (local), a Slurm cluster or a Kubernetes cluster")
+    max_nodes_per_job: int = Field(default=64, ge=1, description="upper bound for resources.num_nodes "
+                                   "(slurm/kubernetes executors; local runs one node)")
+    cluster_poll_seconds: float = Field(default=5.0, gt=0,
+                                        description="how often the slurm/kubernetes executor asks the cluster")
+    cluster_python: str = Field(default="python3", description="interpreter on the compute nodes or in the image "
+                                "(slurm/kubernetes executors)")
+    # ---- executor=slurm (the job directory under data_dir must be on storage the nodes mount at the same path)
+    slurm_partition: str = Field(default="", description="sbatch --partition ('' = the cluster's default)")
+    slurm_account: str = Field(default="", description="sbatch --account ('' = the user's default)")
+    slurm_time_limit: str = Field(default="", description="sbatch --time, e.g. 1-00:00:00 ('' = the partition's)")
+    slurm_gpus_per_node: int | None = Field(default=None, ge=0, description="sbatch --gpus-per-node; default: "
+                                            "num_processes for cuda jobs, none otherwise")
+    slurm_extra_options: str = Field(default="", description="more sbatch options, shell-quoted: '--qos=high'")
+    slurm_bin_dir: str = Field(default="", description="directory of sbatch/squeue/scancel/sacct ('' = PATH)")
+    slurm_srun: str = Field(default="srun", description="srun on the compute nodes")
+    slurm_torchrun: str = Field(default="", description="torchrun on the compute nodes; '' = "
+                                "`<cluster_python> -m torch.distributed.run`")
+    slurm_rendezvous_port: int = Field(default=29500, ge=1024, le=64535,
+                                       description="rendezvous port base; a job uses base + slurm job id % 1000")
+    # ---- executor=kubernetes
+    kubernetes_namespace: str = Field(default="chargpt", description="namespace of the training Jobs")
+    kubernetes_image: str = Field(default="chargpt-trainer:gpu", description="image with chargpt installed")
+    kubernetes_claim_name: str = Field(default="chargpt-shared", description="ReadWriteMany claim mounted by the "
+                                      "trainer and the job pods at the same path (data_dir must be on it)")
+    kubernetes_mount_path: str = Field(default="/data", description="where the claim is mounted, trainer and pods")
+    kubernetes_node_selector: dict[str, str] = Field(default_factory=dict, description="pod nodeSelector (JSON)")
+    kubernetes_tolerations: list[dict[str, Any]] = Field(default_factory=list,
+                                                         description="pod tolerations (JSON list)")
+    kubernetes_gpu_resource: str = Field(default="nvidia.com/gpu", description="resource one GPU is counted in")
+    kubernetes_cpu_request: str = Field(default="2", description="CPU request per pod")
+    kubernetes_memory_request: str = Field(default="8Gi", description="memory request per pod")
+    kubernetes_memory_limit: str = Field(default="32Gi", description="memory limit per pod")
+    kubernetes_queue_name: str = Field(default="", description="Kueue LocalQueue (label "
+                                       "kueue.x-k8s.io/queue-name); '' = no Kueue")
+    kubernetes_service_account: str = Field(default="", description="service account of the job pods")
+
+    @field_validator("kubernetes_node_selector", "kubernetes_tolerations", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        """Flags arrive as text: JSON, as in the environment."""
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("slurm_extra_options")
+    @classmethod
+    def _shell_words(cls, value: str) -> str:
+        shlex.split(value)  # raises ValueError on unbalanced quotes
+        return value

@@ -30,13 +30,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL, corpus_id TEXT NOT NULL, plan TEXT NOT NULL, parameter_count INTEGER NOT NULL,
     step INTEGER NOT NULL DEFAULT 0, train_loss REAL, val_loss REAL, best_val_loss REAL,
     tokens_per_second REAL NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
-    cancel_requested INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, started REAL, finished REAL);
+    cancel_requested INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, started REAL, finished REAL,
+    executor TEXT NOT NULL DEFAULT 'local', cluster_job_id TEXT NOT NULL DEFAULT '',
+    events_offset INTEGER NOT NULL DEFAULT 0, submitted REAL);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_corpus ON jobs(corpus_id, state);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, seq INTEGER NOT NULL, time REAL NOT NULL,
     kind TEXT NOT NULL, payload TEXT NOT NULL, UNIQUE(job_id, seq));
 """
+MIGRATIONS = {"executor": "TEXT NOT NULL DEFAULT 'local'", "cluster_job_id": "TEXT NOT NULL DEFAULT ''",
+              "events_offset": "INTEGER NOT NULL DEFAULT 0", "submitted": "REAL"}
 
 
 class CorpusRecord(BaseModel):
@@ -71,6 +75,10 @@ class JobRecord(BaseModel):
     created: float
     started: float | None
     finished: float | None
+    executor: str = "local"  # where it was last launched: local, slurm, kubernetes
+    cluster_job_id: str = ""  # the Slurm job id or Kubernetes Job name while the cluster holds it
+    events_offset: int = 0  # bytes of the job's events.jsonl already in the event log (remote executors)
+    submitted: float | None = None  # when it was last handed to the cluster (queue-wait metric)
 
 
 class EventRecord(BaseModel):
@@ -139,6 +147,14 @@ class Store:
         self._conn = connect(path)
         self._lock = threading.Lock()
         self._conn.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Databases from before the executors lack their columns."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        for name, ddl in MIGRATIONS.items():
+            if name not in have:
+                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {ddl}")
 
     def close(self) -> None:
         with self._lock:
@@ -250,6 +266,17 @@ class Store:
             payload["step"] = step
         with self._lock:
             return append_event(self._conn, job_id, "state", payload, {"state": state, **columns})
+
+    def append_event(self, job_id: str, kind: str, payload: dict[str, Any],
+                     job_update: dict[str, Any] | None = None) -> EventRecord:
+        """A worker event the server picked up itself (cluster executors follow the job's events.jsonl)."""
+        with self._lock:
+            return append_event(self._conn, job_id, kind, payload, job_update)
+
+    def count_by_executor_state(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT executor, state, COUNT(*) FROM jobs GROUP BY executor, state").fetchall()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def update_job(self, job_id: str, **columns: Any) -> None:
         with self._lock, transaction(self._conn):

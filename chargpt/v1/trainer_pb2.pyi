@@ -215,12 +215,14 @@ class TrainingSpec(_message.Message):
     def __init__(self, max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., min_learning_rate: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., weight_decay: _Optional[float] = ..., grad_clip: _Optional[float] = ..., eval_interval: _Optional[int] = ..., sample_interval: _Optional[int] = ..., sample_length: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., compile: _Optional[_Union[CompileMode, str]] = ..., checkpoint_interval: _Optional[int] = ..., grad_accumulation_steps: _Optional[int] = ...) -> None: ...
 
 class ResourceSpec(_message.Message):
-    __slots__ = ("device", "num_processes")
+    __slots__ = ("device", "num_processes", "num_nodes")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NUM_PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    NUM_NODES_FIELD_NUMBER: _ClassVar[int]
     device: str
     num_processes: int
-    def __init__(self, device: _Optional[str] = ..., num_processes: _Optional[int] = ...) -> None: ...
+    num_nodes: int
+    def __init__(self, device: _Optional[str] = ..., num_processes: _Optional[int] = ..., num_nodes: _Optional[int] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
     __slots__ = ("job_id", "display_name", "state", "corpus_id", "model", "training", "resources", "step", "train_loss", "val_loss", "best_val_loss", "tokens_per_second", "error", "parameter_count", "created_time", "started_time", "finished_time", "device")

@@ -90,7 +90,7 @@ def job(j: trainer_pb2.TrainingJob) -> t.TrainingJob:
         train_loss=j.train_loss, val_loss=j.val_loss, best_val_loss=j.best_val_loss,
         tokens_per_second=j.tokens_per_second, error=j.error, parameter_count=j.parameter_count,
         created_time=timestamp(j.created_time), started_time=timestamp(j.started_time),
-        finished_time=timestamp(j.finished_time), device=j.device)
+        finished_time=timestamp(j.finished_time), device=j.device, num_nodes=j.resources.num_nodes or 1)
 
 
 def checkpoint_kind(kind: int) -> str:

@@ -99,7 +99,8 @@ def training_spec(options: TrainingOptions | None) -> trainer_pb2.TrainingSpec:
 
 def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.ModelConfig | None = None,
                         training: TrainingOptions | None = None, display_name: str = "", device: str = "",
-                        num_processes: int | None = None) -> Unary[t.TrainingJob]:
+                        num_processes: int | None = None, num_nodes: int | None = None) -> Unary[t.TrainingJob]:
+    """num_processes: DDP ranks per node; num_nodes: nodes (needs the trainer's slurm or kubernetes executor)."""
     spec = trainer_pb2.ModelSpec()
     if model is not None:
         spec.custom.CopyFrom(common_pb2.ModelConfig(n_layer=model.n_layer, n_head=model.n_head,
@@ -109,7 +110,7 @@ def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.M
         spec.preset = preset
     request = trainer_pb2.CreateTrainingJobRequest(
         corpus_id=corpus_id, display_name=display_name, model=spec, training=training_spec(training),
-        resources=trainer_pb2.ResourceSpec(device=device, num_processes=num_processes))
+        resources=trainer_pb2.ResourceSpec(device=device, num_processes=num_processes, num_nodes=num_nodes))
     return Unary("CreateTrainingJob", request, lambda r: convert.job(r.job), False)
 
 

@@ -112,6 +112,7 @@ class TrainingJob:
     started_time: datetime | None
     finished_time: datetime | None
     device: str
+    num_nodes: int = 1  # nodes the job spans; num_processes is per node
 
     @property
     def max_steps(self) -> int:

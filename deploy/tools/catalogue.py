@@ -12,6 +12,8 @@ TRAINER = {
     "chargpt_trainer_checkpoint_write_seconds": "histogram",
     "chargpt_trainer_corpus_bytes": "gauge",
     "chargpt_trainer_jobs_finished_total": "counter",
+    "chargpt_trainer_jobs_by_executor": "gauge",
+    "chargpt_trainer_cluster_queue_wait_seconds": "histogram",
     "chargpt_trainer_rpcs_total": "counter",
 }
 

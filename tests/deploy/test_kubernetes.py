@@ -15,6 +15,9 @@ from deploy.tools import check, prometheusrule
 K8S = check.DEPLOY / "k8s"
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
 def rendered(directory: str) -> dict[tuple[str, str, str], dict[str, Any]]:
     try:
         return {check.resource_id(r): r for r in check.render(K8S / directory)}
@@ -63,7 +66,7 @@ def _containers(resources: dict[tuple[str, str, str], dict[str, Any]]) -> list[t
             for c in pod_spec(r)["containers"]]
 
 
-@pytest.mark.parametrize("directory", ["base", "overlays/gpu", "multinode"])
+@pytest.mark.parametrize("directory", ["base", "overlays/gpu", "overlays/kubernetes-executor"])
 def test_every_pod_runs_non_root_with_resources(directory: str) -> None:
     resources = rendered(directory)
     for key, resource in resources.items():
@@ -106,34 +109,45 @@ def test_gpu_overlay_requests_gpus_only_there() -> None:
         assert {v["name"] for v in spec["volumes"]} == {v["name"] for v in pod_spec(base[key])["volumes"]}
 
 
-def test_multinode_job_runs_torchrun_over_the_trainer_worker() -> None:
-    resources = rendered("multinode")
-    job = resources[("batch", "Job", "chargpt-train")]
-    config = resources[("", "ConfigMap", "chargpt-train")]["data"]
-    service = resources[("", "Service", "chargpt-train")]
-    assert job["spec"]["completionMode"] == "Indexed"
-    assert job["spec"]["completions"] == job["spec"]["parallelism"] == int(config["NNODES"])
-    assert pod_spec(job)["subdomain"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
-    container = pod_spec(job)["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == int(config["NPROC_PER_NODE"])
-    args = container["args"]
-    assert container["command"] == ["torchrun"] and args[args.index("-m") + 1] == "trainer_service.jobs.worker"
-    assert "--master-addr=chargpt-train-0.chargpt-train" in args  # pod 0 of the Job, via the headless Service
+# The kubernetes executor's API calls (trainer_service/executors/kubernetes.py) as RBAC (group, resource, verb).
+CALL_VERBS = {"create_namespaced_job": ("batch", "jobs", "create"), "list_namespaced_job": ("batch", "jobs", "list"),
+              "read_namespaced_job_status": ("batch", "jobs/status", "get"),
+              "delete_namespaced_job": ("batch", "jobs", "delete"),
+              "create_namespaced_service": ("", "services", "create"),
+              "delete_namespaced_service": ("", "services", "delete"),
+              "list_namespaced_pod": ("", "pods", "list"),
+              "delete_collection_namespaced_pod": ("", "pods", "deletecollection")}
 
 
-def test_multinode_command_is_accepted_by_torchrun_and_the_trainer_worker() -> None:
-    """Expand the container's $(VAR)s as the kubelet would, then parse with torchrun's and the worker's own parsers."""
-    run = pytest.importorskip("torch.distributed.run")
-    worker = pytest.importorskip("trainer_service.jobs.worker")
-    resources = rendered("multinode")
-    env = {**resources[("", "ConfigMap", "chargpt-train")]["data"], "NODE_RANK": "1"}
-    container = pod_spec(resources[("batch", "Job", "chargpt-train")])["containers"][0]
-    args = [re.sub(r"\$\((\w+)\)", lambda match: env[match.group(1)], arg) for arg in container["args"]]
-    parsed = run.get_args_parser().parse_args(args)
-    assert parsed.module and parsed.training_script == "trainer_service.jobs.worker"
-    assert (parsed.nnodes, parsed.nproc_per_node, parsed.node_rank) == (env["NNODES"], env["NPROC_PER_NODE"], 1)
-    assert parsed.master_port == int(env["MASTER_PORT"])
-    assert worker.parse_args(parsed.training_script_args).job_dir == Path(env["CHARGPT_JOB_DIR"])
+def test_the_trainers_role_grants_exactly_the_calls_the_kubernetes_executor_makes() -> None:
+    source = (ROOT / "trainer_service" / "executors" / "kubernetes.py").read_text(encoding="utf-8")
+    calls = set(re.findall(r'_call\("\w+", "(\w+)"', source))
+    assert calls and calls <= set(CALL_VERBS), calls - set(CALL_VERBS)
+    resources = rendered("overlays/kubernetes-executor")
+    role = resources[("rbac.authorization.k8s.io", "Role", "chargpt-trainer")]
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert granted == {CALL_VERBS[c] for c in calls}
+    binding = resources[("rbac.authorization.k8s.io", "RoleBinding", "chargpt-trainer")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "chargpt-trainer"}]
+    trainer = pod_spec(resources[("apps", "Deployment", "chargpt-trainer")])
+    assert trainer["serviceAccountName"] == "chargpt-trainer"
+
+
+def test_the_executor_overlay_shares_a_read_write_many_claim_with_the_job_pods() -> None:
+    resources = rendered("overlays/kubernetes-executor")
+    config = resources[("", "ConfigMap", "chargpt-trainer")]["data"]
+    claim = resources[("", "PersistentVolumeClaim", config["CHARGPT_TRAINER_KUBERNETES_CLAIM_NAME"])]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    trainer = pod_spec(resources[("apps", "Deployment", "chargpt-trainer")])
+    volume = next(v for v in trainer["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName")
+                  == claim["metadata"]["name"])
+    mount = next(m for m in trainer["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    assert mount["mountPath"] == config["CHARGPT_TRAINER_KUBERNETES_MOUNT_PATH"]
+    assert config["CHARGPT_TRAINER_JOBS_DIR"].startswith(mount["mountPath"] + "/")
+    assert config["CHARGPT_TRAINER_EXECUTOR"] == "kubernetes"
+    # The database stays on the trainer's own ReadWriteOnce volume.
+    assert not config["CHARGPT_TRAINER_DATA_DIR"].startswith(mount["mountPath"])
 
 
 def test_a_manifest_no_kustomization_lists_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

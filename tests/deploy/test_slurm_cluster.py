@@ -10,19 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from deploy.tools.slurm_cluster import SlurmCluster, missing_binaries
+from deploy.tools.slurm_cluster import SlurmCluster
+from tests.support.slurm import running_cluster
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    missing = missing_binaries()
-    if missing:
-        reason = f"Slurm not installed ({', '.join(missing)} missing): run deploy/slurm/cluster.sh install"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (.ci/run should have)")
-        pytest.skip(reason)
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as running:
-        yield running
+    yield from running_cluster(tmp_path_factory.mktemp("slurm"))
 
 
 def job_state(cluster: SlurmCluster, job_id: str) -> str:

@@ -13,13 +13,13 @@ from pydantic import BaseModel, ValidationError
 
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, auto_size, parse_device, resolve_device
-from chargpt.errors import InvalidArgumentError, ResourceExhaustedError
+from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from chargpt.v1 import common_pb2, trainer_pb2
 from trainer_service.convert import training_fields
 from trainer_service.store import CorpusRecord
 from trainer_service.training.api import TrainingPlan, tensorboard_run_name
 
-RESOURCE_FIELDS = ("device", "num_processes")  # TrainingPlan fields that come from the request's ResourceSpec
+RESOURCE_FIELDS = ("device", "num_processes", "num_nodes")  # plan fields from the request's ResourceSpec
 Schema = TypeVar("Schema", bound=BaseModel)
 
 
@@ -46,8 +46,10 @@ def concrete_device(facts: DeviceFacts, requested: str, default: str) -> str:
 
 
 def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpus: CorpusRecord,
-               prober: DeviceProber, max_processes: int, tensorboard: bool = False) -> TrainingPlan:
+               prober: DeviceProber, max_processes: int, tensorboard: bool = False,
+               max_nodes: int = 1) -> TrainingPlan:
     device, num_processes, facts = _resources(request.resources, prober, max_processes)
+    num_nodes = _num_nodes(request.resources, max_nodes)
     profile = auto_size(facts)
     model = _model(request.model, profile, corpus)
     _check_fits(model, facts)
@@ -57,7 +59,7 @@ def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpu
         values["warmup_steps"] = max(0, min(profile.warmup_steps, int(values["max_steps"]) // 10))
     run = tensorboard_run_name(request.display_name) if tensorboard else None
     plan = validated(TrainingPlan, dict(job_id=job_id, model=model, device=device, num_processes=num_processes,
-                                        tensorboard_run=run, **values), _plan_field)
+                                        num_nodes=num_nodes, tensorboard_run=run, **values), _plan_field)
     _check_precision(plan.precision, facts)
     return plan
 
@@ -119,6 +121,18 @@ def _resources(spec: trainer_pb2.ResourceSpec, prober: DeviceProber, max_process
             raise InvalidArgumentError("resources.num_processes", f"{num_processes} processes need "
                                        f"{num_processes} GPUs; this server has {facts.count}")
     return device, num_processes, facts
+
+
+def _num_nodes(spec: trainer_pb2.ResourceSpec, max_nodes: int) -> int:
+    num_nodes = spec.num_nodes if spec.HasField("num_nodes") else 1
+    if num_nodes < 1:
+        raise InvalidArgumentError("resources.num_nodes", f"must be at least 1 (got {spec.num_nodes})")
+    if num_nodes > max_nodes == 1:
+        raise FailedPreconditionError(f"resources.num_nodes: {num_nodes} nodes need the slurm or kubernetes "
+                                      "executor; this trainer runs jobs on its own node (executor=local)")
+    if num_nodes > max_nodes:
+        raise InvalidArgumentError("resources.num_nodes", f"must be between 1 and {max_nodes} (got {num_nodes})")
+    return num_nodes
 
 
 def _model(spec: trainer_pb2.ModelSpec, profile: SizeProfile, corpus: CorpusRecord) -> ModelConfig:

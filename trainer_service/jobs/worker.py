@@ -1,8 +1,9 @@
-"""A job's worker process: `python -m trainer_service.jobs.worker --job-dir DIR [--db PATH]`, alone or under torchrun.
+"""A job's worker process: `python -m trainer_service.jobs.worker --job-dir DIR [--db PATH | --events PATH]`.
 
-The server launches it (under torchrun for several processes); Kubernetes multi-node training runs the same
-module under torchrun on each node. It reads the plan written next to the checkpoints, trains through the engine,
-and rank 0 appends progress to the SQLite event log. It stops cleanly (checkpoint, then exit 0) on SIGTERM, when
+The local executor launches it (under torchrun for several processes); the slurm and kubernetes executors run the
+same module under torchrun on each node. It reads the plan written next to the checkpoints, trains through the
+engine, and rank 0 appends progress to the SQLite event log (local) or to the job's events.jsonl (cluster nodes).
+It stops cleanly (checkpoint, then exit 0) on SIGTERM, when
 its parent or the server it belongs to dies, and never trains a job another live worker holds the lock for.
 """
 
@@ -29,13 +30,15 @@ from trainer_service.training.api import (
     CheckpointSaved,
     CorpusRef,
     EvaluationResult,
+    EventSink,
     ProgressUpdate,
     TrainingEvent,
     TrainingOutcome,
     TrainingPlan,
 )
+from trainer_service.training.sinks import JsonLinesSink
 
-PLAN_FILE, CORPUS_FILE, OUTCOME_FILE = "plan.json", "corpus.json", "outcome.json"
+PLAN_FILE, CORPUS_FILE, OUTCOME_FILE, EVENTS_FILE = "plan.json", "corpus.json", "outcome.json", "events.jsonl"
 LOCK_FILE, LOG_FILE = "worker.lock", "worker.log"
 EXIT_LOCKED = 75  # another live worker holds the job (EX_TEMPFAIL)
 EXIT_STOP_DEADLINE = 70  # asked to stop, but did not finish in time
@@ -128,18 +131,13 @@ def acquire_job_lock(job_dir: Path, stop: StopFlag, timeout: float) -> IO[bytes]
             time.sleep(0.2)
 
 
-class DbEventSink:
-    """Rank 0's sink: every event becomes a row in the job's event log, with the job's summary updated."""
+class JobSummary:
+    """Turns an event into its log payload and the job-row columns it updates (step, losses, best loss)."""
 
-    def __init__(self, db: Path, job_id: str) -> None:
-        self._conn = connect(db)
-        self.job_id = job_id
-        row = self._conn.execute("SELECT best_val_loss FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        self._best = row[0] if row is not None else None
-        self._last_emit = time.monotonic()
+    def __init__(self, best_val_loss: float | None) -> None:
+        self._best = best_val_loss
 
-    def emit(self, event: TrainingEvent) -> None:
-        now = time.monotonic()
+    def row(self, event: TrainingEvent) -> tuple[dict[str, Any], dict[str, Any]]:
         payload: dict[str, Any] = event.model_dump()
         update: dict[str, Any] = {}
         if isinstance(event, ProgressUpdate):
@@ -151,20 +149,72 @@ class DbEventSink:
                       "best_val_loss": self._best}
         elif isinstance(event, CheckpointSaved):
             payload["path"] = str(event.path)
-            # Without the engine's own timing: the time since its previous event, an upper bound that is close
-            # because the engine reports checkpoints right after the evaluation or step that triggered them.
-            if event.write_seconds is None:
-                payload["write_seconds"] = now - self._last_emit
+        return payload, update
+
+
+class WriteTimer:
+    """Fills CheckpointSaved.write_seconds when the engine did not time it.
+
+    Without the engine's own timing: the time since its previous event, an upper bound that is close because
+    the engine reports checkpoints right after the evaluation or step that triggered them.
+    """
+
+    def __init__(self) -> None:
+        self._last_emit = time.monotonic()
+
+    def stamp(self, event: TrainingEvent) -> TrainingEvent:
+        now, last = time.monotonic(), self._last_emit
         self._last_emit = now
+        if isinstance(event, CheckpointSaved) and event.write_seconds is None:
+            return event.model_copy(update={"write_seconds": now - last})
+        return event
+
+
+class DbEventSink:
+    """Rank 0's sink on the trainer's node: every event becomes a row in the job's event log."""
+
+    def __init__(self, db: Path, job_id: str) -> None:
+        self._conn = connect(db)
+        self.job_id = job_id
+        row = self._conn.execute("SELECT best_val_loss FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        self._summary = JobSummary(row[0] if row is not None else None)
+        self._timer = WriteTimer()
+
+    def emit(self, event: TrainingEvent) -> None:
+        event = self._timer.stamp(event)
+        payload, update = self._summary.row(event)
         try:
             append_event(self._conn, self.job_id, event.kind, payload, update)
         except sqlite3.Error as exc:  # losing one event beats losing the run
             print(f"worker: could not record {event.kind} event: {exc}", file=sys.stderr, flush=True)
 
 
+class FileEventSink:
+    """Rank 0's sink on a cluster node: JSON lines appended to the job's events.jsonl on shared storage.
+
+    The trainer follows that file into its event log; a database over a network filesystem would not be safe.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._lines = JsonLinesSink(path)
+        self._timer = WriteTimer()
+
+    def emit(self, event: TrainingEvent) -> None:
+        try:
+            self._lines.emit(self._timer.stamp(event))
+        except OSError as exc:  # losing one event beats losing the run
+            print(f"worker: could not record {event.kind} event: {exc}", file=sys.stderr, flush=True)
+
+
 class NullSink:
     def emit(self, event: TrainingEvent) -> None:
         pass
+
+
+def make_sink(args: argparse.Namespace, job_id: str) -> EventSink:
+    if args.db:
+        return DbEventSink(args.db, job_id)
+    return FileEventSink(args.events) if args.events else NullSink()
 
 
 def load_engine(spec: str) -> Any:
@@ -188,7 +238,9 @@ def read_outcome(job_dir: Path) -> TrainingOutcome | None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job-dir", type=Path, required=True, help="holds plan.json, corpus.json, checkpoints/")
-    parser.add_argument("--db", type=Path, help="SQLite event log to append to (rank 0); none: events dropped")
+    events = parser.add_mutually_exclusive_group()
+    events.add_argument("--db", type=Path, help="SQLite event log to append to (rank 0, the trainer's node)")
+    events.add_argument("--events", type=Path, help="JSON-lines event log to append to (rank 0, cluster nodes)")
     parser.add_argument("--engine", default="trainer_service.training.loop:run_training")
     parser.add_argument("--server-pid", type=int, help="stop when this process dies")
     parser.add_argument("--lock-timeout", type=float, default=120.0,
@@ -215,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if lock is None:
             print(f"worker: job {plan.job_id} is locked by another live worker", file=sys.stderr, flush=True)
             return EXIT_LOCKED
-    sink = DbEventSink(args.db, plan.job_id) if rank == 0 and args.db else NullSink()
+    sink = make_sink(args, plan.job_id) if rank == 0 else NullSink()
     outcome: TrainingOutcome = load_engine(args.engine)(plan, corpus, args.job_dir, sink, stop)
     if rank == 0:
         write_outcome(args.job_dir, outcome)

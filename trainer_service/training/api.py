@@ -40,7 +40,8 @@ class TrainingPlan(BaseModel):
     job_id: str
     model: ModelConfig
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N, mps")
-    num_processes: int = Field(default=1, ge=1)
+    num_processes: int = Field(default=1, ge=1, description="processes (ranks) per node")
+    num_nodes: int = Field(default=1, ge=1, description="nodes the job spans (slurm/kubernetes executors)")
     max_steps: int = Field(ge=1, le=MAX_STEPS)
     grad_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     batch_size: int = Field(ge=1, le=65_536, description="sequences per optimizer step, across all ranks")
@@ -80,7 +81,8 @@ class TrainingPlan(BaseModel):
     @field_validator("batch_size")
     @classmethod
     def _batch_divides(cls, value: int, info: ValidationInfo) -> int:
-        processes, micro = info.data.get("num_processes"), info.data.get("grad_accumulation_steps")
+        processes = info.data.get("num_processes", 1) * info.data.get("num_nodes", 1)  # ranks, all nodes
+        micro = info.data.get("grad_accumulation_steps")
         if processes and micro and value % (processes * micro):
             raise ValueError(f"{value} sequences must divide evenly over {processes} processes x {micro} "
                              "accumulation steps")

@@ -18,24 +18,10 @@ import os
 from pathlib import Path
 
 from chargpt.core.model import GPT
-from trainer_service.training.api import CorpusRef, TrainingEvent, TrainingOutcome, TrainingPlan
+from trainer_service.training.api import CorpusRef, TrainingOutcome, TrainingPlan
 from trainer_service.training.loop import Trainer
 from trainer_service.training.runtime import process_group, resolve_runtime
-
-
-class JsonLinesSink:
-    """Appends each event as a line of JSON, flushed at once so a watcher sees it immediately."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path, self.count = path, 0
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-    def emit(self, event: TrainingEvent) -> None:
-        self.count += 1
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(event.model_dump_json() + "\n")
+from trainer_service.training.sinks import JsonLinesSink
 
 
 def main(argv: list[str] | None = None) -> None:

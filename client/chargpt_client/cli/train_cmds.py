@@ -28,7 +28,9 @@ def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
         hyper.add_argument("--" + option.name.replace("_", "-"), type=option.kind, choices=option.choices,
                            help=option.help)
     train.add_argument("--device", default="", help="auto, cpu, cuda, cuda:N or mps")
-    train.add_argument("--num-processes", type=int, help="DDP worker processes (default 1)")
+    train.add_argument("--num-processes", type=int, help="DDP worker processes per node (default 1)")
+    train.add_argument("--num-nodes", type=int,
+                       help="nodes the job spans (default 1; more need the trainer's slurm or kubernetes executor)")
     train.add_argument("--name", default="", help="display name")
     train.add_argument("--detach", action="store_true", help="print the job id and return immediately")
     train.set_defaults(handler=train_cmd)
@@ -95,7 +97,8 @@ def train_cmd(args: argparse.Namespace) -> int:
         corpus_id = _resolve_corpus(client, args.corpus, args.json)
         try:
             job = client.create_job(corpus_id, preset=args.preset, model=_model_config(args), training=training,
-                                    display_name=args.name, device=args.device, num_processes=args.num_processes)
+                                    display_name=args.name, device=args.device, num_processes=args.num_processes,
+                                    num_nodes=args.num_nodes)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         print(f"job {job.job_id}: {job.model.n_layer} layers x {job.model.n_embd} dims, "

@@ -18,8 +18,8 @@ from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.errors import NotFoundError
+from trainer_service.executors.local import describe_exit
 from trainer_service.jobs.checkpoints import open_snapshot
-from trainer_service.jobs.manager import describe_exit
 from trainer_service.jobs.worker import EXIT_LOCKED, EXIT_STOP_DEADLINE, StopFlag, acquire_job_lock
 from trainer_service.store import QUEUED, RUNNING, Store, append_event, connect
 

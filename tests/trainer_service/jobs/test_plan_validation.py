@@ -69,6 +69,8 @@ CASES: list[tuple[str, dict[str, Any], grpc.StatusCode, str]] = [
     ("steps-huge", {"max_steps": 10_000_001}, INVALID, "training.max_steps"),
     ("processes-huge", {"resources": {"device": "cpu", "num_processes": 1000}}, INVALID,
      "resources.num_processes"),
+    ("nodes-negative", {"resources": {"device": "cpu", "num_nodes": -1}}, INVALID, "resources.num_nodes"),
+    ("nodes-on-local", {"resources": {"device": "cpu", "num_nodes": 2}}, PRECONDITION, "resources.num_nodes"),
 ]
 
 
@@ -176,3 +178,14 @@ async def test_unknown_jobs_and_wrong_states(trainer: Trainer) -> None:
             pass
     assert info.value.code() == INVALID and "after_sequence" in info.value.details()
     await trainer.stub.CancelTrainingJob(S.CancelTrainingJobRequest(job_id=job.job_id))
+
+
+async def test_local_executor_names_why_it_runs_one_node(trainer: Trainer) -> None:
+    corpus = (await trainer.upload(sample_text(2000))).corpus
+    req = request(corpus.corpus_id, resources={"device": "cpu", "num_nodes": 2})
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await trainer.stub.CreateTrainingJob(req)
+    assert "slurm or kubernetes executor" in info.value.details() and "executor=local" in info.value.details()
+    one = (await trainer.stub.CreateTrainingJob(request(corpus.corpus_id, resources={"device": "cpu",
+                                                                                      "num_nodes": 1}))).job
+    assert one.resources.num_nodes == 1

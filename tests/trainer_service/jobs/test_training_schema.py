@@ -18,7 +18,7 @@ from trainer_service.jobs.plan import validated
 from trainer_service.training.api import TrainingPlan
 
 SPEC = trainer_pb2.TrainingSpec.DESCRIPTOR
-NOT_TRAINING = {"job_id", "model", "device", "num_processes",  # plan fields from elsewhere in the request
+NOT_TRAINING = {"job_id", "model", "device", "num_processes", "num_nodes",  # plan fields from elsewhere in the request
                 "tensorboard_run"}  # and from the server's settings
 MODEL = ModelConfig(vocab_size=20, n_layer=1, n_head=2, n_embd=16, block_size=16)
 

@@ -17,7 +17,7 @@ from trainer_service.training.api import CorpusRef, TrainingPlan
 from trainer_service.training.data import CorpusData
 from trainer_service.training.loop import run_training
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[3]  # the repository root
 TEXT = "".join(f"row {i % 11}: a stitch in time saves {i % 9}.\n" for i in range(200))
 
 

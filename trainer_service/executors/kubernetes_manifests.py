@@ -1,0 +1,137 @@
+"""What the kubernetes executor creates (an Indexed Job + headless Service) and how it reads Job/Pod status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainer_service.executors.cluster import ClusterStatus
+from trainer_service.jobs.worker import EVENTS_FILE
+from trainer_service.settings import TrainerSettings
+from trainer_service.training.api import TrainingPlan
+
+JOB_ID_LABEL = "chargpt.io/job-id"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+RENDEZVOUS_PORT = 29500
+Manifest = dict[str, Any]
+
+
+def resource_name(job_id: str) -> str:
+    """Job and Service name: a DNS-1035 label (the pods are <name>-<index>.<name>)."""
+    return f"chargpt-{job_id[:40]}"
+
+
+def labels(plan: TrainingPlan, settings: TrainerSettings) -> dict[str, str]:
+    values = {"app.kubernetes.io/name": "chargpt-train", "app.kubernetes.io/part-of": "chargpt",
+              "app.kubernetes.io/managed-by": "chargpt-trainer", JOB_ID_LABEL: plan.job_id}
+    if settings.kubernetes_queue_name:
+        values[QUEUE_LABEL] = settings.kubernetes_queue_name
+    return values
+
+
+def service_manifest(plan: TrainingPlan, settings: TrainerSettings) -> Manifest:
+    """Headless, publishing not-ready pods: node 0 resolves as <name>-0.<name> before any pod is ready."""
+    name = resource_name(plan.job_id)
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": settings.kubernetes_namespace, "labels": labels(plan, settings)},
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {JOB_ID_LABEL: plan.job_id},
+                     "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}]}}
+
+
+def job_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
+    """One pod per node (completion index = torchrun node rank); suspended for Kueue to admit when queued."""
+    name = resource_name(plan.job_id)
+    spec: Manifest = {
+        "completionMode": "Indexed", "completions": plan.num_nodes, "parallelism": plan.num_nodes,
+        "backoffLimit": 0,
+        # A preempted or evicted pod does not count as the job failing (Kueue re-admits, the job resumes).
+        "podFailurePolicy": {"rules": [{"action": "Ignore",
+                                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
+        "template": {"metadata": {"labels": labels(plan, settings)}, "spec": pod_spec(plan, job_dir, settings)}}
+    if settings.kubernetes_queue_name:
+        spec["suspend"] = True
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": settings.kubernetes_namespace, "labels": labels(plan, settings)},
+            "spec": spec}
+
+
+def pod_spec(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
+    name = resource_name(plan.job_id)
+    spec: Manifest = {
+        "subdomain": name, "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": int(settings.worker_stop_timeout_seconds) + 30,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container(plan, job_dir, settings)],
+        "volumes": [{"name": "shared", "persistentVolumeClaim": {"claimName": settings.kubernetes_claim_name}},
+                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]}
+    if settings.kubernetes_node_selector:
+        spec["nodeSelector"] = dict(settings.kubernetes_node_selector)
+    if settings.kubernetes_tolerations:
+        spec["tolerations"] = [dict(t) for t in settings.kubernetes_tolerations]
+    if settings.kubernetes_service_account:
+        spec["serviceAccountName"] = settings.kubernetes_service_account
+    return spec
+
+
+def container(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
+    name = resource_name(plan.job_id)
+    limits: dict[str, str] = {"memory": settings.kubernetes_memory_limit}
+    if plan.device == "cuda":
+        limits[settings.kubernetes_gpu_resource] = str(plan.num_processes)
+    return {
+        "name": "worker", "image": settings.kubernetes_image, "imagePullPolicy": "IfNotPresent",
+        "command": [settings.cluster_python, "-m", "torch.distributed.run"],
+        "args": [f"--nnodes={plan.num_nodes}", f"--nproc_per_node={plan.num_processes}", "--node_rank=$(NODE_RANK)",
+                 f"--master_addr={name}-0.{name}", f"--master_port={RENDEZVOUS_PORT}",
+                 "-m", "trainer_service.jobs.worker", f"--job-dir={job_dir}", f"--events={job_dir / EVENTS_FILE}",
+                 f"--engine={settings.engine}", f"--stop-deadline={settings.worker_stop_timeout_seconds + 15:g}"],
+        "env": [{"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+                    "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+                {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
+        "resources": {"requests": {"cpu": settings.kubernetes_cpu_request,
+                                   "memory": settings.kubernetes_memory_request}, "limits": limits},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "shared", "mountPath": settings.kubernetes_mount_path},
+                         {"name": "dshm", "mountPath": "/dev/shm"}]}
+
+
+def _condition(obj: Manifest, kind: str) -> Manifest | None:
+    for condition in obj.get("status", {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def _pod_problem(pods: list[Manifest]) -> str:
+    """Why pods are not running or failed: Unschedulable, ImagePullBackOff, OOMKilled, Evicted..."""
+    for pod in pods:
+        status = pod.get("status", {})
+        for container_status in status.get("containerStatuses") or []:
+            for key in ("terminated", "waiting"):
+                detail = (container_status.get("state") or {}).get(key) or {}
+                if detail.get("reason") and detail["reason"] not in ("Completed", "ContainerCreating"):
+                    return f"{pod['metadata']['name']}: {detail['reason']}"
+        scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
+        if scheduled and scheduled.get("status") == "False":
+            return f"{pod['metadata']['name']}: {scheduled.get('reason', '')} {scheduled.get('message', '')}".strip()
+        if status.get("reason"):
+            return f"{pod['metadata']['name']}: {status['reason']}"
+    return ""
+
+
+def job_status(job: Manifest, pods: list[Manifest]) -> ClusterStatus:
+    """The Job's conditions decide the end; until then, pods running means running, anything else pending."""
+    if (done := _condition(job, "Complete")) is not None:
+        return ClusterStatus("ended", "Complete", done.get("reason", ""))
+    if (failed := _condition(job, "Failed")) is not None:
+        reason = ": ".join(p for p in (failed.get("reason", ""), _pod_problem(pods)) if p)
+        return ClusterStatus("ended", "Failed", reason, code=1)
+    if (suspended := _condition(job, "Suspended")) is not None:
+        return ClusterStatus("pending", "Suspended", suspended.get("reason", "") or "waiting for admission")
+    running = sorted(p["metadata"]["name"] for p in pods if p.get("status", {}).get("phase") == "Running")
+    if running:
+        return ClusterStatus("running", "Running", where=", ".join(running))
+    return ClusterStatus("pending", "Pending", _pod_problem(pods))

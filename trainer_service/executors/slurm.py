@@ -1,0 +1,129 @@
+"""The slurm executor: each job is an sbatch script that runs torchrun on every node through srun."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from pathlib import Path
+
+from trainer_service.executors.base import RunningJob
+from trainer_service.executors.cluster import ClusterExecutor, ClusterStatus
+from trainer_service.executors.local import worker_env
+from trainer_service.jobs.worker import EVENTS_FILE, LOG_FILE, OUTCOME_FILE
+from trainer_service.settings import TrainerSettings
+from trainer_service.training.api import TrainingPlan
+
+SCRIPT_FILE = "slurm.sbatch"
+COMMAND_TIMEOUT = 60.0
+# Slurm job states (squeue %T, sacct State) by what they mean for the job.
+PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING"})
+RUNNING = frozenset({"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED", "RESIZING"})
+ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+                   "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"})
+
+
+def batch_script(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> str:
+    """The sbatch script: one srun task per node, each a torchrun agent; rendezvous on the first node."""
+    q = shlex.quote
+    directives = [f"--job-name=chargpt-{plan.job_id}", f"--nodes={plan.num_nodes}", "--ntasks-per-node=1",
+                  f"--cpus-per-task={plan.num_processes}", f"--output={job_dir / LOG_FILE}", "--open-mode=append",
+                  f"--chdir={job_dir}", "--requeue"]
+    gpus = settings.slurm_gpus_per_node
+    if gpus is None and plan.device == "cuda":
+        gpus = plan.num_processes
+    if gpus:
+        directives.append(f"--gpus-per-node={gpus}")
+    for option, value in (("partition", settings.slurm_partition), ("account", settings.slurm_account),
+                          ("time", settings.slurm_time_limit)):
+        if value:
+            directives.append(f"--{option}={value}")
+    torchrun = settings.slurm_torchrun or f"{q(settings.cluster_python)} -m torch.distributed.run"
+    worker = ["-m", "trainer_service.jobs.worker", "--job-dir", str(job_dir), "--events", str(job_dir / EVENTS_FILE),
+              "--engine", settings.engine, "--lock-timeout", str(settings.worker_stop_timeout_seconds + 30),
+              "--stop-deadline", str(settings.worker_stop_timeout_seconds + 15)]
+    return "\n".join([
+        "#!/bin/bash",
+        f"# chargpt training job {plan.job_id}, written by the trainer's slurm executor.",
+        *(f"#SBATCH {q(d)}" for d in directives),
+        "set -euo pipefail",
+        "# A requeued run must not find the previous run's outcome (it resumes from the latest checkpoint).",
+        f"rm -f {q(str(job_dir / OUTCOME_FILE))}",
+        'head_node="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        f"port=$(({settings.slurm_rendezvous_port} + SLURM_JOB_ID % 1000))",
+        f"{q(settings.slurm_srun)} --kill-on-bad-exit=1 {torchrun} --nnodes={plan.num_nodes} "
+        f"--nproc_per_node={plan.num_processes} --rdzv_backend=c10d --rdzv_endpoint=\"$head_node:$port\" "
+        f"--rdzv_id=\"$SLURM_JOB_ID\" {' '.join(q(a) for a in worker)}",
+        ""])
+
+
+def parse_state(text: str) -> tuple[str, str, str]:
+    """`STATE|reason|nodes` (squeue) or `STATE by 1000|exit` (sacct) -> (STATE, reason, nodes)."""
+    fields = (text.strip().splitlines() or [""])[-1].split("|")
+    state = fields[0].split(" ")[0].rstrip("+")
+    return state, (fields[1] if len(fields) > 1 else ""), (fields[2] if len(fields) > 2 else "")
+
+
+def to_status(state: str, reason: str, nodes: str) -> ClusterStatus:
+    """A Slurm state as a job phase; PREEMPTED is final only when Slurm did not requeue it itself."""
+    if state in PENDING:
+        return ClusterStatus("pending", state, reason)
+    if state in RUNNING:
+        return ClusterStatus("running", state, reason, where=nodes)
+    if state == "COMPLETED":
+        return ClusterStatus("ended", state, reason)
+    return ClusterStatus("ended", state, reason, code=1, cancelled=state == "CANCELLED",
+                         requeue=state == "PREEMPTED")
+
+
+class SlurmExecutor(ClusterExecutor):
+    """sbatch to submit, squeue (then sacct) to poll, scancel to stop; the Slurm job id is kept in the store."""
+
+    name, cluster = "slurm", "Slurm"
+
+    def _bin(self, name: str) -> str:
+        return os.path.join(self.settings.slurm_bin_dir, name) if self.settings.slurm_bin_dir else name
+
+    async def _run(self, *command: str, stdin: str | None = None) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            self._bin(command[0]), *command[1:], stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=worker_env())
+        try:
+            out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin else None), COMMAND_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            raise RuntimeError(f"{command[0]} did not answer in {COMMAND_TIMEOUT:.0f}s") from None
+        return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def submit(self, run: RunningJob) -> str:
+        script = batch_script(run.plan, run.job_dir, self.settings)
+        (run.job_dir / SCRIPT_FILE).write_text(script, encoding="utf-8")
+        extra = shlex.split(self.settings.slurm_extra_options)
+        code, out, err = await self._run("sbatch", "--parsable", *extra, str(run.job_dir / SCRIPT_FILE))
+        if code != 0:
+            raise RuntimeError(f"sbatch exited {code}: {err.strip() or out.strip()}")
+        return out.strip().split(";")[0]  # "id" or "id;cluster"
+
+    async def status(self, run: RunningJob) -> ClusterStatus | None:
+        """squeue while the controller remembers the job (MinJobAge after it ends), then sacct."""
+        code, out, _ = await self._run("squeue", "-h", "-t", "all", "-j", run.handle, "-o", "%T|%r|%N")
+        if code == 0 and out.strip():
+            return to_status(*parse_state(out))
+        code, out, _ = await self._run("sacct", "-n", "-P", "-X", "-j", run.handle, "-o", "State,ExitCode")
+        if code != 0:  # no accounting database: the job completion log (jobcomp/filetxt)
+            code, out, _ = await self._run("sacct", "-c", "-n", "-P", "-j", run.handle, "-o", "State,ExitCode")
+        if code != 0 or not out.strip():
+            return None
+        state, exit_code, _ = parse_state(out)
+        return to_status(state, f"exit code {exit_code}" if state != "COMPLETED" else "", "")
+
+    async def cancel(self, run: RunningJob, force: bool) -> None:
+        """SIGTERM to the job's steps (torchrun passes it to the ranks, which checkpoint); scancel when forced."""
+        status = await self.status(run)
+        if status is None or status.phase == "ended":
+            return
+        graceful = not force and status.phase == "running"
+        command = ["scancel", "--signal=TERM", run.handle] if graceful else ["scancel", run.handle]
+        code, _, err = await self._run(*command)
+        if code != 0:
+            raise RuntimeError(f"scancel exited {code}: {err.strip()}")
