@@ -9,8 +9,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from chargpt.core.calibrated import SizeChoice, auto_profile, calibrated_size
+from chargpt.core.calibration import Calibrator
 from chargpt.core.config import ModelConfig
-from chargpt.core.device import PRESETS, DeviceFacts, SizeProfile, auto_size
+from chargpt.core.device import PRESETS, DeviceFacts, SizeProfile
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from chargpt.v1 import trainer_pb2
 from trainer_service.store import CorpusRecord
@@ -33,9 +35,17 @@ MAX_LEARNING_RATE = 10.0
 class DeviceProber:
     """Device facts per device string, probed once each (the probe imports torch)."""
 
-    def __init__(self, default_device: str) -> None:
+    def __init__(self, default_device: str, calibrator: Calibrator | None = None) -> None:
         self.default_device = default_device
+        self.calibrator = calibrator  # None: size auto from the table alone (no measurement)
         self._facts: dict[str, DeviceFacts] = {}
+
+    def size_choice(self, facts: DeviceFacts) -> SizeChoice | None:
+        """The measured CPU size choice (None off CPU or without a calibrator)."""
+        return calibrated_size(facts, self.calibrator)
+
+    def auto_profile(self, facts: DeviceFacts) -> SizeProfile:
+        return auto_profile(facts, self.calibrator)
 
     def facts(self, device: str, field: str = "resources.device") -> DeviceFacts:
         device = self.default_device if device in ("", "auto") else device
@@ -60,7 +70,7 @@ def concrete_device(facts: DeviceFacts, requested: str, default: str) -> str:
 def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpus: CorpusRecord,
                prober: DeviceProber, max_processes: int) -> TrainingPlan:
     device, num_processes, facts = _resources(request.resources, prober, max_processes)
-    profile = auto_size(facts)
+    profile = prober.auto_profile(facts)
     model = _model(request.model, profile, corpus)
     _check_fits(model, facts)
     training = _training(request.training, profile, num_processes, facts)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import trainer_service
+from chargpt.core.calibration import CALIBRATION_DIR_ENV
 from chargpt.errors import FailedPreconditionError
 from trainer_service.checkpoints import list_checkpoints
 from trainer_service.events import EventHub
@@ -253,10 +254,11 @@ class JobManager:
             self._signal(run, signal.SIGTERM)
         self._spawn(self._supervise(run, logfile))
 
-    @staticmethod
-    def _worker_env() -> dict[str, str]:
-        """This environment, with the package root importable in the child wherever it runs from."""
+    def _worker_env(self) -> dict[str, str]:
+        """This environment, with the package root importable in the child wherever it runs from and the
+        server's calibration cache (precision auto reads the host's measured timings from it)."""
         env = dict(os.environ)
+        env[CALIBRATION_DIR_ENV] = str(self.settings.resolved_calibration_dir())
         root = str(Path(trainer_service.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from chargpt.core.device import PRESETS, DeviceFacts, auto_size
 from chargpt.errors import InvalidArgumentError
-from chargpt.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_service import checkpoints, convert
 from trainer_service.corpora import CorpusLibrary
+from trainer_service.device_report import device_report
 from trainer_service.events import EventHub
 from trainer_service.metrics import TrainerMetrics
 from trainer_service.plan import DeviceProber, build_plan
@@ -25,12 +25,6 @@ from trainer_service.store import Store
 
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 100
 TOKEN_PREFIX = "jobs-before:"
-
-
-def device_info_proto(facts: DeviceFacts) -> common_pb2.DeviceInfo:
-    return common_pb2.DeviceInfo(type=facts.type, name=facts.name, count=facts.count,
-                                 memory_bytes=facts.memory_bytes, bf16_supported=facts.bf16_supported,
-                                 cpu_cores=facts.cpu_cores, compute_capability=facts.compute_capability)
 
 
 def encode_page_token(seq: int) -> str:
@@ -59,12 +53,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def GetDeviceInfo(self, request: trainer_pb2.GetDeviceInfoRequest,
                             context: grpc.aio.ServicerContext) -> trainer_pb2.GetDeviceInfoResponse:
-        facts = self.prober.facts("auto")
-        size = auto_size(facts)
-        auto_model = common_pb2.ModelConfig(n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd,
-                                            block_size=size.block_size, dropout=size.dropout)
-        return trainer_pb2.GetDeviceInfoResponse(device=device_info_proto(facts), auto_model=auto_model,
-                                                 auto_batch_size=size.batch_size, presets=list(PRESETS))
+        return await asyncio.to_thread(device_report, self.prober, request.recalibrate)
 
     # ---- corpora
 

@@ -32,4 +32,10 @@ class TrainerSettings(ServerSettings):
     builtin_corpora: bool = Field(default=True, description="materialise the built-in corpora at start-up")
     engine: str = Field(default=DEFAULT_ENGINE,
                         description="module:function the worker trains with (tests inject a fake engine)")
+    calibration_dir: Path | None = Field(default=None, description="where this host's measured fp32/bf16 "
+                                         "timings are cached (precision and size auto); default: DATA_DIR/calibration")
+    recalibrate: bool = Field(default=False, description="forget the cached timings at start-up and measure again")
     worker_python: str | None = Field(default=None, description="interpreter for workers; default: this one")
+
+    def resolved_calibration_dir(self) -> Path:
+        return self.calibration_dir or self.data_dir / "calibration"
