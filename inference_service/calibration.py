@@ -94,13 +94,13 @@ def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibr
     try:
         with torch.inference_mode():
             big = time_interleaved({n: _step(models[w], big_batch, c, max_threads)
-                                    for n, (w, c) in DTYPE_VARIANTS.items()}, budget_s=1.5)
+                                    for n, (w, c) in DTYPE_VARIANTS.items()}, trial_s=0.02, budget_s=0.6)
             single = time_interleaved({n: _step(models[w], 1, c, 1) for n, (w, c) in DTYPE_VARIANTS.items()
-                                       if n != "bfloat16/bfloat16"}, budget_s=1.0)
+                                       if n != "bfloat16/bfloat16"}, trial_s=0.02, budget_s=0.4)
             weights, cache = DTYPE_VARIANTS[choose_dtypes(big, single)]
             ladder = sorted({1, min(8, big_batch), big_batch})
             threads = time_interleaved({f"B{b}:t{t}": _step(models[weights], b, cache, t) for b in ladder
-                                        for t in {1, max_threads}}, budget_s=1.5) if max_threads > 1 else {}
+                                        for t in {1, max_threads}}, trial_s=0.02, budget_s=0.6) if max_threads > 1 else {}
     finally:
         torch.set_num_threads(before)
     return DecodeCalibration(big_batch=big_batch, max_threads=max_threads, dtypes_big=big, dtypes_single=single,

@@ -56,6 +56,13 @@ class DeviceReport:
     auto_model: ModelConfig
     auto_batch_size: int
     presets: list[str]
+    # Measured on this host (CPU; 0/empty elsewhere): GEMM peaks, auto's precision, each size candidate's tokens/s.
+    gemm_gflops_fp32: float = 0.0
+    gemm_gflops_bf16: float = 0.0
+    auto_precision: str = ""
+    candidate_tokens_per_second: dict[str, float] = field(default_factory=dict)
+    calibrated_time: datetime | None = None
+    calibration_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
