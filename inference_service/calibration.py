@@ -99,8 +99,8 @@ def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibr
                                        if n != "bfloat16/bfloat16"}, trial_s=0.02, budget_s=0.4)
             weights, cache = DTYPE_VARIANTS[choose_dtypes(big, single)]
             ladder = sorted({1, min(8, big_batch), big_batch})
-            threads = time_interleaved({f"B{b}:t{t}": _step(models[weights], b, cache, t) for b in ladder
-                                        for t in {1, max_threads}}, trial_s=0.02, budget_s=0.6) if max_threads > 1 else {}
+            variants = {f"B{b}:t{t}": _step(models[weights], b, cache, t) for b in ladder for t in {1, max_threads}}
+            threads = time_interleaved(variants, trial_s=0.02, budget_s=0.6) if max_threads > 1 else {}
     finally:
         torch.set_num_threads(before)
     return DecodeCalibration(big_batch=big_batch, max_threads=max_threads, dtypes_big=big, dtypes_single=single,
