@@ -36,6 +36,9 @@ from inference_service.sampler import BatchSampler
 log = logging.getLogger(__name__)
 
 
+DEFAULT_PARALLEL_FROM = 24
+
+
 @dataclass(frozen=True)
 class ThreadPolicy:
     """Torch threads per decode step, measured here: at batch 1 a second thread's fork/join costs more than it
@@ -44,7 +47,7 @@ class ThreadPolicy:
     (Score and attention requests then get every core)."""
 
     max_threads: int
-    parallel_from: int = 24
+    parallel_from: int = DEFAULT_PARALLEL_FROM  # the registry sets the host's measured crossover (calibration.py)
 
     def threads_for(self, batch: int) -> int:
         return self.max_threads if batch >= self.parallel_from else 1

@@ -17,10 +17,13 @@ import torch
 from grpc_health.v1 import health, health_pb2
 
 from chargpt import errors
+from chargpt.core.calibration import Calibrator
 from chargpt.core.checkpoint import Checkpoint, load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import resolve_device
-from inference_service.engine import Engine, ThreadPolicy
+from chargpt.core.model import GPT
+from inference_service.calibration import DecodeChoice, calibrated_decode
+from inference_service.engine import DEFAULT_PARALLEL_FROM, Engine, ThreadPolicy
 from inference_service.memory import available_memory, size_cache
 from inference_service.metrics import InferenceMetrics
 from inference_service.score_batcher import ScoreBatcher
@@ -73,12 +76,15 @@ def validate_name(name: str, field_name: str = "name") -> str:
     return name
 
 
-def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
-    """Validated torch device string and dtype for a load request ("auto" resolved)."""
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype | None]:
+    """Validated torch device string and dtype for a load request ("auto" resolved; None: measure once loaded,
+    on CPU, where bf16 is faster on some hosts and slower on others)."""
     resolved, facts = resolve_device(device, "device")
     if dtype != "auto" and dtype not in DTYPES:
         raise errors.InvalidArgumentError("dtype", "must be auto, float32, bfloat16 or float16")
     if dtype == "auto":
+        if facts.type == "cpu":
+            return resolved, None
         return resolved, torch.bfloat16 if facts.type == "cuda" and facts.bf16_supported else torch.float32
     return resolved, DTYPES[dtype]
 
@@ -154,7 +160,8 @@ class ModelRegistry:
             raise errors.ResourceExhaustedError(f"{held} models are loaded, the limit is {self.settings.max_models}")
         torch_device, torch_dtype = resolve_device_dtype(device or self.settings.device,
                                                          dtype or self.settings.dtype)
-        entry = ModelEntry(name=name, source=source, device=torch_device, dtype=str(torch_dtype).split(".")[-1])
+        entry = ModelEntry(name=name, source=source, device=torch_device,
+                           dtype=str(torch_dtype).split(".")[-1] if torch_dtype else "auto")
         self.models[name] = entry
         await self._set_health(name, False)
         await self._load_into(entry, locate, torch_dtype)
@@ -162,19 +169,24 @@ class ModelRegistry:
         return entry, True
 
     async def _load_into(self, entry: ModelEntry, locate: Callable[[], Awaitable[Path]],
-                         dtype: torch.dtype) -> None:
+                         dtype: torch.dtype | None) -> None:
         """Read the checkpoint and start its engine, off the event loop; a failure marks the entry FAILED."""
         started = time.monotonic()
         try:
             path = await locate()
-            entry.checkpoint = await asyncio.to_thread(load_checkpoint, path, entry.device, dtype)
+            entry.checkpoint = await asyncio.to_thread(load_checkpoint, path, entry.device, dtype or torch.float32)
             model = entry.checkpoint.model
+            choice = await asyncio.to_thread(self._decode_choice, model, dtype is None)
+            if choice.weight_dtype != "float32":
+                model.to(DTYPES[choice.weight_dtype])
             weight = model.wte.weight
-            rows = self._batch_rows(model.config, weight.dtype, weight.device)
+            entry.dtype = str(weight.dtype).split(".")[-1]
+            cache_dtype = DTYPES.get(self.settings.kv_cache_dtype) or DTYPES.get(choice.cache_dtype)
+            rows = self._batch_rows(model.config, cache_dtype or weight.dtype, weight.device)
             entry.engine = await asyncio.to_thread(
                 Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, rows,
-                self.settings.max_queue, self.metrics, DTYPES.get(self.settings.kv_cache_dtype),
-                self.settings.window_slide, ThreadPolicy(torch.get_num_threads(), self.settings.parallel_decode_from),
+                self.settings.max_queue, self.metrics, cache_dtype, self.settings.window_slide,
+                ThreadPolicy(torch.get_num_threads(), self.settings.parallel_decode_from or choice.parallel_from),
                 self.settings.decode_attention)
             entry.scorer = ScoreBatcher(entry.checkpoint, entry.executor, self.settings.score_batch_tokens)
         except BaseException as exc:
@@ -188,12 +200,19 @@ class ModelRegistry:
         self._count_ready()
         log.info("model %s ready (%s on %s, %s)", entry.name, entry.source, entry.device, entry.dtype)
 
-    def _batch_rows(self, config: ModelConfig, model_dtype: torch.dtype, device: torch.device) -> int:
+    def _decode_choice(self, model: GPT, measure_dtype: bool) -> DecodeChoice:
+        """Dtypes and thread policy: measured on CPU (cached per host), else the model's dtype and the default."""
+        if model.lm_head.weight.device.type != "cpu":
+            return DecodeChoice(weight_dtype="float32", cache_dtype="", parallel_from=DEFAULT_PARALLEL_FROM)
+        choice = calibrated_decode(Calibrator(self.settings.resolved_calibration_dir()), model,
+                                   min(self.settings.max_batch_size or 64, 64), torch.get_num_threads())
+        return choice if measure_dtype else choice.model_copy(update={"weight_dtype": "float32", "cache_dtype": ""})
+
+    def _batch_rows(self, config: ModelConfig, cache_dtype: torch.dtype, device: torch.device) -> int:
         """Cache rows for a model: max_batch_size (default 256) within its KV-cache budget (memory.size_cache)."""
         s = self.settings
-        dtype = DTYPES.get(s.kv_cache_dtype, model_dtype)
         available = available_memory(device) if s.max_kv_cache_bytes is None else 0
-        size = size_cache(config, dtype, s.max_batch_size, s.max_kv_cache_bytes, s.kv_cache_memory_fraction,
+        size = size_cache(config, cache_dtype, s.max_batch_size, s.max_kv_cache_bytes, s.kv_cache_memory_fraction,
                           available)
         log.info("KV cache: %d rows of %d KiB (%d MiB, bound by %s; budget %d MiB)", size.rows,
                  size.row_bytes >> 10, size.cache_bytes >> 20, size.bound_by, size.budget_bytes >> 20)

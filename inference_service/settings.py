@@ -59,7 +59,13 @@ class InferenceSettings(ServerSettings):
     max_attention_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
                                      description="largest GetAttention tensor (also capped by max_message_bytes)")
     torch_threads: int | None = Field(default=None, ge=1, description="torch threads; default: the cores, at most 8")
-    parallel_decode_from: int = Field(default=24, ge=1, description="decode batches at least this big use every "
-                                      "torch thread; smaller ones one (less fork/join overhead)")
+    parallel_decode_from: int | None = Field(default=None, ge=1, description="decode batches at least this big use "
+                                             "every torch thread, smaller ones one (less fork/join overhead); "
+                                             "default: measured per host and model on CPU, else 24")
+    calibration_dir: Path = Field(default=Path("./chargpt-data/calibration"), description="where this host's "
+                                  "measured decode timings are cached (dtype auto and the thread policy)")
     download_chunk_bytes: int = Field(default=1 << 20, ge=1024, le=4 << 20,
                                       description="chunk size asked of the trainer's DownloadCheckpoint")
+
+    def resolved_calibration_dir(self) -> Path:
+        return self.calibration_dir

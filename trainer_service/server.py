@@ -10,6 +10,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health
 
+from chargpt.core.calibration import Calibrator
 from chargpt.server.metrics import MetricsEndpoint
 from chargpt.server.serving import (
     ManagedServer,
@@ -66,7 +67,10 @@ async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
     corpora = CorpusLibrary(store, settings.data_dir / "corpora", settings.max_upload_bytes)
     hub = EventHub(store, metrics, settings.event_poll_seconds)
     jobs = JobManager(settings, store, hub)
-    prober = DeviceProber(settings.device)
+    calibrator = Calibrator(settings.resolved_calibration_dir())
+    if settings.recalibrate:
+        calibrator.clear()
+    prober = DeviceProber(settings.device, calibrator)
     server = new_server(settings, observer=metrics.rpcs.observe)
     servicer = TrainerServicer(settings, store, corpora, jobs, hub, metrics, prober)
     trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from chargpt.core.device import SIZE_PROFILES, DeviceFacts, auto_size
 from chargpt.errors import InvalidArgumentError
-from chargpt.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_service import convert
 from trainer_service.corpora.library import CorpusLibrary
 from trainer_service.corpora.read import read_corpus
+from trainer_service.device_report import device_report
 from trainer_service.jobs import checkpoints
 from trainer_service.jobs.events import EventHub
 from trainer_service.jobs.manager import JobManager
@@ -30,12 +30,6 @@ TOKEN_PREFIX = "jobs-before:"
 SPLIT_TO_PROTO = {"all": trainer_pb2.CORPUS_SPLIT_UNSPECIFIED, "train": trainer_pb2.CORPUS_SPLIT_TRAIN,
                   "validation": trainer_pb2.CORPUS_SPLIT_VALIDATION}
 PROTO_TO_SPLIT = {v: k for k, v in SPLIT_TO_PROTO.items()}
-
-
-def device_info_proto(facts: DeviceFacts) -> common_pb2.DeviceInfo:
-    return common_pb2.DeviceInfo(type=facts.type, name=facts.name, count=facts.count,
-                                 memory_bytes=facts.memory_bytes, bf16_supported=facts.bf16_supported,
-                                 cpu_cores=facts.cpu_cores, compute_capability=facts.compute_capability)
 
 
 def encode_page_token(seq: int) -> str:
@@ -64,13 +58,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def GetDeviceInfo(self, request: trainer_pb2.GetDeviceInfoRequest,
                             context: grpc.aio.ServicerContext) -> trainer_pb2.GetDeviceInfoResponse:
-        facts = self.prober.facts("auto")
-        size = auto_size(facts)
-        auto_model = common_pb2.ModelConfig(n_layer=size.n_layer, n_head=size.n_head, n_embd=size.n_embd,
-                                            block_size=size.block_size, dropout=size.dropout)
-        return trainer_pb2.GetDeviceInfoResponse(device=device_info_proto(facts), auto_model=auto_model,
-                                                 auto_batch_size=size.batch_size, presets=list(SIZE_PROFILES),
-                                                 auto_preset=size.name, auto_max_steps=size.max_steps)
+        return await asyncio.to_thread(device_report, self.prober, request.recalibrate)
 
     # ---- corpora
 

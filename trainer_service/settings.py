@@ -37,6 +37,9 @@ class TrainerSettings(ServerSettings):
                         description="module:function the worker trains with (tests inject a fake engine)")
     tensorboard: bool = Field(default=True, description="jobs write TensorBoard event files under their job "
                                                         "directory (tensorboard --logdir <data_dir>/jobs)")
+    calibration_dir: Path | None = Field(default=None, description="where this host's measured fp32/bf16 "
+                                         "timings are cached (precision and size auto); default: DATA_DIR/calibration")
+    recalibrate: bool = Field(default=False, description="forget the cached timings at start-up and measure again")
     worker_python: str | None = Field(default=None, description="interpreter for workers; default: this one")
     jobs_dir: Path | None = Field(default=None, description="job directories (plans, event logs, checkpoints); "
                                   "default data_dir/jobs. slurm/kubernetes: storage the nodes mount at this path")
@@ -89,3 +92,6 @@ class TrainerSettings(ServerSettings):
     def _shell_words(cls, value: str) -> str:
         shlex.split(value)  # raises ValueError on unbalanced quotes
         return value
+
+    def resolved_calibration_dir(self) -> Path:
+        return self.calibration_dir or self.data_dir / "calibration"

@@ -88,8 +88,8 @@ class AsyncTrainerClient(_AsyncService):
     def __init__(self, address: str | None = None, options: ClientOptions | None = None) -> None:
         super().__init__(trainer_address(address), options, trainer_pb2_grpc.TrainerServiceStub)
 
-    async def device_info(self, *, timeout: Timeout = DEFAULT) -> t.DeviceReport:
-        return await self._call(ops.get_device_info(), timeout)
+    async def device_info(self, *, recalibrate: bool = False, timeout: Timeout = DEFAULT) -> t.DeviceReport:
+        return await self._call(ops.get_device_info(recalibrate), timeout)
 
     async def upload_corpus(self, name: str, source: CorpusSource, *, description: str = "",
                             chunk_bytes: int = UPLOAD_CHUNK_BYTES, timeout: Timeout = DEFAULT) -> t.UploadResult:

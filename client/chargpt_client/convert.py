@@ -42,7 +42,12 @@ def device_report(r: trainer_pb2.GetDeviceInfoResponse) -> t.DeviceReport:
                           compute_capability=d.compute_capability)
     return t.DeviceReport(device=device, auto_model=model_config(r.auto_model),
                           auto_batch_size=r.auto_batch_size, presets=list(r.presets),
-                          auto_preset=r.auto_preset, auto_max_steps=r.auto_max_steps)
+                          auto_preset=r.auto_preset, auto_max_steps=r.auto_max_steps,
+                          gemm_gflops_fp32=r.gemm_gflops_fp32, gemm_gflops_bf16=r.gemm_gflops_bf16,
+                          auto_precision=r.auto_precision,
+                          candidate_tokens_per_second=dict(r.candidate_tokens_per_second),
+                          calibrated_time=timestamp(r.calibrated_time),
+                          calibration_seconds=r.calibration_seconds)
 
 
 def corpus(c: trainer_pb2.Corpus) -> t.Corpus:

@@ -53,8 +53,9 @@ def _lookup(table: dict[str, V], value: str, what: str) -> V:
 
 # ---- trainer ----
 
-def get_device_info() -> Unary[t.DeviceReport]:
-    return Unary("GetDeviceInfo", trainer_pb2.GetDeviceInfoRequest(), convert.device_report, True)
+def get_device_info(recalibrate: bool = False) -> Unary[t.DeviceReport]:
+    return Unary("GetDeviceInfo", trainer_pb2.GetDeviceInfoRequest(recalibrate=recalibrate), convert.device_report,
+                 True)
 
 
 def list_corpora() -> Unary[list[t.Corpus]]:

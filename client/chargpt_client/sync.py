@@ -83,8 +83,9 @@ class TrainerClient(_SyncService):
     def __init__(self, address: str | None = None, options: ClientOptions | None = None) -> None:
         super().__init__(trainer_address(address), options, trainer_pb2_grpc.TrainerServiceStub)
 
-    def device_info(self, *, timeout: Timeout = DEFAULT) -> t.DeviceReport:
-        return self._call(ops.get_device_info(), timeout)
+    def device_info(self, *, recalibrate: bool = False, timeout: Timeout = DEFAULT) -> t.DeviceReport:
+        """The trainer's device, auto's choices and the figures measured there (recalibrate: measure again)."""
+        return self._call(ops.get_device_info(recalibrate), timeout)
 
     def upload_corpus(self, name: str, source: CorpusSource, *, description: str = "",
                       chunk_bytes: int = UPLOAD_CHUNK_BYTES, timeout: Timeout = DEFAULT) -> t.UploadResult:

@@ -58,6 +58,13 @@ class DeviceReport:
     presets: list[str]
     auto_preset: str = ""  # the preset `auto` picks on this device
     auto_max_steps: int = 0  # that size's default schedule
+    # Measured on this host (CPU; 0/empty elsewhere): GEMM peaks, auto's precision, each size candidate's tokens/s.
+    gemm_gflops_fp32: float = 0.0
+    gemm_gflops_bf16: float = 0.0
+    auto_precision: str = ""
+    candidate_tokens_per_second: dict[str, float] = field(default_factory=dict)
+    calibrated_time: datetime | None = None
+    calibration_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

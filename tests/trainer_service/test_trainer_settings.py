@@ -51,6 +51,16 @@ async def test_device_info(trainer: Trainer) -> None:
     assert info.auto_model.n_embd == cpu.n_embd and info.auto_batch_size == cpu.batch_size
 
 
+async def test_device_info_shows_the_measured_figures_and_choices(trainer: Trainer) -> None:
+    """The session's calibration cache (tests/conftest.py) holds fixed figures: fp32 20k tokens/s at every CPU
+    candidate, bf16 half that, GEMM 100/50 GFLOP/s; the report shows them and the choices they lead to."""
+    info = await trainer.stub.GetDeviceInfo(S.GetDeviceInfoRequest())
+    assert (info.gemm_gflops_fp32, info.gemm_gflops_bf16) == (100.0, 50.0)
+    assert info.auto_precision == "fp32"  # bf16 measured slower, whatever the CPU flags say
+    assert dict(info.candidate_tokens_per_second) == {"cpu": 20_000.0}  # below target: no wider one timed
+    assert info.calibrated_time.seconds > 0
+
+
 async def test_one_server_per_data_directory(trainer: Trainer) -> None:
     with pytest.raises(RuntimeError, match="another trainer server"):
         await create_server(trainer.settings())

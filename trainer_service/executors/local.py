@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO
 
 import trainer_service
+from chargpt.core.calibration import CALIBRATION_DIR_ENV
 from trainer_service.executors.base import Ended, Executor, LaunchError, RunningJob
 from trainer_service.jobs.checkpoints import list_checkpoints
 from trainer_service.jobs.worker import EXIT_LOCKED, EXIT_STOP_DEADLINE, LOG_FILE
@@ -84,7 +85,7 @@ class LocalExecutor(Executor):
         try:
             run.handle = await asyncio.create_subprocess_exec(
                 *self.command(plan, run.job_dir), stdout=logfile, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True, env=worker_env())
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True, env=worker_env(self.settings))
         except OSError as exc:
             logfile.close()
             raise LaunchError(f"could not start the worker: {exc}") from exc
@@ -127,9 +128,11 @@ class LocalExecutor(Executor):
         self._signal(run, signal.SIGKILL)
 
 
-def worker_env() -> dict[str, str]:
-    """This environment, with the package root importable in the child wherever it runs from."""
+def worker_env(settings: TrainerSettings) -> dict[str, str]:
+    """This environment, with the package root importable in the child wherever it runs from and the
+    server's calibration cache (precision auto reads the host's measured timings from it)."""
     env = dict(os.environ)
+    env[CALIBRATION_DIR_ENV] = str(settings.resolved_calibration_dir())
     root = str(Path(trainer_service.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -87,7 +87,7 @@ class SlurmExecutor(ClusterExecutor):
     async def _run(self, *command: str, stdin: str | None = None) -> tuple[int, str, str]:
         process = await asyncio.create_subprocess_exec(
             self._bin(command[0]), *command[1:], stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=worker_env())
+            stderr=asyncio.subprocess.PIPE, env=worker_env(self.settings))
         try:
             out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin else None), COMMAND_TIMEOUT)
         except TimeoutError:

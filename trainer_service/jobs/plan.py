@@ -11,8 +11,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from chargpt.core.calibrated import SizeChoice, auto_profile, calibrated_size
+from chargpt.core.calibration import Calibrator
 from chargpt.core.config import ModelConfig
-from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, auto_size, parse_device, resolve_device
+from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, parse_device, resolve_device
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from chargpt.v1 import common_pb2, trainer_pb2
 from trainer_service.convert import training_fields
@@ -26,9 +28,17 @@ Schema = TypeVar("Schema", bound=BaseModel)
 class DeviceProber:
     """Device facts per device string, probed once each (the probe imports torch)."""
 
-    def __init__(self, default_device: str) -> None:
+    def __init__(self, default_device: str, calibrator: Calibrator | None = None) -> None:
         self.default_device = default_device
+        self.calibrator = calibrator  # None: size auto from the table alone (no measurement)
         self._facts: dict[str, DeviceFacts] = {}
+
+    def size_choice(self, facts: DeviceFacts) -> SizeChoice | None:
+        """The measured CPU size choice (None off CPU or without a calibrator)."""
+        return calibrated_size(facts, self.calibrator)
+
+    def auto_profile(self, facts: DeviceFacts) -> SizeProfile:
+        return auto_profile(facts, self.calibrator)
 
     def facts(self, device: str, field: str = "resources.device") -> DeviceFacts:
         device = self.default_device if device in ("", "auto") else device
@@ -50,7 +60,7 @@ def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpu
                max_nodes: int = 1) -> TrainingPlan:
     device, num_processes, facts = _resources(request.resources, prober, max_processes)
     num_nodes = _num_nodes(request.resources, max_nodes)
-    profile = auto_size(facts)
+    profile = prober.auto_profile(facts)
     model = _model(request.model, profile, corpus)
     _check_fits(model, facts)
     values = {"max_steps": profile.max_steps, "batch_size": profile.batch_size,

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from chargpt.core.device import cpu_cores, cpu_supports_bf16, probe_device, torch_device_string
+from chargpt.core.calibrated import train_precision
+from chargpt.core.calibration import Calibrator, TrainStep
+from chargpt.core.device import cpu_cores, probe_device, torch_device_string
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError
 from trainer_service.training.api import TrainingPlan
 
@@ -66,7 +68,7 @@ def resolve_runtime(plan: TrainingPlan) -> Runtime:
         torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32
     compile = plan.compile == "on" or (plan.compile == "auto" and device.type == "cuda")
     return Runtime(device=device, rank=rank, local_rank=local_rank, world_size=world_size,
-                   autocast_dtype=resolve_precision(plan.precision, device), compile=compile,
+                   autocast_dtype=resolve_precision(plan.precision, device, plan), compile=compile,
                    owns_process_group=owns_group, max_micro_batch_tokens=micro_batch_tokens(device),
                    # On CPU torch's generator is the bottleneck; on GPUs (Philox, fused by compile) it is not.
                    fast_dropout=device.type == "cpu" and not compile)
@@ -106,7 +108,7 @@ def _resolve_device(preference: str, local_rank: int | None) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+def resolve_precision(precision: str, device: torch.device, plan: TrainingPlan | None = None) -> torch.dtype | None:
     """The autocast dtype for a precision setting, or None for fp32; rejects what the device cannot do."""
     if precision == "fp32":
         return None
@@ -119,28 +121,30 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         if device.type == "mps" or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
             raise InvalidArgumentError("training.precision", f"bf16 is not supported on {device}")
         return torch.bfloat16
-    return torch.bfloat16 if bf16_is_faster(device) else None  # auto
+    return torch.bfloat16 if bf16_is_faster(device, plan) else None  # auto
 
 
-def bf16_is_faster(device: torch.device) -> bool:
+def bf16_is_faster(device: torch.device, plan: TrainingPlan | None = None) -> bool:
     """Whether bf16 autocast speeds training up on this device (what precision "auto" picks).
 
-    On CUDA, whenever the GPU supports bf16. On CPUs only with AMX tiles: an AVX-512-BF16 dot product does the
-    same 64 FLOPs per cycle as two fp32 FMAs (measured 232 vs 238 GFLOP/s per core on a Sapphire Rapids
-    VM), and oneDNN's bf16 GEMM reached ~165 GFLOP/s against ~320 for MKL's fp32 one, so bf16 autocast there
-    made training slower: 0.34x at the CPU preset's size, 0.99x at the notebook's (bench/train_throughput.py).
+    On CUDA, whenever the GPU supports bf16. On CPUs by measurement, never by CPU flags: hosts with the same
+    flags ran bf16 GEMMs at 0.5x and at 4.4x fp32 (issue 13), and small models lose to autocast's casts even
+    where bf16 GEMMs are fast. The plan's model is timed at this rank's micro-batch (chargpt.core.calibration,
+    cached per host in CHARGPT_CALIBRATION_DIR); without a plan, CPUs train in fp32.
     """
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    return device.type == "cpu" and cpu_supports_bf16() and cpu_has_amx_bf16()
+    step = measured_train_step(device, plan) if device.type == "cpu" and plan is not None else None
+    return train_precision(device.type, True, step) == "bf16"
 
 
-def cpu_has_amx_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return "amx_bf16" in f.read()
-    except OSError:
-        return False
+def measured_train_step(device: torch.device, plan: TrainingPlan) -> TrainStep:
+    """The calibration of this job's forward+backward pass, at the rows one pass of this rank takes."""
+    rows = max(1, plan.batch_size // (plan.num_processes * plan.grad_accumulation_steps))
+    limit = micro_batch_tokens(device)
+    if limit:
+        rows = max(1, min(rows, limit // plan.model.block_size))
+    return Calibrator(device=device.type).train_step(plan.model, rows)
 
 
 def all_agree(flag: bool, runtime: Runtime) -> bool:

@@ -37,6 +37,8 @@ def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
     _register_jobs(subparsers, parent)
     _register_checkpoints(subparsers, parent)
     device = subparsers.add_parser("device", parents=[parent], help="the trainer's device and auto model size")
+    device.add_argument("--recalibrate", action="store_true", help="measure the host again (seconds) instead of "
+                        "showing the cached figures")
     device.set_defaults(handler=device_cmd)
 
 
@@ -130,7 +132,7 @@ def follow(client: TrainerClient, job_id: str, json_output: bool) -> int:
 
 def device_cmd(args: argparse.Namespace) -> int:
     with trainer_client(args) as client:
-        report = client.device_info()
+        report = client.device_info(recalibrate=args.recalibrate)
     if args.json:
         print_json(report)
         return 0
@@ -139,6 +141,12 @@ def device_cmd(args: argparse.Namespace) -> int:
           f"bf16 {'yes' if d.bf16_supported else 'no'}")
     print(f"auto model: {m.n_layer} layers, {m.n_head} heads, {m.n_embd} dims, block {m.block_size}, "
           f"batch {report.auto_batch_size}")
+    print(f"auto precision: {report.auto_precision or '-'}")
+    if report.gemm_gflops_fp32:
+        rates = ", ".join(f"{name} {rate:,.0f}" for name, rate in report.candidate_tokens_per_second.items())
+        print(f"measured: GEMM fp32 {report.gemm_gflops_fp32:,.0f} GFLOP/s, bf16 {report.gemm_gflops_bf16:,.0f} "
+              f"GFLOP/s; training tokens/s {rates} (calibrated {fmt(report.calibrated_time)}, "
+              f"{report.calibration_seconds:.1f} s)")
     print(f"presets: {', '.join(report.presets)}")
     return 0
 

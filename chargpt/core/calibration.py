@@ -1,0 +1,322 @@
+"""Per-host calibration: time fp32 against bf16 at the model's real shapes, cache the figures, decide from them.
+
+Hosts of one kind differ (issue 13: bf16 GEMMs ran at 0.5x fp32 on one host and 4.4x on another, same CPU
+flags), so `precision=auto` and the CPU size are decided by measuring, never by a CPU flag alone.
+
+Method, robust to a shared machine: every variant is warmed up, then timed in short trials (each long enough to
+dwarf the timer) interleaved round-robin with the other variants, so a burst of outside load hits all of them
+alike; decisions use each variant's fastest trial (outside load only ever adds time) and the record keeps the
+median and the spread (slowest / fastest - 1) to show how noisy the measurement was.
+
+Results are cached as JSON, one file per host key (CPU model, cores, torch version, device), one entry per
+measured shape; `Calibrator.clear()` (or the servers' `recalibrate` setting) measures again. torch is imported
+lazily: clients and settings import this module without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from chargpt.core.config import ModelConfig
+from chargpt.core.device import cpu_cores
+
+if TYPE_CHECKING:
+    import torch
+
+CALIBRATION_DIR_ENV = "CHARGPT_CALIBRATION_DIR"
+DEFAULT_DIR = Path("~/.cache/chargpt/calibration")
+BF16_MARGIN = 0.03  # bf16 must win by more than this to be chosen: a tie keeps fp32's exactness
+GEMM_SIZE = 1024
+M = TypeVar("M", bound=BaseModel)
+
+
+class HostKey(BaseModel):
+    """What a cached calibration is valid for."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cpu_model: str
+    cpu_cores: int
+    torch_version: str
+    device: str  # "cpu" or the accelerator's name
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+class Timing(BaseModel):
+    """Seconds per call of one variant over its trials."""
+
+    model_config = ConfigDict(frozen=True)
+
+    best_s: float
+    median_s: float
+    spread: float  # slowest trial / fastest - 1
+    trials: int
+
+
+class GemmPeak(BaseModel):
+    """The host's matmul throughput at GEMM_SIZE^3, fp32 and bf16."""
+
+    model_config = ConfigDict(frozen=True)
+
+    gflops_fp32: float
+    gflops_bf16: float
+    fp32: Timing
+    bf16: Timing
+
+
+class TrainStep(BaseModel):
+    """One forward+backward pass of a model at a batch, fp32 against bf16 autocast."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tokens: int  # per pass
+    threads: int
+    fp32: Timing
+    bf16: Timing | None  # None where bf16 autocast cannot run
+
+    @property
+    def bf16_faster(self) -> bool:
+        return self.bf16 is not None and self.bf16.best_s < self.fp32.best_s * (1 - BF16_MARGIN)
+
+    @property
+    def best_tokens_per_s(self) -> float:
+        best = min(self.fp32.best_s, self.bf16.best_s if self.bf16_faster and self.bf16 else self.fp32.best_s)
+        return self.tokens / best
+
+
+def cpu_model_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def host_key(device: str = "cpu") -> HostKey:
+    import torch
+
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else device
+    return HostKey(cpu_model=cpu_model_name(), cpu_cores=cpu_cores(), torch_version=torch.__version__,
+                   device=name)
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get(CALIBRATION_DIR_ENV) or DEFAULT_DIR).expanduser()
+
+
+def time_interleaved(variants: Mapping[str, Callable[[], object]], trials: int = 5, trial_s: float = 0.05,
+                     budget_s: float = 3.0) -> dict[str, Timing]:
+    """Seconds per call of each variant: warmed up, then `trials` rounds of short trials, interleaved.
+
+    A trial repeats the call enough times to last about `trial_s`; each round rotates the order so no variant
+    always runs first (cold caches) or last. Stops early (after at least 3 rounds) once `budget_s` is spent.
+    """
+    names = list(variants)
+    repeats: dict[str, int] = {}
+    for name in names:  # warm-up: the first call allocates and picks kernels; the second is timed for sizing
+        variants[name]()
+        started = time.perf_counter()
+        variants[name]()
+        repeats[name] = max(1, round(trial_s / max(time.perf_counter() - started, 1e-6)))
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    deadline = time.perf_counter() + budget_s
+    for round_ in range(trials):
+        if round_ >= 3 and time.perf_counter() > deadline:
+            break
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            started = time.perf_counter()
+            for _ in range(repeats[name]):
+                variants[name]()
+            samples[name].append((time.perf_counter() - started) / repeats[name])
+    return {name: _timing(s) for name, s in samples.items()}
+
+
+def _timing(samples: list[float]) -> Timing:
+    best = min(samples)
+    return Timing(best_s=best, median_s=statistics.median(samples), spread=max(samples) / best - 1,
+                  trials=len(samples))
+
+
+def _sync(device: torch.device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_gemm_peak(device: str = "cpu", size: int = GEMM_SIZE, budget_s: float = 2.0) -> GemmPeak:
+    """GFLOP/s of a size^3 matmul in fp32 and in bf16, best trial of several."""
+    import torch
+
+    dev = torch.device(device)
+    a, b = torch.randn(size, size, device=dev), torch.randn(size, size, device=dev)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+        def call() -> None:
+            torch.mm(x, y)
+            _sync(dev)
+        return call
+
+    with torch.inference_mode():
+        t = time_interleaved({"fp32": run(a, b), "bf16": run(a16, b16)}, budget_s=budget_s)
+    flops = 2 * size**3 / 1e9
+    return GemmPeak(gflops_fp32=flops / t["fp32"].best_s, gflops_bf16=flops / t["bf16"].best_s,
+                    fp32=t["fp32"], bf16=t["bf16"])
+
+
+def measure_train_step(config: ModelConfig, batch: int, device: str = "cpu", budget_s: float = 3.0) -> TrainStep:
+    """A real forward+backward pass of `config` at `batch` sequences, fp32 and bf16 autocast, interleaved.
+
+    Dropout is left out (it costs the same in both precisions) and so is the optimizer step (fp32 either way).
+    """
+    import torch
+
+    from chargpt.core.model import GPT
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = GPT(config.model_copy(update={"dropout": 0.0})).to(dev).train()
+    x = torch.randint(0, config.vocab_size, (batch, config.block_size), device=dev)  # (B, T)
+
+    def step(dtype: torch.dtype | None) -> Callable[[], None]:
+        def call() -> None:
+            ctx = torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
+            with ctx:
+                _, loss = model(x, x)
+            assert loss is not None
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            _sync(dev)
+        return call
+
+    variants: dict[str, Callable[[], None]] = {"fp32": step(None)}
+    if dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_bf16_supported()):
+        variants["bf16"] = step(torch.bfloat16)
+    t = time_interleaved(variants, budget_s=budget_s)
+    return TrainStep(tokens=batch * config.block_size, threads=torch.get_num_threads(), fp32=t["fp32"],
+                     bf16=t.get("bf16"))
+
+
+class Calibrator:
+    """The cached measurements of one host: each entry is measured once, then read back from the JSON file."""
+
+    def __init__(self, directory: Path | None = None, device: str = "cpu") -> None:
+        self.directory, self.device = (directory or default_dir()).expanduser(), device
+        self._host: HostKey | None = None
+        self._lock = threading.Lock()  # one measurement at a time: two at once would time each other
+
+    @property
+    def host(self) -> HostKey:
+        if self._host is None:
+            self._host = host_key(self.device)
+        return self._host
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"calibration-{self.host.digest()}.json"
+
+    def entries(self) -> dict[str, Any]:
+        """Everything cached for this host ({} when nothing is, or the file is unreadable or another host's)."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("host") != self.host.model_dump():
+            return {}
+        entries = data.get("entries", {})
+        return entries if isinstance(entries, dict) else {}
+
+    def cached(self, name: str, kind: type[M]) -> M | None:
+        raw = self.entries().get(name)
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return kind.model_validate(raw["value"])
+        except (KeyError, ValueError):
+            return None
+
+    def get(self, name: str, kind: type[M], measure: Callable[[], M]) -> M:
+        """The cached entry `name`, or measure it now and cache it."""
+        with self._lock:
+            found = self.cached(name, kind)
+            if found is not None:
+                return found
+            started = time.time()
+            value = measure()
+            self.put(name, value, started, time.time() - started)
+            return value
+
+    def put(self, name: str, value: BaseModel, measured_unix: float | None = None, seconds: float = 0.0) -> None:
+        """Cache `value` as entry `name` (tests pre-fill a host's figures this way)."""
+        self._store(name, {"value": value.model_dump(mode="json"), "measured_unix": measured_unix or time.time(),
+                           "seconds": round(seconds, 3)})
+
+    def measured_at(self, name: str) -> tuple[float, float] | None:
+        """(unix time measured, seconds the measurement took) of a cached entry."""
+        raw = self.entries().get(name)
+        if not isinstance(raw, dict) or "measured_unix" not in raw:
+            return None
+        return float(raw["measured_unix"]), float(raw.get("seconds", 0.0))
+
+    def total_seconds(self) -> float:
+        """How long all of this host's cached measurements took."""
+        return sum(float(e.get("seconds", 0.0)) for e in self.entries().values() if isinstance(e, dict))
+
+    def clear(self) -> None:
+        """Forget this host's measurements: the next request measures again."""
+        self.path.unlink(missing_ok=True)
+
+    def _store(self, name: str, entry: dict[str, Any]) -> None:
+        entries = self.entries()
+        entries[name] = entry
+        self.directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"host": self.host.model_dump(), "entries": entries}, indent=2, sort_keys=True)
+        with _atomic(self.path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+    # ---- the measurements the decisions use
+
+    def gemm_peak(self) -> GemmPeak:
+        return self.get("gemm", GemmPeak, lambda: measure_gemm_peak(self.device))
+
+    def train_step(self, config: ModelConfig, batch: int) -> TrainStep:
+        return self.get(train_entry(config, batch), TrainStep, lambda: measure_train_step(config, batch, self.device))
+
+
+def train_entry(config: ModelConfig, batch: int, threads: int | None = None) -> str:
+    """The cache entry of a training-step measurement (at torch's current thread count unless given)."""
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    c = config
+    return f"train:L{c.n_layer}-H{c.n_head}-C{c.n_embd}-T{c.block_size}-V{c.vocab_size}-B{batch}:threads{threads}"
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary sibling renamed over `path` once written: readers never see half a file."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
