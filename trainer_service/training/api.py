@@ -36,6 +36,7 @@ class InitSource(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: Path
+    vocabulary: str  # the parent's characters: the job's vocabulary is their union with the corpus's
     lineage: Lineage
 
 

@@ -1,0 +1,97 @@
+"""Training to a wall-clock budget (TrainingSpec.max_seconds) on a tiny model: the deadline, the schedule, resume."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from engine_support import TEXT, Recorder, make_plan, never  # type: ignore[import-not-found]
+
+from chargpt.core.checkpoint import load_checkpoint
+from trainer_service.training.api import MAX_STEPS, CorpusRef, EvaluationResult, ProgressUpdate, TrainingPlan
+from trainer_service.training.loop import run_training
+from trainer_service.training.optim import learning_rate_at
+from trainer_service.training.state import RESUME_FILE, ResumeState
+
+BUDGET = 4.0
+SLACK = 0.25  # the machine running the tests is shared: the deadline logic is asserted exactly below
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> CorpusRef:
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return CorpusRef(corpus_id="c1", name="pigs", sha256="ab" * 32, path=path)
+
+
+def budget_plan(**update: object) -> TrainingPlan:
+    """As the trainer resolves a request with only max_seconds: no step limit, intervals fitted to the budget."""
+    values = make_plan().model_dump(exclude={"eval_interval", "sample_interval", "checkpoint_interval",
+                                                 "fit_to_budget"})
+    values.update({"max_steps": MAX_STEPS, "max_seconds": BUDGET, "warmup_steps": 50, **update})
+    plan = TrainingPlan.model_validate(values)
+    assert set(plan.fit_to_budget) == {"eval_interval", "sample_interval", "checkpoint_interval"}
+    return plan
+
+
+def stop_after_seconds(seconds: float) -> Callable[[], bool]:
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() > deadline
+
+
+def fitted(job_dir: Path) -> ResumeState:
+    latest = job_dir / "checkpoints" / "latest"
+    return ResumeState.model_validate_json((latest / RESUME_FILE).read_text(encoding="utf-8"))
+
+
+def test_a_budget_ends_at_its_deadline_with_the_learning_rate_at_its_minimum(tmp_path: Path,
+                                                                             corpus: CorpusRef) -> None:
+    plan, sink = budget_plan(), Recorder()
+    started = time.perf_counter()
+    outcome = run_training(plan, corpus, tmp_path / "job", sink, never)
+    wall = time.perf_counter() - started
+    progress = sink.of(ProgressUpdate)
+    final = progress[-1]
+    assert not outcome.stopped_early and final.step == outcome.final_step > 20
+    assert (1 - SLACK) * BUDGET <= final.elapsed_seconds <= (1 + SLACK) * BUDGET
+    assert wall <= BUDGET * (1 + SLACK) + 3.0  # plus start-up (model, corpus), which the budget does not count
+    state = fitted(tmp_path / "job")
+    assert state.horizon == outcome.final_step and state.fitted["eval_interval"] == max(1, state.fitted[
+        "eval_interval"])
+    # The schedule ended where the run did: the final step's LR is the decay's last value, next to the minimum.
+    expected = learning_rate_at(plan, final.step - 1, horizon=final.step)
+    assert final.learning_rate == pytest.approx(expected)
+    assert final.learning_rate - plan.min_learning_rate < 0.02 * (plan.learning_rate - plan.min_learning_rate)
+    assert [p.budget_seconds_left for p in progress] == sorted((p.budget_seconds_left for p in progress),
+                                                               reverse=True)
+    assert final.budget_seconds_left is not None and final.budget_seconds_left < SLACK * BUDGET
+    evals = sink.of(EvaluationResult)
+    assert evals[-1].step == outcome.final_step  # a final evaluation (and checkpoint) at the deadline
+    assert load_checkpoint(tmp_path / "job" / "checkpoints" / "latest").manifest.training.step == final.step
+
+
+def test_max_steps_wins_when_it_comes_first(tmp_path: Path, corpus: CorpusRef) -> None:
+    plan, sink = budget_plan(max_steps=12, max_seconds=600.0, warmup_steps=1), Recorder()
+    outcome = run_training(plan, corpus, tmp_path / "job", sink, never)
+    final = sink.of(ProgressUpdate)[-1]
+    assert outcome.final_step == 12 and final.max_steps == 12
+    assert final.learning_rate == pytest.approx(learning_rate_at(plan, 11))
+
+
+def test_a_killed_budget_job_resumes_against_what_is_left(tmp_path: Path, corpus: CorpusRef) -> None:
+    plan = budget_plan()
+    first, second = Recorder(), Recorder()
+    stopped = run_training(plan, corpus, tmp_path / "job", first, stop_after_seconds(1.5))
+    assert stopped.stopped_early
+    spent = fitted(tmp_path / "job").elapsed_seconds
+    resumed = run_training(plan, corpus, tmp_path / "job", second, never)
+    progress = second.of(ProgressUpdate)
+    assert progress[0].step == stopped.final_step + 1 and not resumed.stopped_early
+    assert progress[0].budget_seconds_left is not None and progress[0].budget_seconds_left < BUDGET - spent + 0.01
+    assert (1 - SLACK) * BUDGET <= progress[-1].elapsed_seconds <= (1 + SLACK) * BUDGET
+    final = progress[-1]
+    assert final.learning_rate == pytest.approx(learning_rate_at(plan, final.step - 1, horizon=final.step,
+                                                                 warmup_steps=fitted(tmp_path / "job").fitted.get(
+                                                                     "warmup_steps", 50)))
