@@ -98,7 +98,8 @@ def job_proto(job: JobRecord, plan: TrainingPlan) -> trainer_pb2.TrainingJob:
 
 
 def lineage_proto(lineage: Lineage) -> common_pb2.Lineage:
-    return common_pb2.Lineage(job_id=lineage.job_id, kind=KIND_TO_PROTO.get(lineage.kind, common_pb2.CHECKPOINT_KIND_UNSPECIFIED),
+    kind = KIND_TO_PROTO.get(lineage.kind, common_pb2.CHECKPOINT_KIND_UNSPECIFIED)
+    return common_pb2.Lineage(job_id=lineage.job_id, kind=kind,
                               weights_sha256=lineage.weights_sha256, corpus_id=lineage.corpus_id,
                               corpus_name=lineage.corpus_name, corpus_sha256=lineage.corpus_sha256,
                               step=lineage.step)

@@ -37,7 +37,7 @@ class Schedule:
         return learning_rate_at(self.plan, step, horizon=self.horizon, warmup_steps=self.interval("warmup_steps"))
 
     def interval(self, name: str) -> int:
-        return self.fitted.get(name, getattr(self.plan, name))
+        return int(self.fitted.get(name, getattr(self.plan, name)))
 
     def finished(self, step: int) -> bool:
         return step >= self.horizon
