@@ -68,6 +68,14 @@ class TimeBudget(Schedule):
         self.step_seconds: float | None = None
         self.calibration: list[float] = []
 
+    def learning_rate(self, step: int) -> float:
+        """As for max_steps, to the current horizon; a fitted warmup shrinks with it (at most a tenth), so a
+        horizon cut short by a slower machine still ends in decay rather than mid-warmup."""
+        warmup = self.interval("warmup_steps")
+        if "warmup_steps" in self.plan.fit_to_budget:
+            warmup = min(warmup, self.horizon // 10)
+        return learning_rate_at(self.plan, step, horizon=self.horizon, warmup_steps=warmup)
+
     def after_step(self, step: int, step_seconds: float, spent: float) -> None:
         self._time_step(step_seconds)
         if self.step_seconds is None:  # still calibrating: only stop if the budget is already gone
