@@ -3,8 +3,9 @@
     python -m bench.train_quality [--budget 100] [--corpus PATH] [--no-reference]
     python -m bench.train_quality --config small --steps 5000 --device cuda     # the notebook run on a GPU
 
-Budget mode (the default, on CPU): a few calibration steps measure the step time, max_steps is chosen so the
-learning-rate decay ends when the budget does, and training stops at the budget in any case. The reference
+Budget mode (the default, on CPU): the plan's max_seconds is the budget; the engine times its first steps,
+fits the learning-rate schedule so its decay ends at the deadline, and stops there (trainer_service/training/
+budget.py). The reference
 is nanoGPT's CPU recipe for this corpus (4 layers x 128, block 64, batch 12, lr 1e-3 cosine over 2000 steps)
 trained by the same engine for the same budget. Both are scored the same way: mean cross-entropy over the
 whole validation split in block_size windows, fp32.
@@ -24,14 +25,11 @@ from bench.train_common import DEFAULT_CORPUS, machine_facts, print_table, write
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
-from trainer_service.training.api import LATEST, CorpusRef, ProgressUpdate, TrainingEvent, TrainingPlan
+from trainer_service.training.api import LATEST, MAX_STEPS, CorpusRef, ProgressUpdate, TrainingEvent, TrainingPlan
 from trainer_service.training.data import CorpusData
 from trainer_service.training.evaluate import Evaluator
-from trainer_service.training.loop import Trainer, run_training
+from trainer_service.training.loop import run_training
 from trainer_service.training.runtime import resolve_runtime
-
-CALIBRATION_STEPS = 40  # the first few dozen steps run slower (warm-up); too short a sample leaves budget unused
-SCHEDULE_MARGIN = 0.97  # end the decay a little before the deadline: its last low-LR steps matter most
 
 
 class Recorder:
@@ -42,7 +40,8 @@ class Recorder:
         self.events.append(event)
 
 
-def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int) -> TrainingPlan:
+def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int,
+              max_seconds: float | None = None) -> TrainingPlan:
     p = SIZE_PROFILES[name]
     override = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
                                               "dropout", "learning_rate", "warmup_steps")
@@ -54,7 +53,7 @@ def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int) -
                         learning_rate=p.learning_rate, min_learning_rate=p.learning_rate * args.min_lr_ratio,
                         warmup_steps=min(p.warmup_steps, max_steps), weight_decay=0.1, grad_clip=1.0,
                         eval_interval=args.eval_interval, sample_interval=0, sample_length=200, seed=args.seed,
-                        checkpoint_interval=0, device=args.device, compile=args.compile)
+                        checkpoint_interval=0, device=args.device, compile=args.compile, max_seconds=max_seconds)
 
 
 def reference_plan(vocab: int, args: argparse.Namespace) -> TrainingPlan:
@@ -63,30 +62,16 @@ def reference_plan(vocab: int, args: argparse.Namespace) -> TrainingPlan:
     return TrainingPlan(job_id="quality-reference", model=model, max_steps=2000, batch_size=12,
                         learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, weight_decay=0.1,
                         grad_clip=1.0, eval_interval=0, sample_interval=0, sample_length=200, seed=args.seed,
-                        checkpoint_interval=0, device=args.device, compile="off")
+                        checkpoint_interval=0, device=args.device, compile="off", max_seconds=args.budget)
 
 
-def calibrate(plan: TrainingPlan, corpus: CorpusRef) -> float:
-    """Seconds per optimizer step, measured on the real engine (the median of a few steps after warm-up)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(plan, corpus, Path(tmp), Recorder(), resolve_runtime(plan))
-        trainer._train_step(0)
-        times = []
-        for step in range(1, CALIBRATION_STEPS + 1):
-            t0 = time.perf_counter()
-            trainer._train_step(step)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def train(label: str, plan: TrainingPlan, corpus: CorpusRef, data: CorpusData, budget: float | None,
-          device: torch.device) -> dict[str, Any]:
-    """Train (until max_steps or the budget), then score the final weights on the whole validation split."""
+def train(label: str, plan: TrainingPlan, corpus: CorpusRef, data: CorpusData, device: torch.device
+          ) -> dict[str, Any]:
+    """Train (until max_steps or plan.max_seconds), then score the final weights on the whole validation split."""
     recorder = Recorder()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        deadline = t0 + budget if budget else float("inf")
-        outcome = run_training(plan, corpus, Path(tmp), recorder, lambda: time.perf_counter() >= deadline)
+        outcome = run_training(plan, corpus, Path(tmp), recorder, lambda: False)
         wall = time.perf_counter() - t0
         checkpoint = load_checkpoint(Path(tmp) / "checkpoints" / LATEST, device=device)
     progress = [e for e in recorder.events if isinstance(e, ProgressUpdate)]
@@ -125,38 +110,31 @@ def main(argv: list[str] | None = None) -> None:
     data = CorpusData.from_file(args.corpus)
     vocab = data.tokenizer.vocab_size
     load_before = machine_facts()["load_average"]
-    rows, calibration = [], None
+    rows: list[dict[str, Any]] = []
     if args.eval_interval is None:
         args.eval_interval = max(1, args.steps // 10) if args.steps else 0
     if args.steps:
         plan = make_plan(args.config, vocab, args, args.steps)
         device = resolve_runtime(plan).device
-        rows.append(train(f"{args.config} ({args.steps} steps)", plan, corpus, data, None, device))
+        rows.append(train(f"{args.config} ({args.steps} steps)", plan, corpus, data, device))
     else:
-        probe = make_plan(args.config, vocab, args, 10**6)
-        calibration = calibrate(probe, corpus)
-        max_steps = max(1, int(SCHEDULE_MARGIN * args.budget / calibration))
-        plan = make_plan(args.config, vocab, args, max_steps)
+        plan = make_plan(args.config, vocab, args, MAX_STEPS, max_seconds=args.budget)
         device = resolve_runtime(plan).device
-        rows.append(train(f"{args.config} preset, budget-aware", plan, corpus, data, args.budget, device))
+        rows.append(train(f"{args.config} preset, budget-aware", plan, corpus, data, device))
         if not args.no_reference:
-            rows.append(train("reference (nanoGPT CPU recipe)", reference_plan(vocab, args), corpus, data,
-                              args.budget, device))
-    report(rows, args, calibration, load_before)
+            rows.append(train("reference (nanoGPT CPU recipe)", reference_plan(vocab, args), corpus, data, device))
+    report(rows, args, load_before)
 
 
-def report(rows: list[dict[str, Any]], args: argparse.Namespace, calibration: float | None,
-           load_before: tuple[float, float, float]) -> None:
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, load_before: tuple[float, float, float]) -> None:
     facts = machine_facts()
     print(f"load average before {tuple(round(x, 2) for x in load_before)}, after "
-          f"{tuple(round(x, 2) for x in facts['load_average'])}; {facts['threads']} threads"
-          + (f"; calibrated step {calibration * 1000:.1f} ms" if calibration else ""))
+          f"{tuple(round(x, 2) for x in facts['load_average'])}; {facts['threads']} threads")
     print_table(["recipe", "model", "lr", "steps", "train s", "tokens/s", "train loss", "val loss"],
                 [[r["recipe"], r["model"], r["lr"], r["steps"], r["train_seconds"], r["tokens_per_second"],
                   r["train_loss"], r["val_loss"]] for r in rows])
     path = write_result(f"train_quality_{args.config}", {"machine": facts, "load_average_before": load_before,
                                                          "budget_seconds": None if args.steps else args.budget,
-                                                         "calibrated_step_seconds": calibration,
                                                          "args": vars(args), "rows": rows})
     print(f"wrote {path}")
 

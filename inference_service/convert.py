@@ -146,4 +146,11 @@ def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
         step=t.step, train_loss=t.train_loss if t.train_loss is not None else math.nan,
         val_loss=t.val_loss if t.val_loss is not None else math.nan, library_versions=t.library_versions))
     out.training.created_time.FromDatetime(t.created_time)
+    if t.parent is not None:
+        p = t.parent
+        out.parent.CopyFrom(common_pb2.Lineage(
+            job_id=p.job_id, kind={"best": common_pb2.CHECKPOINT_KIND_BEST, "latest": common_pb2.CHECKPOINT_KIND_LATEST
+                                   }.get(p.kind, common_pb2.CHECKPOINT_KIND_UNSPECIFIED),
+            weights_sha256=p.weights_sha256, corpus_id=p.corpus_id, corpus_name=p.corpus_name,
+            corpus_sha256=p.corpus_sha256, step=p.step))
     return out

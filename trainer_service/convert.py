@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from chargpt.core.checkpoint import Lineage
 from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import common_pb2, trainer_pb2
 from trainer_service.jobs.checkpoints import CheckpointInfo
@@ -76,6 +77,8 @@ def training_proto(plan: TrainingPlan) -> trainer_pb2.TrainingSpec:
     spec = trainer_pb2.TrainingSpec()
     for fd in TRAINING_SPEC.fields:
         value = getattr(plan, fd.name)
+        if value is None:  # an optional field the job does not use (max_seconds)
+            continue
         if fd.enum_type is not None:
             value = {name: number for number, name in enum_choices(fd.enum_type).items()}[value]
         setattr(spec, fd.name, value)
@@ -91,7 +94,16 @@ def job_proto(job: JobRecord, plan: TrainingPlan) -> trainer_pb2.TrainingJob:
         step=job.step, train_loss=_loss(job.train_loss), val_loss=_loss(job.val_loss),
         best_val_loss=_loss(job.best_val_loss), tokens_per_second=job.tokens_per_second, error=job.error,
         parameter_count=job.parameter_count, created_time=timestamp(job.created),
-        started_time=timestamp(job.started), finished_time=timestamp(job.finished), device=plan.device)
+        started_time=timestamp(job.started), finished_time=timestamp(job.finished), device=plan.device,
+        parent=None if plan.init_from is None else lineage_proto(plan.init_from.lineage))
+
+
+def lineage_proto(lineage: Lineage) -> common_pb2.Lineage:
+    kind = KIND_TO_PROTO.get(lineage.kind, common_pb2.CHECKPOINT_KIND_UNSPECIFIED)
+    return common_pb2.Lineage(job_id=lineage.job_id, kind=kind,
+                              weights_sha256=lineage.weights_sha256, corpus_id=lineage.corpus_id,
+                              corpus_name=lineage.corpus_name, corpus_sha256=lineage.corpus_sha256,
+                              step=lineage.step)
 
 
 def checkpoint_proto(job_id: str, info: CheckpointInfo) -> trainer_pb2.Checkpoint:
@@ -113,7 +125,7 @@ def event_proto(event: EventRecord) -> trainer_pb2.WatchTrainingJobResponse:
         response.progress.CopyFrom(trainer_pb2.ProgressEvent(
             step=p["step"], max_steps=p["max_steps"], loss=p["loss"], learning_rate=p["learning_rate"],
             tokens_per_second=p["tokens_per_second"], elapsed_seconds=p["elapsed_seconds"],
-            eta_seconds=p["eta_seconds"]))
+            eta_seconds=p["eta_seconds"], budget_seconds_left=p.get("budget_seconds_left")))
     elif event.kind == "evaluation":
         response.evaluation.CopyFrom(trainer_pb2.EvaluationEvent(step=p["step"], train_loss=p["train_loss"],
                                                                  val_loss=p["val_loss"], is_best=p["is_best"]))

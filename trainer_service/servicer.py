@@ -19,6 +19,7 @@ from trainer_service.corpora.read import read_corpus
 from trainer_service.device_report import device_report
 from trainer_service.jobs import checkpoints
 from trainer_service.jobs.events import EventHub
+from trainer_service.jobs.init_from import resolve_init_from
 from trainer_service.jobs.manager import JobManager
 from trainer_service.jobs.plan import DeviceProber, build_plan
 from trainer_service.metrics import TrainerMetrics
@@ -111,9 +112,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise InvalidArgumentError("display_name", f"at most 256 characters (got {len(request.display_name)})")
         corpus = await self.corpora.resolve(request.corpus_id)
         job_id = uuid.uuid4().hex
+        parent = None
+        if request.HasField("init_from"):
+            parent = await asyncio.to_thread(resolve_init_from, request.init_from, self.settings.data_dir,
+                                             self.store, self.jobs.job_dir)
         plan = await asyncio.to_thread(build_plan, job_id, request, corpus, self.prober,
                                        self.settings.max_processes_per_job, self.settings.tensorboard,
-                                       self.jobs.executor.max_nodes)
+                                       self.jobs.executor.max_nodes, parent)
         job = await self.jobs.create(job_id, request.display_name, plan, corpus)
         return trainer_pb2.CreateTrainingJobResponse(job=self._job(job.job_id))
 

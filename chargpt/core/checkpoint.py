@@ -39,6 +39,20 @@ WEIGHTS_FILE = "model.safetensors"
 TIED_KEY = "lm_head.weight"  # the same tensor as wte.weight; stored once
 
 
+class Lineage(BaseModel):
+    """The checkpoint a fine-tuned model started from (its parent)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    job_id: str = ""  # "" for a checkpoint directory no trainer job wrote
+    kind: str = ""  # "best" or "latest" of that job; "" for a directory
+    weights_sha256: str
+    corpus_id: str = ""
+    corpus_name: str = ""
+    corpus_sha256: str = ""
+    step: int = 0
+
+
 class TrainingInfo(BaseModel):
     """Where the weights came from."""
 
@@ -53,6 +67,7 @@ class TrainingInfo(BaseModel):
     val_loss: float | None = None
     created_time: datetime = Field(default_factory=lambda: datetime.now(UTC))
     library_versions: dict[str, str] = Field(default_factory=dict)
+    parent: Lineage | None = None  # set for a model fine-tuned from another checkpoint
 
 
 class WeightsInfo(BaseModel):

@@ -102,3 +102,21 @@ class Tensor(_message.Message):
     dtype: TensorDtype
     data: bytes
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[TensorDtype, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Lineage(_message.Message):
+    __slots__ = ("job_id", "kind", "weights_sha256", "corpus_id", "corpus_name", "corpus_sha256", "step")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CORPUS_ID_FIELD_NUMBER: _ClassVar[int]
+    CORPUS_NAME_FIELD_NUMBER: _ClassVar[int]
+    CORPUS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    kind: CheckpointKind
+    weights_sha256: str
+    corpus_id: str
+    corpus_name: str
+    corpus_sha256: str
+    step: int
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[CheckpointKind, str]] = ..., weights_sha256: _Optional[str] = ..., corpus_id: _Optional[str] = ..., corpus_name: _Optional[str] = ..., corpus_sha256: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...

@@ -200,7 +200,7 @@ class ModelSpec(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., custom: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("max_steps", "batch_size", "learning_rate", "min_learning_rate", "warmup_steps", "lr_schedule", "weight_decay", "grad_clip", "eval_interval", "sample_interval", "sample_length", "seed", "precision", "compile", "checkpoint_interval", "grad_accumulation_steps")
+    __slots__ = ("max_steps", "batch_size", "learning_rate", "min_learning_rate", "warmup_steps", "lr_schedule", "weight_decay", "grad_clip", "eval_interval", "sample_interval", "sample_length", "seed", "precision", "compile", "checkpoint_interval", "grad_accumulation_steps", "max_seconds")
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +217,7 @@ class TrainingSpec(_message.Message):
     COMPILE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     GRAD_ACCUMULATION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     max_steps: int
     batch_size: int
     learning_rate: float
@@ -233,7 +234,8 @@ class TrainingSpec(_message.Message):
     compile: CompileMode
     checkpoint_interval: int
     grad_accumulation_steps: int
-    def __init__(self, max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., min_learning_rate: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., weight_decay: _Optional[float] = ..., grad_clip: _Optional[float] = ..., eval_interval: _Optional[int] = ..., sample_interval: _Optional[int] = ..., sample_length: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., compile: _Optional[_Union[CompileMode, str]] = ..., checkpoint_interval: _Optional[int] = ..., grad_accumulation_steps: _Optional[int] = ...) -> None: ...
+    max_seconds: float
+    def __init__(self, max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., min_learning_rate: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., weight_decay: _Optional[float] = ..., grad_clip: _Optional[float] = ..., eval_interval: _Optional[int] = ..., sample_interval: _Optional[int] = ..., sample_length: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., compile: _Optional[_Union[CompileMode, str]] = ..., checkpoint_interval: _Optional[int] = ..., grad_accumulation_steps: _Optional[int] = ..., max_seconds: _Optional[float] = ...) -> None: ...
 
 class ResourceSpec(_message.Message):
     __slots__ = ("device", "num_processes", "num_nodes")
@@ -246,7 +248,7 @@ class ResourceSpec(_message.Message):
     def __init__(self, device: _Optional[str] = ..., num_processes: _Optional[int] = ..., num_nodes: _Optional[int] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("job_id", "display_name", "state", "corpus_id", "model", "training", "resources", "step", "train_loss", "val_loss", "best_val_loss", "tokens_per_second", "error", "parameter_count", "created_time", "started_time", "finished_time", "device")
+    __slots__ = ("job_id", "display_name", "state", "corpus_id", "model", "training", "resources", "step", "train_loss", "val_loss", "best_val_loss", "tokens_per_second", "error", "parameter_count", "created_time", "started_time", "finished_time", "device", "parent")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -265,6 +267,7 @@ class TrainingJob(_message.Message):
     STARTED_TIME_FIELD_NUMBER: _ClassVar[int]
     FINISHED_TIME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     display_name: str
     state: JobState
@@ -283,21 +286,34 @@ class TrainingJob(_message.Message):
     started_time: _timestamp_pb2.Timestamp
     finished_time: _timestamp_pb2.Timestamp
     device: str
-    def __init__(self, job_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., corpus_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ..., step: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., best_val_loss: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., error: _Optional[str] = ..., parameter_count: _Optional[int] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device: _Optional[str] = ...) -> None: ...
+    parent: _common_pb2.Lineage
+    def __init__(self, job_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., corpus_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ..., step: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., best_val_loss: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., error: _Optional[str] = ..., parameter_count: _Optional[int] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device: _Optional[str] = ..., parent: _Optional[_Union[_common_pb2.Lineage, _Mapping]] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
-    __slots__ = ("corpus_id", "display_name", "model", "training", "resources")
+    __slots__ = ("corpus_id", "display_name", "model", "training", "resources", "init_from")
     CORPUS_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    INIT_FROM_FIELD_NUMBER: _ClassVar[int]
     corpus_id: str
     display_name: str
     model: ModelSpec
     training: TrainingSpec
     resources: ResourceSpec
-    def __init__(self, corpus_id: _Optional[str] = ..., display_name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ...) -> None: ...
+    init_from: InitFrom
+    def __init__(self, corpus_id: _Optional[str] = ..., display_name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ..., init_from: _Optional[_Union[InitFrom, _Mapping]] = ...) -> None: ...
+
+class InitFrom(_message.Message):
+    __slots__ = ("job_id", "path", "kind")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    path: str
+    kind: _common_pb2.CheckpointKind
+    def __init__(self, job_id: _Optional[str] = ..., path: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.CheckpointKind, str]] = ...) -> None: ...
 
 class CreateTrainingJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -376,7 +392,7 @@ class StateChangedEvent(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ProgressEvent(_message.Message):
-    __slots__ = ("step", "max_steps", "loss", "learning_rate", "tokens_per_second", "elapsed_seconds", "eta_seconds")
+    __slots__ = ("step", "max_steps", "loss", "learning_rate", "tokens_per_second", "elapsed_seconds", "eta_seconds", "budget_seconds_left")
     STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
@@ -384,6 +400,7 @@ class ProgressEvent(_message.Message):
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SECONDS_LEFT_FIELD_NUMBER: _ClassVar[int]
     step: int
     max_steps: int
     loss: float
@@ -391,7 +408,8 @@ class ProgressEvent(_message.Message):
     tokens_per_second: float
     elapsed_seconds: float
     eta_seconds: float
-    def __init__(self, step: _Optional[int] = ..., max_steps: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ...) -> None: ...
+    budget_seconds_left: float
+    def __init__(self, step: _Optional[int] = ..., max_steps: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., budget_seconds_left: _Optional[float] = ...) -> None: ...
 
 class EvaluationEvent(_message.Message):
     __slots__ = ("step", "train_loss", "val_loss", "is_best")

@@ -95,7 +95,14 @@ def job(j: trainer_pb2.TrainingJob) -> t.TrainingJob:
         train_loss=j.train_loss, val_loss=j.val_loss, best_val_loss=j.best_val_loss,
         tokens_per_second=j.tokens_per_second, error=j.error, parameter_count=j.parameter_count,
         created_time=timestamp(j.created_time), started_time=timestamp(j.started_time),
-        finished_time=timestamp(j.finished_time), device=j.device, num_nodes=j.resources.num_nodes or 1)
+        finished_time=timestamp(j.finished_time), device=j.device, num_nodes=j.resources.num_nodes or 1,
+        parent=lineage(j.parent) if j.HasField("parent") else None)
+
+
+def lineage(p: common_pb2.Lineage) -> t.Lineage:
+    return t.Lineage(job_id=p.job_id, kind=checkpoint_kind(p.kind) if p.kind else "",
+                     weights_sha256=p.weights_sha256, corpus_id=p.corpus_id, corpus_name=p.corpus_name,
+                     corpus_sha256=p.corpus_sha256, step=p.step)
 
 
 def checkpoint_kind(kind: int) -> str:
@@ -119,7 +126,8 @@ def job_event(r: trainer_pb2.WatchTrainingJobResponse) -> t.JobEvent:
         p = r.progress
         return t.Progress(**base, step=p.step, max_steps=p.max_steps, loss=p.loss, learning_rate=p.learning_rate,
                           tokens_per_second=p.tokens_per_second, elapsed_seconds=p.elapsed_seconds,
-                          eta_seconds=p.eta_seconds)
+                          eta_seconds=p.eta_seconds,
+                          budget_seconds_left=p.budget_seconds_left if p.HasField("budget_seconds_left") else None)
     if which == "evaluation":
         v = r.evaluation
         return t.Evaluation(**base, step=v.step, train_loss=v.train_loss, val_loss=v.val_loss, is_best=v.is_best)
@@ -142,7 +150,7 @@ def model(m: inference_pb2.Model) -> t.Model:
                    source=m.source, config=model_config(m.config), vocabulary=m.vocabulary,
                    parameter_count=m.parameter_count, device=m.device, dtype=m.dtype,
                    training=training_metadata(m.training), error=m.error, loaded_time=timestamp(m.loaded_time),
-                   weights_sha256=m.weights_sha256)
+                   weights_sha256=m.weights_sha256, parent=lineage(m.parent) if m.HasField("parent") else None)
 
 
 def load_result(r: inference_pb2.LoadModelResponse) -> t.LoadResult:

@@ -100,8 +100,10 @@ def training_spec(options: TrainingOptions | None) -> trainer_pb2.TrainingSpec:
 
 def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.ModelConfig | None = None,
                         training: TrainingOptions | None = None, display_name: str = "", device: str = "",
-                        num_processes: int | None = None, num_nodes: int | None = None) -> Unary[t.TrainingJob]:
-    """num_processes: DDP ranks per node; num_nodes: nodes (needs the trainer's slurm or kubernetes executor)."""
+                        num_processes: int | None = None, num_nodes: int | None = None,
+                        init_from: str | None = None) -> Unary[t.TrainingJob]:
+    """num_processes: DDP ranks per node; num_nodes: nodes (needs the trainer's slurm or kubernetes executor);
+    init_from: "JOB[:best|latest]" or a checkpoint directory on the trainer to fine-tune."""
     spec = trainer_pb2.ModelSpec()
     if model is not None:
         spec.custom.CopyFrom(common_pb2.ModelConfig(n_layer=model.n_layer, n_head=model.n_head,
@@ -111,8 +113,22 @@ def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.M
         spec.preset = preset
     request = trainer_pb2.CreateTrainingJobRequest(
         corpus_id=corpus_id, display_name=display_name, model=spec, training=training_spec(training),
-        resources=trainer_pb2.ResourceSpec(device=device, num_processes=num_processes, num_nodes=num_nodes))
+        resources=trainer_pb2.ResourceSpec(device=device, num_processes=num_processes, num_nodes=num_nodes),
+        init_from=None if init_from is None else init_from_spec(init_from))
     return Unary("CreateTrainingJob", request, lambda r: convert.job(r.job), False)
+
+
+def init_from_spec(reference: str) -> trainer_pb2.InitFrom:
+    """JOB, JOB:best or JOB:latest (a trainer job's checkpoint), or a checkpoint directory on the trainer (any
+    reference with a "/": relative to the trainer's data directory, or absolute inside it)."""
+    if "/" in reference:
+        return trainer_pb2.InitFrom(path=reference)
+    job_id, _, kind = reference.partition(":")
+    kinds = {"": common_pb2.CHECKPOINT_KIND_UNSPECIFIED, "best": common_pb2.CHECKPOINT_KIND_BEST,
+             "latest": common_pb2.CHECKPOINT_KIND_LATEST}
+    if kind.lower() not in kinds:
+        raise ValueError(f"init_from: {reference!r}: expected JOB, JOB:best, JOB:latest or a path")
+    return trainer_pb2.InitFrom(job_id=job_id, kind=kinds[kind.lower()])
 
 
 def get_training_job(job_id: str) -> Unary[t.TrainingJob]:

@@ -40,6 +40,8 @@ class TrainingOptions(BaseModel):
     compile: CompileMode | None = _help("torch.compile (auto: on CUDA only)")
     checkpoint_interval: int | None = _help("steps between latest checkpoints (0: at evaluations and the end)")
     grad_accumulation_steps: int | None = _help("gradient accumulation micro-steps per optimizer step")
+    max_seconds: float | None = _help("wall-clock training budget in seconds: the schedule ends at the deadline "
+                                      "(with max_steps too, whichever comes first)")
 
     def given(self) -> dict[str, Any]:
         """The fields that are set, by name."""

@@ -120,6 +120,7 @@ class TrainingJob:
     finished_time: datetime | None
     device: str
     num_nodes: int = 1  # nodes the job spans; num_processes is per node
+    parent: Lineage | None = None  # the checkpoint a fine-tune started from
 
     @property
     def max_steps(self) -> int:
@@ -166,6 +167,7 @@ class Progress(JobEvent):
     tokens_per_second: float
     elapsed_seconds: float
     eta_seconds: float
+    budget_seconds_left: float | None = None  # of training.max_seconds; None without a budget
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +210,24 @@ class TrainingMetadata:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """A fine-tuned model's parent checkpoint."""
+
+    job_id: str  # "" for a checkpoint directory no trainer job wrote
+    kind: str  # "best", "latest" or "" (a directory)
+    weights_sha256: str
+    corpus_id: str
+    corpus_name: str
+    corpus_sha256: str
+    step: int
+
+    def describe(self) -> str:
+        origin = f"job {self.job_id} ({self.kind or 'checkpoint'})" if self.job_id else "a checkpoint directory"
+        return (f"{origin} at step {self.step}, trained on {self.corpus_name or self.corpus_id or '?'}; "
+                f"weights sha256 {self.weights_sha256[:16]}…")
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     state: str  # LOADING, READY, FAILED or UNLOADING
@@ -221,6 +241,7 @@ class Model:
     error: str
     loaded_time: datetime | None
     weights_sha256: str
+    parent: Lineage | None = None  # the checkpoint a fine-tuned model started from
 
 
 @dataclass(frozen=True)

@@ -78,21 +78,20 @@ def test_demo_on_your_own_text(tmp_path: Path) -> None:
     _check_report(tmp_path / "report", "recipes")
 
 
-def test_training_steps_fit_the_time_budget() -> None:
+def test_the_demo_trains_to_its_budget_through_the_trainer() -> None:
+    """--minutes becomes TrainingSpec.max_seconds: the trainer calibrates and fits the schedule (tests of that are
+    in tests/trainer_service/training/test_budget.py); --steps with --minutes sends both (the earlier wins)."""
     from chargpt_client import types as t
     from chargpt_client.demo.context import Demo
-    from chargpt_client.demo.steps_train import _fitted_steps
+    from chargpt_client.demo.steps_train import _training_fields
 
-    cpu_model = t.ModelConfig(n_layer=4, n_head=4, n_embd=64, block_size=128)
-    device = t.DeviceInfo("cpu", "x86", 1, 0, False, 2, "")
-    demo = Demo(options=DemoOptions(minutes=3.0), client=None)  # type: ignore[arg-type]
-    demo.findings.device = t.DeviceReport(device, cpu_model, auto_batch_size=32, presets=["cpu"], auto_preset="cpu",
-                                          auto_max_steps=2000)
     corpus = t.Corpus("id", "c", "", 0, 1_000_000, "ab", 900_000, 100_000, True, None)
-    # 180 s / 0.5 s = 360 step-times; 90% of them, less 4 evaluations of (100k + 32k) / (3 * 4096) steps each.
-    assert _fitted_steps(demo, corpus, 0.5, preset_steps=2000) == int(0.9 * 360 - 4 * 132_768 / 12_288)
-    assert _fitted_steps(demo, corpus, 0.01, preset_steps=2000) == 2000  # a fast device runs the whole schedule
-    assert _fitted_steps(demo, corpus, 100.0, preset_steps=2000) == 50  # never fewer than MIN_STEPS
+    demo = Demo(options=DemoOptions(minutes=3.0), client=None, out=io.StringIO())  # type: ignore[arg-type]
+    fields = _training_fields(demo, corpus)
+    assert fields["max_seconds"] == 180.0 and "max_steps" not in fields and "eval_interval" not in fields
+    both = _training_fields(Demo(options=DemoOptions(minutes=2.0, steps=400), client=None,  # type: ignore[arg-type]
+                                 out=io.StringIO()), corpus)
+    assert both["max_seconds"] == 120.0 and both["max_steps"] == 400 and both["eval_interval"] == 100
 
 
 def test_the_client_library_does_not_import_the_services() -> None:

@@ -18,11 +18,16 @@ from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, parse_d
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from chargpt.v1 import common_pb2, trainer_pb2
 from trainer_service.convert import training_fields
+from trainer_service.jobs.init_from import Parent
 from trainer_service.store import CorpusRecord
-from trainer_service.training.api import TrainingPlan, tensorboard_run_name
+from trainer_service.training.api import INTERVALS, MAX_STEPS, TrainingPlan, tensorboard_run_name
 
 RESOURCE_FIELDS = ("device", "num_processes", "num_nodes")  # plan fields from the request's ResourceSpec
 Schema = TypeVar("Schema", bound=BaseModel)
+# Fine-tuning defaults: the weights are already trained, so a third of the size's peak learning rate and a short
+# warmup (a fiftieth of the run, at most the size's) adapt them without wiping out what they know.
+FINETUNE_LR_SCALE = 1 / 3
+FINETUNE_WARMUP_FRACTION = 50
 
 
 class DeviceProber:
@@ -57,21 +62,37 @@ def concrete_device(facts: DeviceFacts, requested: str, default: str) -> str:
 
 def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpus: CorpusRecord,
                prober: DeviceProber, max_processes: int, tensorboard: bool = False,
-               max_nodes: int = 1) -> TrainingPlan:
+               max_nodes: int = 1, parent: Parent | None = None) -> TrainingPlan:
     device, num_processes, facts = _resources(request.resources, prober, max_processes)
     num_nodes = _num_nodes(request.resources, max_nodes)
     profile = prober.auto_profile(facts)
-    model = _model(request.model, profile, corpus)
+    model = _model(request.model, profile, corpus) if parent is None else _parent_model(request.model, parent,
+                                                                                          corpus)
     _check_fits(model, facts)
-    values = {"max_steps": profile.max_steps, "batch_size": profile.batch_size,
-              "learning_rate": profile.learning_rate, **training_fields(request.training)}
-    if "warmup_steps" not in values:  # the profile's warmup, at most a tenth of the run
-        values["warmup_steps"] = max(0, min(profile.warmup_steps, int(values["max_steps"]) // 10))
+    values = _training_values(training_fields(request.training), profile, parent is not None)
     run = tensorboard_run_name(request.display_name) if tensorboard else None
     plan = validated(TrainingPlan, dict(job_id=job_id, model=model, device=device, num_processes=num_processes,
-                                        num_nodes=num_nodes, tensorboard_run=run, **values), _plan_field)
+                                        num_nodes=num_nodes, tensorboard_run=run,
+                                        init_from=parent.source if parent else None, **values), _plan_field)
     _check_precision(plan.precision, facts)
     return plan
+
+
+def _training_values(given: dict[str, Any], profile: SizeProfile, finetune: bool) -> dict[str, Any]:
+    """The request's training fields over the profile's (or the fine-tuning) defaults.
+
+    With only a time budget there is no step limit, and the warmup and intervals left unset are fitted to the
+    step horizon the engine estimates (TrainingPlan.fit_to_budget).
+    """
+    budget_only = "max_seconds" in given and "max_steps" not in given
+    values = {"max_steps": MAX_STEPS if budget_only else profile.max_steps, "batch_size": profile.batch_size,
+              "learning_rate": profile.learning_rate * (FINETUNE_LR_SCALE if finetune else 1), **given}
+    if "max_seconds" in given:
+        values["fit_to_budget"] = tuple(n for n in ("warmup_steps", *INTERVALS) if n not in given)
+    if "warmup_steps" not in values:  # the profile's warmup, at most a tenth of the run (a fiftieth: fine-tuning)
+        share = int(values["max_steps"]) // (FINETUNE_WARMUP_FRACTION if finetune else 10)
+        values["warmup_steps"] = max(0, min(profile.warmup_steps, share))
+    return values
 
 
 def validated(schema: type[Schema], values: dict[str, Any], field_path: Callable[[str], str]) -> Schema:
@@ -166,6 +187,30 @@ def _model(spec: trainer_pb2.ModelSpec, profile: SizeProfile, corpus: CorpusReco
                                    f"{corpus.name!r}: its validation split has {corpus.val_chars} characters, so "
                                    f"the block size can be at most {limit}")
     return model
+
+
+def _parent_model(spec: trainer_pb2.ModelSpec, parent: Parent, corpus: CorpusRecord) -> ModelConfig:
+    """The parent's architecture over the union of both vocabularies; only dropout may differ from it."""
+    config = parent.manifest.model
+    vocab = len(set(parent.manifest.vocabulary) | set(corpus.vocabulary))
+    which = spec.WhichOneof("size")
+    dropout = config.dropout
+    if which == "custom":
+        requested = _custom_model(spec.custom, config.vocab_size)
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "bias"):
+            if getattr(requested, name) != getattr(config, name):
+                raise InvalidArgumentError(f"model.custom.{name}", f"is {getattr(requested, name)} but the "
+                                           f"init_from checkpoint has {getattr(config, name)}; a fine-tune keeps "
+                                           "its parent's architecture (only dropout may change)")
+        dropout = requested.dropout
+    elif which == "preset" and spec.preset.strip().lower() not in ("", "auto"):
+        raise InvalidArgumentError("model.preset", "a fine-tune keeps its init_from checkpoint's architecture; "
+                                   "leave the preset unset (model.custom may change dropout only)")
+    limit = min(corpus.train_chars, corpus.val_chars) - 1
+    if config.block_size > limit:
+        raise InvalidArgumentError("init_from", f"the checkpoint's context of {config.block_size} characters is "
+                                   f"too long for corpus {corpus.name!r} (validation split of {corpus.val_chars})")
+    return config.model_copy(update={"vocab_size": vocab, "dropout": dropout})
 
 
 def _custom_model(custom: common_pb2.ModelConfig, vocab: int) -> ModelConfig:

@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from chargpt.core.checkpoint import Lineage
 from chargpt.core.config import ModelConfig
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -24,7 +25,19 @@ BEST = "best"
 TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_RUN_PATTERN = r"^\w[\w.-]{0,63}$"  # one path component: `tensorboard --logdir` names the run by it
 MAX_STEPS = 10_000_000
+MAX_SECONDS = 30 * 86_400.0
+INTERVALS = ("eval_interval", "sample_interval", "checkpoint_interval")
 BOUNDED_BY = {"min_learning_rate": "learning_rate", "warmup_steps": "max_steps"}  # field -> its upper limit
+
+
+class InitSource(BaseModel):
+    """The checkpoint a fine-tuning job starts from, resolved and hashed when the job was created."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path
+    vocabulary: str  # the parent's characters: the job's vocabulary is their union with the corpus's
+    lineage: Lineage
 
 
 class TrainingPlan(BaseModel):
@@ -59,6 +72,12 @@ class TrainingPlan(BaseModel):
     compile: Literal["auto", "on", "off"] = "auto"
     checkpoint_interval: int = Field(ge=0, le=MAX_STEPS, description="0: only at evaluations and the end")
 
+    max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS,
+                                      description="wall-clock training budget; None: max_steps alone decides")
+    fit_to_budget: tuple[str, ...] = Field(default=(), description="warmup/interval fields the request left "
+                                           "unset under a budget: the engine fits them to its step horizon")
+    init_from: InitSource | None = Field(default=None, description="start from this checkpoint, not random weights")
+
     tensorboard_run: str | None = Field(default=None, pattern=TENSORBOARD_RUN_PATTERN,
                                         description="rank 0 writes TensorBoard events to "
                                                     "job_dir/tensorboard/<this>; None: no TensorBoard")
@@ -73,8 +92,10 @@ class TrainingPlan(BaseModel):
         lr, steps = data.get("learning_rate"), data.get("max_steps")
         if isinstance(lr, int | float) and not isinstance(lr, bool):
             data.setdefault("min_learning_rate", lr / 10)
+        if data.get("max_seconds") is not None and "fit_to_budget" not in data:
+            data["fit_to_budget"] = tuple(n for n in ("warmup_steps", *INTERVALS) if n not in data)
         if isinstance(steps, int) and not isinstance(steps, bool):
-            for name in ("eval_interval", "sample_interval", "checkpoint_interval"):
+            for name in INTERVALS:
                 data.setdefault(name, max(1, steps // 10))
         return data
 
@@ -126,6 +147,7 @@ class ProgressUpdate(BaseModel):
     elapsed_seconds: float
     eta_seconds: float
     grad_norm: float | None = Field(default=None, description="the step's global gradient norm, before clipping")
+    budget_seconds_left: float | None = Field(default=None, description="of max_seconds; None without a budget")
 
 
 class EvaluationResult(BaseModel):

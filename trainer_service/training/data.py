@@ -33,8 +33,9 @@ def encode_text(text: str, tokenizer: CharTokenizer) -> torch.Tensor:
 class CorpusData:
     """A corpus split into train (first 90%) and validation (last 10%) token tensors."""
 
-    def __init__(self, text: str) -> None:
-        self.tokenizer = CharTokenizer.from_text(text)
+    def __init__(self, text: str, extra_characters: str = "") -> None:
+        # A fine-tune's vocabulary also keeps its parent's characters (extra_characters), so it can still read them.
+        self.tokenizer = CharTokenizer.from_text(text + extra_characters)
         data = encode_text(text, self.tokenizer)
         n_train = int(TRAIN_FRACTION * len(data))
         self.train, self.val = data[:n_train], data[n_train:]
@@ -44,8 +45,8 @@ class CorpusData:
         self.first_char = "\n" if "\n" in self.tokenizer.vocabulary else text[0]
 
     @classmethod
-    def from_file(cls, path: Path) -> CorpusData:
-        return cls(read_text(path))  # exactly the uploaded characters: no newline translation
+    def from_file(cls, path: Path, extra_characters: str = "") -> CorpusData:
+        return cls(read_text(path), extra_characters)  # exactly the uploaded characters: no newline translation
 
     def context_length(self, block_size: int) -> int:
         """Training sequence length: the model's block, unless the training split is shorter."""

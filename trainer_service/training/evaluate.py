@@ -24,6 +24,7 @@ class Evaluator:
         train_x, train_y = train_subset_windows(data.train, block_size,
                                                 min(TRAIN_ESTIMATE_WINDOWS, max(n_val_windows, 8)))
         self.train_batches = _batches([(train_x, train_y)], self.batch_size)
+        self.tokens = sum(y.numel() for _, y in self.val_batches + self.train_batches)  # per evaluation
 
     @torch.no_grad()
     def losses(self, model: GPT) -> tuple[float, float]:

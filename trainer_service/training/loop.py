@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,10 +30,17 @@ from trainer_service.training.api import (
     TrainingOutcome,
     TrainingPlan,
 )
+from trainer_service.training.budget import (
+    Schedule,
+    TimeBudget,
+    checkpoint_seconds_guess,
+    evaluation_steps,
+)
 from trainer_service.training.data import CorpusData, mix_seed
 from trainer_service.training.evaluate import Evaluator, attention_ids, attention_weights, sample_text
-from trainer_service.training.optim import build_optimizer, learning_rate_at, set_learning_rate
-from trainer_service.training.runtime import Runtime, all_agree, process_group, resolve_runtime
+from trainer_service.training.init_from import initialise_from_parent
+from trainer_service.training.optim import build_optimizer, set_learning_rate
+from trainer_service.training.runtime import Runtime, all_agree, from_rank0, process_group, resolve_runtime
 from trainer_service.training.state import ResumeState, checkpoint_size, load_resume, save_training_checkpoint
 from trainer_service.training.tensorboard import TensorBoardLog
 
@@ -70,7 +78,8 @@ class Trainer:
                  runtime: Runtime) -> None:
         self.plan, self.corpus, self.sink, self.rt = plan, corpus, sink, runtime
         self.checkpoints = job_dir / CHECKPOINTS_DIR
-        self.data = CorpusData.from_file(corpus.path)
+        parent = plan.init_from
+        self.data = CorpusData.from_file(corpus.path, parent.vocabulary if parent is not None else "")
         self._check_plan()
         self.block = self.data.context_length(plan.model.block_size)
         shares = split_evenly(plan.batch_size, runtime.world_size)
@@ -85,6 +94,7 @@ class Trainer:
         self.state = self._resume_or_start()
         self.train_model = self._wrap(self.model)
         self.evaluator = Evaluator(self.data, plan.model.block_size, 2 * max(self.micro_sizes), runtime)
+        self.schedule = self._schedule()
         self.started, self.elapsed_before = time.perf_counter(), self.state.elapsed_seconds
         self.last_progress = (self.started, self.state.step)
         self.progress_sent = False
@@ -110,11 +120,22 @@ class Trainer:
         try:
             latest = resolve_checkpoint_dir(self.checkpoints / LATEST)
         except CheckpointNotFoundError:
+            if self.plan.init_from is not None:  # a fine-tune's first run: the parent's weights, by character
+                initialise_from_parent(self.model, self.plan.init_from, self.data.tokenizer)
             return ResumeState(world_size=self.rt.world_size)
         state = load_resume(latest, self.model, self.optimizer, self.data.tokenizer)
         if state.grad_scaler and self.scaler.is_enabled():
             self.scaler.load_state_dict(state.grad_scaler)
         return state
+
+    def _schedule(self) -> Schedule:
+        if self.plan.max_seconds is None:
+            return Schedule(self.plan)
+        tokens = self.plan.batch_size * self.block
+        return TimeBudget(self.plan, self.state.fitted, self.state.horizon,
+                          evaluation_steps(self.evaluator.tokens, tokens),
+                          checkpoint_seconds_guess(self.plan.model.parameter_count()),
+                          lambda horizon: from_rank0(horizon, self.rt))
 
     def _wrap(self, model: GPT) -> nn.Module:
         wrapped: nn.Module = model
@@ -136,15 +157,19 @@ class Trainer:
 
     def _run(self, should_stop: ShouldStop) -> TrainingOutcome:
         plan = self.plan
-        if self.state.step == 0 and plan.sample_interval:
+        if self.state.step == 0 and self.schedule.interval("sample_interval"):
             self._sample()
-        while self.state.step < plan.max_steps:
+        while not self.schedule.finished(self.state.step):
             if all_agree(should_stop(), self.rt):
                 self._save_latest()
                 self._barrier()
                 return self._outcome(stopped_early=True)
+            started = time.perf_counter()
             loss = self._train_step(self.state.step)
             self.state.step += 1
+            if plan.max_seconds is not None:
+                self._synchronize()  # time the step itself, not the launch of its kernels
+                self.schedule.after_step(self.state.step, time.perf_counter() - started, self._elapsed())
             self._after_step(loss)
         self._barrier()
         return self._outcome(stopped_early=False)
@@ -153,7 +178,7 @@ class Trainer:
         """One optimizer step over this rank's share of the batch; returns its mean loss (on device)."""
         plan, rt = self.plan, self.rt
         torch.manual_seed(mix_seed(plan.seed, "dropout", step, rt.rank))
-        set_learning_rate(self.optimizer, learning_rate_at(plan, step))
+        set_learning_rate(self.optimizer, self.schedule.learning_rate(step))
         total = torch.zeros((), device=rt.device)
         last = len(self.micro_sizes) - 1
         starts = self.data.batch_starts(plan.batch_size, self.block, mix_seed(plan.seed, "batch", step))
@@ -187,16 +212,22 @@ class Trainer:
         return x.to(self.rt.device), y.to(self.rt.device)
 
     def _after_step(self, loss: torch.Tensor) -> None:
-        plan, step = self.plan, self.state.step
-        final = step == plan.max_steps
+        step, every = self.state.step, self.schedule.interval
+        final = self.schedule.finished(step)
         self._maybe_progress(loss, final)
-        if final or (plan.eval_interval and step % plan.eval_interval == 0):
-            self._evaluate()
-            self._save_latest()
-        elif plan.checkpoint_interval and step % plan.checkpoint_interval == 0:
-            self._save_latest()
-        if plan.sample_interval and (step % plan.sample_interval == 0 or final):
-            self._sample()
+        if final or (every("eval_interval") and step % every("eval_interval") == 0):
+            self._paid("evaluation", self._evaluate)
+            self._paid("checkpoint", self._save_latest)
+        elif every("checkpoint_interval") and step % every("checkpoint_interval") == 0:
+            self._paid("checkpoint", self._save_latest)
+        if every("sample_interval") and (step % every("sample_interval") == 0 or final):
+            self._paid("sample", self._sample)
+
+    def _paid(self, kind: str, work: Callable[[], None]) -> None:
+        """Do `work`, telling a time budget what it cost."""
+        started = time.perf_counter()
+        work()
+        self.schedule.paid(kind, time.perf_counter() - started)
 
     # ---- reporting ----
 
@@ -209,13 +240,14 @@ class Trainer:
         steps = self.state.step - then_step
         per_step = (now - then) / steps
         self.last_progress = (now, self.state.step)
+        horizon, left = self.schedule.horizon, self.schedule.seconds_left(self._elapsed())
         self._emit(ProgressUpdate(
-            step=self.state.step, max_steps=self.plan.max_steps, loss=float(loss),
-            learning_rate=learning_rate_at(self.plan, self.state.step - 1),
+            step=self.state.step, max_steps=horizon, loss=float(loss),
+            learning_rate=self.schedule.learning_rate(self.state.step - 1),
             tokens_per_second=steps * self.plan.batch_size * self.block / max(now - then, 1e-9),
-            tokens_per_step=self.plan.batch_size * self.block,
-            elapsed_seconds=self._elapsed(), eta_seconds=per_step * (self.plan.max_steps - self.state.step),
-            grad_norm=None if self.grad_norm is None else float(self.grad_norm)))
+            tokens_per_step=self.plan.batch_size * self.block, elapsed_seconds=self._elapsed(),
+            eta_seconds=per_step * (horizon - self.state.step) if left is None else left,
+            grad_norm=None if self.grad_norm is None else float(self.grad_norm), budget_seconds_left=left))
 
     def _evaluate(self) -> None:
         train_loss, val_loss = self.evaluator.losses(self.model)
@@ -242,6 +274,7 @@ class Trainer:
         if not self.rt.is_main:
             return
         self.state.elapsed_seconds = self._elapsed()
+        self.state.fitted, self.state.horizon = dict(self.schedule.fitted), self.schedule.horizon
         self.state.grad_scaler = self.scaler.state_dict() if self.scaler.is_enabled() else {}
         manifest = save_training_checkpoint(self.checkpoints / LATEST, self.model, self.data.tokenizer,
                                             self._info(), resume=(self.state, self.optimizer))
@@ -257,7 +290,8 @@ class Trainer:
         c = self.corpus
         return TrainingInfo(job_id=self.plan.job_id, corpus_id=c.corpus_id, corpus_name=c.name,
                             corpus_sha256=c.sha256, step=self.state.step, train_loss=self.state.train_loss,
-                            val_loss=self.state.val_loss)
+                            val_loss=self.state.val_loss,
+                            parent=None if self.plan.init_from is None else self.plan.init_from.lineage)
 
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.perf_counter() - self.started)
@@ -267,6 +301,10 @@ class Trainer:
             self.sink.emit(event)
         if self.tensorboard is not None:
             self.tensorboard.emit(event)
+
+    def _synchronize(self) -> None:
+        if self.rt.device.type == "cuda":
+            torch.cuda.synchronize(self.rt.device)
 
     def _barrier(self) -> None:
         if self.rt.distributed:

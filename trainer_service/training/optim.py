@@ -13,16 +13,19 @@ from trainer_service.training.api import TrainingPlan
 BETAS = (0.9, 0.99)  # nanoGPT's choice for small character models: the second moment adapts faster
 
 
-def learning_rate_at(plan: TrainingPlan, step: int) -> float:
+def learning_rate_at(plan: TrainingPlan, step: int, horizon: int | None = None,
+                     warmup_steps: int | None = None) -> float:
     """The learning rate of optimizer step `step` (0-based): linear warmup, then decay reaching
-    min_learning_rate at max_steps."""
+    min_learning_rate at the horizon (max_steps, or where a time budget ends)."""
     peak, floor = plan.learning_rate, min(plan.min_learning_rate, plan.learning_rate)
-    if step < plan.warmup_steps:
-        return peak * (step + 1) / (plan.warmup_steps + 1)
+    horizon = plan.max_steps if horizon is None else horizon
+    warmup = plan.warmup_steps if warmup_steps is None else warmup_steps
+    if step < warmup:
+        return peak * (step + 1) / (warmup + 1)
     if plan.lr_schedule == "constant":
         return peak
-    span = max(1, plan.max_steps - plan.warmup_steps)
-    progress = min(1.0, (step - plan.warmup_steps) / span)
+    span = max(1, horizon - warmup)
+    progress = min(1.0, (step - warmup) / span)
     if plan.lr_schedule == "linear":
         return peak - progress * (peak - floor)
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)

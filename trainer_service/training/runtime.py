@@ -156,6 +156,15 @@ def all_agree(flag: bool, runtime: Runtime) -> bool:
     return bool(t.item() > 0)
 
 
+def from_rank0(value: int, runtime: Runtime) -> int:
+    """Rank 0's value on every rank (decisions from timings, which differ between ranks, must agree)."""
+    if not runtime.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=runtime.device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def all_sum(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     if runtime.distributed:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)

@@ -45,6 +45,8 @@ class ResumeState(BaseModel):
     optimizer_groups: list[dict[str, Any]] = []
     optimizer_scalars: dict[str, dict[str, Any]] = {}
     grad_scaler: dict[str, Any] = {}
+    fitted: dict[str, int] = {}  # a time budget's warmup/intervals, fitted at calibration
+    horizon: int | None = None  # a time budget's last step estimate
 
 
 def save_training_checkpoint(path: Path, model: GPT, tokenizer: CharTokenizer, info: TrainingInfo,

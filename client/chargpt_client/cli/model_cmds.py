@@ -115,6 +115,8 @@ def show(m: t.Model) -> None:
           f"vocab {c.vocab_size}")
     print(f"  trained: corpus {m.training.corpus_name or m.training.corpus_id[:12]}, step {m.training.step}, "
           f"val loss {fmt(m.training.val_loss)}")
+    if m.parent is not None:
+        print(f"  fine-tuned from: {m.parent.describe()}")
     if m.error:
         print(f"  error: {m.error}")
 

@@ -14,6 +14,7 @@ from chargpt_client.sync import TrainerClient
 from chargpt_client.training import TrainingOptions, option_fields
 
 ARCH_FLAGS = ("n_layer", "n_head", "n_embd", "block_size")
+MAX_STEPS = 10_000_000  # the trainer's step limit: a budget-only job shows its budget, not this
 
 
 def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
@@ -23,6 +24,11 @@ def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
     for name in ARCH_FLAGS:
         train.add_argument("--" + name.replace("_", "-"), type=int, help="custom architecture (all four needed)")
     train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--from", dest="init_from", metavar="JOB[:best|latest]|PATH",
+                       help="fine-tune: start from a job's checkpoint (default best) or a checkpoint directory on "
+                            "the trainer (a path with '/', inside its data directory) instead of random weights; "
+                            "the architecture comes from it, and the defaults are a third of the size's learning "
+                            "rate and a short warmup")
     hyper = train.add_argument_group("training (unset: the trainer's default for the model size)")
     for option in option_fields():  # one flag per TrainingSpec field, e.g. --weight-decay
         hyper.add_argument("--" + option.name.replace("_", "-"), type=option.kind, choices=option.choices,
@@ -100,11 +106,16 @@ def train_cmd(args: argparse.Namespace) -> int:
         try:
             job = client.create_job(corpus_id, preset=args.preset, model=_model_config(args), training=training,
                                     display_name=args.name, device=args.device, num_processes=args.num_processes,
-                                    num_nodes=args.num_nodes)
+                                    num_nodes=args.num_nodes, init_from=args.init_from)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+        budget = job.training.get("max_seconds")
+        length = f"{budget:g} s" + (f" or {job.max_steps} steps" if job.max_steps < MAX_STEPS else "") if budget \
+            else f"{job.max_steps} steps"
         print(f"job {job.job_id}: {job.model.n_layer} layers x {job.model.n_embd} dims, "
-              f"{job.parameter_count:,} parameters, {job.max_steps} steps", file=sys.stderr)
+              f"{job.parameter_count:,} parameters, {length}", file=sys.stderr)
+        if job.parent is not None:
+            print(f"fine-tuning from {job.parent.describe()}", file=sys.stderr)
         if args.detach:
             print_json(job) if args.json else print(job.job_id)
             return 0
@@ -176,6 +187,8 @@ def jobs_show_cmd(args: argparse.Namespace) -> int:
                          ("parameters", f"{job.parameter_count:,}"), ("step", f"{job.step}/{job.max_steps}"),
                          ("losses", f"train {fmt(job.train_loss)}, val {fmt(job.val_loss)}, "
                           f"best val {fmt(job.best_val_loss)}"), ("device", job.device or "-"),
+                         ("budget", f"{job.training['max_seconds']:g} s" if job.training.get("max_seconds") else ""),
+                         ("parent", job.parent.describe() if job.parent else ""),
                          ("created", fmt(job.created_time)), ("finished", fmt(job.finished_time)),
                          ("error", job.error)):
         if value:

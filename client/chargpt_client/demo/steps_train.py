@@ -15,9 +15,6 @@ FAST_MODEL = t.ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, dropou
 FAST_STEPS = 30
 DEFAULT_TRAINING_MINUTES = 3.5  # fits `make demo` in about 5 minutes on a 2-core CPU
 TIME_CAP_FACTOR = 1.2  # stop (keeping the best checkpoint) if training overruns its budget this much
-TRIAL_STEPS, TRIAL_SECONDS = 200, 4.0
-BUDGET_SHARE_FOR_STEPS = 0.9  # the rest goes to samples and checkpoints; evaluations are counted apart
-MIN_STEPS = 50
 SAMPLES_PER_RUN = 6
 EVALS_PER_RUN = 4
 
@@ -69,65 +66,22 @@ def show_tokenizer(demo: Demo) -> None:
     demo.say(f"decode(...) = {decoded!r}  -> round trip {'OK' if decoded == text else 'FAILED'}")
 
 
-def _seconds_per_step(demo: Demo, corpus_id: str) -> float | None:
-    """Time a short trial run of the same model on this machine (stopped once a few steps are measured)."""
-    trainer = demo.client.trainer
-    device = "" if demo.options.device == "auto" else demo.options.device
-    trial = trainer.create_job(corpus_id, display_name="demo-speed-trial", device=device, training=TrainingOptions(
-        max_steps=TRIAL_STEPS, eval_interval=0, sample_interval=0, seed=demo.options.seed))
-    first: t.Progress | None = None
-    rate: float | None = None
-    for event in trainer.watch_job(trial.job_id):
-        if not isinstance(event, t.Progress):
-            continue
-        if first is None:
-            first = event  # includes start-up costs: measure from here
-        elif event.step > first.step and event.elapsed_seconds - first.elapsed_seconds >= TRIAL_SECONDS:
-            rate = (event.elapsed_seconds - first.elapsed_seconds) / (event.step - first.step)
-            trainer.cancel_job(trial.job_id)
-            break
-    if rate is None:  # the trial finished before TRIAL_SECONDS: use its whole run
-        job = trainer.get_job(trial.job_id)
-        rate = job.model.block_size * job.training.get("batch_size", 1) / job.tokens_per_second \
-            if job.tokens_per_second > 0 else None
-    return rate
-
-
-def _fitted_steps(demo: Demo, corpus: t.Corpus, per_step: float, preset_steps: int | None) -> int:
-    """Steps that fit the budget once the evaluations (forward passes over the validation split) are paid for."""
-    report = demo.findings.device
-    assert report is not None
-    tokens_per_step = report.auto_batch_size * report.auto_model.block_size
-    # An evaluation reads the validation split plus up to 256 windows of training text, forward only (about a
-    # third of a training step's work per token).
-    block = report.auto_model.block_size
-    eval_steps = (corpus.val_chars + min(256 * block, corpus.val_chars)) / (3 * tokens_per_step)
-    budget_steps = 60 * (demo.options.minutes or DEFAULT_TRAINING_MINUTES) / per_step
-    fitted = int(BUDGET_SHARE_FOR_STEPS * budget_steps - EVALS_PER_RUN * eval_steps)
-    steps = max(MIN_STEPS, fitted)
-    return min(steps, preset_steps) if preset_steps else steps
-
-
 def _training_fields(demo: Demo, corpus: t.Corpus) -> dict[str, Any]:
     opts = demo.options
-    report = demo.findings.device
     steps = opts.steps
     if opts.fast:
         steps = steps or FAST_STEPS
-    elif steps is None:
-        preset_steps = report.auto_max_steps or None if report is not None else None
-        minutes = opts.minutes or DEFAULT_TRAINING_MINUTES
-        demo.say(f"Measuring this machine's training speed with a short trial run (budget: {minutes:g} min)...")
-        per_step = _seconds_per_step(demo, corpus.corpus_id)
-        if per_step:
-            steps = _fitted_steps(demo, corpus, per_step, preset_steps)
-            demo.say(f"  {per_step:.2f} s per step here: {steps} steps and {EVALS_PER_RUN} evaluations fit the "
-                     "budget" + (f" (the preset's full schedule is {preset_steps} steps)" if preset_steps else ""))
     fields: dict[str, Any] = {"seed": opts.seed, "sample_length": 200 if not opts.fast else 80}
+    if steps is None:  # the trainer fits the schedule, evaluations and checkpoints to the budget itself
+        minutes = opts.minutes or DEFAULT_TRAINING_MINUTES
+        demo.say(f"Training budget: {minutes:g} min; the trainer times its first steps and fits the schedule to it.")
+        fields.update(max_seconds=60 * minutes)
     if steps:
         evals, samples = (2, 3) if opts.fast else (EVALS_PER_RUN, SAMPLES_PER_RUN)
         # Rounded up, so the last regular evaluation is the final one rather than a step or two before it.
         fields.update(max_steps=steps, sample_interval=-(-steps // samples), eval_interval=-(-steps // evals))
+        if opts.minutes:
+            fields.update(max_seconds=60 * opts.minutes)  # whichever ends first
     return fields
 
 
@@ -150,7 +104,9 @@ def show_architecture(demo: Demo) -> None:
              f"vocab_size={m.vocab_size} dropout={m.dropout:g}")
     demo.say(f"Parameters: {job.parameter_count:,}")
     tr = job.training
-    demo.say(f"Training plan: {job.max_steps} steps, batch {tr.get('batch_size', '?')}, learning rate "
+    length = f"{tr['max_seconds']:g} s" if tr.get("max_seconds") and job.max_steps >= 10_000_000 \
+        else f"{job.max_steps} steps"
+    demo.say(f"Training plan: {length}, batch {tr.get('batch_size', '?')}, learning rate "
              f"{tr.get('learning_rate', '?')}, job {job.job_id}")
 
 

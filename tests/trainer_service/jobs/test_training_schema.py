@@ -18,7 +18,8 @@ from trainer_service.jobs.plan import validated
 from trainer_service.training.api import TrainingPlan
 
 SPEC = trainer_pb2.TrainingSpec.DESCRIPTOR
-NOT_TRAINING = {"job_id", "model", "device", "num_processes", "num_nodes",  # plan fields from elsewhere in the request
+NOT_TRAINING = {"job_id", "model", "device", "num_processes", "num_nodes", "init_from",  # from elsewhere in the request
+                "fit_to_budget",  # derived from which fields the request set
                 "tensorboard_run"}  # and from the server's settings
 MODEL = ModelConfig(vocab_size=20, n_layer=1, n_head=2, n_embd=16, block_size=16)
 
@@ -62,7 +63,7 @@ def test_no_field_exists_only_on_one_side() -> None:
 def test_plan_to_proto_and_back_is_exact() -> None:
     plan = TrainingPlan(job_id="j", model=MODEL, max_steps=100, batch_size=8, learning_rate=1e-3, warmup_steps=0,
                         weight_decay=0.0, grad_clip=0.0, eval_interval=0, seed=0, precision="fp32",
-                        lr_schedule="linear", compile="off")
+                        lr_schedule="linear", compile="off", max_seconds=60.0)
     spec = training_proto(plan)
     assert all(spec.HasField(f.name) for f in SPEC.fields if f.has_presence)
     values = training_fields(spec)

@@ -1,0 +1,94 @@
+"""Resolving a CreateTrainingJobRequest's init_from (a job's checkpoint, or a directory in the data dir).
+
+Every bad reference names its field: a malformed one is INVALID_ARGUMENT, a path outside the trainer's data
+directory PERMISSION_DENIED, an unknown job or missing directory NOT_FOUND, a job without that checkpoint (yet)
+or an unreadable manifest FAILED_PRECONDITION. The weights are hashed again when the job starts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from chargpt.core.checkpoint import Lineage, Manifest, read_manifest, resolve_checkpoint_dir
+from chargpt.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from chargpt.v1 import common_pb2, trainer_pb2
+from trainer_service.jobs.checkpoints import checkpoint_dir
+from trainer_service.store import Store
+from trainer_service.training.api import BEST, LATEST, InitSource
+
+JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, as CreateTrainingJob assigns
+KINDS = {common_pb2.CHECKPOINT_KIND_UNSPECIFIED: BEST, common_pb2.CHECKPOINT_KIND_BEST: BEST,
+         common_pb2.CHECKPOINT_KIND_LATEST: LATEST}
+
+
+class Parent:
+    """A resolved parent checkpoint: where it is and what its manifest says."""
+
+    def __init__(self, source: InitSource, manifest: Manifest) -> None:
+        self.source, self.manifest = source, manifest
+
+
+def resolve_init_from(spec: trainer_pb2.InitFrom, data_dir: Path, store: Store,
+                      job_dir: Callable[[str], Path]) -> Parent:
+    which = spec.WhichOneof("source")
+    if spec.kind not in KINDS:
+        raise InvalidArgumentError("init_from.kind", f"unknown checkpoint kind {spec.kind}")
+    if which == "job_id":
+        kind = KINDS[spec.kind]
+        directory, field = _job_checkpoint(spec.job_id, kind, store, job_dir), "init_from.job_id"
+    elif which == "path":
+        if spec.kind != common_pb2.CHECKPOINT_KIND_UNSPECIFIED:
+            raise InvalidArgumentError("init_from.kind", "applies to init_from.job_id only")
+        kind, directory, field = "", _inside(spec.path, data_dir), "init_from.path"
+    else:
+        raise InvalidArgumentError("init_from", "set job_id or path")
+    manifest = _manifest(directory, field)
+    t = manifest.training
+    lineage = Lineage(job_id=spec.job_id if which == "job_id" else t.job_id, kind=kind,
+                      weights_sha256=manifest.weights.sha256, corpus_id=t.corpus_id, corpus_name=t.corpus_name,
+                      corpus_sha256=t.corpus_sha256, step=t.step)
+    return Parent(InitSource(path=directory, vocabulary=manifest.vocabulary, lineage=lineage), manifest)
+
+
+def _job_checkpoint(job_id: str, kind: str, store: Store, job_dir: Callable[[str], Path]) -> Path:
+    if not JOB_ID_PATTERN.match(job_id):
+        raise InvalidArgumentError("init_from.job_id", f"not a job id: {job_id[:64]!r}")
+    try:
+        store.get_job(job_id)
+    except NotFoundError:
+        raise NotFoundError(f"init_from.job_id: training job {job_id!r} not found") from None
+    directory = checkpoint_dir(job_dir(job_id), kind)
+    try:
+        resolve_checkpoint_dir(directory)
+    except CheckpointNotFoundError:
+        raise FailedPreconditionError(f"init_from.job_id: job {job_id} has no {kind} checkpoint (yet)") from None
+    return directory
+
+
+def _inside(path: str, data_dir: Path) -> Path:
+    """The checkpoint directory `path` names, which must lie inside the trainer's data directory."""
+    if not path or "\x00" in path or ".." in PurePosixPath(path).parts:
+        raise InvalidArgumentError("init_from.path", f"must be a directory path without '..' (got {path[:200]!r})")
+    root = data_dir.resolve()
+    resolved = (root / path).resolve()  # an absolute `path` replaces root; symlinks are followed before the check
+    if not resolved.is_relative_to(root):
+        raise PermissionDeniedError(f"init_from.path: {path!r} is outside the trainer's data directory")
+    return resolved
+
+
+def _manifest(directory: Path, field: str) -> Manifest:
+    try:
+        return read_manifest(directory)
+    except CheckpointNotFoundError:
+        raise NotFoundError(f"{field}: no checkpoint at {directory}") from None
+    except CheckpointError as exc:
+        raise FailedPreconditionError(f"{field}: unreadable checkpoint: {exc}") from None

@@ -1,0 +1,146 @@
+"""Where a run ends and its learning rate per step: a fixed max_steps, or a wall-clock budget fitted as it goes.
+
+With `plan.max_seconds` the engine times its first steps (calibration), then after every step re-estimates the
+step horizon H: the steps that still fit in what is left of the budget once the final evaluation and checkpoints
+and the intermediate evaluations, checkpoints and samples (per step, at their intervals) are paid for, capped by
+max_steps. The schedule is learning_rate_at(step) with max_steps = H, so warmup and decay end at the deadline;
+the run ends when the step count reaches H. Warmup and interval fields the request left unset are fitted once,
+at calibration, to a tenth of H (and kept in the resume state). The budget counts training time across runs
+(`ResumeState.elapsed_seconds`, saved with `latest`): a resumed job continues against what was left when its
+latest checkpoint was written, so steps lost to a kill are paid for again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from trainer_service.training.api import INTERVALS, TrainingPlan
+from trainer_service.training.optim import learning_rate_at
+
+CALIBRATION_STEPS = 3  # timed steps (after the first of each run, which pays for allocation/compilation)
+SMOOTHING = 0.1  # weight of the newest step time in the running estimate
+EVAL_COST_PER_TOKEN = 1 / 3  # a forward pass costs about a third of a training step per token
+MAX_STEP_TIME_RATIO = 10.0  # a step this much slower than the estimate is an outlier (a paused process)
+
+
+class Schedule:
+    """max_steps decides: a fixed horizon, the plan's warmup and intervals."""
+
+    def __init__(self, plan: TrainingPlan) -> None:
+        self.plan = plan
+        self.horizon = plan.max_steps
+        self.fitted: dict[str, int] = {}
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based)."""
+        return learning_rate_at(self.plan, step, horizon=self.horizon, warmup_steps=self.interval("warmup_steps"))
+
+    def interval(self, name: str) -> int:
+        return int(self.fitted.get(name, getattr(self.plan, name)))
+
+    def finished(self, step: int) -> bool:
+        return step >= self.horizon
+
+    def after_step(self, step: int, step_seconds: float, spent: float) -> None:
+        """Called after every optimizer step with its duration and the training time spent so far."""
+
+    def paid(self, kind: str, seconds: float) -> None:
+        """An evaluation, checkpoint or sample took this long (budgets learn their cost)."""
+
+    def seconds_left(self, spent: float) -> float | None:
+        return None
+
+
+class TimeBudget(Schedule):
+    """plan.max_seconds decides (or max_steps, if it comes first): the horizon is re-estimated every step."""
+
+    def __init__(self, plan: TrainingPlan, fitted: dict[str, int], horizon: int | None, eval_steps: float,
+                 checkpoint_seconds: float, agree: Callable[[int], int]) -> None:
+        super().__init__(plan)
+        assert plan.max_seconds is not None
+        self.budget = plan.max_seconds
+        self.fitted = dict(fitted)
+        self.horizon = min(horizon or plan.max_steps, plan.max_steps)
+        self.eval_steps = eval_steps  # an evaluation's cost in training steps, until one is timed
+        self.costs: dict[str, float] = {"checkpoint": checkpoint_seconds, "sample": 0.0}  # seconds, as measured
+        self.agree = agree  # every rank must use the same horizon: rank 0's view under DDP
+        self.step_seconds: float | None = None
+        self.calibration: list[float] = []
+
+    def learning_rate(self, step: int) -> float:
+        """As for max_steps, to the current horizon; a fitted warmup shrinks with it (at most a tenth), so a
+        horizon cut short by a slower machine still ends in decay rather than mid-warmup."""
+        warmup = self.interval("warmup_steps")
+        if "warmup_steps" in self.plan.fit_to_budget:
+            warmup = min(warmup, self.horizon // 10)
+        return learning_rate_at(self.plan, step, horizon=self.horizon, warmup_steps=warmup)
+
+    def after_step(self, step: int, step_seconds: float, spent: float) -> None:
+        self._time_step(step_seconds)
+        if self.step_seconds is None:  # still calibrating: only stop if the budget is already gone
+            horizon = step if spent >= self.budget else self.horizon
+        else:
+            left = self.budget - spent - self._final_cost()
+            horizon = min(self.plan.max_steps, step + max(0, math.floor(left / self._seconds_per_step())))
+        self.horizon = max(step, self.agree(horizon))
+        if self.step_seconds is not None and not all(n in self.fitted for n in self.plan.fit_to_budget):
+            self._fit(self.horizon)
+
+    def paid(self, kind: str, seconds: float) -> None:
+        self.costs[kind] = seconds
+
+    def seconds_left(self, spent: float) -> float | None:
+        return max(0.0, self.budget - spent)
+
+    def _time_step(self, seconds: float) -> None:
+        if self.step_seconds is not None:
+            seconds = min(seconds, MAX_STEP_TIME_RATIO * self.step_seconds)
+            self.step_seconds += SMOOTHING * (seconds - self.step_seconds)
+            return
+        self.calibration.append(seconds)
+        timed = self.calibration[1:]  # the first step of a run pays for allocation (and compilation)
+        if len(timed) >= CALIBRATION_STEPS:
+            self.step_seconds = sum(timed) / len(timed)
+
+    def _cost(self, kind: str) -> float:
+        if kind == "evaluation" and kind not in self.costs:
+            return self.eval_steps * (self.step_seconds or 0.0)
+        return self.costs.get(kind, 0.0)
+
+    def _final_cost(self) -> float:
+        """The closing evaluation and its checkpoints (latest, and best if it improved)."""
+        return self._cost("evaluation") + 2 * self._cost("checkpoint")
+
+    def _seconds_per_step(self) -> float:
+        """A step's own time plus its share of the periodic evaluations, checkpoints and samples."""
+        assert self.step_seconds is not None
+        per_step = self.step_seconds
+        evaluate, checkpoint = self.interval("eval_interval"), self.interval("checkpoint_interval")
+        sample = self.interval("sample_interval")
+        if evaluate:
+            per_step += self._final_cost() / evaluate
+        if checkpoint:
+            per_step += self._cost("checkpoint") / checkpoint
+        if sample:
+            per_step += self._cost("sample") / sample
+        return max(per_step, 1e-9)
+
+    def _fit(self, horizon: int) -> None:
+        """Unset warmup and intervals become a tenth of the horizon first estimated (fixed from then on)."""
+        tenth = max(1, horizon // 10)
+        for name in self.plan.fit_to_budget:
+            if name == "warmup_steps":
+                self.fitted[name] = min(self.plan.warmup_steps, tenth)
+            elif name in INTERVALS:
+                self.fitted[name] = tenth if getattr(self.plan, name) else 0
+
+
+def evaluation_steps(eval_tokens: int, tokens_per_step: int) -> float:
+    """An evaluation's first cost estimate in training steps: forward passes over its tokens."""
+    return EVAL_COST_PER_TOKEN * eval_tokens / max(1, tokens_per_step)
+
+
+def checkpoint_seconds_guess(parameters: int) -> float:
+    """A `latest` checkpoint's first cost estimate: weights plus two AdamW moments, fp32, at ~200 MB/s."""
+    return 0.02 + 12 * parameters / 200e6
