@@ -33,6 +33,8 @@ class ServerSettings(BaseSettings):
         parser = argparse.ArgumentParser(description=cls.__doc__)
         for name, field in cls.model_fields.items():
             flag = "--" + name.replace("_", "-")
-            parser.add_argument(flag, dest=name, default=None, help=field.description or None)
+            # argparse %-formats help strings: a literal % in a description must be doubled
+            parser.add_argument(flag, dest=name, default=None,
+                                help=field.description.replace("%", "%%") if field.description else None)
         given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
         return cls(**{**given, **overrides})

@@ -27,3 +27,15 @@ def test_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_flag_value_is_rejected() -> None:
     with pytest.raises(ValueError, match="port"):
         TrainerSettings.from_args(["--port", "70000"])
+
+
+@pytest.mark.parametrize("settings_type", [TrainerSettings, InferenceSettings])
+def test_help_lists_every_setting(settings_type: type[TrainerSettings] | type[InferenceSettings],
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """--help renders (a description with a literal % once crashed argparse) and names every setting."""
+    with pytest.raises(SystemExit) as exit_info:
+        settings_type.from_args(["--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    for name in settings_type.model_fields:
+        assert "--" + name.replace("_", "-") in shown, name
