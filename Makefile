@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/chargpt demo $(DEMO_ARGS)
 
 serve: $(STAMP)
-	$(BIN)/chargpt-trainer & $(BIN)/chargpt-inference & wait
+	$(BIN)/chargpt-trainer & $(BIN)/chargpt-inference --http-port 8000 --trainer-address 127.0.0.1:50051 & wait
 
 test: $(STAMP) check-protos lint typecheck check-deploy
 	$(PY) -m pytest -q

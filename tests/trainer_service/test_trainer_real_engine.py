@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainer_harness import Trainer, sample_text
+from trainer_harness import Trainer, sample_text, tiny_model
 
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.v1 import common_pb2
@@ -75,3 +75,17 @@ async def test_real_engine_two_process_gloo_ddp(real_trainer: Trainer, tmp_path:
     assert load_checkpoint(path).manifest.weights.sha256 == latest.weights_sha256
     event_files = list((t.data_dir / "jobs" / job.job_id / "tensorboard" / "run").iterdir())
     assert len(event_files) == 1  # rank 0 alone writes TensorBoard events
+
+
+@pytest.mark.slow
+async def test_a_budget_only_job_succeeds_when_its_time_is_up(real_trainer: Trainer) -> None:
+    """max_seconds without max_steps: the run ends at the step fitted to its deadline, and that is success,
+    not a worker that "stopped without being asked to"."""
+    t = real_trainer
+    corpus = (await t.upload(sample_text(3000), chunk=777)).corpus
+    spec = S.TrainingSpec(max_seconds=4, batch_size=4, sample_length=20, learning_rate=3e-3)
+    request = S.CreateTrainingJobRequest(corpus_id=corpus.corpus_id, model=tiny_model(16), training=spec,
+                                         resources=S.ResourceSpec(device="cpu"))
+    job = (await t.stub.CreateTrainingJob(request, timeout=30)).job
+    done = await t.wait_for(job.job_id, [S.JOB_STATE_SUCCEEDED], timeout=120)
+    assert 0 < done.step < job.training.max_steps and math.isfinite(done.val_loss), done.error

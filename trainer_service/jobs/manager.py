@@ -249,7 +249,7 @@ class JobManager:
         outcome = read_outcome(run.job_dir)
         step = outcome.final_step if outcome else self.store.get_job(run.job.job_id).step
         if ended.code == 0 and outcome is not None and not outcome.stopped_early \
-                and outcome.final_step >= run.plan.max_steps:
+                and (outcome.schedule_complete or outcome.final_step >= run.plan.max_steps):
             return SUCCEEDED, f"finished {outcome.final_step} steps"  # even if a stop request came too late
         if run.stop_reason == "cancel":
             return CANCELLED, f"cancelled at step {step}"

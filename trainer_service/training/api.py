@@ -188,6 +188,8 @@ class EventSink(Protocol):
 class TrainingOutcome(BaseModel):
     final_step: int
     stopped_early: bool = Field(description="should_stop() asked to stop; a latest checkpoint was written")
+    schedule_complete: bool = Field(default=False, description="the run reached the end of its schedule: "
+                                    "max_steps or, with max_seconds, the last step that fitted the budget")
     best_val_loss: float | None = None
 
 

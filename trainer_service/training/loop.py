@@ -312,5 +312,6 @@ class Trainer:
 
     def _outcome(self, stopped_early: bool) -> TrainingOutcome:
         return TrainingOutcome(final_step=self.state.step, stopped_early=stopped_early,
+                               schedule_complete=not stopped_early and self.schedule.finished(self.state.step),
                                best_val_loss=self.state.best_val_loss)
 
