@@ -67,7 +67,7 @@ def list_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print_json(corpora)
         return 0
-    rows = [(c.corpus_id[:12] if not c.builtin else c.name, c.name, c.num_chars, len(c.vocabulary),
+    rows = [(c.corpus_id if not c.builtin else c.name, c.name, c.num_chars, len(c.vocabulary),
              "yes" if c.builtin else "no", c.created_time) for c in corpora]
     print_table(["id", "name", "chars", "vocab", "built-in", "created"], rows)
     return 0

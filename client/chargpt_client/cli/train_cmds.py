@@ -84,7 +84,7 @@ def _resolve_corpus(client: TrainerClient, corpus: str, json_output: bool) -> st
         return corpus
     result = client.upload_corpus(path.stem, path)
     if not json_output:
-        print(f"uploaded {path} as corpus {result.corpus.corpus_id[:12]} ({result.corpus.num_chars:,} chars)",
+        print(f"uploaded {path} as corpus {result.corpus.corpus_id} ({result.corpus.num_chars:,} chars)",
               file=sys.stderr)
     return result.corpus.corpus_id
 
