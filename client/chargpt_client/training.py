@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 LrSchedule = Literal["cosine", "constant", "linear"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 CompileMode = Literal["auto", "on", "off"]
+Optimizer = Literal["adamw", "muon"]
 
 
 def _help(text: str) -> Any:
@@ -40,6 +41,7 @@ class TrainingOptions(BaseModel):
     compile: CompileMode | None = _help("torch.compile (auto: on CUDA only)")
     checkpoint_interval: int | None = _help("steps between latest checkpoints (0: at evaluations and the end)")
     grad_accumulation_steps: int | None = _help("gradient accumulation micro-steps per optimizer step")
+    optimizer: Optimizer | None = _help("adamw, or muon for the hidden matrices with AdamW for the rest")
 
     def given(self) -> dict[str, Any]:
         """The fields that are set, by name."""

@@ -15,7 +15,13 @@ from trainer_service.training.api import TrainingPlan
 from trainer_service.training.data import CorpusData, encode_text, split_windows, train_subset_windows
 from trainer_service.training.evaluate import Evaluator
 from trainer_service.training.loop import micro_steps, split_evenly
-from trainer_service.training.optim import build_optimizer, learning_rate_at, parameter_groups
+from trainer_service.training.optim import (
+    MuonWithAdamW,
+    build_optimizer,
+    learning_rate_at,
+    parameter_groups,
+    set_learning_rate,
+)
 from trainer_service.training.runtime import CPU_MICRO_BATCH_TOKENS, Runtime, micro_batch_tokens, resolve_precision
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
@@ -117,6 +123,24 @@ def test_weight_decay_applies_to_matrices_only() -> None:
     assert total == model.num_parameters()
     optimizer = build_optimizer(model, plan(), torch.device("cpu"))
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest() -> None:
+    model = GPT(ModelConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16, bias=True))
+    optimizer = build_optimizer(model, plan(optimizer="muon", weight_decay=0.1), torch.device("cpu"))
+    assert isinstance(optimizer, MuonWithAdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for g in optimizer.muon.param_groups for p in g["params"]}
+    adamw = [{names[id(p)] for p in g["params"]} for g in optimizer.adamw.param_groups]
+    assert muon == {f"blocks.{i}.{m}.weight" for i in range(2)
+                    for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert adamw[0] == {"wte.weight", "wpe.weight"}  # embeddings (wte is also the head): AdamW, decayed
+    assert "ln_f.weight" in adamw[1] and "blocks.0.attn.c_attn.bias" in adamw[1]  # gains and biases: no decay
+    assert [g["weight_decay"] for g in optimizer.adamw.param_groups] == [0.1, 0.0]
+    assert len(muon) + len(adamw[0]) + len(adamw[1]) == len(list(model.parameters()))
+    assert optimizer.param_groups == optimizer.muon.param_groups + optimizer.adamw.param_groups
+    set_learning_rate(optimizer, 0.5)  # the schedule reaches both halves
+    assert {g["lr"] for g in optimizer.muon.param_groups + optimizer.adamw.param_groups} == {0.5}
 
 
 def test_precision_resolution() -> None:
