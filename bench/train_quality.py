@@ -3,11 +3,14 @@
     python -m bench.train_quality [--budget 100] [--corpus PATH] [--no-reference]
     python -m bench.train_quality --config small --steps 5000 --device cuda     # the notebook run on a GPU
 
-Budget mode (the default, on CPU): a few calibration steps measure the step time, max_steps is chosen so the
-learning-rate decay ends when the budget does, and training stops at the budget in any case. The reference
-is nanoGPT's CPU recipe for this corpus (4 layers x 128, block 64, batch 12, lr 1e-3 cosine over 2000 steps)
-trained by the same engine for the same budget. Both are scored the same way: mean cross-entropy over the
-whole validation split in block_size windows, fp32.
+Budget mode (the default, on CPU): interleaved calibration trials measure each budget-aware recipe's step time
+(bench/step_clock.py), max_steps is chosen so the learning-rate decay ends when the budget does, re-aimed
+during the run if the achieved rate differs, and training stops at the budget in any case. Two references
+train for the same budget, in plain fp32 with AdamW: nanoGPT's README CPU recipe for this corpus (4 layers x
+128, block 64, batch 12, lr 1e-3 cosine over 2000 steps), and a tuned nanoGPT recipe (3 layers x 128, 4 heads,
+block 96, batch 32, lr 4e-3, cosine to lr/10 aimed at the budget like the preset). All are scored the same way:
+mean cross-entropy over the whole validation split in block_size windows, fp32. The target: the preset at
+least TARGET_MARGIN nats below the tuned recipe, in the same run.
 """
 
 from __future__ import annotations
@@ -15,38 +18,31 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.step_clock import BudgetWatch, Calibration, Recorder, calibrate, steps_for
 from bench.train_common import DEFAULT_CORPUS, machine_facts, print_table, write_result
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
-from trainer_service.training.api import LATEST, CorpusRef, ProgressUpdate, TrainingEvent, TrainingPlan
+from trainer_service.training.api import LATEST, CorpusRef, ProgressUpdate, TrainingPlan
 from trainer_service.training.data import CorpusData
 from trainer_service.training.evaluate import Evaluator
-from trainer_service.training.loop import Trainer, run_training
+from trainer_service.training.loop import run_training
 from trainer_service.training.runtime import resolve_runtime
 
-CALIBRATION_STEPS = 40  # the first few dozen steps run slower (warm-up); too short a sample leaves budget unused
 SCHEDULE_MARGIN = 0.97  # end the decay a little before the deadline: its last low-LR steps matter most
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[TrainingEvent] = []
-
-    def emit(self, event: TrainingEvent) -> None:
-        self.events.append(event)
+TARGET_MARGIN = 0.15  # nats the CPU default should be below the tuned nanoGPT recipe (issue 13)
+TUNED = "tuned nanoGPT recipe"
 
 
 def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int) -> TrainingPlan:
     p = SIZE_PROFILES[name]
-    override = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                              "dropout", "learning_rate", "warmup_steps")
-                if getattr(args, k, None) is not None}
+    override = {k: getattr(args, k) for k in PROFILE_FLAGS if getattr(args, k, None) is not None}
     p = p.model_copy(update=override)
     model = ModelConfig(vocab_size=vocab, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
                         block_size=p.block_size, dropout=p.dropout)
@@ -54,7 +50,8 @@ def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int) -
                         learning_rate=p.learning_rate, min_learning_rate=p.learning_rate * args.min_lr_ratio,
                         warmup_steps=min(p.warmup_steps, max_steps), weight_decay=0.1, grad_clip=1.0,
                         eval_interval=args.eval_interval, sample_interval=0, sample_length=200, seed=args.seed,
-                        checkpoint_interval=0, device=args.device, compile=args.compile)
+                        checkpoint_interval=0, device=args.device, compile=args.compile,
+                        **{k: getattr(args, k) for k in PLAN_FLAGS if getattr(args, k, None) is not None})
 
 
 def reference_plan(vocab: int, args: argparse.Namespace) -> TrainingPlan:
@@ -63,30 +60,31 @@ def reference_plan(vocab: int, args: argparse.Namespace) -> TrainingPlan:
     return TrainingPlan(job_id="quality-reference", model=model, max_steps=2000, batch_size=12,
                         learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100, weight_decay=0.1,
                         grad_clip=1.0, eval_interval=0, sample_interval=0, sample_length=200, seed=args.seed,
-                        checkpoint_interval=0, device=args.device, compile="off")
+                        checkpoint_interval=0, device=args.device, compile="off", precision="fp32")
 
 
-def calibrate(plan: TrainingPlan, corpus: CorpusRef) -> float:
-    """Seconds per optimizer step, measured on the real engine (the median of a few steps after warm-up)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(plan, corpus, Path(tmp), Recorder(), resolve_runtime(plan))
-        trainer._train_step(0)
-        times = []
-        for step in range(1, CALIBRATION_STEPS + 1):
-            t0 = time.perf_counter()
-            trainer._train_step(step)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def tuned_plan(vocab: int, args: argparse.Namespace, max_steps: int) -> TrainingPlan:
+    """A well-tuned plain recipe for a 100 s CPU budget (issue 13): nanoGPT's model and AdamW, in fp32."""
+    model = ModelConfig(vocab_size=vocab, n_layer=3, n_head=4, n_embd=128, block_size=96, dropout=0.0)
+    return TrainingPlan(job_id="quality-tuned", model=model, max_steps=max_steps, batch_size=32,
+                        learning_rate=4e-3, min_learning_rate=4e-4, warmup_steps=min(50, max_steps),
+                        weight_decay=0.1, grad_clip=1.0, eval_interval=0, sample_interval=0, sample_length=200,
+                        seed=args.seed, checkpoint_interval=0, device=args.device, compile="off", precision="fp32")
 
 
 def train(label: str, plan: TrainingPlan, corpus: CorpusRef, data: CorpusData, budget: float | None,
-          device: torch.device) -> dict[str, Any]:
+          device: torch.device, retarget: bool = False) -> dict[str, Any]:
     """Train (until max_steps or the budget), then score the final weights on the whole validation split."""
     recorder = Recorder()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        deadline = t0 + budget if budget else float("inf")
-        outcome = run_training(plan, corpus, Path(tmp), recorder, lambda: time.perf_counter() >= deadline)
+        watch = BudgetWatch(budget or float("inf"), SCHEDULE_MARGIN, plan.max_steps, recorder)
+        if not retarget:
+            watch.pending.clear()
+        outcome = run_training(plan, corpus, Path(tmp), recorder, watch)
+        while outcome.stopped_early and (new_max := watch.retarget(outcome.final_step)) is not None:
+            plan = plan.model_copy(update={"max_steps": new_max})  # resumes from latest with the decay re-aimed
+            outcome = run_training(plan, corpus, Path(tmp), recorder, watch)
         wall = time.perf_counter() - t0
         checkpoint = load_checkpoint(Path(tmp) / "checkpoints" / LATEST, device=device)
     progress = [e for e in recorder.events if isinstance(e, ProgressUpdate)]
@@ -101,11 +99,24 @@ def train(label: str, plan: TrainingPlan, corpus: CorpusRef, data: CorpusData, b
             "train_seconds": train_seconds, "wall_seconds_with_final_eval": wall,
             "tokens_per_second": tokens / max(train_seconds, 1e-9), "train_loss": train_loss,
             "val_loss": val_loss, "best_val_loss_seen": outcome.best_val_loss,
-            "parameters": m.parameter_count()}
+            "parameters": m.parameter_count(), "optimizer": plan.optimizer, "lr_schedule": plan.lr_schedule,
+            "precision": precision_name(plan), "retargets": watch.retargets}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def precision_name(plan: TrainingPlan) -> str:
+    """What the engine trains in for this plan (precision "auto" resolved on this host)."""
+    dtype = resolve_runtime(plan).autocast_dtype
+    return "fp32" if dtype is None else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16")
+
+
+PROFILE_FLAGS = {"n_layer": int, "n_head": int, "n_embd": int, "block_size": int, "batch_size": int,
+                 "dropout": float, "learning_rate": float, "warmup_steps": int}
+PLAN_FLAGS = {"optimizer": ("adamw", "muon"), "lr_schedule": ("cosine", "linear", "constant"),
+              "precision": ("auto", "fp32", "bf16")}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--config", default="cpu", help="a SIZE_PROFILES name (cpu, small, ...)")
     parser.add_argument("--budget", type=float, default=100.0, help="training seconds (budget mode)")
@@ -116,49 +127,82 @@ def main(argv: list[str] | None = None) -> None:
                         help="default: a tenth of --steps in steps mode; the end only in budget mode")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--min-lr-ratio", type=float, default=0.1)
-    parser.add_argument("--no-reference", action="store_true")
-    for name, kind in (("n_layer", int), ("n_head", int), ("n_embd", int), ("block_size", int),
-                       ("batch_size", int), ("dropout", float), ("learning_rate", float), ("warmup_steps", int)):
+    parser.add_argument("--no-reference", action="store_true", help="train the preset only")
+    for name, kind in PROFILE_FLAGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+    for name, choices in PLAN_FLAGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, choices=choices, default=None,
+                            help="default: the plan's")
     args = parser.parse_args(argv)
+    if args.eval_interval is None:
+        args.eval_interval = max(1, args.steps // 10) if args.steps else 0
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     corpus = CorpusRef(corpus_id="bench", name=args.corpus.name, sha256="", path=args.corpus)
     data = CorpusData.from_file(args.corpus)
     vocab = data.tokenizer.vocab_size
     load_before = machine_facts()["load_average"]
-    rows, calibration = [], None
-    if args.eval_interval is None:
-        args.eval_interval = max(1, args.steps // 10) if args.steps else 0
+    rows, calibrations = [], {}
     if args.steps:
         plan = make_plan(args.config, vocab, args, args.steps)
         device = resolve_runtime(plan).device
         rows.append(train(f"{args.config} ({args.steps} steps)", plan, corpus, data, None, device))
     else:
-        probe = make_plan(args.config, vocab, args, 10**6)
-        calibration = calibrate(probe, corpus)
-        max_steps = max(1, int(SCHEDULE_MARGIN * args.budget / calibration))
-        plan = make_plan(args.config, vocab, args, max_steps)
-        device = resolve_runtime(plan).device
-        rows.append(train(f"{args.config} preset, budget-aware", plan, corpus, data, args.budget, device))
+        # Both budget-aware recipes are calibrated together, their trials interleaved.
+        probes = {"preset": make_plan(args.config, vocab, args, 10**6)}
         if not args.no_reference:
+            probes[TUNED] = tuned_plan(vocab, args, 10**6)
+        calibrations = dict(zip(probes, calibrate(list(probes.values()), corpus), strict=True))
+        steps = {k: steps_for(args.budget, c.step_seconds, SCHEDULE_MARGIN) for k, c in calibrations.items()}
+        plan = make_plan(args.config, vocab, args, steps["preset"])
+        device = resolve_runtime(plan).device
+        rows.append(train(f"{args.config} preset, budget-aware", plan, corpus, data, args.budget, device, True))
+        if not args.no_reference:
+            rows.append(train(TUNED, tuned_plan(vocab, args, steps[TUNED]), corpus, data, args.budget, device,
+                              True))
             rows.append(train("reference (nanoGPT CPU recipe)", reference_plan(vocab, args), corpus, data,
                               args.budget, device))
-    report(rows, args, calibration, load_before)
+    report(rows, args, calibrations, load_before)
 
 
-def report(rows: list[dict[str, Any]], args: argparse.Namespace, calibration: float | None,
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, calibrations: dict[str, Calibration],
            load_before: tuple[float, float, float]) -> None:
     facts = machine_facts()
     print(f"load average before {tuple(round(x, 2) for x in load_before)}, after "
-          f"{tuple(round(x, 2) for x in facts['load_average'])}; {facts['threads']} threads"
-          + (f"; calibrated step {calibration * 1000:.1f} ms" if calibration else ""))
-    print_table(["recipe", "model", "lr", "steps", "train s", "tokens/s", "train loss", "val loss"],
-                [[r["recipe"], r["model"], r["lr"], r["steps"], r["train_seconds"], r["tokens_per_second"],
-                  r["train_loss"], r["val_loss"]] for r in rows])
-    path = write_result(f"train_quality_{args.config}", {"machine": facts, "load_average_before": load_before,
-                                                         "budget_seconds": None if args.steps else args.budget,
-                                                         "calibrated_step_seconds": calibration,
-                                                         "args": vars(args), "rows": rows})
+          f"{tuple(round(x, 2) for x in facts['load_average'])}; {facts['threads']} threads")
+    for name, c in calibrations.items():
+        print(f"calibration, {name}: {c.step_seconds * 1000:.1f} ms/step (median of {len(c.trials)} interleaved "
+              f"trials, spread {c.spread:.0%})")
+    print_table(["recipe", "model", "optimizer", "precision", "lr", "steps", "train s", "tokens/s", "train loss",
+                 "val loss"],
+                [[r["recipe"], r["model"], r["optimizer"], r["precision"], r["lr"], r["steps"], r["train_seconds"],
+                  r["tokens_per_second"], r["train_loss"], r["val_loss"]] for r in rows])
+    for r in rows:
+        for t in r["retargets"]:
+            print(f"re-aimed {r['recipe']} at step {t['at_step']} ({t['at_seconds']} s, "
+                  f"{t['measured_step_ms']} ms/step): max_steps {t['old_max_steps']} -> {t['new_max_steps']}")
+    target = target_check(rows)
+    if target:
+        print(f"target: preset {target['margin_nats']:+.3f} nats vs the tuned recipe (goal <= -{TARGET_MARGIN}): "
+              f"{'met' if target['met'] else 'NOT met'}")
+    path = write_result(f"train_quality_{args.config}", {
+        "machine": facts, "load_average_before": load_before, "budget_seconds": None if args.steps else args.budget,
+        "calibration": {k: {**asdict(c), "step_seconds": c.step_seconds, "spread": c.spread}
+                        for k, c in calibrations.items()},
+        "target": target, "args": vars(args), "rows": rows})
     print(f"wrote {path}")
+
+
+def target_check(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The preset's validation loss minus the tuned recipe's, against the goal of -TARGET_MARGIN."""
+    tuned = [r for r in rows if r["recipe"] == TUNED]
+    if not tuned:
+        return None
+    margin = rows[0]["val_loss"] - tuned[0]["val_loss"]
+    return {"margin_nats": margin, "goal_nats": -TARGET_MARGIN, "met": margin <= -TARGET_MARGIN}
 
 
 if __name__ == "__main__":
