@@ -61,7 +61,7 @@ def build_optimizer(model: nn.Module, plan: TrainingPlan, device: torch.device) 
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden_ids]
     # Moonshot's scaling ("match_rms_adamw") gives Muon's update the RMS of an AdamW one, so one learning rate
     # and weight decay serve both halves.
-    muon = torch.optim.Muon(hidden, lr=lr, weight_decay=plan.weight_decay, momentum=MUON_MOMENTUM,
+    muon = Muon(hidden, lr=lr, weight_decay=plan.weight_decay, momentum=MUON_MOMENTUM,
                             adjust_lr_fn="match_rms_adamw")
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": plan.weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
@@ -77,6 +77,60 @@ def adamw(groups: list[dict[str, object]], lr: float, device: torch.device) -> t
     return torch.optim.AdamW(groups, lr=lr, betas=BETAS, **kwargs)  # type: ignore[arg-type]
 
 
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon (same hyper-parameters, state and update) with a faster Newton-Schulz off CUDA.
+
+    torch orthogonalises each matrix alone in bf16. CPUs without a fast bf16 path for matrices this small spend
+    4x longer on them than in fp32 (35 vs 8 ms a step for the CPU preset's 16 matrices, 2 cores): there it runs
+    in fp32, and on every device the matrices of one shape go through one batched product.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            params: list[torch.Tensor] = []
+            grads: list[torch.Tensor] = []
+            buffers: list[torch.Tensor] = []
+            self._init_group(group, params, grads, buffers)
+            if not params:
+                continue
+            momentum, lr = group["momentum"], group["lr"]
+            torch._foreach_lerp_(buffers, grads, 1 - momentum)  # momentum as an EMA of gradients, like torch's
+            updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for i, p in enumerate(params):
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            for shape, indices in by_shape.items():
+                ortho = orthogonalize(torch.stack([updates[i] for i in indices]), group["ns_coefficients"],
+                                      group["ns_steps"], group["eps"])
+                scale = _muon_lr_scale(group["adjust_lr_fn"], shape)
+                for p, o in zip((params[i] for i in indices), ortho, strict=True):
+                    p.mul_(1 - lr * group["weight_decay"])
+                    p.add_(o.to(p.dtype), alpha=-lr * scale)
+
+
+def _muon_lr_scale(adjust_lr_fn: str | None, shape: tuple[int, ...]) -> float:
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(1.0, rows / cols))  # Keller Jordan's original scaling, torch's default
+
+
+def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+                  ) -> torch.Tensor:
+    """Newton-Schulz's approximate U V^T of each matrix in g (n, rows, cols), with Muon's quintic iteration."""
+    a, b, c = coefficients
+    x = g.to(torch.bfloat16 if g.device.type == "cuda" else torch.float32)
+    tall = g.size(-2) > g.size(-1)
+    if tall:
+        x = x.mT  # iterate on the wide side: the Gram matrix is the smaller one
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
+
+
 class MuonWithAdamW(torch.optim.Optimizer):
     """Muon and AdamW stepping as one optimizer, so the loop, GradScaler and resume state see a single one.
 
@@ -84,7 +138,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
     (their parameters are disjoint): state_dict() and load_state_dict() cover both, in one index space.
     """
 
-    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
+    def __init__(self, muon: Muon, adamw: torch.optim.AdamW) -> None:
         self.muon, self.adamw = muon, adamw
         super().__init__(muon.param_groups + adamw.param_groups, defaults={})
         self._share()
@@ -96,7 +150,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
-        self.muon.step()  # type: ignore[no-untyped-call]
+        self.muon.step()
         self.adamw.step()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
