@@ -43,6 +43,7 @@ TUNED = "tuned nanoGPT recipe"
 def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int) -> TrainingPlan:
     p = SIZE_PROFILES[name]
     override = {k: getattr(args, k) for k in PROFILE_FLAGS if getattr(args, k, None) is not None}
+    plan_flags = {k: getattr(args, k) for k in PLAN_FLAGS if getattr(args, k, None) is not None}
     p = p.model_copy(update=override)
     model = ModelConfig(vocab_size=vocab, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
                         block_size=p.block_size, dropout=p.dropout)
@@ -51,7 +52,7 @@ def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int) -
                         warmup_steps=min(p.warmup_steps, max_steps), weight_decay=0.1, grad_clip=1.0,
                         eval_interval=args.eval_interval, sample_interval=0, sample_length=200, seed=args.seed,
                         checkpoint_interval=0, device=args.device, compile=args.compile,
-                        **{k: getattr(args, k) for k in PLAN_FLAGS if getattr(args, k, None) is not None})
+                        **{"optimizer": p.optimizer, **plan_flags})
 
 
 def reference_plan(vocab: int, args: argparse.Namespace) -> TrainingPlan:

@@ -52,7 +52,8 @@ def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpu
     model = _model(request.model, profile, corpus)
     _check_fits(model, facts)
     values = {"max_steps": profile.max_steps, "batch_size": profile.batch_size,
-              "learning_rate": profile.learning_rate, **training_fields(request.training)}
+              "learning_rate": profile.learning_rate, "optimizer": profile.optimizer,
+              **training_fields(request.training)}
     if "warmup_steps" not in values:  # the profile's warmup, at most a tenth of the run
         values["warmup_steps"] = max(0, min(profile.warmup_steps, int(values["max_steps"]) // 10))
     run = tensorboard_run_name(request.display_name) if tensorboard else None
