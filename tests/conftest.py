@@ -36,20 +36,9 @@ def calibration_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     """One calibration cache for the whole run, pre-filled with fixed figures for the host's GEMM peak and the CPU
     size candidates (timing those real shapes takes seconds on a loaded machine); tiny test models are measured
     for real, once per shape per run. Tests of the calibration itself use their own directories."""
-    from chargpt.core.calibrated import CPU_CANDIDATES, profile_config
-    from chargpt.core.calibration import Calibrator, GemmPeak, Timing, TrainStep, train_entry
+    from tests.support.calibration import prefill
 
-    directory = tmp_path_factory.mktemp("calibration")
-    calibrator = Calibrator(directory)
-
-    def timing(seconds: float) -> Timing:
-        return Timing(best_s=seconds, median_s=seconds, spread=0.0, trials=3)
-
-    calibrator.put("gemm", GemmPeak(gflops_fp32=100.0, gflops_bf16=50.0, fp32=timing(0.02), bf16=timing(0.04)))
-    for profile in CPU_CANDIDATES:  # fp32 at 20k tokens/s and bf16 slower: auto keeps the CPU preset in fp32
-        tokens = profile.batch_size * profile.block_size
-        calibrator.put(train_entry(profile_config(profile), profile.batch_size),
-                       TrainStep(tokens=tokens, threads=1, fp32=timing(tokens / 20_000), bf16=timing(tokens / 10_000)))
+    directory = prefill(tmp_path_factory.mktemp("calibration"))
     with pytest.MonkeyPatch.context() as patch:
         for name in CALIBRATION_ENVS:
             patch.setenv(name, str(directory))

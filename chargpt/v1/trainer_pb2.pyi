@@ -42,6 +42,12 @@ class LrSchedule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LR_SCHEDULE_CONSTANT: _ClassVar[LrSchedule]
     LR_SCHEDULE_LINEAR: _ClassVar[LrSchedule]
 
+class Optimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OPTIMIZER_UNSPECIFIED: _ClassVar[Optimizer]
+    OPTIMIZER_ADAMW: _ClassVar[Optimizer]
+    OPTIMIZER_MUON: _ClassVar[Optimizer]
+
 class CorpusSplit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CORPUS_SPLIT_UNSPECIFIED: _ClassVar[CorpusSplit]
@@ -66,6 +72,9 @@ LR_SCHEDULE_UNSPECIFIED: LrSchedule
 LR_SCHEDULE_COSINE: LrSchedule
 LR_SCHEDULE_CONSTANT: LrSchedule
 LR_SCHEDULE_LINEAR: LrSchedule
+OPTIMIZER_UNSPECIFIED: Optimizer
+OPTIMIZER_ADAMW: Optimizer
+OPTIMIZER_MUON: Optimizer
 CORPUS_SPLIT_UNSPECIFIED: CorpusSplit
 CORPUS_SPLIT_TRAIN: CorpusSplit
 CORPUS_SPLIT_VALIDATION: CorpusSplit
@@ -200,7 +209,7 @@ class ModelSpec(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., custom: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("max_steps", "batch_size", "learning_rate", "min_learning_rate", "warmup_steps", "lr_schedule", "weight_decay", "grad_clip", "eval_interval", "sample_interval", "sample_length", "seed", "precision", "compile", "checkpoint_interval", "grad_accumulation_steps", "max_seconds")
+    __slots__ = ("max_steps", "batch_size", "learning_rate", "min_learning_rate", "warmup_steps", "lr_schedule", "weight_decay", "grad_clip", "eval_interval", "sample_interval", "sample_length", "seed", "precision", "compile", "checkpoint_interval", "grad_accumulation_steps", "max_seconds", "optimizer")
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +227,7 @@ class TrainingSpec(_message.Message):
     CHECKPOINT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     GRAD_ACCUMULATION_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     max_steps: int
     batch_size: int
     learning_rate: float
@@ -235,7 +245,8 @@ class TrainingSpec(_message.Message):
     checkpoint_interval: int
     grad_accumulation_steps: int
     max_seconds: float
-    def __init__(self, max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., min_learning_rate: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., weight_decay: _Optional[float] = ..., grad_clip: _Optional[float] = ..., eval_interval: _Optional[int] = ..., sample_interval: _Optional[int] = ..., sample_length: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., compile: _Optional[_Union[CompileMode, str]] = ..., checkpoint_interval: _Optional[int] = ..., grad_accumulation_steps: _Optional[int] = ..., max_seconds: _Optional[float] = ...) -> None: ...
+    optimizer: Optimizer
+    def __init__(self, max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., min_learning_rate: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., lr_schedule: _Optional[_Union[LrSchedule, str]] = ..., weight_decay: _Optional[float] = ..., grad_clip: _Optional[float] = ..., eval_interval: _Optional[int] = ..., sample_interval: _Optional[int] = ..., sample_length: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., compile: _Optional[_Union[CompileMode, str]] = ..., checkpoint_interval: _Optional[int] = ..., grad_accumulation_steps: _Optional[int] = ..., max_seconds: _Optional[float] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ...) -> None: ...
 
 class ResourceSpec(_message.Message):
     __slots__ = ("device", "num_processes", "num_nodes")

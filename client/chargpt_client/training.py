@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 LrSchedule = Literal["cosine", "constant", "linear"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 CompileMode = Literal["auto", "on", "off"]
+Optimizer = Literal["adamw", "muon"]
 
 
 def _help(text: str) -> Any:
@@ -42,6 +43,7 @@ class TrainingOptions(BaseModel):
     grad_accumulation_steps: int | None = _help("gradient accumulation micro-steps per optimizer step")
     max_seconds: float | None = _help("wall-clock training budget in seconds: the schedule ends at the deadline "
                                       "(with max_steps too, whichever comes first)")
+    optimizer: Optimizer | None = _help("adamw, or muon for the hidden matrices with AdamW for the rest")
 
     def given(self) -> dict[str, Any]:
         """The fields that are set, by name."""

@@ -9,6 +9,7 @@ from trainer_harness import Trainer
 
 from chargpt.core.device import SIZE_PROFILES
 from chargpt.v1 import trainer_pb2 as S
+from tests.support.calibration import FP32_TOKENS_PER_SECOND, GEMM_BF16, GEMM_FP32, prefill
 from trainer_service.jobs.worker import PLAN_FILE
 from trainer_service.server import create_server
 from trainer_service.settings import TrainerSettings
@@ -51,13 +52,19 @@ async def test_device_info(trainer: Trainer) -> None:
     assert info.auto_model.n_embd == cpu.n_embd and info.auto_batch_size == cpu.batch_size
 
 
-async def test_device_info_shows_the_measured_figures_and_choices(trainer: Trainer) -> None:
-    """The session's calibration cache (tests/conftest.py) holds fixed figures: fp32 20k tokens/s at every CPU
-    candidate, bf16 half that, GEMM 100/50 GFLOP/s; the report shows them and the choices they lead to."""
-    info = await trainer.stub.GetDeviceInfo(S.GetDeviceInfoRequest())
-    assert (info.gemm_gflops_fp32, info.gemm_gflops_bf16) == (100.0, 50.0)
+async def test_device_info_shows_the_measured_figures_and_choices(tmp_path: Path,
+                                                                 fake_engine_env: pytest.MonkeyPatch) -> None:
+    """A calibration cache holding fixed figures (tests/support/calibration.py: fp32 20k tokens/s at every CPU
+    candidate, bf16 half that, GEMM 100/50 GFLOP/s); the report shows them and the choices they lead to."""
+    trainer = Trainer(tmp_path / "data", calibration_dir=prefill(tmp_path / "calibration"))
+    await trainer.start()
+    try:
+        info = await trainer.stub.GetDeviceInfo(S.GetDeviceInfoRequest())
+    finally:
+        await trainer.stop()
+    assert (info.gemm_gflops_fp32, info.gemm_gflops_bf16) == (GEMM_FP32, GEMM_BF16)
     assert info.auto_precision == "fp32"  # bf16 measured slower, whatever the CPU flags say
-    assert dict(info.candidate_tokens_per_second) == {"cpu": 20_000.0}  # below target: no wider one timed
+    assert dict(info.candidate_tokens_per_second) == {"cpu": FP32_TOKENS_PER_SECOND}  # below target: none wider
     assert info.calibrated_time.seconds > 0
 
 

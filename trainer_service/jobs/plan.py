@@ -86,7 +86,8 @@ def _training_values(given: dict[str, Any], profile: SizeProfile, finetune: bool
     """
     budget_only = "max_seconds" in given and "max_steps" not in given
     values = {"max_steps": MAX_STEPS if budget_only else profile.max_steps, "batch_size": profile.batch_size,
-              "learning_rate": profile.learning_rate * (FINETUNE_LR_SCALE if finetune else 1), **given}
+              "learning_rate": profile.learning_rate * (FINETUNE_LR_SCALE if finetune else 1),
+              "optimizer": profile.optimizer, **given}
     if "max_seconds" in given:
         values["fit_to_budget"] = tuple(n for n in ("warmup_steps", *INTERVALS) if n not in given)
     if "warmup_steps" not in values:  # the profile's warmup, at most a tenth of the run (a fiftieth: fine-tuning)

@@ -62,6 +62,8 @@ class TrainingPlan(BaseModel):
     min_learning_rate: float = Field(ge=0, description="default: learning_rate / 10")
     warmup_steps: int = Field(ge=0)
     lr_schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    optimizer: Literal["adamw", "muon"] = Field(default="adamw", description="muon: Muon for the hidden weight "
+                                                "matrices, AdamW for embeddings and gains")
     weight_decay: float = Field(default=0.1, ge=0, le=10.0)
     grad_clip: float = Field(default=1.0, ge=0, le=1e6, description="0 disables clipping")
     eval_interval: int = Field(ge=0, le=MAX_STEPS, description="0: evaluate at the end only")

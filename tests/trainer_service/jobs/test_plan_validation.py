@@ -113,8 +113,16 @@ async def test_defaults_are_resolved(trainer: Trainer) -> None:
     assert t.max_steps > 0 and t.batch_size > 0 and t.learning_rate > 0 and t.HasField("seed")
     assert math.isclose(t.min_learning_rate, t.learning_rate / 10)
     assert t.lr_schedule == S.LR_SCHEDULE_COSINE and t.precision == S.PRECISION_AUTO
+    assert t.optimizer == S.OPTIMIZER_MUON  # the CPU size profile's optimizer
     assert job.model.dropout == pytest.approx(0.1) and job.resources.num_processes == 1
     assert job.parameter_count > 0 and math.isnan(job.train_loss) and math.isnan(job.best_val_loss)
+    await trainer.stub.CancelTrainingJob(S.CancelTrainingJobRequest(job_id=job.job_id))
+
+
+async def test_a_requested_optimizer_replaces_the_profiles(trainer: Trainer) -> None:
+    corpus = (await trainer.upload(sample_text(2000))).corpus
+    job = (await trainer.stub.CreateTrainingJob(request(corpus.corpus_id, optimizer=S.OPTIMIZER_ADAMW))).job
+    assert job.training.optimizer == S.OPTIMIZER_ADAMW
     await trainer.stub.CancelTrainingJob(S.CancelTrainingJobRequest(job_id=job.job_id))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from engine_support import TEXT, Recorder, make_plan, never  # type: ignore[import-not-found]
+from safetensors.torch import load_file
 
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.errors import InvalidArgumentError
@@ -103,6 +104,24 @@ def test_resume_continues_exactly(tmp_path: Path, corpus: CorpusRef) -> None:
     assert [e.val_loss for e in evals_b] == pytest.approx([e.val_loss for e in evals_a], abs=1e-6)
     assert second.of(ProgressUpdate)[-1].loss == pytest.approx(straight.of(ProgressUpdate)[-1].loss, abs=1e-6)
     assert second.of(ProgressUpdate)[0].step == 14
+
+
+def test_muon_learns_and_resumes_exactly(tmp_path: Path, corpus: CorpusRef) -> None:
+    plan = make_plan(sample_interval=0, checkpoint_interval=7, optimizer="muon")
+    straight = Recorder()
+    run_training(plan, corpus, tmp_path / "a", straight, never)
+    evals = straight.of(EvaluationResult)
+    assert evals[-1].val_loss < 2.5 < 3.0 < _initial_loss(straight)
+    stopped = run_training(plan, corpus, tmp_path / "b", Recorder(), stop_after(13))
+    assert stopped.final_step == 13
+    tensors = load_file(str(tmp_path / "b" / "checkpoints" / "latest" / OPTIMIZER_FILE))
+    assert any(k.endswith(".momentum_buffer") for k in tensors) and any(k.endswith(".exp_avg") for k in tensors)
+    second = Recorder()
+    run_training(plan, corpus, tmp_path / "b", second, never)
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "latest").model.state_dict()
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "latest").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # Muon momentum and AdamW moments both restored
+    assert second.of(EvaluationResult)[-1].val_loss == pytest.approx(evals[-1].val_loss, abs=1e-6)
 
 
 def test_should_stop_writes_latest_and_returns_early(tmp_path: Path, corpus: CorpusRef) -> None:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
@@ -15,7 +16,14 @@ from trainer_service.training.api import TrainingPlan
 from trainer_service.training.data import CorpusData, encode_text, split_windows, train_subset_windows
 from trainer_service.training.evaluate import Evaluator
 from trainer_service.training.loop import micro_steps, split_evenly
-from trainer_service.training.optim import build_optimizer, learning_rate_at, parameter_groups
+from trainer_service.training.optim import (
+    Muon,
+    MuonWithAdamW,
+    build_optimizer,
+    learning_rate_at,
+    parameter_groups,
+    set_learning_rate,
+)
 from trainer_service.training.runtime import CPU_MICRO_BATCH_TOKENS, Runtime, micro_batch_tokens, resolve_precision
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
@@ -119,6 +127,24 @@ def test_weight_decay_applies_to_matrices_only() -> None:
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
 
 
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest() -> None:
+    model = GPT(ModelConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16, bias=True))
+    optimizer = build_optimizer(model, plan(optimizer="muon", weight_decay=0.1), torch.device("cpu"))
+    assert isinstance(optimizer, MuonWithAdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for g in optimizer.muon.param_groups for p in g["params"]}
+    adamw = [{names[id(p)] for p in g["params"]} for g in optimizer.adamw.param_groups]
+    assert muon == {f"blocks.{i}.{m}.weight" for i in range(2)
+                    for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert adamw[0] == {"wte.weight", "wpe.weight"}  # embeddings (wte is also the head): AdamW, decayed
+    assert "ln_f.weight" in adamw[1] and "blocks.0.attn.c_attn.bias" in adamw[1]  # gains and biases: no decay
+    assert [g["weight_decay"] for g in optimizer.adamw.param_groups] == [0.1, 0.0]
+    assert len(muon) + len(adamw[0]) + len(adamw[1]) == len(list(model.parameters()))
+    assert optimizer.param_groups == optimizer.muon.param_groups + optimizer.adamw.param_groups
+    set_learning_rate(optimizer, 0.5)  # the schedule reaches both halves
+    assert {g["lr"] for g in optimizer.muon.param_groups + optimizer.adamw.param_groups} == {0.5}
+
+
 def test_precision_resolution() -> None:
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) is None
@@ -152,3 +178,20 @@ def test_micro_batch_cap_is_for_cpus_and_can_be_overridden(monkeypatch: pytest.M
     assert micro_batch_tokens(torch.device("cpu")) is None
     monkeypatch.setenv("CHARGPT_TRAIN_MICRO_TOKENS", "4096")
     assert micro_batch_tokens(torch.device("cpu")) == 4096
+
+
+def test_muon_step_matches_torch_muon_up_to_its_bf16_rounding() -> None:
+    torch.manual_seed(0)
+    ours = [nn.Parameter(torch.randn(*shape)) for shape in ((24, 8), (8, 32), (8, 32))]
+    theirs = [nn.Parameter(p.detach().clone()) for p in ours]
+    a = Muon(ours, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        for p, q in zip(ours, theirs, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()  # type: ignore[no-untyped-call]
+    for p, q in zip(ours, theirs, strict=True):  # torch orthogonalises in bf16 (~3 significant digits), we in fp32
+        assert torch.allclose(p, q, atol=2e-3) and not torch.equal(p, q)
+        assert torch.equal(a.state[p]["momentum_buffer"], b.state[q]["momentum_buffer"])
