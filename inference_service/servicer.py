@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -144,6 +145,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             assert entry.scorer is not None
             # Encoding and scoring run on the model's worker, batched with other waiting Score requests.
             result = await entry.scorer.score(request.text, stride, request.include_token_logprobs)
+            if not math.isfinite(result.mean_nll):  # finite logits always give a finite log-softmax
+                raise errors.NonFiniteLogitsError(
+                    "the model produced non-finite logits (NaN or inf) for this text, so it cannot be scored; its "
+                    "weights or dtype are numerically broken (a float16 model can overflow: reload it as float32 "
+                    "or bfloat16)")
             self.metrics.score_requests.labels(model=entry.name).inc()
             return inference_pb2.ScoreResponse(mean_nll=result.mean_nll, bits_per_char=result.bits_per_char,
                                                perplexity=result.perplexity, num_tokens=result.num_tokens,

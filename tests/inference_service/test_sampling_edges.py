@@ -90,6 +90,18 @@ async def test_nan_logits_fail_that_request_clearly_and_the_batch_goes_on(served
     assert again.text == healthy
 
 
+async def test_nan_logits_fail_score_clearly_and_other_texts_still_score(served: Served) -> None:
+    checkpoint = served.server.registry.models["tiny"].checkpoint
+    healthy = await served.stub.Score(inference_pb2.ScoreRequest(model="tiny", text="the cat sat"), timeout=30)
+    _break_one_character(checkpoint.model, checkpoint.tokenizer.vocabulary)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await served.stub.Score(inference_pb2.ScoreRequest(model="tiny", text=f"a {BROKEN}ebra ran"), timeout=30)
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "non-finite logits" in (failure.value.details() or "")
+    again = await served.stub.Score(inference_pb2.ScoreRequest(model="tiny", text="the cat sat"), timeout=30)
+    assert again.mean_nll == pytest.approx(healthy.mean_nll, rel=1e-5)
+
+
 async def test_a_failed_rows_nan_cache_never_reaches_the_next_sequence_in_that_row(tmp_path: Path) -> None:
     """Rows: A (NaN from its first character on), a long healthy C, a short healthy D, admitted together. A fails
     and D moves into A's row; decoding beside C then reads D's row past D's length, where A's NaN keys were."""
