@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 
 class ChargptError(Exception):
@@ -97,3 +99,21 @@ class CheckpointCorruptError(CheckpointError, DataLossError):
 class NonFiniteLogitsError(FailedPreconditionError):
     """A model's forward pass gave NaN or infinite logits: its weights or its dtype are numerically broken, so
     no character can be sampled. Retrying the same request on the same model gives the same failure."""
+
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+def validated(schema: type[Schema], values: dict[str, Any],
+              field_path: Callable[[str], str] = lambda name: name) -> Schema:
+    """The schema's instance from `values`, or INVALID_ARGUMENT naming the (request) field of the first error:
+    `field_path` maps the schema's field name to the name the caller knows it by (e.g. `training.learning_rate`)."""
+    try:
+        return schema.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not isinstance(first.get("input"), dict | BaseModel):
+            message += f" (got {first.get('input')!r})"
+        raise InvalidArgumentError(field_path(name), message) from None

@@ -6,10 +6,10 @@ import math
 from enum import StrEnum
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from chargpt.core.model import GPT
-from chargpt.errors import InvalidArgumentError, NonFiniteLogitsError
+from chargpt.errors import InvalidArgumentError, NonFiniteLogitsError, validated
 
 # Temperatures below this are greedy, as in vLLM (its _SAMPLING_EPS = 1e-5): the T -> 0 limit, with ties going to
 # the first argmax exactly as at temperature 0. Anything from here up is sampled at the temperature given.
@@ -54,11 +54,7 @@ def resolve_sampling(preset: SamplingPreset | None = None, temperature: float | 
             raise InvalidArgumentError(field, f"must be a finite number, got {value}")
     overrides = {k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p))
                  if v is not None}
-    try:
-        return SamplingParams(**{**base.model_dump(), **overrides})
-    except ValidationError as exc:  # report the first bad field by name
-        first = exc.errors()[0]
-        raise InvalidArgumentError(str(first["loc"][0]), first["msg"]) from None
+    return validated(SamplingParams, {**base.model_dump(), **overrides})
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

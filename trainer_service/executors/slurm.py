@@ -19,8 +19,6 @@ COMMAND_TIMEOUT = 60.0
 # Slurm job states (squeue %T, sacct State) by what they mean for the job.
 PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING"})
 RUNNING = frozenset({"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED", "RESIZING"})
-ENDED = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
-                   "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"})
 
 
 def batch_script(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> str:

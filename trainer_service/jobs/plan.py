@@ -6,16 +6,13 @@ request set onto the device's size profile, validates once, and names the proto 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from chargpt.core.calibrated import SizeChoice, auto_profile, calibrated_size
 from chargpt.core.calibration import Calibrator
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, parse_device, resolve_device
-from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError, validated
 from chargpt.v1 import common_pb2, trainer_pb2
 from trainer_service.convert import training_fields
 from trainer_service.jobs.init_from import Parent
@@ -23,7 +20,6 @@ from trainer_service.store import CorpusRecord
 from trainer_service.training.api import INTERVALS, MAX_STEPS, TrainingPlan, tensorboard_run_name
 
 RESOURCE_FIELDS = ("device", "num_processes", "num_nodes")  # plan fields from the request's ResourceSpec
-Schema = TypeVar("Schema", bound=BaseModel)
 # Fine-tuning defaults: the weights are already trained, so a third of the size's peak learning rate and a short
 # warmup (a fiftieth of the run, at most the size's) adapt them without wiping out what they know.
 FINETUNE_LR_SCALE = 1 / 3
@@ -94,19 +90,6 @@ def _training_values(given: dict[str, Any], profile: SizeProfile, finetune: bool
         share = int(values["max_steps"]) // (FINETUNE_WARMUP_FRACTION if finetune else 10)
         values["warmup_steps"] = max(0, min(profile.warmup_steps, share))
     return values
-
-
-def validated(schema: type[Schema], values: dict[str, Any], field_path: Callable[[str], str]) -> Schema:
-    """The schema's instance, or INVALID_ARGUMENT naming the proto field of the first error."""
-    try:
-        return schema.model_validate(values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else ""
-        message = str(first["msg"]).removeprefix("Value error, ")
-        if not isinstance(first.get("input"), dict | BaseModel):
-            message += f" (got {first.get('input')!r})"
-        raise InvalidArgumentError(field_path(name), message) from None
 
 
 def _plan_field(name: str) -> str:

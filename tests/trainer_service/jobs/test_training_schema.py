@@ -11,10 +11,9 @@ from chargpt_client.ops import training_spec
 from chargpt_client.training import TrainingOptions
 
 from chargpt.core.config import ModelConfig
-from chargpt.errors import InvalidArgumentError
+from chargpt.errors import InvalidArgumentError, validated
 from chargpt.v1 import trainer_pb2
 from trainer_service.convert import enum_choices, training_fields, training_proto
-from trainer_service.jobs.plan import validated
 from trainer_service.training.api import TrainingPlan
 
 SPEC = trainer_pb2.TrainingSpec.DESCRIPTOR
