@@ -8,12 +8,13 @@ and one where they are slow stays in fp32 (issue 13 saw both, with the same CPU 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from chargpt.core.calibration import Calibrator, Timing, time_interleaved
+from chargpt.core.calibration import Calibrator, Timing, speedup, time_interleaved
 from chargpt.core.model import GPT, KVCache
 from inference_service.fast_decode import FastDecoder
 
@@ -36,6 +37,7 @@ class DecodeCalibration(BaseModel):
     dtypes_big: dict[str, Timing]
     dtypes_single: dict[str, Timing]
     threads: dict[str, Timing]  # "B8:t1", "B8:t2", ...
+    load_average: float = 0.0  # the host's 1-minute load average when measured: a busy host skews the choice
 
 
 class DecodeChoice(BaseModel):
@@ -48,11 +50,12 @@ class DecodeChoice(BaseModel):
 
 def choose_dtypes(big: dict[str, Timing], single: dict[str, Timing]) -> str:
     """The variant fastest at the big batch, unless it loses more than SMALL_BATCH_SLACK to fp32 for one stream."""
-    for name in sorted(big, key=lambda n: big[n].best_s):
+    reference = "float32/float32"
+    for name in sorted(big, key=lambda n: -speedup(big[n], big[reference])):
         lone = single.get(f"{name.split('/')[0]}/float32")  # batch 1 is timed per weight dtype (fp32 cache)
-        if lone is None or lone.best_s <= single["float32/float32"].best_s * SMALL_BATCH_SLACK:
+        if lone is None or speedup(lone, single[reference]) * SMALL_BATCH_SLACK >= 1:
             return name
-    return "float32/float32"
+    return reference
 
 
 def choose_parallel_from(threads: dict[str, Timing], max_threads: int, big_batch: int) -> int:
@@ -60,7 +63,7 @@ def choose_parallel_from(threads: dict[str, Timing], max_threads: int, big_batch
     batches = sorted({int(k.split(":")[0][1:]) for k in threads})
     parallel_from = big_batch + 1  # never: one thread always did as well
     for batch in reversed(batches):
-        if threads[f"B{batch}:t{max_threads}"].best_s >= threads[f"B{batch}:t1"].best_s * PARALLEL_MARGIN:
+        if speedup(threads[f"B{batch}:t{max_threads}"], threads[f"B{batch}:t1"]) * PARALLEL_MARGIN <= 1:
             break
         parallel_from = batch
     return parallel_from
@@ -90,21 +93,22 @@ def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int | None 
 def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibration:
     """Time the engine's decode step on `model` (fp32, on CPU); restores torch's thread count."""
     before = torch.get_num_threads()
+    load = os.getloadavg()[0]
     models = {torch.float32: model, torch.bfloat16: copy.deepcopy(model).to(torch.bfloat16)}
     try:
         with torch.inference_mode():
             big = time_interleaved({n: _step(models[w], big_batch, c, max_threads)
-                                    for n, (w, c) in DTYPE_VARIANTS.items()}, trial_s=0.02, budget_s=0.6)
+                                    for n, (w, c) in DTYPE_VARIANTS.items()}, trial_s=0.03, budget_s=2.0, trials=9)
             single = time_interleaved({n: _step(models[w], 1, c, 1) for n, (w, c) in DTYPE_VARIANTS.items()
-                                       if n != "bfloat16/bfloat16"}, trial_s=0.02, budget_s=0.4)
+                                       if n != "bfloat16/bfloat16"}, trial_s=0.03, budget_s=1.0, trials=9)
             weights, cache = DTYPE_VARIANTS[choose_dtypes(big, single)]
             ladder = sorted({1, min(8, big_batch), big_batch})
             variants = {f"B{b}:t{t}": _step(models[weights], b, cache, t) for b in ladder for t in {1, max_threads}}
-            threads = time_interleaved(variants, trial_s=0.02, budget_s=0.6) if max_threads > 1 else {}
+            threads = time_interleaved(variants, trial_s=0.03, budget_s=2.0, trials=9) if max_threads > 1 else {}
     finally:
         torch.set_num_threads(before)
     return DecodeCalibration(big_batch=big_batch, max_threads=max_threads, dtypes_big=big, dtypes_single=single,
-                             threads=threads)
+                             threads=threads, load_average=load)
 
 
 def calibrated_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int) -> DecodeChoice:

@@ -50,6 +50,8 @@ class ModelEntry:
     source: str
     device: str = ""
     dtype: str = ""
+    kv_cache_dtype: str = ""
+    parallel_decode_from: int = 0
     state: State = State.LOADING
     error: str = ""
     checkpoint: Checkpoint | None = None
@@ -183,11 +185,13 @@ class ModelRegistry:
             entry.dtype = str(weight.dtype).split(".")[-1]
             cache_dtype = DTYPES.get(self.settings.kv_cache_dtype) or DTYPES.get(choice.cache_dtype)
             rows = self._batch_rows(model.config, cache_dtype or weight.dtype, weight.device)
+            threads = ThreadPolicy(torch.get_num_threads(), self.settings.parallel_decode_from or choice.parallel_from)
             entry.engine = await asyncio.to_thread(
                 Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, rows,
-                self.settings.max_queue, self.metrics, cache_dtype, self.settings.window_slide,
-                ThreadPolicy(torch.get_num_threads(), self.settings.parallel_decode_from or choice.parallel_from),
+                self.settings.max_queue, self.metrics, cache_dtype, self.settings.window_slide, threads,
                 self.settings.decode_attention)
+            entry.kv_cache_dtype = str(entry.engine.cache.k.dtype).split(".")[-1]
+            entry.parallel_decode_from = threads.parallel_from
             entry.scorer = ScoreBatcher(entry.checkpoint, entry.executor, self.settings.score_batch_tokens)
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
@@ -198,7 +202,8 @@ class ModelRegistry:
         entry.loaded.set()
         self.metrics.load_seconds.labels(model=entry.name).observe(time.monotonic() - started)
         self._count_ready()
-        log.info("model %s ready (%s on %s, %s)", entry.name, entry.source, entry.device, entry.dtype)
+        log.info("model %s ready (%s on %s, %s weights, %s KV cache, every thread from batch %d)", entry.name,
+                 entry.source, entry.device, entry.dtype, entry.kv_cache_dtype, entry.parallel_decode_from)
 
     def _decode_choice(self, model: GPT, measure_dtype: bool) -> DecodeChoice:
         """Dtypes and thread policy: measured on CPU (cached per host), else the model's dtype and the default."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from chargpt import errors
+from chargpt.core.calibration import Calibrator
 from chargpt.core.device import cpu_cores
 from chargpt.server.memory import keep_freed_memory
 from chargpt.server.metrics import MetricsEndpoint
@@ -53,6 +54,8 @@ async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int
     if settings.keep_freed_memory:
         keep_freed_memory()
     preload = parse_preload(settings.preload)
+    if settings.recalibrate:
+        Calibrator(settings.resolved_calibration_dir()).clear()
     metrics = InferenceMetrics()
     server = new_server(settings, observer=metrics.rpcs.observe)
     health = add_health_and_reflection(server, [SERVICE_NAME])

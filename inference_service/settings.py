@@ -64,6 +64,8 @@ class InferenceSettings(ServerSettings):
                                              "default: measured per host and model on CPU, else 24")
     calibration_dir: Path = Field(default=Path("./chargpt-data/calibration"), description="where this host's "
                                   "measured decode timings are cached (dtype auto and the thread policy)")
+    recalibrate: bool = Field(default=False, description="forget the cached decode timings at start-up and "
+                              "measure again as each model loads")
     download_chunk_bytes: int = Field(default=1 << 20, ge=1024, le=4 << 20,
                                       description="chunk size asked of the trainer's DownloadCheckpoint")
 

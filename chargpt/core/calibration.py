@@ -6,7 +6,9 @@ flags), so `precision=auto` and the CPU size are decided by measuring, never by 
 Method, robust to a shared machine: every variant is warmed up, then timed in short trials (each long enough to
 dwarf the timer) interleaved round-robin with the other variants, so a burst of outside load hits all of them
 alike; decisions use each variant's fastest trial (outside load only ever adds time) and the record keeps the
-median and the spread (slowest / fastest - 1) to show how noisy the measurement was.
+median and the spread (slowest / fastest - 1) to show how noisy the measurement was. Comparisons between two
+variants use `speedup`: the median of their per-round ratios, since a round's two trials ran seconds apart and
+share whatever load the host had then (a single best trial each let one lucky trial decide).
 
 Results are cached as JSON, one file per host key (CPU model, cores, torch version, device), one entry per
 measured shape; `Calibrator.clear()` (or the servers' `recalibrate` setting) measures again. torch is imported
@@ -66,6 +68,15 @@ class Timing(BaseModel):
     median_s: float
     spread: float  # slowest trial / fastest - 1
     trials: int
+    samples: tuple[float, ...] = ()  # seconds per call in each round, in round order
+
+
+def speedup(fast: Timing, slow: Timing) -> float:
+    """How many times faster `fast` ran than `slow` (> 1: faster): the median of the per-round ratios when both
+    were timed in the same rounds of `time_interleaved`, else the ratio of their best trials."""
+    if fast.samples and len(fast.samples) == len(slow.samples):
+        return statistics.median(s / f for f, s in zip(fast.samples, slow.samples, strict=True))
+    return slow.best_s / fast.best_s
 
 
 class GemmPeak(BaseModel):
@@ -91,7 +102,7 @@ class TrainStep(BaseModel):
 
     @property
     def bf16_faster(self) -> bool:
-        return self.bf16 is not None and self.bf16.best_s < self.fp32.best_s * (1 - BF16_MARGIN)
+        return self.bf16 is not None and speedup(self.bf16, self.fp32) * (1 - BF16_MARGIN) > 1
 
     @property
     def best_tokens_per_s(self) -> float:
@@ -149,7 +160,7 @@ def time_interleaved(variants: Mapping[str, Callable[[], object]], trials: int =
 def _timing(samples: list[float]) -> Timing:
     best = min(samples)
     return Timing(best_s=best, median_s=statistics.median(samples), spread=max(samples) / best - 1,
-                  trials=len(samples))
+                  trials=len(samples), samples=tuple(samples))
 
 
 def _sync(device: torch.device) -> None:

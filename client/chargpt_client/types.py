@@ -242,6 +242,8 @@ class Model:
     loaded_time: datetime | None
     weights_sha256: str
     parent: Lineage | None = None  # the checkpoint a fine-tuned model started from
+    kv_cache_dtype: str = ""  # how it is served: the KV cache's dtype, and the decode batch from which
+    parallel_decode_from: int = 0  # a step uses every torch thread (both measured per host unless set)
 
 
 @dataclass(frozen=True)

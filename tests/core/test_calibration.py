@@ -15,6 +15,7 @@ from chargpt.core.calibration import (
     TrainStep,
     measure_gemm_peak,
     measure_train_step,
+    speedup,
     time_interleaved,
 )
 from chargpt.core.config import ModelConfig
@@ -115,3 +116,18 @@ def test_size_choice_reports_precision(bf16_s: float, expected: str) -> None:
     choice = choose_cpu_size(lambda p: step(0.001, 0.001 * bf16_s))
     assert choice.precision == expected and choice.profile == CPU_CANDIDATES[-1]
     assert set(choice.tokens_per_s) == {p.name for p in CPU_CANDIDATES}
+
+
+def test_speedup_is_the_median_of_paired_rounds() -> None:
+    """Rounds run both variants seconds apart; their ratio cancels load that hit both, and a lucky trial of one
+    variant alone (here the slow one's 0.7) cannot flip the comparison as a best-of-each would."""
+    fast = Timing(best_s=1.0, median_s=1.0, spread=1.0, trials=5, samples=(1.0, 2.0, 2.0, 1.0, 1.0))
+    slow = Timing(best_s=0.7, median_s=1.2, spread=2.4, trials=5, samples=(1.2, 2.4, 2.4, 0.7, 1.2))
+    assert speedup(fast, slow) == pytest.approx(1.2)
+    assert speedup(slow, fast) == pytest.approx(1 / 1.2)
+    assert speedup(timing(2.0), timing(3.0)) == pytest.approx(1.5)  # cached before samples were kept: best trials
+
+
+def test_interleaved_timing_keeps_each_rounds_sample() -> None:
+    t = time_interleaved({"a": lambda: sum(range(100)), "b": lambda: sum(range(200))}, trials=4, trial_s=0.001)
+    assert len(t["a"].samples) == len(t["b"].samples) == 4 and min(t["a"].samples) == t["a"].best_s

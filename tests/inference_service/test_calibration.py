@@ -9,7 +9,9 @@ import torch
 from chargpt.core.calibration import Calibrator, Timing
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
-from inference_service.calibration import DecodeCalibration, calibrated_decode, decide
+from inference_service.calibration import DecodeCalibration, DecodeChoice, calibrated_decode, decide
+
+from .conftest import ServerFactory
 
 F32, MIXED, B16 = "float32/float32", "bfloat16/float32", "bfloat16/bfloat16"
 
@@ -56,3 +58,36 @@ def test_decode_is_measured_once_per_host_and_shape(tmp_path: Path) -> None:
     entries = calibrator.entries()
     assert len(entries) == 1 and next(iter(entries)).startswith("decode:L1-H2-C16-T8-V7-B4")
     assert calibrated_decode(Calibrator(tmp_path), model, 4, 2) == choice
+
+
+def rounds(*seconds: float) -> Timing:
+    return Timing(best_s=min(seconds), median_s=sorted(seconds)[len(seconds) // 2],
+                  spread=max(seconds) / min(seconds) - 1, trials=len(seconds), samples=seconds)
+
+
+def test_one_lucky_trial_does_not_decide_the_thread_policy() -> None:
+    """The cached calibration that made a busy host decode every batch on one thread: two threads won most rounds
+    at batch 64, but one thread's single best trial (a quiet moment) beat two threads' best."""
+    threads = {"B1:t1": rounds(5.0, 5.1, 9.0, 5.2), "B1:t2": rounds(3.7, 3.8, 6.0, 3.9),
+               "B64:t1": rounds(30.0, 19.7, 31.0, 30.5), "B64:t2": rounds(21.2, 21.5, 22.0, 21.3)}
+    c = DecodeCalibration(big_batch=64, max_threads=2, dtypes_big={F32: t(1)}, dtypes_single={F32: t(1)},
+                          threads=threads)
+    assert decide(c).parallel_from == 1
+
+
+def test_dtype_choice_uses_paired_rounds() -> None:
+    """bf16 ran faster in every round but one, where a burst slowed it while fp32 had its one quiet trial (the
+    best of either): it is still chosen."""
+    big = {F32: rounds(10.0, 10.2, 6.5, 10.0, 10.3), MIXED: rounds(7.0, 7.1, 20.0, 7.0, 7.2)}
+    single = {F32: rounds(1.0, 1.0, 1.0, 1.0, 1.0), MIXED: rounds(1.0, 1.0, 1.0, 1.0, 1.0)}
+    c = DecodeCalibration(big_batch=64, max_threads=2, dtypes_big=big, dtypes_single=single, threads={})
+    assert decide(c).weight_dtype == "bfloat16"
+
+
+async def test_recalibrate_forgets_the_hosts_decode_timings(make_server: ServerFactory, tmp_path: Path) -> None:
+    stale = Calibrator(tmp_path)
+    stale.put("decode:measured-on-a-busy-day", DecodeChoice(weight_dtype="float32", cache_dtype="", parallel_from=65))
+    await make_server(calibration_dir=tmp_path)
+    assert "decode:measured-on-a-busy-day" in stale.entries()
+    await make_server(calibration_dir=tmp_path, recalibrate=True)
+    assert stale.entries() == {}

@@ -115,6 +115,9 @@ def show(m: t.Model) -> None:
           f"vocab {c.vocab_size}")
     print(f"  trained: corpus {m.training.corpus_name or m.training.corpus_id[:12]}, step {m.training.step}, "
           f"val loss {fmt(m.training.val_loss)}")
+    if m.kv_cache_dtype:
+        print(f"  serving: {m.dtype} weights, {m.kv_cache_dtype} KV cache, every torch thread from a decode batch "
+              f"of {m.parallel_decode_from}")
     if m.parent is not None:
         print(f"  fine-tuned from: {m.parent.describe()}")
     if m.error:
