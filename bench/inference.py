@@ -5,9 +5,12 @@ concurrent decode, TTFT/ITL, Score throughput.
 
 The server runs as a subprocess (its own interpreter, as in production) with the notebook's model
 (6 layers, 6 heads, 384 wide, block 256, ~10.7M parameters, random init, tiny-shakespeare's 65 characters);
-every request generates 255 characters with the BALANCED preset. References, measured in this process in the
-same run: issue 13's lean KV-cache loop (bench/kv_reference.py) at its faster precision, for 1 and 64 streams,
-and the notebook's loop (full recompute, no cache, one request at a time). --smoke runs a tiny model with few
+every request generates 255 characters with the BALANCED preset. The server measures its serving choices afresh
+(`--recalibrate`, into a temporary calibration directory) and the run records them. References, measured in this
+process in the same run: issue 13's lean KV-cache loop (bench/kv_reference.py) at its faster precision, for 1 and
+64 streams; the notebook's loop (full recompute, no cache, one request at a time); Score's own computation on a
+float32 copy of the model in this process (what Score ran before serving dtypes were measured); and the host's
+GEMM peaks. --smoke runs a tiny model with few
 characters and streams in well under a minute: it checks that the benchmark works, not how fast anything is.
 
 Client-side ITL: a message carrying n characters (the server coalesces when the client lags) counts as n gaps of
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import platform
@@ -38,13 +42,16 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.kv_reference import kv_reference
+from chargpt.core.calibration import measure_gemm_peak
 from chargpt.core.checkpoint import save_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
 from chargpt.core.sampling import SAMPLING_PRESETS, SamplingPreset, generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from inference_service.scoring import ScoreJob, score_many
 from inference_service.server import default_torch_threads
+from inference_service.settings import InferenceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
@@ -91,9 +98,9 @@ def free_port() -> int:
 
 def start_server(models_dir: Path, port: int, http_port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "inference_service.server", "--port", str(port), "--http-port", str(http_port),
-               "--models-dir",
-               str(models_dir), "--preload", f"{MODEL}={MODEL}", "--torch-threads", str(args.threads),
-               "--kv-cache-dtype", args.kv_cache_dtype,
+               "--models-dir", str(models_dir), "--preload", f"{MODEL}={MODEL}", "--torch-threads", str(args.threads),
+               "--kv-cache-dtype", args.kv_cache_dtype, "--recalibrate", "true",
+               "--calibration-dir", str(models_dir.parent / "calibration"),
                "--device", "cpu", "--log-level", "WARNING"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.Popen(command, cwd=ROOT, env=env)
@@ -220,6 +227,9 @@ async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: 
                                   limits=httpx.Limits(max_connections=1024)) as http:
             await wait_ready(channel)
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            served = (await stub.GetModel(inference_pb2.GetModelRequest(name=MODEL), timeout=10)).model
+            serving = {"weights": served.dtype, "kv_cache": served.kv_cache_dtype,
+                       "parallel_decode_from": served.parallel_decode_from}
 
             def grpc_stream(seed: int) -> Awaitable[dict[str, Any]]:
                 return one_stream(stub, seed, n)
@@ -229,13 +239,15 @@ async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: 
 
             await grpc_stream(0)  # warm-up, both protocols
             await http_stream(0)
-            out: dict[str, Any] = {"single": await concurrent(grpc_stream, 1, 2 if quick else 5, server.pid)}
+            out: dict[str, Any] = {"serving": serving,
+                                   "single": await concurrent(grpc_stream, 1, 2 if quick else 5, server.pid)}
             for streams in scale.streams:
                 out[f"streams_{streams}"] = await concurrent(grpc_stream, streams, 1, server.pid)
             for streams in scale.http_streams:
                 rounds = (2 if quick else 5) if streams == 1 else 1
                 out[f"http_streams_{streams}"] = await concurrent(http_stream, streams, rounds, server.pid)
             score_text = text[: 5_000 if args.smoke else 20_000 if args.quick else 100_000]
+            await score(stub, score_text[: 8 * block], block)  # warm-up, as the in-process reference gets
             out["score"] = await score(stub, score_text, block)
             out["score_stride_half"] = await score(stub, score_text, block // 2)
             short = [text[i * block:(i + 1) * block] for i in range(8 if args.smoke else 32 if quick else 128)]
@@ -249,12 +261,30 @@ async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: 
     return out
 
 
+def score_reference(model: GPT, tokenizer: CharTokenizer, text: str, stride: int) -> dict[str, Any]:
+    """Score's computation (scoring.score_many, the server's pass size) on a float32 copy, in this process."""
+    ids = tokenizer.encode(text)
+    fp32 = copy.deepcopy(model).float().eval()
+    jobs, tokens_per_pass = [ScoreJob(ids, stride)], InferenceSettings().score_batch_tokens
+    score_many(fp32, [ScoreJob(ids[: 8 * stride], stride)], tokens_per_pass)  # warm-up, as the server gets
+    start = time.perf_counter()
+    result = score_many(fp32, jobs, tokens_per_pass)[0]
+    seconds = time.perf_counter() - start
+    return {"chars": len(text), "stride": stride, "chars_s": len(text) / seconds, "seconds": seconds,
+            "bits_per_char": result.bits_per_char}
+
+
 async def run(args: argparse.Namespace, scale: Scale, models_dir: Path) -> dict[str, Any]:
     text = corpus_text()
     model = write_model(models_dir, text, scale.config)
     tokenizer = CharTokenizer.from_text(text)
-    out = await serve_and_measure(args, scale, models_dir, text)
     torch.set_num_threads(args.threads)
+    gemm = measure_gemm_peak()
+    out = await serve_and_measure(args, scale, models_dir, text)
+    out["gemm_gflops"] = {"float32": gemm.gflops_fp32, "bfloat16": gemm.gflops_bf16}
+    torch.set_num_threads(args.threads)
+    out["score_reference_fp32"] = score_reference(model, tokenizer, text[: out["score"]["chars"]],
+                                                  scale.config.block_size)
     params, start_id = SAMPLING_PRESETS[SamplingPreset.BALANCED], tokenizer.encode("\n")[0]
     for streams in scale.reference_streams:
         out[f"kv_reference_{streams}"] = kv_reference(model, streams, scale.new_tokens, params, start_id,
@@ -272,7 +302,9 @@ def targets(out: dict[str, Any], scale: Scale) -> list[tuple[str, float, float]]
             (f"gRPC {many} / lean KV loop {many} (>= 1.3)", grpc_many / out[f"kv_reference_{many}"]["tok_s"], 1.3),
             (f"HTTP {http} / gRPC {http} (>= 0.85)", out[f"http_streams_{http}"]["tok_s"]
              / out[f"streams_{http}"]["tok_s"], 0.85),
-            (f"gRPC {big} streams TTFT p99 s (< 1.0)", out[f"streams_{big}"]["ttft_p99_ms"] / 1e3, 1.0)]
+            (f"gRPC {big} streams TTFT p99 s (< 1.0)", out[f"streams_{big}"]["ttft_p99_ms"] / 1e3, 1.0),
+            ("Score / Score's computation in float32 (>= 2.0)", out["score"]["chars_s"]
+             / out["score_reference_fp32"]["chars_s"], 2.0)]
 
 
 def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, float]) -> None:
@@ -291,10 +323,15 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
                      f"TTFT p50 {r['ttft_p50_ms']:7.1f} p99 {r['ttft_p99_ms']:7.1f} ms",
                      f"ITL p50 {r['itl_p50_ms']:5.2f} p99 {r['itl_p99_ms']:6.2f} ms",
                      f"{r['tok_per_server_cpu_s']:7.0f}"))
-    for key, label in (("score", "Score, default stride"), ("score_stride_half", "Score, half stride"),
+    for key, label in (("score", "Score, default stride"), ("score_reference_fp32", "Score's maths in fp32, here"),
+                       ("score_stride_half", "Score, half stride"),
                        ("score_short_texts", "Score, concurrent block-long texts")):
         rows.append((label, f"{out[key]['chars_s']:8.0f} chars/s", "", "", ""))
-    print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    gemm, serving = out["gemm_gflops"], out["serving"]
+    print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; GEMM peaks: fp32 "
+          f"{gemm['float32']:.0f}, bf16 {gemm['bfloat16']:.0f} GFLOP/s")
+    print(f"server's measured choices: {serving['weights']} weights, {serving['kv_cache']} KV cache, every thread "
+          f"from a decode batch of {serving['parallel_decode_from']}")
     print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} tok per server CPU-s")
     for row in rows:
         print(f"{row[0]:<40} {row[1]:<16} {row[2]:<32} {row[3]:<28} {row[4]}")
