@@ -228,8 +228,8 @@ async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: 
             await wait_ready(channel)
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             served = (await stub.GetModel(inference_pb2.GetModelRequest(name=MODEL), timeout=10)).model
-            serving = {"weights": served.dtype, "kv_cache": served.kv_cache_dtype,
-                       "parallel_decode_from": served.parallel_decode_from}
+            serving = {"weights": served.dtype, "narrow_decode_from": served.narrow_decode_from,
+                       "kv_cache": served.kv_cache_dtype, "parallel_decode_from": served.parallel_decode_from}
 
             def grpc_stream(seed: int) -> Awaitable[dict[str, Any]]:
                 return one_stream(stub, seed, n)
@@ -330,8 +330,9 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
     gemm, serving = out["gemm_gflops"], out["serving"]
     print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; GEMM peaks: fp32 "
           f"{gemm['float32']:.0f}, bf16 {gemm['bfloat16']:.0f} GFLOP/s")
-    print(f"server's measured choices: {serving['weights']} weights, {serving['kv_cache']} KV cache, every thread "
-          f"from a decode batch of {serving['parallel_decode_from']}")
+    print(f"server's measured choices: {serving['weights']} weights from a decode batch of "
+          f"{serving['narrow_decode_from']} (float32 below), {serving['kv_cache']} KV cache, every thread from a "
+          f"decode batch of {serving['parallel_decode_from']}")
     print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} tok per server CPU-s")
     for row in rows:
         print(f"{row[0]:<40} {row[1]:<16} {row[2]:<32} {row[3]:<28} {row[4]}")

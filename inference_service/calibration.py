@@ -1,8 +1,13 @@
-"""Serving choices by measurement on CPU: weight and KV-cache dtypes, and the batch from which decode uses every thread.
+"""Serving choices by measurement on CPU: the KV-cache dtype, and per decode batch size the weights' dtype and
+the torch thread count.
 
 The engine's real decode step (FastDecoder) is timed on the loaded model's own shapes, interleaved and cached per
 host like the trainer's calibration (chargpt.core.calibration), so a host where bf16 GEMMs are fast serves in bf16
-and one where they are slow stays in fp32 (issue 13 saw both, with the same CPU flags).
+and one where they are slow stays in fp32 (issue 13 saw both, with the same CPU flags). One size does not fit all
+batches: on a host measured for issue 13, bf16 weights decoded a 64-row batch 1.35x faster than fp32 but a lone
+stream 0.78x as fast (a one-row matmul has no fast bf16 kernel without AMX), and a second thread paid at batch 64
+but could cost at batch 1. So the choice is a small plan: from which batch size the narrow weights are used, and
+from which every thread is.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Callable
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from chargpt.core.calibration import Calibrator, Timing, speedup, time_interleaved
+from chargpt.core.calibration import BF16_MARGIN, Calibrator, Timing, speedup, time_interleaved
 from chargpt.core.model import GPT, KVCache
 from inference_service.fast_decode import FastDecoder
 
@@ -22,60 +27,81 @@ from inference_service.fast_decode import FastDecoder
 DTYPE_VARIANTS = {"float32/float32": (torch.float32, torch.float32),
                   "bfloat16/float32": (torch.bfloat16, torch.float32),
                   "bfloat16/bfloat16": (torch.bfloat16, torch.bfloat16)}
-SMALL_BATCH_SLACK = 1.10  # the big batch decides, unless that choice is more than 10% slower for a lone stream
 PARALLEL_MARGIN = 0.95  # every thread must save at least 5% over one to be worth the fork/join
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class DecodeCalibration(BaseModel):
-    """Seconds per decode step of each variant: dtypes at the big batch (all threads) and at batch 1 (one thread);
-    one thread against all at a ladder of batch sizes in the chosen dtypes."""
+    """Seconds per decode step: each dtype variant at the big batch (every thread), then a ladder of batch sizes
+    in the chosen cache dtype, each with fp32 and the chosen weights, on one thread and on all ("B8:float32:t2")."""
 
     model_config = ConfigDict(frozen=True)
 
     big_batch: int
     max_threads: int
     dtypes_big: dict[str, Timing]
-    dtypes_single: dict[str, Timing]
-    threads: dict[str, Timing]  # "B8:t1", "B8:t2", ...
+    ladder: dict[str, Timing]
     load_average: float = 0.0  # the host's 1-minute load average when measured: a busy host skews the choice
 
 
 class DecodeChoice(BaseModel):
+    """Decode batches of at least narrow_from rows use weight_dtype (smaller ones float32); batches of at least
+    parallel_from rows use every torch thread (smaller ones one)."""
+
     model_config = ConfigDict(frozen=True)
 
     weight_dtype: str
     cache_dtype: str
     parallel_from: int
+    narrow_from: int = 1
 
 
-def choose_dtypes(big: dict[str, Timing], single: dict[str, Timing]) -> str:
-    """The variant fastest at the big batch, unless it loses more than SMALL_BATCH_SLACK to fp32 for one stream."""
+def fastest_variant(big: dict[str, Timing]) -> str:
+    """The dtype variant fastest at the big batch; a narrower one must beat fp32 by BF16_MARGIN."""
     reference = "float32/float32"
-    for name in sorted(big, key=lambda n: -speedup(big[n], big[reference])):
-        lone = single.get(f"{name.split('/')[0]}/float32")  # batch 1 is timed per weight dtype (fp32 cache)
-        if lone is None or speedup(lone, single[reference]) * SMALL_BATCH_SLACK >= 1:
-            return name
-    return reference
+    gains = {n: speedup(t, big[reference]) * (1 if n == reference else 1 - BF16_MARGIN) for n, t in big.items()}
+    return max(gains, key=lambda n: gains[n])
 
 
-def choose_parallel_from(threads: dict[str, Timing], max_threads: int, big_batch: int) -> int:
-    """The smallest measured batch from which every thread beats one (and keeps beating it at larger batches)."""
-    batches = sorted({int(k.split(":")[0][1:]) for k in threads})
-    parallel_from = big_batch + 1  # never: one thread always did as well
+def ladder_batches(c: DecodeCalibration) -> list[int]:
+    return sorted({int(key.split(":")[0][1:]) for key in c.ladder})
+
+
+def best_at(c: DecodeCalibration, batch: int) -> tuple[str, int]:
+    """(weights, threads) fastest at `batch`; narrow weights and extra threads must each win by their margin."""
+    reference = c.ladder[f"B{batch}:float32:t1"]
+    gains = {}
+    for key, timing in c.ladder.items():
+        b, weights, threads = key.split(":")
+        if int(b[1:]) == batch:
+            margin = (1 if weights == "float32" else 1 - BF16_MARGIN) * (1 if threads == "t1" else PARALLEL_MARGIN)
+            gains[(weights, int(threads[1:]))] = speedup(timing, reference) * margin
+    return max(gains, key=lambda k: gains[k])
+
+
+def crossover(batches: list[int], wins: dict[int, bool], never: int) -> int:
+    """The smallest measured batch from which `wins` holds at it and at every larger one (`never` if none)."""
+    start = never
     for batch in reversed(batches):
-        if speedup(threads[f"B{batch}:t{max_threads}"], threads[f"B{batch}:t1"]) * PARALLEL_MARGIN <= 1:
+        if not wins[batch]:
             break
-        parallel_from = batch
-    return parallel_from
+        start = batch
+    return start
 
 
 def decide(c: DecodeCalibration) -> DecodeChoice:
-    weights, cache = choose_dtypes(c.dtypes_big, c.dtypes_single).split("/")
-    parallel_from = choose_parallel_from(c.threads, c.max_threads, c.big_batch) if c.max_threads > 1 else 1
-    return DecodeChoice(weight_dtype=weights, cache_dtype=cache, parallel_from=parallel_from)
+    weights, cache = fastest_variant(c.dtypes_big).split("/")
+    batches = ladder_batches(c)
+    best = {b: best_at(c, b) for b in batches}
+    never = c.big_batch + 1
+    narrow_from = crossover(batches, {b: best[b][0] != "float32" for b in batches}, never)
+    if weights == "float32" or narrow_from == never:
+        weights, narrow_from = "float32", 1
+    parallel_from = crossover(batches, {b: best[b][1] > 1 for b in batches}, never) if c.max_threads > 1 else 1
+    return DecodeChoice(weight_dtype=weights, cache_dtype=cache, parallel_from=parallel_from, narrow_from=narrow_from)
 
 
-def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int | None = None) -> Callable[[], None]:
+def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int) -> Callable[[], None]:
     """One decode step of `batch` rows halfway through the context window (a typical attention length)."""
     cache = KVCache(model.config, batch, dtype=cache_dtype)
     decoder = FastDecoder(model, cache)
@@ -84,7 +110,7 @@ def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int | None 
     positions = torch.full((batch,), position, dtype=torch.long)
 
     def call() -> None:
-        if threads is not None and torch.get_num_threads() != threads:
+        if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         decoder.step(tokens, positions, position + 1)
     return call
@@ -99,16 +125,15 @@ def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibr
         with torch.inference_mode():
             big = time_interleaved({n: _step(models[w], big_batch, c, max_threads)
                                     for n, (w, c) in DTYPE_VARIANTS.items()}, trial_s=0.03, budget_s=2.0, trials=9)
-            single = time_interleaved({n: _step(models[w], 1, c, 1) for n, (w, c) in DTYPE_VARIANTS.items()
-                                       if n != "bfloat16/bfloat16"}, trial_s=0.03, budget_s=1.0, trials=9)
-            weights, cache = DTYPE_VARIANTS[choose_dtypes(big, single)]
-            ladder = sorted({1, min(8, big_batch), big_batch})
-            variants = {f"B{b}:t{t}": _step(models[weights], b, cache, t) for b in ladder for t in {1, max_threads}}
-            threads = time_interleaved(variants, trial_s=0.03, budget_s=2.0, trials=9) if max_threads > 1 else {}
+            weights, cache = DTYPE_VARIANTS[fastest_variant(big)]
+            variants = {f"B{b}:{str(w).split('.')[-1]}:t{t}": _step(models[w], b, cache, t)
+                        for b in sorted({1, min(8, big_batch), big_batch}) for w in {torch.float32, weights}
+                        for t in {1, max_threads}}
+            ladder = time_interleaved(variants, trial_s=0.03, budget_s=3.0, trials=9)
     finally:
         torch.set_num_threads(before)
-    return DecodeCalibration(big_batch=big_batch, max_threads=max_threads, dtypes_big=big, dtypes_single=single,
-                             threads=threads, load_average=load)
+    return DecodeCalibration(big_batch=big_batch, max_threads=max_threads, dtypes_big=big, ladder=ladder,
+                             load_average=load)
 
 
 def calibrated_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int) -> DecodeChoice:

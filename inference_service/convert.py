@@ -129,7 +129,8 @@ def summary_to_proto(summary: Summary) -> inference_pb2.GenerationSummary:
 def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
     out = inference_pb2.Model(name=entry.name, state=STATES[entry.state], source=entry.source,
                               device=entry.device, dtype=entry.dtype, error=entry.error,
-                              kv_cache_dtype=entry.kv_cache_dtype, parallel_decode_from=entry.parallel_decode_from)
+                              kv_cache_dtype=entry.kv_cache_dtype, parallel_decode_from=entry.parallel_decode_from,
+                              narrow_decode_from=entry.narrow_decode_from)
     if entry.loaded_time is not None:
         out.loaded_time.FromDatetime(entry.loaded_time)
     if entry.checkpoint is None:

@@ -10,6 +10,11 @@ goes on from there, so every character is predicted from between keep+1 and bloc
 The notebook crops to the last block_size characters at every step, which needs a full forward pass per
 character; the sliding re-prefill costs one prefill per `slide` characters instead, and matches the notebook
 exactly until the window first fills. slide = 1 reproduces the notebook exactly, at the notebook's cost.
+
+Output reaches the event loop once per step, or at most once per `stream_interval` seconds when that is set
+(vLLM's stream interval, in time): a request's first character and its end are always sent at once, and the
+characters between ride together. Every message the loop sends takes CPU from the decode threads (with two
+cores, any of it slows both torch threads), so fewer, fuller messages buy throughput at large batches.
 """
 
 from __future__ import annotations
@@ -40,17 +45,22 @@ DEFAULT_PARALLEL_FROM = 24
 
 
 @dataclass(frozen=True)
-class ThreadPolicy:
-    """Torch threads per decode step, measured here: at batch 1 a second thread's fork/join costs more than it
-    saves (291 vs 157 tok/s), at batch 64 it pays (2160 vs 1743 tok/s). torch's thread count is process-wide, so
-    the engine switches it only when the batch crosses `parallel_from`, and restores `max_threads` when idle
-    (Score and attention requests then get every core)."""
+class DecodePolicy:
+    """Per decode batch size, the torch threads and the weights a step uses (the registry sets the host's measured
+    crossovers, calibration.py). A second thread's fork/join can cost more than it saves on a small batch and pay
+    on a big one; bf16 weights can speed a big batch and slow a lone stream. torch's thread count is
+    process-wide, so the engine switches it only when the batch crosses `parallel_from`, and restores
+    `max_threads` when idle (Score and attention requests then get every core)."""
 
     max_threads: int
-    parallel_from: int = DEFAULT_PARALLEL_FROM  # the registry sets the host's measured crossover (calibration.py)
+    parallel_from: int = DEFAULT_PARALLEL_FROM
+    narrow_from: int = 1  # batches from here use the model's own weights; smaller ones its float32 copy, if given
 
     def threads_for(self, batch: int) -> int:
         return self.max_threads if batch >= self.parallel_from else 1
+
+    def narrow_for(self, batch: int) -> bool:
+        return batch >= self.narrow_from
 
     def apply(self, threads: int) -> None:
         if torch.get_num_threads() != threads:
@@ -62,8 +72,10 @@ class Engine:
 
     def __init__(self, name: str, model: GPT, vocabulary: str, max_batch: int, max_queue: int,
                  metrics: InferenceMetrics, cache_dtype: torch.dtype | None = None, window_slide: int = 0,
-                 threads: ThreadPolicy | None = None, attention: Attention = DEFAULT_ATTENTION) -> None:
-        self.threads = threads or ThreadPolicy(max_threads=torch.get_num_threads())
+                 policy: DecodePolicy | None = None, attention: Attention = DEFAULT_ATTENTION,
+                 stream_interval: float = 0.0, float32_model: GPT | None = None) -> None:
+        """`float32_model`: a float32 copy of a narrower `model`, for batches below policy.narrow_from."""
+        self.policy = policy or DecodePolicy(max_threads=torch.get_num_threads())
         self.model, self.vocabulary = model, vocabulary
         self.block_size = model.config.block_size
         slide = window_slide or max(1, self.block_size // 4)
@@ -72,11 +84,13 @@ class Engine:
         self.device = weight.device
         self.cache = KVCache(model.config, max_batch, device=self.device, dtype=cache_dtype or weight.dtype)
         self.decoder = FastDecoder(model, self.cache, attention)
+        self.float32_decoder = FastDecoder(float32_model, self.cache, attention) if float32_model else self.decoder
         self.max_batch, self.max_queue = max_batch, max_queue
         self.active: list[GenRequest] = []
         self.waiting: deque[GenRequest] = deque()
         self.sampler = BatchSampler()
         self._outbox: list[tuple[GenRequest, Event]] = []
+        self._stream_interval, self._next_flush, self._flush_now = stream_interval, 0.0, False
         self._gaps: list[float] = []  # this step's inter-token gaps and TTFTs, observed on the event loop
         self._ttfts: list[float] = []
         self._cond = threading.Condition()
@@ -132,7 +146,7 @@ class Engine:
                     self._fail_all(list({id(r): r for r in [*self.active, *admitted]}.values()), exc)
                 self._m.running.set(len(self.active))
                 if not self.active:
-                    self.threads.apply(self.threads.max_threads)
+                    self.policy.apply(self.policy.max_threads)
                 self._flush()
 
     def _step(self, admitted: list[GenRequest]) -> None:
@@ -189,11 +203,12 @@ class Engine:
                 self._slide(index, request)
         batch = len(self.active)
         self._m.batch_size.observe(batch)
-        self.threads.apply(self.threads.threads_for(batch))
+        self.policy.apply(self.policy.threads_for(batch))
         tokens = torch.tensor([r.history[-1] for r in self.active], device=self.device)
         lengths = [r.cache_len for r in self.active]
         positions = torch.tensor(lengths, device=self.device)
-        logits = self.decoder.step(tokens, positions, max(lengths) + 1)
+        decoder = self.decoder if self.policy.narrow_for(batch) else self.float32_decoder
+        logits = decoder.step(tokens, positions, max(lengths) + 1)
         for request in self.active:
             request.cache_len += 1
         self._accept_all(self._pick(logits, self.active, self.sampler), offset=0)
@@ -259,6 +274,7 @@ class Engine:
         else:
             request.first_token = now
             self._ttfts.append(now - request.arrival)
+            self._flush_now = True
         request.last_token = now
         text, stop = request.matcher.feed(self.vocabulary[token])
         if stop is None and request.generated >= request.max_new_tokens:
@@ -296,6 +312,7 @@ class Engine:
         else:
             self._m.failure(finish.value).inc()
         self._outbox.append((request, summary))
+        self._flush_now = True
 
     def _fail_all(self, requests: list[GenRequest], exc: Exception) -> None:
         for request in requests:
@@ -309,6 +326,10 @@ class Engine:
         them while the next step's matmuls run (they release the GIL), not between steps."""
         if not self._outbox:
             return  # latencies wait for the next delivery (held-back text produces no event)
+        now = time.monotonic()
+        if not self._flush_now and now < self._next_flush:
+            return  # within the stream interval: this step's text rides with a later step's
+        self._flush_now, self._next_flush = False, now + self._stream_interval
         items, self._outbox = self._outbox, []
         gaps, ttfts, self._gaps, self._ttfts = self._gaps, self._ttfts, [], []
         with contextlib.suppress(RuntimeError):  # the event loop is gone (server stopped): nobody listens

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import re
 import time
@@ -23,7 +24,7 @@ from chargpt.core.config import ModelConfig
 from chargpt.core.device import resolve_device
 from chargpt.core.model import GPT
 from inference_service.calibration import DecodeChoice, calibrated_decode
-from inference_service.engine import DEFAULT_PARALLEL_FROM, Engine, ThreadPolicy
+from inference_service.engine import DEFAULT_PARALLEL_FROM, DecodePolicy, Engine
 from inference_service.memory import available_memory, size_cache
 from inference_service.metrics import InferenceMetrics
 from inference_service.score_batcher import ScoreBatcher
@@ -52,6 +53,7 @@ class ModelEntry:
     dtype: str = ""
     kv_cache_dtype: str = ""
     parallel_decode_from: int = 0
+    narrow_decode_from: int = 1
     state: State = State.LOADING
     error: str = ""
     checkpoint: Checkpoint | None = None
@@ -179,19 +181,22 @@ class ModelRegistry:
             entry.checkpoint = await asyncio.to_thread(load_checkpoint, path, entry.device, dtype or torch.float32)
             model = entry.checkpoint.model
             choice = await asyncio.to_thread(self._decode_choice, model, dtype is None)
+            # Small batches decode faster in float32 where measured so: they keep a float32 copy of the weights.
+            float32_model = copy.deepcopy(model) if choice.narrow_from > 1 else None
             if choice.weight_dtype != "float32":
                 model.to(DTYPES[choice.weight_dtype])
             weight = model.wte.weight
             entry.dtype = str(weight.dtype).split(".")[-1]
             cache_dtype = DTYPES.get(self.settings.kv_cache_dtype) or DTYPES.get(choice.cache_dtype)
             rows = self._batch_rows(model.config, cache_dtype or weight.dtype, weight.device)
-            threads = ThreadPolicy(torch.get_num_threads(), self.settings.parallel_decode_from or choice.parallel_from)
+            policy = DecodePolicy(torch.get_num_threads(), self.settings.parallel_decode_from or choice.parallel_from,
+                                  choice.narrow_from)
             entry.engine = await asyncio.to_thread(
                 Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, rows,
-                self.settings.max_queue, self.metrics, cache_dtype, self.settings.window_slide, threads,
-                self.settings.decode_attention)
+                self.settings.max_queue, self.metrics, cache_dtype, self.settings.window_slide, policy,
+                self.settings.decode_attention, self.settings.stream_interval_ms / 1000, float32_model)
             entry.kv_cache_dtype = str(entry.engine.cache.k.dtype).split(".")[-1]
-            entry.parallel_decode_from = threads.parallel_from
+            entry.parallel_decode_from, entry.narrow_decode_from = policy.parallel_from, policy.narrow_from
             entry.scorer = ScoreBatcher(entry.checkpoint, entry.executor, self.settings.score_batch_tokens)
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
@@ -202,8 +207,9 @@ class ModelRegistry:
         entry.loaded.set()
         self.metrics.load_seconds.labels(model=entry.name).observe(time.monotonic() - started)
         self._count_ready()
-        log.info("model %s ready (%s on %s, %s weights, %s KV cache, every thread from batch %d)", entry.name,
-                 entry.source, entry.device, entry.dtype, entry.kv_cache_dtype, entry.parallel_decode_from)
+        log.info("model %s ready (%s on %s, %s weights from decode batch %d, %s KV cache, every thread from batch "
+                 "%d)", entry.name, entry.source, entry.device, entry.dtype, entry.narrow_decode_from,
+                 entry.kv_cache_dtype, entry.parallel_decode_from)
 
     def _decode_choice(self, model: GPT, measure_dtype: bool) -> DecodeChoice:
         """Dtypes and thread policy: measured on CPU (cached per host), else the model's dtype and the default."""
@@ -211,7 +217,8 @@ class ModelRegistry:
             return DecodeChoice(weight_dtype="float32", cache_dtype="", parallel_from=DEFAULT_PARALLEL_FROM)
         choice = calibrated_decode(Calibrator(self.settings.resolved_calibration_dir()), model,
                                    min(self.settings.max_batch_size or 64, 64), torch.get_num_threads())
-        return choice if measure_dtype else choice.model_copy(update={"weight_dtype": "float32", "cache_dtype": ""})
+        return choice if measure_dtype else choice.model_copy(update={"weight_dtype": "float32", "cache_dtype": "",
+                                                                        "narrow_from": 1})
 
     def _batch_rows(self, config: ModelConfig, cache_dtype: torch.dtype, device: torch.device) -> int:
         """Cache rows for a model: max_batch_size (default 256) within its KV-cache budget (memory.size_cache)."""

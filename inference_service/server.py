@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def default_torch_threads() -> int:
     """Every core, at most 8 (this model's small matrices gain little past 8); the engine drops to one thread
-    for small decode batches, which leaves the gRPC event loop a core when it matters most (see ThreadPolicy)."""
+    for small decode batches, which leaves the gRPC event loop a core when it matters most (see DecodePolicy)."""
     return max(1, min(8, cpu_cores()))
 
 

@@ -51,6 +51,9 @@ class InferenceSettings(ServerSettings):
     window_slide: int = Field(default=0, ge=0, description="characters dropped when a sequence fills the context "
                               "window; 0: block_size/4; 1: the notebook's exact crop-every-step (slowest)")
     max_queue: int = Field(default=256, ge=0, description="requests waiting for a batch slot per model")
+    stream_interval_ms: float = Field(default=0.0, ge=0.0, le=1000.0, description="least time between two stream "
+                                      "messages of a request after its first (0: every decode step); its end is "
+                                      "sent at once. Fewer messages leave more CPU to decoding")
     max_score_chars: int = Field(default=1_000_000, ge=2, description="longest text Score accepts")
     score_batch_tokens: int = Field(default=2048, ge=1, description="tokens per Score forward pass (whole "
                                     "context windows, at least one); larger passes run out of cache")

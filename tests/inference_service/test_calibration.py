@@ -20,33 +20,49 @@ def t(seconds: float) -> Timing:
     return Timing(best_s=seconds, median_s=seconds, spread=0.0, trials=3)
 
 
-def calibration(big: dict[str, float], single: dict[str, float], threads: dict[str, float]) -> DecodeCalibration:
+def rung(batch: int, f32: tuple[float, float], bf16: tuple[float, float] | None = None) -> dict[str, float]:
+    """One batch size's step times: (one thread, two threads) per weight dtype."""
+    out = {f"B{batch}:float32:t1": f32[0], f"B{batch}:float32:t2": f32[1]}
+    if bf16:
+        out |= {f"B{batch}:bfloat16:t1": bf16[0], f"B{batch}:bfloat16:t2": bf16[1]}
+    return out
+
+
+def calibration(big: dict[str, float], ladder: dict[str, float]) -> DecodeCalibration:
     return DecodeCalibration(big_batch=64, max_threads=2, dtypes_big={k: t(v) for k, v in big.items()},
-                             dtypes_single={k: t(v) for k, v in single.items()},
-                             threads={k: t(v) for k, v in threads.items()})
+                             ladder={k: t(v) for k, v in ladder.items()})
 
 
-LADDER = {"B1:t1": 1.0, "B1:t2": 1.5, "B8:t1": 2.0, "B8:t2": 1.9, "B64:t1": 10.0, "B64:t2": 6.0}
+BF16_WINS = rung(1, (1.0, 1.5), (0.9, 1.4)) | rung(8, (2.0, 1.9), (1.5, 1.45)) | rung(64, (10, 6), (8, 5))
 
 
 def test_dtypes_follow_the_big_batch() -> None:
-    bf16_host = decide(calibration({F32: 10, MIXED: 7, B16: 9}, {F32: 1.0, MIXED: 0.9}, LADDER))
-    assert (bf16_host.weight_dtype, bf16_host.cache_dtype) == ("bfloat16", "float32")
-    fp32_host = decide(calibration({F32: 10, MIXED: 17, B16: 19}, {F32: 1.0, MIXED: 1.9}, LADDER))
+    bf16_host = decide(calibration({F32: 10, MIXED: 7, B16: 9}, BF16_WINS))
+    assert (bf16_host.weight_dtype, bf16_host.cache_dtype, bf16_host.narrow_from) == ("bfloat16", "float32", 1)
+    fp32_host = decide(calibration({F32: 10, MIXED: 17, B16: 19}, rung(1, (1, 2)) | rung(8, (2, 2)) | rung(64, (9, 6))))
     assert (fp32_host.weight_dtype, fp32_host.cache_dtype) == ("float32", "float32")
 
 
-def test_a_big_batch_win_that_costs_a_lone_stream_too_much_is_refused() -> None:
-    choice = decide(calibration({F32: 10, MIXED: 9, B16: 9.5}, {F32: 1.0, MIXED: 1.5}, LADDER))
-    assert choice.weight_dtype == "float32"
+def test_small_batches_keep_float32_weights_where_they_decode_faster() -> None:
+    """Issue 13's host: bf16 weights 1.35x faster at batch 64, 0.78x at batch 1."""
+    ladder = rung(1, (4.0, 3.0), (5.2, 3.9)) | rung(8, (8.0, 6.0), (7.0, 5.0)) | rung(64, (34, 24), (26, 18))
+    choice = decide(calibration({F32: 24, MIXED: 18, B16: 17}, ladder))
+    assert (choice.weight_dtype, choice.cache_dtype, choice.narrow_from) == ("bfloat16", "bfloat16", 8)
+    assert choice.parallel_from == 1
+
+
+def test_narrow_weights_that_win_only_at_the_big_batch_dtype_step_are_not_used() -> None:
+    ladder = rung(1, (1, 2), (1.5, 2.5)) | rung(8, (2, 2), (2.5, 2.5)) | rung(64, (9, 6), (9.5, 6.5))
+    choice = decide(calibration({F32: 10, MIXED: 9}, ladder))
+    assert (choice.weight_dtype, choice.narrow_from) == ("float32", 1)
 
 
 def test_parallel_from_is_the_measured_crossover() -> None:
-    assert decide(calibration({F32: 1}, {F32: 1}, LADDER)).parallel_from == 64  # B8 saves only 5%: not enough
-    ladder = {**LADDER, "B8:t2": 1.0}
-    assert decide(calibration({F32: 1}, {F32: 1}, ladder)).parallel_from == 8
-    never = {**LADDER, "B64:t2": 10.0}
-    assert decide(calibration({F32: 1}, {F32: 1}, never)).parallel_from == 65  # one thread always as fast
+    ladder = rung(1, (1.0, 1.5)) | rung(8, (2.0, 1.9)) | rung(64, (10, 6))
+    assert decide(calibration({F32: 1}, ladder)).parallel_from == 64  # B8 saves only 5%: not enough
+    assert decide(calibration({F32: 1}, ladder | rung(8, (2.0, 1.0)))).parallel_from == 8
+    never = ladder | rung(64, (10, 10))
+    assert decide(calibration({F32: 1}, never)).parallel_from == 65  # one thread always as fast
 
 
 def test_decode_is_measured_once_per_host_and_shape(tmp_path: Path) -> None:
@@ -55,6 +71,7 @@ def test_decode_is_measured_once_per_host_and_shape(tmp_path: Path) -> None:
     calibrator = Calibrator(tmp_path)
     choice = calibrated_decode(calibrator, model, 4, 2)
     assert choice.weight_dtype in ("float32", "bfloat16") and 1 <= choice.parallel_from <= 5
+    assert choice.narrow_from in (1, 4, 5)
     entries = calibrator.entries()
     assert len(entries) == 1 and next(iter(entries)).startswith("decode:L1-H2-C16-T8-V7-B4")
     assert calibrated_decode(Calibrator(tmp_path), model, 4, 2) == choice
@@ -68,10 +85,9 @@ def rounds(*seconds: float) -> Timing:
 def test_one_lucky_trial_does_not_decide_the_thread_policy() -> None:
     """The cached calibration that made a busy host decode every batch on one thread: two threads won most rounds
     at batch 64, but one thread's single best trial (a quiet moment) beat two threads' best."""
-    threads = {"B1:t1": rounds(5.0, 5.1, 9.0, 5.2), "B1:t2": rounds(3.7, 3.8, 6.0, 3.9),
-               "B64:t1": rounds(30.0, 19.7, 31.0, 30.5), "B64:t2": rounds(21.2, 21.5, 22.0, 21.3)}
-    c = DecodeCalibration(big_batch=64, max_threads=2, dtypes_big={F32: t(1)}, dtypes_single={F32: t(1)},
-                          threads=threads)
+    ladder = {"B1:float32:t1": rounds(5.0, 5.1, 9.0, 5.2), "B1:float32:t2": rounds(3.7, 3.8, 6.0, 3.9),
+              "B64:float32:t1": rounds(30.0, 19.7, 31.0, 30.5), "B64:float32:t2": rounds(21.2, 21.5, 22.0, 21.3)}
+    c = DecodeCalibration(big_batch=64, max_threads=2, dtypes_big={F32: t(1)}, ladder=ladder)
     assert decide(c).parallel_from == 1
 
 
@@ -79,8 +95,8 @@ def test_dtype_choice_uses_paired_rounds() -> None:
     """bf16 ran faster in every round but one, where a burst slowed it while fp32 had its one quiet trial (the
     best of either): it is still chosen."""
     big = {F32: rounds(10.0, 10.2, 6.5, 10.0, 10.3), MIXED: rounds(7.0, 7.1, 20.0, 7.0, 7.2)}
-    single = {F32: rounds(1.0, 1.0, 1.0, 1.0, 1.0), MIXED: rounds(1.0, 1.0, 1.0, 1.0, 1.0)}
-    c = DecodeCalibration(big_batch=64, max_threads=2, dtypes_big=big, dtypes_single=single, threads={})
+    ladder = {k: t(v) for k, v in BF16_WINS.items()}
+    c = DecodeCalibration(big_batch=64, max_threads=2, dtypes_big=big, ladder=ladder)
     assert decide(c).weight_dtype == "bfloat16"
 
 

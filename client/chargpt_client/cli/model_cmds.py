@@ -116,8 +116,11 @@ def show(m: t.Model) -> None:
     print(f"  trained: corpus {m.training.corpus_name or m.training.corpus_id[:12]}, step {m.training.step}, "
           f"val loss {fmt(m.training.val_loss)}")
     if m.kv_cache_dtype:
-        print(f"  serving: {m.dtype} weights, {m.kv_cache_dtype} KV cache, every torch thread from a decode batch "
-              f"of {m.parallel_decode_from}")
+        weights = f"{m.dtype} weights"
+        if m.narrow_decode_from > 1:
+            weights = f"float32 weights below a decode batch of {m.narrow_decode_from}, {m.dtype} from it"
+        print(f"  serving: {weights}, {m.kv_cache_dtype} KV cache, every torch thread from a decode batch of "
+              f"{m.parallel_decode_from}")
     if m.parent is not None:
         print(f"  fine-tuned from: {m.parent.describe()}")
     if m.error:

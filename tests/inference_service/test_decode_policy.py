@@ -1,0 +1,88 @@
+"""The engine's decode policy: batches below narrow_from decode with the float32 copy, the rest with the model's
+own weights; text is streamed at most once per stream interval, with first characters and ends sent at once."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from chargpt.core.checkpoint import load_checkpoint
+from chargpt.core.model import GPT
+from chargpt.core.sampling import SamplingParams, generate
+from inference_service.engine import DecodePolicy, Engine
+from inference_service.metrics import InferenceMetrics
+from inference_service.requests import Finish, GenRequest
+
+from .conftest import write_checkpoint
+
+PROMPT = "the cat"
+
+
+def greedy(prompt_ids: list[int], n: int, loop: asyncio.AbstractEventLoop, seed: int = 0) -> GenRequest:
+    return GenRequest(prompt_ids=prompt_ids, prompt_chars_dropped=0, max_new_tokens=n,
+                      params=SamplingParams(temperature=0.0), seed=seed, stops=[], deadline=None, loop=loop)
+
+
+async def run(engine: Engine, requests: list[GenRequest]) -> list[tuple[str, int]]:
+    """Each request's text and the number of messages it arrived in."""
+    with engine._cond:  # all join in one step
+        engine.submit(*requests)
+
+    async def collect(request: GenRequest) -> tuple[str, int]:
+        parts, messages = [], 0
+        while True:
+            chunks = await asyncio.wait_for(request.outbox.take(), 30)
+            messages += 1
+            for chunk in chunks:
+                parts.append(chunk.text)
+                if chunk.summary is not None:
+                    assert chunk.summary.finish is Finish.LENGTH
+                    return "".join(parts), messages
+    try:
+        return list(await asyncio.gather(*(collect(r) for r in requests)))
+    finally:
+        await asyncio.to_thread(engine.close)
+
+
+async def test_small_batches_decode_with_the_float32_copy(tmp_path: Path) -> None:
+    """The copy differs from the model only in its final layer norm, which the KV cache never sees, so the text
+    shows which weights decoded each character."""
+    big = load_checkpoint(write_checkpoint(tmp_path / "a"), "cpu", torch.float32)
+    small = copy.deepcopy(big.model)
+    with torch.no_grad():
+        small.ln_f.weight.copy_(torch.randn(small.ln_f.weight.shape, generator=torch.Generator().manual_seed(1)))
+    tokenizer, loop = big.tokenizer, asyncio.get_running_loop()
+    ids = tokenizer.encode(PROMPT)
+
+    def greedy_text(model: GPT, prompt: list[int], n: int) -> str:
+        return tokenizer.decode(generate(model, torch.tensor([prompt]), n, SamplingParams(temperature=0.0))[0]
+                                .tolist()[len(prompt):])
+    first = greedy_text(big.model, ids, 1)  # the prefill's character: always the model's own weights
+    by_copy = first + greedy_text(small, ids + tokenizer.encode(first), 11)
+    assert by_copy != greedy_text(big.model, ids, 12)
+
+    def engine() -> Engine:
+        return Engine("t", big.model, tokenizer.vocabulary, max_batch=4, max_queue=8, metrics=InferenceMetrics(),
+                      policy=DecodePolicy(max_threads=1, narrow_from=2), float32_model=small)
+    assert [text for text, _ in await run(engine(), [greedy(ids, 12, loop)])] == [by_copy]
+    pair = await run(engine(), [greedy(ids, 12, loop), greedy(ids, 12, loop, seed=1)])
+    assert [text for text, _ in pair] == [greedy_text(big.model, ids, 12)] * 2
+
+
+async def test_a_stream_interval_sends_fewer_fuller_messages(tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(write_checkpoint(tmp_path / "a"), "cpu", torch.float32)
+    tokenizer, loop = checkpoint.tokenizer, asyncio.get_running_loop()
+    ids = tokenizer.encode(PROMPT)
+
+    def engine(interval: float) -> Engine:
+        return Engine("t", checkpoint.model, tokenizer.vocabulary, max_batch=4, max_queue=8,
+                      metrics=InferenceMetrics(), policy=DecodePolicy(max_threads=1), stream_interval=interval)
+    [(every_step, steps)] = await run(engine(0.0), [greedy(ids, 24, loop)])
+    started = time.monotonic()
+    [(batched, messages)] = await run(engine(10.0), [greedy(ids, 24, loop)])
+    assert batched == every_step and time.monotonic() - started < 10
+    assert messages <= 2 < steps  # the first character at once, then the rest with the end
