@@ -1,9 +1,10 @@
-"""A one-node Slurm cluster on loopback (deploy/slurm/cluster.sh) as a context manager, for tests."""
+"""A Slurm cluster on loopback (deploy/slurm/cluster.sh: one node, or several slurmd on this host) for tests."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from types import TracebackType
@@ -19,18 +20,38 @@ def missing_binaries() -> list[str]:
     return [name for name in DAEMONS if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
 
 
+def free_port_run(count: int, attempts: int = 50) -> int:
+    """The first of `count` consecutive free ports on loopback (one per slurmd)."""
+    for _ in range(attempts):
+        first = free_port()
+        if first + count <= 65535 and all(_free(first + i) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"found no {count} consecutive free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class SlurmCluster:
-    """Starts munged, slurmctld and slurmd with state under `state_dir` on free ports; `env` points clients at it.
+    """Starts munged, slurmctld and `nodes` slurmd with state under `state_dir` on free ports; `env` points
+    clients at it.
 
     Free ports (not Slurm's 6817/6818) let it run beside another test run's cluster or a system Slurm.
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, nodes: int = 1) -> None:
         self.state_dir = state_dir
         self.conf = state_dir / "slurm.conf"
         self._script_env = {**os.environ, "CHARGPT_SLURM_DIR": str(state_dir),
                             "CHARGPT_SLURM_CTLD_PORT": str(free_port()),
-                            "CHARGPT_SLURM_SLURMD_PORT": str(free_port())}
+                            "CHARGPT_SLURM_SLURMD_PORT": str(free_port_run(nodes)),
+                            "CHARGPT_SLURM_NODES": str(nodes)}
 
     @property
     def env(self) -> dict[str, str]:

@@ -36,7 +36,7 @@ def wait_for_state(cluster: SlurmCluster, job_id: str, wanted: str, timeout: flo
 
 
 def test_the_node_is_idle_with_this_machines_cpus(cluster: SlurmCluster) -> None:
-    node = cluster.run("sinfo", "-h", "-N", "-o", "%N %T %c").split()
+    node = cluster.run("sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T %c").split()
     assert node == [socket.gethostname(), "idle", str(os.cpu_count())]
 
 
@@ -70,3 +70,27 @@ def test_scancel_cancels_a_running_job(cluster: SlurmCluster) -> None:
 def test_a_job_the_partition_can_never_run_is_refused_at_submission(cluster: SlurmCluster) -> None:
     with pytest.raises(RuntimeError, match="Node count specification invalid"):
         cluster.run("sbatch", "--nodes=2", "--wrap", "true")
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    yield from running_cluster(tmp_path_factory.mktemp("slurm2"), nodes=2)
+
+
+def test_two_slurmd_on_this_host_are_two_nodes_at_loopback(two_nodes: SlurmCluster) -> None:
+    host = socket.gethostname()
+    nodes = two_nodes.run("sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T %o").splitlines()
+    assert nodes == [f"{host}-1 idle 127.0.0.1", f"{host}-2 idle 127.0.0.1"]
+    output = two_nodes.run("srun", "-N2", "--ntasks-per-node=1", "--label", "bash", "-c", "echo $SLURMD_NODENAME")
+    assert sorted(output.splitlines()) == [f"0: {host}-1", f"1: {host}-2"]
+
+
+def test_an_urgent_job_preempts_and_requeues_a_debug_job(cluster: SlurmCluster) -> None:
+    job_id = cluster.run("sbatch", "--parsable", "--requeue", "-o", "/dev/null", "--wrap", "sleep 120").strip()
+    wait_for_state(cluster, job_id, "RUNNING")
+    urgent = cluster.run("sbatch", "--parsable", "-p", "urgent", "--exclusive", "-o", "/dev/null", "--wrap",
+                         "true").strip()
+    wait_for_state(cluster, job_id, "PENDING")
+    assert cluster.run("sacct", "-c", "-n", "-P", "-j", job_id, "-o", "state").split() == ["PREEMPTED"]
+    wait_for_state(cluster, urgent, "COMPLETED")
+    cluster.run("scancel", job_id)

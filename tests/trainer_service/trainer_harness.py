@@ -96,14 +96,15 @@ class Trainer:
         return await self.stub.UploadCorpus(_aiter(messages), timeout=30)
 
     async def create_job(self, corpus_id: str, max_steps: int = 20, block_size: int = 16,
-                         num_processes: int = 1, display_name: str = "", **training: Any) -> trainer_pb2.TrainingJob:
+                         num_processes: int = 1, display_name: str = "", num_nodes: int = 1,
+                         **training: Any) -> trainer_pb2.TrainingJob:
         spec = trainer_pb2.TrainingSpec(max_steps=max_steps, batch_size=4, eval_interval=5, sample_interval=5,
                                         sample_length=20, checkpoint_interval=5, warmup_steps=0)
         for name, value in training.items():
             setattr(spec, name, value)
         request = trainer_pb2.CreateTrainingJobRequest(
             corpus_id=corpus_id, display_name=display_name, model=tiny_model(block_size), training=spec,
-            resources=trainer_pb2.ResourceSpec(device="cpu", num_processes=num_processes))
+            resources=trainer_pb2.ResourceSpec(device="cpu", num_processes=num_processes, num_nodes=num_nodes))
         return (await self.stub.CreateTrainingJob(request, timeout=30)).job
 
     async def job(self, job_id: str) -> trainer_pb2.TrainingJob:

@@ -99,6 +99,10 @@ class ClusterExecutor(Executor):
     async def cancel(self, run: RunningJob, force: bool) -> None:
         """Ask the workers to checkpoint and stop (force: kill and remove them)."""
 
+    async def requeue_cause(self, run: RunningJob) -> str:
+        """Why a job that was running is queued again ("preempted", "requeued"); '' when the cluster cannot say."""
+        return ""
+
     async def launch(self, run: RunningJob) -> None:
         with open(run.job_dir / LOG_FILE, "ab") as f:
             run.log_offset = f.tell()
@@ -130,12 +134,17 @@ class ClusterExecutor(Executor):
                 if status.code != 0 and not status.cancelled:
                     detail += f"; last output:\n{log_tail(run.job_dir, run.log_offset)}"
                 return Ended(status.code, detail, cancelled_outside=status.cancelled, requeue=status.requeue)
-            self._note_phase(run, status)
+            await self._note_phase(run, status)
             await self.hub.poll_once()
             await asyncio.sleep(self.settings.cluster_poll_seconds)
 
-    def _note_phase(self, run: RunningJob, status: ClusterStatus) -> None:
-        """QUEUED while the cluster queues it (again, after a preemption), RUNNING while it runs."""
+    async def _note_phase(self, run: RunningJob, status: ClusterStatus) -> None:
+        """QUEUED while the cluster queues it (again, after a preemption or requeue), RUNNING while it runs.
+
+        A requeued run starts from the latest checkpoint; steps trained after it (when the workers were killed
+        before they could checkpoint) are trained again, so their events appear again after the RUNNING
+        "resuming from step N" state change.
+        """
         job = self.store.get_job(run.job.job_id)
         if status.phase == "running" and job.state != RUNNING:
             step = latest_step(run.job_dir)
@@ -144,7 +153,8 @@ class ClusterExecutor(Executor):
             if job.submitted is not None:
                 self.hub.metrics.observe_queue_wait(self.name, time.time() - job.submitted)
         elif status.phase == "pending" and job.state == RUNNING:
-            self.store.set_state(job.job_id, QUEUED, f"{self.cluster} requeued it: {status.describe()}; will "
+            cause = await self.requeue_cause(run) or "requeued"
+            self.store.set_state(job.job_id, QUEUED, f"{self.cluster} {cause} it, now {status.describe()}; will "
                                  "resume from the latest checkpoint", submitted=time.time())
 
     def request_stop(self, run: RunningJob) -> None:

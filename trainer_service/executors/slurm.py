@@ -47,11 +47,15 @@ def batch_script(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -
         "set -euo pipefail",
         "# A requeued run must not find the previous run's outcome (it resumes from the latest checkpoint).",
         f"rm -f {q(str(job_dir / OUTCOME_FILE))}",
+        "# The rendezvous on the first node, at its NodeAddr: the address Slurm itself reaches it on, which is",
+        "# its name unless the cluster says otherwise (several slurmd on one host share one address).",
         'head_node="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        'head_addr="$(sinfo -h -N -n "$head_node" -o %o 2>/dev/null | head -n 1 || true)"',
         f"port=$(({settings.slurm_rendezvous_port} + SLURM_JOB_ID % 1000))",
         f"{q(settings.slurm_srun)} --kill-on-bad-exit=1 {torchrun} --nnodes={plan.num_nodes} "
-        f"--nproc_per_node={plan.num_processes} --rdzv_backend=c10d --rdzv_endpoint=\"$head_node:$port\" "
-        f"--rdzv_id=\"$SLURM_JOB_ID\" {' '.join(q(a) for a in worker)}",
+        f"--nproc_per_node={plan.num_processes} --rdzv_backend=c10d "
+        f"--rdzv_endpoint=\"${{head_addr:-$head_node}}:$port\" --rdzv_id=\"$SLURM_JOB_ID\" "
+        f"{' '.join(q(a) for a in worker)}",
         ""])
 
 
@@ -72,6 +76,12 @@ def to_status(state: str, reason: str, nodes: str) -> ClusterStatus:
         return ClusterStatus("ended", state, reason)
     return ClusterStatus("ended", state, reason, code=1, cancelled=state == "CANCELLED",
                          requeue=state == "PREEMPTED")
+
+
+def requeue_cause(states: list[str]) -> str:
+    """"preempted" when the last run Slurm recorded as ended was PREEMPTED, else "requeued"."""
+    ended = [s for s in states if s not in PENDING and s not in RUNNING]
+    return "preempted" if ended and ended[-1] == "PREEMPTED" else "requeued"
 
 
 class SlurmExecutor(ClusterExecutor):
@@ -107,13 +117,24 @@ class SlurmExecutor(ClusterExecutor):
         code, out, _ = await self._run("squeue", "-h", "-t", "all", "-j", run.handle, "-o", "%T|%r|%N")
         if code == 0 and out.strip():
             return to_status(*parse_state(out))
-        code, out, _ = await self._run("sacct", "-n", "-P", "-X", "-j", run.handle, "-o", "State,ExitCode")
-        if code != 0:  # no accounting database: the job completion log (jobcomp/filetxt)
-            code, out, _ = await self._run("sacct", "-c", "-n", "-P", "-j", run.handle, "-o", "State,ExitCode")
-        if code != 0 or not out.strip():
+        history = await self._history(run)
+        if not history:
             return None
-        state, exit_code, _ = parse_state(out)
+        state, exit_code, _ = parse_state(history[-1])
         return to_status(state, f"exit code {exit_code}" if state != "COMPLETED" else "", "")
+
+    async def _history(self, run: RunningJob) -> list[str]:
+        """`STATE|exit code` of each run of the job Slurm recorded (a requeued job has one line per run):
+        sacct from the accounting database, else the job completion log (jobcomp/filetxt, `sacct -c`)."""
+        code, out, _ = await self._run("sacct", "-n", "-P", "-X", "-D", "-j", run.handle, "-o", "State,ExitCode")
+        if code != 0:
+            code, out, _ = await self._run("sacct", "-c", "-n", "-P", "-j", run.handle, "-o", "State,ExitCode")
+        return out.strip().splitlines() if code == 0 else []
+
+    async def requeue_cause(self, run: RunningJob) -> str:
+        """How the previous run ended: PREEMPTED (preemption with PreemptMode=REQUEUE) or anything else
+        (`scontrol requeue`, a node failure with --requeue): the last end state Slurm recorded for the job."""
+        return requeue_cause([parse_state(line)[0] for line in await self._history(run)])
 
     async def cancel(self, run: RunningJob, force: bool) -> None:
         """SIGTERM to the job's steps (torchrun passes it to the ranks, which checkpoint); scancel when forced."""

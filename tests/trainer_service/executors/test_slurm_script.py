@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chargpt.core.config import ModelConfig
-from trainer_service.executors.slurm import batch_script, parse_state, to_status
+from trainer_service.executors.slurm import batch_script, parse_state, requeue_cause, to_status
 from trainer_service.settings import TrainerSettings
 from trainer_service.training.api import TrainingPlan
 
@@ -32,7 +32,10 @@ def test_the_batch_script_asks_for_the_nodes_gpus_and_options_and_runs_torchrun_
         assert f"#SBATCH {directive}\n" in script, directive
     launch = script.strip().splitlines()[-1]
     assert launch.startswith("srun --kill-on-bad-exit=1 /opt/venv/bin/python -m torch.distributed.run --nnodes=4 "
-                             "--nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=\"$head_node:$port\"")
+                             "--nproc_per_node=8 --rdzv_backend=c10d "
+                             "--rdzv_endpoint=\"${head_addr:-$head_node}:$port\"")
+    assert 'head_node="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"' in script
+    assert 'head_addr="$(sinfo -h -N -n "$head_node" -o %o' in script
     assert f"--events {JOB_DIR}/events.jsonl" in launch and "--db" not in launch
     assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
 
@@ -59,3 +62,14 @@ def test_slurm_states_map_to_job_phases(line: str, phase: str, code: int, cancel
     status = to_status(*parse_state(line))
     assert (status.phase, status.code, status.cancelled, status.requeue) == (phase, code, cancelled, requeue)
     assert status.state == line.split("|")[0].split(" ")[0]
+
+
+@pytest.mark.parametrize(("history", "cause"), [
+    (["PREEMPTED|0:0"], "preempted"),  # job completion log: the preempted run
+    (["PENDING|0:0"], "requeued"),  # job completion log: scontrol requeue records the run as PENDING
+    (["PREEMPTED|0:0", "COMPLETED|0:0", "REQUEUED|0:0", "PENDING|0:0"], "requeued"),  # sacct -D: the last one
+    (["PREEMPTED|0:0", "PENDING|0:0"], "preempted"),
+    ([], "requeued"),
+])
+def test_the_requeue_cause_is_the_last_run_slurm_recorded_as_ended(history: list[str], cause: str) -> None:
+    assert requeue_cause([parse_state(line)[0] for line in history]) == cause
