@@ -173,19 +173,20 @@ def cpu_seconds(pid: int) -> float:
 
 async def concurrent(stream: Callable[[int], Awaitable[dict[str, Any]]], streams: int, rounds: int,
                      pid: int) -> dict[str, Any]:
-    """Aggregate throughput, plus tokens per CPU-second of the server: a figure other load barely moves."""
-    results, wall, cpu = [], 0.0, cpu_seconds(pid)
+    """Aggregate throughput, plus tokens per CPU-second of the server (a figure other load barely moves) and the
+    cores the server and this client (the load generator, on the same host) kept busy."""
+    results, wall, cpu, client_cpu = [], 0.0, cpu_seconds(pid), time.process_time()
     for r in range(rounds):
         start = time.perf_counter()
         results += await asyncio.gather(*[stream(1000 * r + i) for i in range(streams)])
         wall += time.perf_counter() - start
-    cpu = cpu_seconds(pid) - cpu
+    cpu, client_cpu = cpu_seconds(pid) - cpu, time.process_time() - client_cpu
     gaps = sorted(g for res in results for g in res["gaps"])
     ttfts = sorted(res["ttft"] for res in results)
     tokens = sum(res["tokens"] for res in results)
     return {"streams": streams, "tok_s": tokens / wall, "tokens": tokens, "seconds": wall,
-            "tok_per_server_cpu_s": tokens / cpu if cpu else 0.0,
-            "ttft_p50_ms": 1e3 * pct(ttfts, 50), "ttft_p99_ms": 1e3 * pct(ttfts, 99),
+            "tok_per_server_cpu_s": tokens / cpu if cpu else 0.0, "server_cores": cpu / wall,
+            "client_cores": client_cpu / wall, "ttft_p50_ms": 1e3 * pct(ttfts, 50), "ttft_p99_ms": 1e3 * pct(ttfts, 99),
             "itl_p50_ms": 1e3 * pct(gaps, 50), "itl_p99_ms": 1e3 * pct(gaps, 99)}
 
 
@@ -322,7 +323,7 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
         rows.append((label, f"{r['tok_s']:8.1f} tok/s",
                      f"TTFT p50 {r['ttft_p50_ms']:7.1f} p99 {r['ttft_p99_ms']:7.1f} ms",
                      f"ITL p50 {r['itl_p50_ms']:5.2f} p99 {r['itl_p99_ms']:6.2f} ms",
-                     f"{r['tok_per_server_cpu_s']:7.0f}"))
+                     f"{r['tok_per_server_cpu_s']:7.0f}   {r['server_cores']:.2f} / {r['client_cores']:.2f}"))
     for key, label in (("score", "Score, default stride"), ("score_reference_fp32", "Score's maths in fp32, here"),
                        ("score_stride_half", "Score, half stride"),
                        ("score_short_texts", "Score, concurrent block-long texts")):
@@ -333,7 +334,7 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
     print(f"server's measured choices: {serving['weights']} weights from a decode batch of "
           f"{serving['narrow_decode_from']} (float32 below), {serving['kv_cache']} KV cache, every thread from a "
           f"decode batch of {serving['parallel_decode_from']}")
-    print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} tok per server CPU-s")
+    print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} tok per server CPU-s, cores server / client")
     for row in rows:
         print(f"{row[0]:<40} {row[1]:<16} {row[2]:<32} {row[3]:<28} {row[4]}")
     print()
