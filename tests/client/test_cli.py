@@ -124,7 +124,7 @@ def test_corpus_read_and_score_file_keep_line_endings(cli: Cli, job_id: str) -> 
     # The job's model never saw '\r': scoring the CRLF file must see its '\r' characters, not '\n' in their place.
     assert cli.json("models", "load", "plain", "--job", job_id)["model"]["state"] == "READY"
     refused = cli.run("score", "plain", "--file", "windows.txt")
-    assert refused.returncode == 1 and "\\r" in refused.stderr
+    assert refused.returncode == 1 and "\\r" in refused.stderr and "windows.txt" in refused.stderr
     dropped = cli.json("score", "plain", "--file", "windows.txt", "--drop-unknown")
     assert dropped[0]["dropped"] == crlf.count("\r")
     (cli.workdir / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))

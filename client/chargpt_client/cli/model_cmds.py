@@ -10,6 +10,7 @@ from pathlib import Path
 from chargpt.text import TextDecodeError, read_text
 from chargpt_client import types as t
 from chargpt_client.cli.common import SubParsers, UsageError, inference_client, print_json
+from chargpt_client.errors import ChargptClientError
 from chargpt_client.ops import SAMPLING_PRESETS
 from chargpt_client.render import fmt, print_table
 from chargpt_client.tokenizer import CharMapping
@@ -194,7 +195,11 @@ def score_cmd(args: argparse.Namespace) -> int:
                 if mapping is not None:
                     filtered, counts = mapping.filter(text)
                     text, dropped = filtered, sum(counts.values())
-                score = client.score(model_name, text)
+                try:
+                    score = client.score(model_name, text)
+                except ChargptClientError as exc:  # say which of several inputs it was
+                    exc.message = f"scoring {label} with {model_name}: {exc.message}"
+                    raise
                 results.append({"input": label, "model": model_name, "chars": score.num_tokens + 1,
                                 "dropped": dropped, "perplexity": score.perplexity,
                                 "bits_per_char": score.bits_per_char, "mean_nll": score.mean_nll})
