@@ -67,11 +67,14 @@ def job_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -
 
 def pod_spec(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
     name = resource_name(plan.job_id)
-    spec: Manifest = {
-        "subdomain": name, "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": int(settings.worker_stop_timeout_seconds) + 30,
-        "securityContext": dict(POD_SECURITY), "containers": [container(plan, job_dir, settings)],
-        "volumes": volumes(settings)}
+    return {"subdomain": name, "restartPolicy": "Never", **pod_settings(settings),
+            "containers": [container(plan, job_dir, settings)]}
+
+
+def pod_settings(settings: TrainerSettings) -> Manifest:
+    """What every job pod gets, Job or TrainJob: grace to checkpoint, non-root, the volumes, placement."""
+    spec: Manifest = {"terminationGracePeriodSeconds": int(settings.worker_stop_timeout_seconds) + 30,
+                      "securityContext": dict(POD_SECURITY), "volumes": volumes(settings)}
     if settings.kubernetes_node_selector:
         spec["nodeSelector"] = dict(settings.kubernetes_node_selector)
     if settings.kubernetes_tolerations:

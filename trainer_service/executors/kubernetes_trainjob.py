@@ -10,19 +10,18 @@ from typing import Any
 from trainer_service.executors.cluster import ClusterStatus
 from trainer_service.executors.kubernetes_manifests import (
     CONTAINER_SECURITY,
-    POD_SECURITY,
     QUEUE_LABEL,
     WORKER_ENV,
     Manifest,
     labels,
     pod_problem,
+    pod_settings,
     pods_status,
     resource_name,
     resources,
     torchrun_command,
     true_condition,
     volume_mounts,
-    volumes,
     worker_args,
 )
 from trainer_service.settings import TrainerSettings
@@ -69,17 +68,8 @@ def trainjob_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettin
 def pod_patch(plan: TrainingPlan, settings: TrainerSettings) -> Manifest:
     """What the runtime's pod template gains: the job-id label (pods listed by it), the shared claim, placement."""
     pod_labels = {k: v for k, v in labels(plan, settings).items() if k != QUEUE_LABEL}  # Kueue queues the TrainJob
-    spec: Manifest = {
-        "terminationGracePeriodSeconds": int(settings.worker_stop_timeout_seconds) + 30,
-        "securityContext": dict(POD_SECURITY), "volumes": volumes(settings),
-        "containers": [{"name": NODE, "securityContext": dict(CONTAINER_SECURITY),
-                        "volumeMounts": volume_mounts(settings)}]}
-    if settings.kubernetes_node_selector:
-        spec["nodeSelector"] = dict(settings.kubernetes_node_selector)
-    if settings.kubernetes_tolerations:
-        spec["tolerations"] = [dict(t) for t in settings.kubernetes_tolerations]
-    if settings.kubernetes_service_account:
-        spec["serviceAccountName"] = settings.kubernetes_service_account
+    spec = {**pod_settings(settings), "containers": [{"name": NODE, "securityContext": dict(CONTAINER_SECURITY),
+                                                      "volumeMounts": volume_mounts(settings)}]}
     return {"metadata": {"labels": pod_labels}, "spec": spec}
 
 
