@@ -80,6 +80,12 @@ class TrainerSettings(ServerSettings):
     kubernetes_queue_name: str = Field(default="", description="Kueue LocalQueue (label "
                                        "kueue.x-k8s.io/queue-name); '' = no Kueue")
     kubernetes_service_account: str = Field(default="", description="service account of the job pods")
+    kubernetes_workload: Literal["auto", "job", "trainjob"] = Field(
+        default="auto", description="what each job becomes: an Indexed Job + headless Service (job), a Kubeflow "
+        "Trainer TrainJob (trainjob), or a TrainJob when the cluster serves trainer.kubeflow.org (auto)")
+    kubernetes_training_runtime: str = Field(
+        default="torch-distributed", min_length=1, max_length=253,
+        description="ClusterTrainingRuntime the TrainJobs run on (its replicated job and container named 'node')")
 
     @field_validator("kubernetes_node_selector", "kubernetes_tolerations", mode="before")
     @classmethod

@@ -14,11 +14,20 @@ JOB_ID_LABEL = "chargpt.io/job-id"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RENDEZVOUS_PORT = 29500
 Manifest = dict[str, Any]
+WORKER_ENV: list[Manifest] = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+POD_SECURITY: Manifest = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                          "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY: Manifest = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def resource_name(job_id: str) -> str:
     """Job and Service name: a DNS-1035 label (the pods are <name>-<index>.<name>)."""
     return f"chargpt-{job_id[:40]}"
+
+
+def label_selector(job_id: str) -> str:
+    """Selects the job's objects and pods (what re-attach and the pod listing use)."""
+    return f"{JOB_ID_LABEL}={job_id}"
 
 
 def labels(plan: TrainingPlan, settings: TrainerSettings) -> dict[str, str]:
@@ -58,14 +67,14 @@ def job_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -
 
 def pod_spec(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
     name = resource_name(plan.job_id)
-    spec: Manifest = {
-        "subdomain": name, "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": int(settings.worker_stop_timeout_seconds) + 30,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container(plan, job_dir, settings)],
-        "volumes": [{"name": "shared", "persistentVolumeClaim": {"claimName": settings.kubernetes_claim_name}},
-                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]}
+    return {"subdomain": name, "restartPolicy": "Never", **pod_settings(settings),
+            "containers": [container(plan, job_dir, settings)]}
+
+
+def pod_settings(settings: TrainerSettings) -> Manifest:
+    """What every job pod gets, Job or TrainJob: grace to checkpoint, non-root, the volumes, placement."""
+    spec: Manifest = {"terminationGracePeriodSeconds": int(settings.worker_stop_timeout_seconds) + 30,
+                      "securityContext": dict(POD_SECURITY), "volumes": volumes(settings)}
     if settings.kubernetes_node_selector:
         spec["nodeSelector"] = dict(settings.kubernetes_node_selector)
     if settings.kubernetes_tolerations:
@@ -75,37 +84,59 @@ def pod_spec(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Ma
     return spec
 
 
-def container(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
-    name = resource_name(plan.job_id)
+def volumes(settings: TrainerSettings) -> list[Manifest]:
+    """The shared claim (job directories) and a memory-backed /dev/shm (NCCL and DataLoader workers need room)."""
+    return [{"name": "shared", "persistentVolumeClaim": {"claimName": settings.kubernetes_claim_name}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
+
+
+def volume_mounts(settings: TrainerSettings) -> list[Manifest]:
+    return [{"name": "shared", "mountPath": settings.kubernetes_mount_path}, {"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def resources(plan: TrainingPlan, settings: TrainerSettings) -> Manifest:
+    """Per pod (= per node): CPU/memory from the settings, one GPU per process for CUDA jobs."""
     limits: dict[str, str] = {"memory": settings.kubernetes_memory_limit}
     if plan.device == "cuda":
         limits[settings.kubernetes_gpu_resource] = str(plan.num_processes)
+    return {"requests": {"cpu": settings.kubernetes_cpu_request, "memory": settings.kubernetes_memory_request},
+            "limits": limits}
+
+
+def worker_args(job_dir: Path, settings: TrainerSettings) -> list[str]:
+    """What torchrun starts on every node: the worker module, writing its events to the shared job directory."""
+    return ["-m", "trainer_service.jobs.worker", f"--job-dir={job_dir}", f"--events={job_dir / EVENTS_FILE}",
+            f"--engine={settings.engine}", f"--stop-deadline={settings.worker_stop_timeout_seconds + 15:g}"]
+
+
+def container(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
+    name = resource_name(plan.job_id)
     return {
         "name": "worker", "image": settings.kubernetes_image, "imagePullPolicy": "IfNotPresent",
-        "command": [settings.cluster_python, "-m", "torch.distributed.run"],
+        "command": torchrun_command(settings),
         "args": [f"--nnodes={plan.num_nodes}", f"--nproc_per_node={plan.num_processes}", "--node_rank=$(NODE_RANK)",
                  f"--master_addr={name}-0.{name}", f"--master_port={RENDEZVOUS_PORT}",
-                 "-m", "trainer_service.jobs.worker", f"--job-dir={job_dir}", f"--events={job_dir / EVENTS_FILE}",
-                 f"--engine={settings.engine}", f"--stop-deadline={settings.worker_stop_timeout_seconds + 15:g}"],
+                 *worker_args(job_dir, settings)],
         "env": [{"name": "NODE_RANK", "valueFrom": {"fieldRef": {
                     "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
-                {"name": "PYTHONUNBUFFERED", "value": "1"}],
+                *WORKER_ENV],
         "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
-        "resources": {"requests": {"cpu": settings.kubernetes_cpu_request,
-                                   "memory": settings.kubernetes_memory_request}, "limits": limits},
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "shared", "mountPath": settings.kubernetes_mount_path},
-                         {"name": "dshm", "mountPath": "/dev/shm"}]}
+        "resources": resources(plan, settings), "securityContext": dict(CONTAINER_SECURITY),
+        "volumeMounts": volume_mounts(settings)}
 
 
-def _condition(obj: Manifest, kind: str) -> Manifest | None:
+def torchrun_command(settings: TrainerSettings) -> list[str]:
+    return [settings.cluster_python, "-m", "torch.distributed.run"]
+
+
+def true_condition(obj: Manifest, kind: str) -> Manifest | None:
     for condition in obj.get("status", {}).get("conditions") or []:
         if condition.get("type") == kind and condition.get("status") == "True":
             return dict(condition)
     return None
 
 
-def _pod_problem(pods: list[Manifest]) -> str:
+def pod_problem(pods: list[Manifest]) -> str:
     """Why pods are not running or failed: Unschedulable, ImagePullBackOff, OOMKilled, Evicted..."""
     for pod in pods:
         status = pod.get("status", {})
@@ -122,16 +153,21 @@ def _pod_problem(pods: list[Manifest]) -> str:
     return ""
 
 
-def job_status(job: Manifest, pods: list[Manifest]) -> ClusterStatus:
-    """The Job's conditions decide the end; until then, pods running means running, anything else pending."""
-    if (done := _condition(job, "Complete")) is not None:
-        return ClusterStatus("ended", "Complete", done.get("reason", ""))
-    if (failed := _condition(job, "Failed")) is not None:
-        reason = ": ".join(p for p in (failed.get("reason", ""), _pod_problem(pods)) if p)
-        return ClusterStatus("ended", "Failed", reason, code=1)
-    if (suspended := _condition(job, "Suspended")) is not None:
-        return ClusterStatus("pending", "Suspended", suspended.get("reason", "") or "waiting for admission")
+def pods_status(pods: list[Manifest]) -> ClusterStatus:
+    """Before the workload's conditions decide: pods running means running, anything else pending (and why)."""
     running = sorted(p["metadata"]["name"] for p in pods if p.get("status", {}).get("phase") == "Running")
     if running:
         return ClusterStatus("running", "Running", where=", ".join(running))
-    return ClusterStatus("pending", "Pending", _pod_problem(pods))
+    return ClusterStatus("pending", "Pending", pod_problem(pods))
+
+
+def job_status(job: Manifest, pods: list[Manifest]) -> ClusterStatus:
+    """The Job's conditions decide the end; until then, pods running means running, anything else pending."""
+    if (done := true_condition(job, "Complete")) is not None:
+        return ClusterStatus("ended", "Complete", done.get("reason", ""))
+    if (failed := true_condition(job, "Failed")) is not None:
+        reason = ": ".join(p for p in (failed.get("reason", ""), pod_problem(pods)) if p)
+        return ClusterStatus("ended", "Failed", reason, code=1)
+    if (suspended := true_condition(job, "Suspended")) is not None:
+        return ClusterStatus("pending", "Suspended", suspended.get("reason", "") or "waiting for admission")
+    return pods_status(pods)
