@@ -54,7 +54,9 @@ def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int,
     model = ModelConfig(vocab_size=vocab, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
                         block_size=p.block_size, dropout=p.dropout)
     return TrainingPlan(job_id=f"quality-{name}", model=model, max_steps=max_steps, batch_size=p.batch_size,
-                        learning_rate=p.learning_rate, min_learning_rate=p.learning_rate * args.min_lr_ratio,
+                        learning_rate=p.learning_rate,
+                        min_learning_rate=p.learning_rate * (p.min_lr_ratio if args.min_lr_ratio is None
+                                                             else args.min_lr_ratio),
                         warmup_steps=min(p.warmup_steps, max_steps), weight_decay=0.1, grad_clip=1.0,
                         eval_interval=args.eval_interval, sample_interval=0, sample_length=200, seed=args.seed,
                         checkpoint_interval=0, device=args.device, compile=args.compile, max_seconds=max_seconds,
@@ -131,7 +133,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-interval", type=int, default=None,
                         help="default: a tenth of --steps in steps mode; the end only in budget mode")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--min-lr-ratio", type=float, default=0.1)
+    parser.add_argument("--min-lr-ratio", type=float, default=None, help="the preset's min LR over its LR (default: "
+                        "its profile's min_lr_ratio)")
     parser.add_argument("--no-reference", action="store_true", help="train the preset only")
     for name, kind in PROFILE_FLAGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)

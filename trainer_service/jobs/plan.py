@@ -86,6 +86,8 @@ def _training_values(given: dict[str, Any], profile: SizeProfile, finetune: bool
               "optimizer": profile.optimizer, **given}
     if "max_seconds" in given:
         values["fit_to_budget"] = tuple(n for n in ("warmup_steps", *INTERVALS) if n not in given)
+    if "min_learning_rate" not in values:
+        values["min_learning_rate"] = float(values["learning_rate"]) * profile.min_lr_ratio
     if "warmup_steps" not in values:  # the profile's warmup, at most a tenth of the run (a fiftieth: fine-tuning)
         share = int(values["max_steps"]) // (FINETUNE_WARMUP_FRACTION if finetune else 10)
         values["warmup_steps"] = max(0, min(profile.warmup_steps, share))
