@@ -207,9 +207,9 @@ class ModelRegistry:
         entry.loaded.set()
         self.metrics.load_seconds.labels(model=entry.name).observe(time.monotonic() - started)
         self._count_ready()
-        log.info("model %s ready (%s on %s, %s weights from decode batch %d, %s KV cache, every thread from batch "
-                 "%d)", entry.name, entry.source, entry.device, entry.dtype, entry.narrow_decode_from,
-                 entry.kv_cache_dtype, entry.parallel_decode_from)
+        below = f" from decode batch {entry.narrow_decode_from}, float32 below" if entry.narrow_decode_from > 1 else ""
+        log.info("model %s ready (%s on %s, %s weights%s, %s KV cache, every thread from batch %d)", entry.name,
+                 entry.source, entry.device, entry.dtype, below, entry.kv_cache_dtype, entry.parallel_decode_from)
 
     def _decode_choice(self, model: GPT, measure_dtype: bool) -> DecodeChoice:
         """Dtypes and thread policy: measured on CPU (cached per host), else the model's dtype and the default."""

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import Field
+from pydantic import Field, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings
 
 
@@ -37,4 +38,15 @@ class ServerSettings(BaseSettings):
             parser.add_argument(flag, dest=name, default=None,
                                 help=field.description.replace("%", "%%") if field.description else None)
         given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-        return cls(**{**given, **overrides})
+        try:
+            return cls(**{**given, **overrides})
+        except ValidationError as exc:  # a usage error naming the flag and its variable, not a traceback
+            parser.error("; ".join(_describe(error, str(cls.model_config.get("env_prefix", "")))
+                                   for error in exc.errors()))
+
+
+def _describe(error: ErrorDetails, env_prefix: str) -> str:
+    """`--stream-interval-ms` (or CHARGPT_INFERENCE_STREAM_INTERVAL_MS): input should be ... (got '-1')."""
+    name = str(error["loc"][0]) if error["loc"] else ""
+    where = f"--{name.replace('_', '-')} (or {env_prefix}{name.upper()})" if name else "settings"
+    return f"{where}: {error['msg'].lower()} (got {error.get('input')!r})"

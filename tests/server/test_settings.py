@@ -24,9 +24,18 @@ def test_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert InferenceSettings.from_args([]).models_dir == Path("/tmp/models")
 
 
-def test_bad_flag_value_is_rejected() -> None:
-    with pytest.raises(ValueError, match="port"):
+def test_bad_flag_value_is_a_usage_error_naming_the_flag(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
         TrainerSettings.from_args(["--port", "70000"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--port (or CHARGPT_TRAINER_PORT): input should be less than or equal to 65535 (got '70000')" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("CHARGPT_INFERENCE_STREAM_INTERVAL_MS", "-5")
+    with pytest.raises(SystemExit):
+        InferenceSettings.from_args([])
+    assert "--stream-interval-ms (or CHARGPT_INFERENCE_STREAM_INTERVAL_MS)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("settings_type", [TrainerSettings, InferenceSettings])

@@ -176,7 +176,7 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
         if not path.is_file():
             raise UsageError(f"no such file: {name}")
         try:
-            inputs.append((path.name, read_text(path)))  # exactly: no newline translation
+            inputs.append((name, read_text(path)))  # labelled as typed; read exactly: no newline translation
         except TextDecodeError as exc:
             raise UsageError(str(exc)) from exc
     if not inputs:
