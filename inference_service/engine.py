@@ -84,7 +84,8 @@ class Engine:
         self.device = weight.device
         self.cache = KVCache(model.config, max_batch, device=self.device, dtype=cache_dtype or weight.dtype)
         self.decoder = FastDecoder(model, self.cache, attention)
-        self.float32_decoder = FastDecoder(float32_model, self.cache, attention) if float32_model else self.decoder
+        self.float32_decoder = (FastDecoder(float32_model, self.cache, attention) if float32_model is not None
+                                else self.decoder)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.active: list[GenRequest] = []
         self.waiting: deque[GenRequest] = deque()
