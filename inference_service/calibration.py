@@ -28,7 +28,6 @@ DTYPE_VARIANTS = {"float32/float32": (torch.float32, torch.float32),
                   "bfloat16/float32": (torch.bfloat16, torch.float32),
                   "bfloat16/bfloat16": (torch.bfloat16, torch.bfloat16)}
 PARALLEL_MARGIN = 0.95  # every thread must save at least 5% over one to be worth the fork/join
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class DecodeCalibration(BaseModel):

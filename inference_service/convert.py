@@ -128,9 +128,11 @@ def summary_to_proto(summary: Summary) -> inference_pb2.GenerationSummary:
 
 def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
     out = inference_pb2.Model(name=entry.name, state=STATES[entry.state], source=entry.source,
-                              device=entry.device, dtype=entry.dtype, error=entry.error,
-                              kv_cache_dtype=entry.kv_cache_dtype, parallel_decode_from=entry.parallel_decode_from,
-                              narrow_decode_from=entry.narrow_decode_from)
+                              device=entry.device, dtype=entry.dtype, error=entry.error)
+    if entry.engine is not None:  # how it is served (calibration.py's plan, or the settings that override it)
+        out.kv_cache_dtype = str(entry.engine.cache.k.dtype).split(".")[-1]
+        out.parallel_decode_from = entry.engine.policy.parallel_from
+        out.narrow_decode_from = entry.engine.policy.narrow_from
     if entry.loaded_time is not None:
         out.loaded_time.FromDatetime(entry.loaded_time)
     if entry.checkpoint is None:

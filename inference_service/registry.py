@@ -51,9 +51,6 @@ class ModelEntry:
     source: str
     device: str = ""
     dtype: str = ""
-    kv_cache_dtype: str = ""
-    parallel_decode_from: int = 0
-    narrow_decode_from: int = 1
     state: State = State.LOADING
     error: str = ""
     checkpoint: Checkpoint | None = None
@@ -195,8 +192,6 @@ class ModelRegistry:
                 Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, rows,
                 self.settings.max_queue, self.metrics, cache_dtype, self.settings.window_slide, policy,
                 self.settings.decode_attention, self.settings.stream_interval_ms / 1000, float32_model)
-            entry.kv_cache_dtype = str(entry.engine.cache.k.dtype).split(".")[-1]
-            entry.parallel_decode_from, entry.narrow_decode_from = policy.parallel_from, policy.narrow_from
             entry.scorer = ScoreBatcher(entry.checkpoint, entry.executor, self.settings.score_batch_tokens)
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
@@ -207,9 +202,9 @@ class ModelRegistry:
         entry.loaded.set()
         self.metrics.load_seconds.labels(model=entry.name).observe(time.monotonic() - started)
         self._count_ready()
-        below = f" from decode batch {entry.narrow_decode_from}, float32 below" if entry.narrow_decode_from > 1 else ""
+        below = f" from decode batch {policy.narrow_from}, float32 below" if policy.narrow_from > 1 else ""
         log.info("model %s ready (%s on %s, %s weights%s, %s KV cache, every thread from batch %d)", entry.name,
-                 entry.source, entry.device, entry.dtype, below, entry.kv_cache_dtype, entry.parallel_decode_from)
+                 entry.source, entry.device, entry.dtype, below, cache_dtype or weight.dtype, policy.parallel_from)
 
     def _decode_choice(self, model: GPT, measure_dtype: bool) -> DecodeChoice:
         """Dtypes and thread policy: measured on CPU (cached per host), else the model's dtype and the default."""
