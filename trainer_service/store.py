@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     tokens_per_second REAL NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
     cancel_requested INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, started REAL, finished REAL,
     executor TEXT NOT NULL DEFAULT 'local', cluster_job_id TEXT NOT NULL DEFAULT '',
-    events_offset INTEGER NOT NULL DEFAULT 0, submitted REAL);
+    events_offset INTEGER NOT NULL DEFAULT 0, submitted REAL, cluster_run INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_corpus ON jobs(corpus_id, state);
 CREATE TABLE IF NOT EXISTS events (
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL, payload TEXT NOT NULL, UNIQUE(job_id, seq));
 """
 MIGRATIONS = {"executor": "TEXT NOT NULL DEFAULT 'local'", "cluster_job_id": "TEXT NOT NULL DEFAULT ''",
-              "events_offset": "INTEGER NOT NULL DEFAULT 0", "submitted": "REAL"}
+              "events_offset": "INTEGER NOT NULL DEFAULT 0", "submitted": "REAL",
+              "cluster_run": "INTEGER NOT NULL DEFAULT 0"}
 
 
 class CorpusRecord(BaseModel):
@@ -79,6 +80,7 @@ class JobRecord(BaseModel):
     cluster_job_id: str = ""  # the Slurm job id or Kubernetes Job name while the cluster holds it
     events_offset: int = 0  # bytes of the job's events.jsonl already in the event log (remote executors)
     submitted: float | None = None  # when it was last handed to the cluster (queue-wait metric)
+    cluster_run: int = 0  # the cluster's count of restarts of the job when the trainer last saw it run
 
 
 class EventRecord(BaseModel):

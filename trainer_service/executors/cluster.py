@@ -21,6 +21,9 @@ from trainer_service.store import QUEUED, RUNNING, Store
 from trainer_service.training.api import TrainingEvent
 
 log = logging.getLogger(__name__)
+# One line per run of the job, written by the job's script before the workers start: "<restart count> <size of
+# events.jsonl>", where that run's events begin (a requeued job's runs append to the same event log).
+RUNS_FILE = "runs.txt"
 EVENT = TypeAdapter[TrainingEvent](Annotated[TrainingEvent, Field(discriminator="kind")])
 
 
@@ -35,6 +38,8 @@ class ClusterStatus:
     cancelled: bool = False  # ended because the cluster cancelled it (scancel, Job deleted)
     where: str = ""  # nodes or pods it runs on
     requeue: bool = False  # ended, but not for good (preempted): the trainer submits it again, it resumes
+    run: int = 0  # how many times the cluster restarted the job (Slurm's RestartCnt): a new value is a new run
+    settled: bool = True  # False while a running-phase state still belongs to the run that is ending (COMPLETING)
 
     def describe(self) -> str:
         return self.state + (f" ({self.reason})" if self.reason and self.reason != "None" else "")
@@ -51,7 +56,8 @@ class EventFollower:
         self.store, self.job_id, self.path = store, job_id, path
         self._summary = JobSummary(store.get_job(job_id).best_val_loss)
 
-    def poll(self) -> int:
+    def poll(self, until: int | None = None) -> int:
+        """Copy the complete lines written since the last poll (those that start before byte `until`)."""
         offset = self.store.get_job(self.job_id).events_offset
         try:
             with open(self.path, "rb") as f:
@@ -61,8 +67,8 @@ class EventFollower:
             return 0
         count = 0
         for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # the worker is still writing it
+            if not line.endswith(b"\n") or (until is not None and offset >= until):
+                break  # the worker is still writing it, or it belongs to a run the trainer has not noted yet
             offset += len(line)
             try:
                 event = EVENT.validate_json(line)
@@ -74,6 +80,16 @@ class EventFollower:
             self.store.append_event(self.job_id, event.kind, payload, {**update, "events_offset": offset})
             count += 1
         return count
+
+
+def run_start(job_dir: Path, restart: int) -> int | None:
+    """Where the events of the job's run after `restart` restarts begin in events.jsonl; None when not recorded."""
+    try:
+        lines = (job_dir / RUNS_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    starts = [offset for count, _, offset in (line.partition(" ") for line in lines) if count == str(restart)]
+    return int(starts[-1]) if starts and starts[-1].isdigit() else None
 
 
 class ClusterExecutor(Executor):
@@ -113,7 +129,7 @@ class ClusterExecutor(Executor):
             raise LaunchError(f"could not submit the job to {self.cluster}: {exc}") from exc
         self.store.set_state(run.job.job_id, QUEUED, f"submitted to {self.cluster} as job {run.handle}",
                              executor=self.name, cluster_job_id=run.handle, submitted=time.time(),
-                             finished=None, error="")
+                             finished=None, error="", cluster_run=0)
         if run.stop_reason is not None:
             self.request_stop(run)
 
@@ -125,7 +141,8 @@ class ClusterExecutor(Executor):
         follower = EventFollower(self.store, run.job.job_id, run.job_dir / EVENTS_FILE)
         while True:
             status = await self.status(run)
-            follower.poll()
+            # a run the trainer has not seen start: the events before it first, then its state change, then its own
+            follower.poll(until=self._unnoted_run_start(run, status))
             if status is None:
                 return Ended(1, f"{self.cluster} no longer knows job {run.handle}")
             if status.phase == "ended":
@@ -135,27 +152,40 @@ class ClusterExecutor(Executor):
                     detail += f"; last output:\n{log_tail(run.job_dir, run.log_offset)}"
                 return Ended(status.code, detail, cancelled_outside=status.cancelled, requeue=status.requeue)
             await self._note_phase(run, status)
+            follower.poll()
             await self.hub.poll_once()
             await asyncio.sleep(self.settings.cluster_poll_seconds)
+
+    def _unnoted_run_start(self, run: RunningJob, status: ClusterStatus | None) -> int | None:
+        """Where the events of a run the trainer has not yet noted as running begin (None: no such run)."""
+        job = self.store.get_job(run.job.job_id)
+        if status is None or status.phase != "running" or (job.state == RUNNING and status.run <= job.cluster_run):
+            return None
+        return run_start(run.job_dir, status.run)
 
     async def _note_phase(self, run: RunningJob, status: ClusterStatus) -> None:
         """QUEUED while the cluster queues it (again, after a preemption or requeue), RUNNING while it runs.
 
-        A requeued run starts from the latest checkpoint; steps trained after it (when the workers were killed
-        before they could checkpoint) are trained again, so their events appear again after the RUNNING
-        "resuming from step N" state change.
+        A requeue is noticed by the pending state or, when the job was queued again for less than a poll
+        interval, by the cluster's restart count (once the previous run has ended). A requeued run starts from
+        the latest checkpoint; steps trained after it (when the workers were killed before they could checkpoint)
+        are trained again, so their events appear again after the RUNNING "resuming from step N" state change.
         """
         job = self.store.get_job(run.job.job_id)
-        if status.phase == "running" and job.state != RUNNING:
+        new_run = status.run > job.cluster_run
+        if job.state == RUNNING and (status.phase == "pending" or (new_run and status.settled)):
+            cause = await self.requeue_cause(run) or "requeued"
+            now = f", now {status.describe()}" if status.phase == "pending" else ""
+            self.store.set_state(job.job_id, QUEUED, f"{self.cluster} {cause} it{now}; will resume from the latest "
+                                 "checkpoint", submitted=time.time())
+            job = self.store.get_job(job.job_id)
+        if status.phase == "running" and job.state != RUNNING and (status.settled or not new_run):
             step = latest_step(run.job_dir)
             note = f"running on {status.where or self.cluster}" + (f", resuming from step {step}" if step else "")
-            self.store.set_state(job.job_id, RUNNING, note, step=step, started=job.started or time.time())
+            self.store.set_state(job.job_id, RUNNING, note, step=step, started=job.started or time.time(),
+                                 cluster_run=status.run)
             if job.submitted is not None:
                 self.hub.metrics.observe_queue_wait(self.name, time.time() - job.submitted)
-        elif status.phase == "pending" and job.state == RUNNING:
-            cause = await self.requeue_cause(run) or "requeued"
-            self.store.set_state(job.job_id, QUEUED, f"{self.cluster} {cause} it, now {status.describe()}; will "
-                                 "resume from the latest checkpoint", submitted=time.time())
 
     def request_stop(self, run: RunningJob) -> None:
         if run.handle is None:

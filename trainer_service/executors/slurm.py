@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from trainer_service.executors.base import RunningJob
-from trainer_service.executors.cluster import ClusterExecutor, ClusterStatus
+from trainer_service.executors.cluster import RUNS_FILE, ClusterExecutor, ClusterStatus
 from trainer_service.executors.local import worker_env
 from trainer_service.jobs.worker import EVENTS_FILE, LOG_FILE, OUTCOME_FILE
 from trainer_service.settings import TrainerSettings
@@ -47,6 +47,9 @@ def batch_script(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -
         "set -euo pipefail",
         "# A requeued run must not find the previous run's outcome (it resumes from the latest checkpoint).",
         f"rm -f {q(str(job_dir / OUTCOME_FILE))}",
+        "# Where this run's events begin: the trainer notes a requeue there, even one it never saw pending.",
+        f"events_size=$(stat -c %s {q(str(job_dir / EVENTS_FILE))} 2>/dev/null || echo 0)",
+        f"echo \"${{SLURM_RESTART_COUNT:-0}} $events_size\" >> {q(str(job_dir / RUNS_FILE))}",
         "# The rendezvous on the first node, at its NodeAddr: the address Slurm itself reaches it on, which is",
         "# its name unless the cluster says otherwise (several slurmd on one host share one address).",
         'head_node="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
@@ -59,19 +62,27 @@ def batch_script(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -
         ""])
 
 
-def parse_state(text: str) -> tuple[str, str, str]:
-    """`STATE|reason|nodes` (squeue) or `STATE by 1000|exit` (sacct) -> (STATE, reason, nodes)."""
-    fields = (text.strip().splitlines() or [""])[-1].split("|")
+# squeue's fields, unpadded (size 0) and separated by "|"; the node list is empty while the job is pending.
+SQUEUE_FORMAT = "State:0|,Reason:0|,NodeList:0|,RestartCnt:0"
+
+
+def parse_state(text: str) -> tuple[str, str, str, int]:
+    """`STATE|reason|nodes|restarts` (squeue) or `STATE by 1000|exit` (sacct) -> (STATE, reason, nodes, restarts)."""
+    fields = [*(text.strip().splitlines() or [""])[-1].split("|"), "", "", ""]
     state = fields[0].split(" ")[0].rstrip("+")
-    return state, (fields[1] if len(fields) > 1 else ""), (fields[2] if len(fields) > 2 else "")
+    return state, fields[1], fields[2], int(fields[3]) if fields[3].strip().isdigit() else 0
 
 
-def to_status(state: str, reason: str, nodes: str) -> ClusterStatus:
-    """A Slurm state as a job phase; PREEMPTED is final only when Slurm did not requeue it itself."""
+def to_status(state: str, reason: str, nodes: str, restarts: int = 0) -> ClusterStatus:
+    """A Slurm state as a job phase; PREEMPTED is final only when Slurm did not requeue it itself.
+
+    `restarts` is Slurm's RestartCnt. A requeued job counts up at once, while the ending run is still COMPLETING,
+    so COMPLETING is not yet the new run (settled=False).
+    """
     if state in PENDING:
-        return ClusterStatus("pending", state, reason)
+        return ClusterStatus("pending", state, reason, run=restarts)
     if state in RUNNING:
-        return ClusterStatus("running", state, reason, where=nodes)
+        return ClusterStatus("running", state, reason, where=nodes, run=restarts, settled=state != "COMPLETING")
     if state == "COMPLETED":
         return ClusterStatus("ended", state, reason)
     return ClusterStatus("ended", state, reason, code=1, cancelled=state == "CANCELLED",
@@ -114,13 +125,13 @@ class SlurmExecutor(ClusterExecutor):
 
     async def status(self, run: RunningJob) -> ClusterStatus | None:
         """squeue while the controller remembers the job (MinJobAge after it ends), then sacct."""
-        code, out, _ = await self._run("squeue", "-h", "-t", "all", "-j", run.handle, "-o", "%T|%r|%N")
+        code, out, _ = await self._run("squeue", "-h", "-t", "all", "-j", run.handle, "-O", SQUEUE_FORMAT)
         if code == 0 and out.strip():
             return to_status(*parse_state(out))
         history = await self._history(run)
         if not history:
             return None
-        state, exit_code, _ = parse_state(history[-1])
+        state, exit_code, _, _ = parse_state(history[-1])
         return to_status(state, f"exit code {exit_code}" if state != "COMPLETED" else "", "")
 
     async def _history(self, run: RunningJob) -> list[str]:

@@ -45,23 +45,25 @@ def test_cpu_jobs_ask_for_no_gpus() -> None:
     assert "--gpus-per-node" not in script and "--partition" not in script and "#SBATCH --nodes=1\n" in script
 
 
-@pytest.mark.parametrize(("line", "phase", "code", "cancelled", "requeue"), [
-    ("PENDING|Resources|", "pending", 0, False, False),
-    ("REQUEUED|BeginTime|", "pending", 0, False, False),
-    ("RUNNING|None|node[1-2]", "running", 0, False, False),
-    ("COMPLETING|None|node1", "running", 0, False, False),
-    ("COMPLETED|None|node1", "ended", 0, False, False),
-    ("FAILED|NonZeroExitCode|node1", "ended", 1, False, False),
-    ("TIMEOUT|TimeLimit|node1", "ended", 1, False, False),
-    ("NODE_FAIL|NodeDown|node1", "ended", 1, False, False),
-    ("OUT_OF_MEMORY|OutOfMemory|node1", "ended", 1, False, False),
-    ("CANCELLED by 1000|0:15", "ended", 1, True, False),
-    ("PREEMPTED|None|node1", "ended", 1, False, True),
+@pytest.mark.parametrize(("line", "phase", "code", "cancelled", "requeue", "run", "settled"), [
+    ("PENDING|Resources||0", "pending", 0, False, False, 0, True),
+    ("REQUEUED|BeginTime||1", "pending", 0, False, False, 1, True),
+    ("RUNNING|None|node[1-2]|0", "running", 0, False, False, 0, True),
+    ("RUNNING|None|node1|2", "running", 0, False, False, 2, True),
+    ("COMPLETING|None|node1|1", "running", 0, False, False, 1, False),  # maybe the run a requeue is ending
+    ("COMPLETED|None|node1|0", "ended", 0, False, False, 0, True),
+    ("FAILED|NonZeroExitCode|node1|0", "ended", 1, False, False, 0, True),
+    ("TIMEOUT|TimeLimit|node1|0", "ended", 1, False, False, 0, True),
+    ("NODE_FAIL|NodeDown|node1|0", "ended", 1, False, False, 0, True),
+    ("OUT_OF_MEMORY|OutOfMemory|node1|0", "ended", 1, False, False, 0, True),
+    ("CANCELLED by 1000|0:15", "ended", 1, True, False, 0, True),  # sacct: no restart count
+    ("PREEMPTED|None|node1|0", "ended", 1, False, True, 0, True),
 ])
-def test_slurm_states_map_to_job_phases(line: str, phase: str, code: int, cancelled: bool, requeue: bool) -> None:
+def test_slurm_states_map_to_job_phases(line: str, phase: str, code: int, cancelled: bool, requeue: bool, run: int,
+                                        settled: bool) -> None:
     status = to_status(*parse_state(line))
     assert (status.phase, status.code, status.cancelled, status.requeue) == (phase, code, cancelled, requeue)
-    assert status.state == line.split("|")[0].split(" ")[0]
+    assert (status.state, status.run, status.settled) == (line.split("|")[0].split(" ")[0], run, settled)
 
 
 @pytest.mark.parametrize(("history", "cause"), [
