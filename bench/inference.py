@@ -311,12 +311,12 @@ def targets(out: dict[str, Any], scale: Scale) -> list[tuple[str, float, float]]
 def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, float]) -> None:
     ref = out["reference"]
     rows = [("notebook loop (no cache, 1 at a time)", f"{ref['tok_s']:8.1f} tok/s", "", "",
-             f"{ref['tok_per_cpu_s']:7.0f}")]
+             f"{ref['tok_per_cpu_s']:7.0f}", "")]
     for streams in scale.reference_streams:
         r = out[f"kv_reference_{streams}"]
         label = f"lean KV loop, {streams} stream{'s' if streams > 1 else ''} ({r['best']})"
         rows.append((label, f"{r['tok_s']:8.1f} tok/s",
-                     f"fp32 {r['float32_tok_s']:.0f} bf16 {r['bfloat16_tok_s']:.0f}", "", ""))
+                     f"fp32 {r['float32_tok_s']:.0f} bf16 {r['bfloat16_tok_s']:.0f}", "", "", ""))
     stream_rows = [("single", "gRPC single stream")] + [(f"streams_{k}", f"gRPC {k} streams") for k in scale.streams]
     stream_rows += [(f"http_streams_{k}", f"HTTP {k} stream{'s' if k > 1 else ''}") for k in scale.http_streams]
     for key, label in stream_rows:
@@ -324,11 +324,11 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
         rows.append((label, f"{r['tok_s']:8.1f} tok/s",
                      f"TTFT p50 {r['ttft_p50_ms']:7.1f} p99 {r['ttft_p99_ms']:7.1f} ms",
                      f"ITL p50 {r['itl_p50_ms']:5.2f} p99 {r['itl_p99_ms']:6.2f} ms",
-                     f"{r['tok_per_server_cpu_s']:7.0f}   {r['server_cores']:.2f} / {r['client_cores']:.2f}"))
+                     f"{r['tok_per_server_cpu_s']:7.0f}", f"{r['server_cores']:.2f} / {r['client_cores']:.2f}"))
     for key, label in (("score", "Score, default stride"), ("score_reference_fp32", "Score's computation in float32"),
                        ("score_stride_half", "Score, half stride"),
                        ("score_short_texts", "Score, concurrent block-long texts")):
-        rows.append((label, f"{out[key]['chars_s']:8.0f} chars/s", "", "", ""))
+        rows.append((label, f"{out[key]['chars_s']:8.0f} chars/s", "", "", "", ""))
     gemm, serving = out["gemm_gflops"], out["serving"]
     print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; GEMM peaks: fp32 "
           f"{gemm['float32']:.0f}, bf16 {gemm['bfloat16']:.0f} GFLOP/s")
@@ -337,9 +337,9 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
         weights += f" from a decode batch of {serving['narrow_decode_from']} (float32 below)"
     print(f"server's measured choices: {weights}, {serving['kv_cache']} KV cache, every thread from a decode batch "
           f"of {serving['parallel_decode_from']}")
-    print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} tok per server CPU-s, cores server / client")
+    print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} {'tok/server CPU-s':>16}  cores server / client")
     for row in rows:
-        print(f"{row[0]:<40} {row[1]:<16} {row[2]:<32} {row[3]:<28} {row[4]}")
+        print(f"{row[0]:<40} {row[1]:<16} {row[2]:<32} {row[3]:<28} {row[4]:>16}  {row[5]}")
     print()
     for name, measured, goal in out["targets"]:
         print(f"{name:<48} {measured:7.2f}  goal {goal}")

@@ -50,7 +50,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if ref.kind not in common_pb2.CheckpointKind.values():
                 raise errors.InvalidArgumentError("trainer_checkpoint.kind", f"unknown checkpoint kind {ref.kind}")
             kind = common_pb2.CheckpointKind.Name(ref.kind).removeprefix("CHECKPOINT_KIND_").lower()
-            source = f"trainer:{ref.job_id}/{kind}"
+            # no kind: the trainer's default (best if any), written as the preload syntax writes it
+            source = f"trainer:{ref.job_id}" + (f"/{kind}" if ref.kind else "")
 
             async def locate() -> Path:
                 return await download_checkpoint(

@@ -243,7 +243,7 @@ class Model:
     weights_sha256: str
     parent: Lineage | None = None  # the checkpoint a fine-tuned model started from
     kv_cache_dtype: str = ""  # how it is served: the KV cache's dtype, and the decode batch from which
-    parallel_decode_from: int = 0  # a step uses every torch thread (both measured per host unless set)
+    parallel_decode_from: int = 0  # a step uses every torch thread (both measured per host unless set; 0: one)
     narrow_decode_from: int = 1  # decode batches from this size use `dtype` weights, smaller ones float32
 
 

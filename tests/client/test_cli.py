@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -178,6 +179,9 @@ def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     cli.json("checkpoints", "download", job_id, "-o", "models/for-load", "--kind", "latest")
     assert cli.json("models", "load", "m2", "--checkpoint", "for-load")["loaded"]
     assert {m["name"] for m in cli.json("models", "list")} >= {"m", "m2"}
+    shown = cli.run("models", "show", "m").stdout  # loaded by job, no kind: the trainer's default checkpoint
+    assert f"  source: trainer:{job_id}\n" in shown
+    assert "KV cache, one torch thread" in shown  # the test server runs one torch thread
     streamed = cli.run("generate", "m", "First", "--seed", "3", "--max-new-tokens", "20", "--preset", "creative")
     assert streamed.returncode == 0 and streamed.stdout.startswith("First") and "seed 3" in streamed.stderr
     tiny = cli.run("generate", "m", "First", "--max-new-tokens", "5", "--temperature", "1e-38")
@@ -191,6 +195,8 @@ def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     assert table.returncode == 0 and table.stdout.splitlines()[1].split() == ["#", "char", "logprob", "top", "1",
                                                                               "top", "2", "top", "3"]
     assert len(table.stdout.splitlines()) == 1 + 2 + 5  # the text, header and rule, one row per character
+    values = [re.findall(r"-?\d+\.\d+|-?inf", row) for row in table.stdout.splitlines()[3:]]
+    assert all(len(v) == 4 and all(x.endswith("inf") or len(x.split(".")[1]) == 3 for x in v) for v in values)
     stopped = cli.json("generate", "m", "All", "--stop", r"\n", "--seed", "1", "--max-new-tokens", "300")
     assert "\n" not in stopped["text"] and stopped["summary"]["finish_reason"] == "STOP"
     assert stopped["summary"]["stop_sequence"] == "\n"
@@ -200,6 +206,10 @@ def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     assert cli.run("score", "m", "--file", "odd.txt").returncode == 1
     dropped = cli.json("score", "m", "--file", "odd.txt", "--drop-unknown")
     assert dropped[0]["dropped"] > 0 and dropped[0]["input"] == "odd.txt"
+    mixed = cli.json("score", "m", "Speak.", "--file", "odd.txt", "Hear me.", "--drop-unknown")
+    assert [r["input"] for r in mixed] == ["Speak.", "Hear me.", "odd.txt"]
+    unknown = cli.run("score", "m", "Speak.", "--file", "odd.txt", "--bogus", "x")
+    assert unknown.returncode == 2 and "unrecognized arguments: --bogus x" in unknown.stderr
     attention = cli.run("attention", "m", "Speak, speak.", "-o", "att.png")
     assert attention.returncode == 0 and "1 layers x 2 heads" in attention.stdout
     assert min(_png_size(cli.workdir / "att.png")) > 100

@@ -47,7 +47,7 @@ async def test_load_describes_the_model_and_is_idempotent(served: Served) -> Non
     assert m.source == "path:tiny" and m.config.n_embd == 32 and m.config.block_size == 32
     assert m.parameter_count > 0 and m.device == "cpu" and m.dtype == "float32" and len(m.weights_sha256) == 64
     assert m.training.corpus_name == "test" and m.training.step == 7 and m.vocabulary.startswith("\n")
-    assert m.kv_cache_dtype == "float32" and m.parallel_decode_from == 1  # one torch thread: every batch uses it
+    assert m.kv_cache_dtype == "float32" and m.parallel_decode_from == 0  # one torch thread: every batch uses it
     write_checkpoint(served.models_dir / "other", seed=1)
     assert await _code(served.load("tiny", "other")) == grpc.StatusCode.ALREADY_EXISTS
     listed = await served.stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5)

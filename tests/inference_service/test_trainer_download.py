@@ -23,8 +23,8 @@ async def trainer(tmp_path: Path) -> AsyncIterator[tuple[CheckpointTrainer, int]
     await server.stop(0)
 
 
-def _load(s: Served, name: str, job: str = "job1") -> Any:
-    ref = inference_pb2.TrainerCheckpointRef(job_id=job, kind=common_pb2.CHECKPOINT_KIND_BEST)
+def _load(s: Served, name: str, job: str = "job1", kind: int = common_pb2.CHECKPOINT_KIND_BEST) -> Any:
+    ref = inference_pb2.TrainerCheckpointRef(job_id=job, kind=kind)  # type: ignore[arg-type]
     return s.stub.LoadModel(inference_pb2.LoadModelRequest(name=name, trainer_checkpoint=ref), timeout=30)
 
 
@@ -42,6 +42,9 @@ async def test_load_from_trainer_then_cached(make_server: Any, trainer: tuple[Ch
     assert not again.loaded and fake.downloads == 1
     await _load(s, "second")  # same checkpoint under another name: served from the cache's copy
     assert len(list((s.models_dir / ".trainer-cache").iterdir())) == 1
+    # no kind: the trainer's default, labelled as `--preload name=trainer:JOB` writes it
+    default = await _load(s, "default", kind=common_pb2.CHECKPOINT_KIND_UNSPECIFIED)
+    assert default.model.source == "trainer:job1"
 
 
 async def test_corrupt_chunk_fails_cleanly(make_server: Any, trainer: tuple[CheckpointTrainer, int]) -> None:

@@ -33,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # a command may take its positional list after options too (`score M a --file f b`): argparse alone stops
+    # filling a positional once an option follows it
+    trailing: str | None = getattr(args, "trailing_positionals", None)
+    if extra:
+        if trailing is None or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, trailing).extend(extra)
     try:
         return int(args.handler(args))
     except ChargptClientError as exc:

@@ -69,7 +69,8 @@ def _unescape(value: str) -> str:
 def _register_score(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
     score = subparsers.add_parser("score", parents=[parent], help="perplexity and bits/char of texts or files")
     score.add_argument("model")
-    score.add_argument("texts", nargs="*", help="texts to score")
+    score.add_argument("texts", nargs="*", help="texts to score (before or after the options)")
+    score.set_defaults(trailing_positionals="texts")
     score.add_argument("--file", "-f", action="append", default=[], help="score a file's text (repeatable)")
     score.add_argument("--compare", action="append", default=[], metavar="MODEL",
                        help="also score under this model (repeatable)")
@@ -112,6 +113,7 @@ def show_cmd(args: argparse.Namespace) -> int:
 def show(m: t.Model) -> None:
     c = m.config
     print(f"  {m.name}: {m.state} on {m.device} ({m.dtype}), {m.parameter_count:,} parameters")
+    print(f"  source: {m.source}")
     print(f"  architecture: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} dims, block {c.block_size}, "
           f"vocab {c.vocab_size}")
     print(f"  trained: corpus {m.training.corpus_name or m.training.corpus_id[:12]}, step {m.training.step}, "
@@ -120,8 +122,9 @@ def show(m: t.Model) -> None:
         weights = f"{m.dtype} weights"
         if m.narrow_decode_from > 1:
             weights = f"float32 weights below a decode batch of {m.narrow_decode_from}, {m.dtype} from it"
-        print(f"  serving: {weights}, {m.kv_cache_dtype} KV cache, every torch thread from a decode batch of "
-              f"{m.parallel_decode_from}")
+        threads = (f"every torch thread from a decode batch of {m.parallel_decode_from}" if m.parallel_decode_from
+                   else "one torch thread")
+        print(f"  serving: {weights}, {m.kv_cache_dtype} KV cache, {threads}")
     if m.parent is not None:
         print(f"  fine-tuned from: {m.parent.describe()}")
     if m.error:
@@ -164,8 +167,9 @@ def generate_cmd(args: argparse.Namespace) -> int:
 def print_logprobs(entries: list[t.TokenLogprob]) -> None:
     """One row per generated character: its log-probability and the top alternatives (character logprob)."""
     width = max((len(e.top) for e in entries), default=0)
-    rows = [(i, repr(e.token), round(e.logprob, 4), *(f"{c!r} {v:.3f}" for c, v in e.top), *[""] * (width - len(e.top)))
-            for i, e in enumerate(entries)]
+    # one rounding for every value, so the chosen character reads the same in its column and among the top N
+    rows = [(i, repr(e.token), f"{e.logprob:.3f}", *(f"{c!r} {v:.3f}" for c, v in e.top),
+             *[""] * (width - len(e.top))) for i, e in enumerate(entries)]
     print_table(["#", "char", "logprob", *(f"top {k + 1}" for k in range(width))], rows)
 
 
