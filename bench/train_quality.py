@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench.train_common import DEFAULT_CORPUS, machine_facts, print_table, write_result
+from bench.train_common import DEFAULT_CORPUS, machine_facts, matmul_peak_gflops, print_table, write_result
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
@@ -170,8 +170,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, load_before: tuple[float, float, float]) -> None:
     facts = machine_facts()
+    # the host's GEMM peaks, measured after the runs so they do not share the machine with them
+    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
     print(f"load average before {tuple(round(x, 2) for x in load_before)}, after "
-          f"{tuple(round(x, 2) for x in facts['load_average'])}; {facts['threads']} threads")
+          f"{tuple(round(x, 2) for x in facts['load_average'])}; {facts['threads']} threads; GEMM peaks: fp32 "
+          f"{peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s")
     print_table(["recipe", "model", "optimizer", "precision", "lr", "steps", "ms/step", "train s", "tokens/s",
                  "train loss", "val loss"],
                 [[r["recipe"], r["model"], r["optimizer"], r["precision"], r["lr"], r["steps"], r["ms_per_step"],
@@ -181,7 +184,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, load_before: tu
         print(f"target: preset {target['margin_nats']:+.3f} nats vs the tuned recipe (goal <= -{TARGET_MARGIN}): "
               f"{'met' if target['met'] else 'NOT met'}")
     path = write_result(f"train_quality_{args.config}", {
-        "machine": facts, "load_average_before": load_before, "budget_seconds": None if args.steps else args.budget,
+        "machine": facts, "gemm_gflops": peaks, "load_average_before": load_before,
+        "budget_seconds": None if args.steps else args.budget,
         "target": target, "args": vars(args), "rows": rows})
     print(f"wrote {path}")
 

@@ -18,7 +18,7 @@ Precision = Literal["fp32", "bf16"]
 PROBE_VOCAB = 65  # tiny Shakespeare's characters: the output layer's width when the corpus is not known yet
 
 # The CPU preset was tuned (bench/train_quality.py, 100 s budgets) on a host that trained it at about 60k
-# tokens/s. A host that runs a wider member of the same family (4 layers, block 128, batch 16) at least that fast
+# tokens/s. A host that runs a wider member of the same family (4 layers, block 64, batch 32) at least that fast
 # sees as many tokens in the same time with a bigger model, so `auto` takes the widest such candidate; a slower
 # host keeps the tuned preset. Widths go up by 1.5x and 2x with the learning rate the sweep found for 4x128.
 CPU_TARGET_TOKENS_PER_S = 60_000.0

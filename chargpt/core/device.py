@@ -57,8 +57,10 @@ SIZE_PROFILES: dict[str, SizeProfile] = {p.name: p for p in (
     # lr 8e-3 1.75, 4x96/batch 16 1.67, 4x64/batch 16/lr 1.2e-2 1.65). Muon for the hidden matrices: 0.26 nats
     # lower after 600 steps than AdamW at 1.2e-2 (1.822 vs 2.085; lr 2e-2 1.806) for ~1.2x the step time
     # (trainer_service/training/README.md). Decaying to zero rather than lr/10: 0.02-0.03 nats lower in 100 s, in
-    # three back-to-back pairs on one host (1.593/1.578/1.567 vs 1.613/1.612/1.586).
-    SizeProfile(name="cpu", n_layer=4, n_head=4, n_embd=64, block_size=128, batch_size=16, dropout=0.0,
+    # three back-to-back pairs on one host (1.593/1.578/1.567 vs 1.613/1.612/1.586). Block 64 x batch 32 rather
+    # than 128 x 16 (the same tokens per step; attention costs half, so ~15% more steps): 1.576/1.555/1.551/1.559
+    # vs 1.571/1.578/1.570/1.583 in four interleaved pairs (trainer_service/training/README.md).
+    SizeProfile(name="cpu", n_layer=4, n_head=4, n_embd=64, block_size=64, batch_size=32, dropout=0.0,
                 learning_rate=2e-2, max_steps=5000, warmup_steps=50, optimizer="muon", min_lr_ratio=0.0),
     SizeProfile(name="tiny", n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=32, dropout=0.1,
                 learning_rate=1e-3, max_steps=3000, warmup_steps=100),
