@@ -37,7 +37,8 @@ class TrainingOptions(BaseModel):
     sample_interval: int | None = _help("steps between text samples (0: none)")
     sample_length: int | None = _help("characters per text sample")
     seed: int | None = _help("seed for initialisation, data order and sampling")
-    precision: Precision | None = _help("autocast precision (auto: bf16 where supported)")
+    precision: Precision | None = _help("autocast precision (auto: bf16 on CUDA where supported; on CPU "
+                                        "whichever this host measured faster)")
     compile: CompileMode | None = _help("torch.compile (auto: on CUDA only)")
     checkpoint_interval: int | None = _help("steps between latest checkpoints (0: at evaluations and the end)")
     grad_accumulation_steps: int | None = _help("gradient accumulation micro-steps per optimizer step")

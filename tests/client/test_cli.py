@@ -179,6 +179,8 @@ def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     cli.json("checkpoints", "download", job_id, "-o", "models/for-load", "--kind", "latest")
     assert cli.json("models", "load", "m2", "--checkpoint", "for-load")["loaded"]
     assert {m["name"] for m in cli.json("models", "list")} >= {"m", "m2"}
+    kind = cli.run("models", "load", "m3", "--checkpoint", "for-load", "--kind", "latest")
+    assert kind.returncode == 2 and "--kind applies to --job only" in kind.stderr
     shown = cli.run("models", "show", "m").stdout  # loaded by job, no kind: the trainer's default checkpoint
     assert f"  source: trainer:{job_id}\n" in shown
     assert "KV cache, one torch thread" in shown  # the test server runs one torch thread
@@ -197,6 +199,13 @@ def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     assert len(table.stdout.splitlines()) == 1 + 2 + 5  # the text, header and rule, one row per character
     values = [re.findall(r"-?\d+\.\d+|-?inf", row) for row in table.stdout.splitlines()[3:]]
     assert all(len(v) == 4 and all(x.endswith("inf") or len(x.split(".")[1]) == 3 for x in v) for v in values)
+    refused = cli.run("generate", "m", "First", "--logprobs", "21")
+    assert refused.returncode == 1 and refused.stdout == "First\n" and refused.stderr.startswith("error: ")
+    stop_table = cli.run("generate", "m", "All", "--stop", r"\n", "--seed", "1", "--max-new-tokens", "300",
+                         "--logprobs", "1")
+    text_line, *table_rows = stop_table.stdout.splitlines()
+    assert table_rows[-1].split()[1:3] == ["'\\n'", "(stop)"]  # the stop sequence's character, not in the text
+    assert len(table_rows) == 2 + len(text_line) - len("All") + 1
     stopped = cli.json("generate", "m", "All", "--stop", r"\n", "--seed", "1", "--max-new-tokens", "300")
     assert "\n" not in stopped["text"] and stopped["summary"]["finish_reason"] == "STOP"
     assert stopped["summary"]["stop_sequence"] == "\n"
@@ -206,8 +215,8 @@ def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     assert cli.run("score", "m", "--file", "odd.txt").returncode == 1
     dropped = cli.json("score", "m", "--file", "odd.txt", "--drop-unknown")
     assert dropped[0]["dropped"] > 0 and dropped[0]["input"] == "odd.txt"
-    mixed = cli.json("score", "m", "Speak.", "--file", "odd.txt", "Hear me.", "--drop-unknown")
-    assert [r["input"] for r in mixed] == ["Speak.", "Hear me.", "odd.txt"]
+    mixed = cli.json("score", "m", "Speak.", "--file", "odd.txt", "Hear me.\nSpeak.", "--drop-unknown")
+    assert [r["input"] for r in mixed] == ["Speak.", "'Hear me.\\nSpeak.'", "odd.txt"]  # one line per label
     unknown = cli.run("score", "m", "Speak.", "--file", "odd.txt", "--bogus", "x")
     assert unknown.returncode == 2 and "unrecognized arguments: --bogus x" in unknown.stderr
     attention = cli.run("attention", "m", "Speak, speak.", "-o", "att.png")

@@ -24,9 +24,11 @@ def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
     source = load.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="checkpoint directory under the service's models root")
     source.add_argument("--job", help="a trainer job id (the service fetches its checkpoint)")
-    load.add_argument("--kind", choices=["best", "latest"], default="")
-    load.add_argument("--device", default="")
-    load.add_argument("--dtype", default="")
+    load.add_argument("--kind", choices=["best", "latest"], default="",
+                      help="with --job: which checkpoint (default: the trainer's, best if any, else latest)")
+    load.add_argument("--device", default="", help="cpu, cuda, cuda:N (default: the service's)")
+    load.add_argument("--dtype", default="", help="float32, bfloat16, float16 (default: the service's, auto: "
+                      "measured on the host)")
     load.set_defaults(handler=load_cmd)
     sub.add_parser("list", parents=[parent], help="loaded models").set_defaults(handler=list_cmd)
     for name, handler in (("show", show_cmd), ("unload", unload_cmd)):
@@ -80,6 +82,8 @@ def _register_score(subparsers: SubParsers, parent: argparse.ArgumentParser) -> 
 
 
 def load_cmd(args: argparse.Namespace) -> int:
+    if args.kind and not args.job:
+        raise UsageError("--kind applies to --job only (a --checkpoint directory is one checkpoint)")
     with inference_client(args) as client:
         result = client.load_model(args.name, checkpoint_path=args.checkpoint, job_id=args.job, kind=args.kind,
                                    device=args.device, dtype=args.dtype)
@@ -98,7 +102,8 @@ def list_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print_json(models)
         return 0
-    rows = [(m.name, m.state, m.source, m.parameter_count, m.device, m.dtype, m.training.val_loss) for m in models]
+    rows = [(m.name, m.state, m.source, f"{m.parameter_count:,}", m.device, m.dtype, m.training.val_loss)
+            for m in models]
     print_table(["name", "state", "source", "params", "device", "dtype", "val loss"], rows)
     return 0
 
@@ -150,35 +155,48 @@ def generate_cmd(args: argparse.Namespace) -> int:
             return 0
         sys.stdout.write(args.prompt)
         stream = client.generate_stream(args.model, args.prompt, **sampling)
-        for chunk in stream:
-            sys.stdout.write(chunk)
+        try:
+            for chunk in stream:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        finally:
+            sys.stdout.write("\n")  # an error message starts on its own line
             sys.stdout.flush()
-        sys.stdout.write("\n")
     s = stream.summary
     if s is not None:
         # .9g: the echoed values exactly (1e-38 is not "0"); the client already shortened them to what was sent.
         print(f"[{s.generated_tokens} chars, {s.finish_reason.lower()}, seed {s.seed}, temperature "
               f"{s.temperature:.9g}, top-k {s.top_k}, top-p {s.top_p:.9g}, {s.total_seconds:.2f}s]", file=sys.stderr)
         if args.logprobs:
-            print_logprobs(stream.result().logprobs)
+            result = stream.result()
+            print_logprobs(result.logprobs, len(result.text))
     return 0
 
 
-def print_logprobs(entries: list[t.TokenLogprob]) -> None:
-    """One row per generated character: its log-probability and the top alternatives (character logprob)."""
+def print_logprobs(entries: list[t.TokenLogprob], text_length: int) -> None:
+    """One row per generated character: its log-probability and the top alternatives (character logprob).
+
+    Entries past `text_length` are the matched stop sequence's characters (generated, not in the text).
+    """
     width = max((len(e.top) for e in entries), default=0)
     # one rounding for every value, so the chosen character reads the same in its column and among the top N
-    rows = [(i, repr(e.token), f"{e.logprob:.3f}", *(f"{c!r} {v:.3f}" for c, v in e.top),
-             *[""] * (width - len(e.top))) for i, e in enumerate(entries)]
+    rows = [(i, repr(e.token) + (" (stop)" if i >= text_length else ""), f"{e.logprob:.3f}",
+             *(f"{c!r} {v:.3f}" for c, v in e.top), *[""] * (width - len(e.top))) for i, e in enumerate(entries)]
     print_table(["#", "char", "logprob", *(f"top {k + 1}" for k in range(width))], rows)
 
 
+def label(text: str) -> str:
+    """A text as a one-line table label: quoted when empty or holding newlines or other unprintables; cut at 24."""
+    shown = text if text and text.isprintable() else repr(text)
+    return shown if len(shown) <= 24 else shown[:21] + "..."
+
+
 def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
-    inputs = [(text if len(text) <= 24 else text[:21] + "...", text) for text in args.texts]
+    inputs = [(label(text), text) for text in args.texts]
     for name in args.file:
         path = Path(name)
         if not path.is_file():
-            raise UsageError(f"no such file: {name}")
+            raise UsageError(f"{'not a file' if path.exists() else 'no such file'}: {name}")
         try:
             inputs.append((name, read_text(path)))  # labelled as typed; read exactly: no newline translation
         except TextDecodeError as exc:
