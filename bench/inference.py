@@ -335,8 +335,9 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
     weights = f"{serving['weights']} weights"
     if serving["narrow_decode_from"] > 1:
         weights += f" from a decode batch of {serving['narrow_decode_from']} (float32 below)"
-    print(f"server's measured choices: {weights}, {serving['kv_cache']} KV cache, every thread from a decode batch "
-          f"of {serving['parallel_decode_from']}")
+    parallel = serving["parallel_decode_from"]  # 0: the server has one torch thread
+    threads = f"every thread from a decode batch of {parallel}" if parallel else "one torch thread"
+    print(f"server's measured choices: {weights}, {serving['kv_cache']} KV cache, {threads}")
     print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} {'tok/server CPU-s':>16}  cores server / client")
     for row in rows:
         print(f"{row[0]:<40} {row[1]:<16} {row[2]:<32} {row[3]:<28} {row[4]:>16}  {row[5]}")

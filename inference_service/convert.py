@@ -131,8 +131,7 @@ def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
                               device=entry.device, dtype=entry.dtype, error=entry.error)
     if entry.engine is not None:  # how it is served (calibration.py's plan, or the settings that override it)
         out.kv_cache_dtype = str(entry.engine.cache.k.dtype).split(".")[-1]
-        policy = entry.engine.policy
-        out.parallel_decode_from = policy.parallel_from if policy.max_threads > 1 else 0
+        out.parallel_decode_from = entry.engine.policy.reported_parallel_from
         out.narrow_decode_from = entry.engine.policy.narrow_from
     if entry.loaded_time is not None:
         out.loaded_time.FromDatetime(entry.loaded_time)

@@ -56,6 +56,15 @@ class DecodePolicy:
     parallel_from: int = DEFAULT_PARALLEL_FROM
     narrow_from: int = 1  # batches from here use the model's own weights; smaller ones its float32 copy, if given
 
+    @property
+    def reported_parallel_from(self) -> int:
+        """`parallel_from` as GetModel reports it: 0 when there is one thread, so every batch uses that one."""
+        return self.parallel_from if self.max_threads > 1 else 0
+
+    def describe_threads(self) -> str:
+        parallel = self.reported_parallel_from
+        return f"every torch thread from a decode batch of {parallel}" if parallel else "one torch thread"
+
     def threads_for(self, batch: int) -> int:
         return self.max_threads if batch >= self.parallel_from else 1
 

@@ -203,8 +203,8 @@ class ModelRegistry:
         self.metrics.load_seconds.labels(model=entry.name).observe(time.monotonic() - started)
         self._count_ready()
         below = f" from decode batch {policy.narrow_from}, float32 below" if policy.narrow_from > 1 else ""
-        log.info("model %s ready (%s on %s, %s weights%s, %s KV cache, every thread from batch %d)", entry.name,
-                 entry.source, entry.device, entry.dtype, below, cache_dtype or weight.dtype, policy.parallel_from)
+        log.info("model %s ready (%s on %s, %s weights%s, %s KV cache, %s)", entry.name, entry.source, entry.device,
+                 entry.dtype, below, cache_dtype or weight.dtype, policy.describe_threads())
 
     def _decode_choice(self, model: GPT, measure_dtype: bool) -> DecodeChoice:
         """Dtypes and thread policy: measured on CPU (cached per host), else the model's dtype and the default."""

@@ -27,7 +27,11 @@ class RecordedCluster(ClusterExecutor):
     """
 
     name, cluster = "slurm", "Slurm"
-    looks: list[tuple[str, Callable[[], None]]] = []
+
+    def __init__(self, store: Store, looks: list[tuple[str, Callable[[], None]]] | None = None) -> None:
+        super().__init__(TrainerSettings(executor="slurm", cluster_poll_seconds=0.01), store,
+                         EventHub(store, TrainerMetrics(), 0.1))
+        self.looks = looks or []
 
     async def submit(self, run: RunningJob) -> str:
         return "7"
@@ -47,7 +51,7 @@ class RecordedCluster(ClusterExecutor):
 def poll(store: Store, lines: list[str]) -> list[tuple[str, str]]:
     """The (state, message) changes a trainer records while it polls job "j" once per recorded line."""
     first = store.last_event_id()
-    executor = RecordedCluster(TrainerSettings(executor="slurm"), store, EventHub(store, TrainerMetrics(), 0.1))
+    executor = RecordedCluster(store)
     run = RunningJob(store.get_job("j"), plan("cpu", 1, 1), [], Path("/nonexistent"))
     for line in lines:
         asyncio.run(executor._note_phase(run, to_status(*parse_state(line))))
@@ -112,12 +116,11 @@ def test_the_events_of_a_run_come_after_its_state_change_even_when_its_queueing_
             f.write(f"{restart} {size}\n")
 
     store = new_store(tmp_path)
-    executor = RecordedCluster(TrainerSettings(executor="slurm", cluster_poll_seconds=0.01), store,
-                               EventHub(store, TrainerMetrics(), 0.1))
-    executor.looks = [("RUNNING|None|vm|0", lambda: (run_starts(0), progress(1, 2)())),
-                      # requeued after step 3, back at work before the next look: step 4 again, from the checkpoint
-                      ("RUNNING|None|vm|1", lambda: (progress(3)(), run_starts(1), progress(3, 4)())),
-                      ("COMPLETED|None|vm|1", progress(5))]
+    executor = RecordedCluster(store, [
+        ("RUNNING|None|vm|0", lambda: (run_starts(0), progress(1, 2)())),
+        # requeued after step 3, back at work before the next look: step 3 again, from the checkpoint
+        ("RUNNING|None|vm|1", lambda: (progress(3)(), run_starts(1), progress(3, 4)())),
+        ("COMPLETED|None|vm|1", progress(5))])
     ended = asyncio.run(executor.wait(RunningJob(store.get_job("j"), plan("cpu", 1, 1), [], tmp_path)))
     assert ended.code == 0
     logged = [e.payload.get("message") or e.payload["step"] for e in store.events_after("j", 0)]
