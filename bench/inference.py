@@ -230,7 +230,8 @@ async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: 
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             served = (await stub.GetModel(inference_pb2.GetModelRequest(name=MODEL), timeout=10)).model
             serving = {"weights": served.dtype, "narrow_decode_from": served.narrow_decode_from,
-                       "kv_cache": served.kv_cache_dtype, "parallel_decode_from": served.parallel_decode_from}
+                       "kv_cache": served.kv_cache_dtype, "parallel_decode_from": served.parallel_decode_from,
+                       "split_decode_from": served.split_decode_from}
 
             def grpc_stream(seed: int) -> Awaitable[dict[str, Any]]:
                 return one_stream(stub, seed, n)
@@ -337,6 +338,8 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
         weights += f" from a decode batch of {serving['narrow_decode_from']} (float32 below)"
     parallel = serving["parallel_decode_from"]  # 0: the server has one torch thread
     threads = f"every thread from a decode batch of {parallel}" if parallel else "one torch thread"
+    if serving.get("split_decode_from"):
+        threads += f", one row group per thread from {serving['split_decode_from']}"
     print(f"server's measured choices: {weights}, {serving['kv_cache']} KV cache, {threads}")
     print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} {'tok/server CPU-s':>16}  cores server / client")
     for row in rows:

@@ -6,8 +6,9 @@ host like the trainer's calibration (chargpt.core.calibration), so a host where 
 and one where they are slow stays in fp32 (issue 13 saw both, with the same CPU flags). One size does not fit all
 batches: on a host measured for issue 13, bf16 weights decoded a 64-row batch 1.35x faster than fp32 but a lone
 stream 0.78x as fast (a one-row matmul has no fast bf16 kernel without AMX), and a second thread paid at batch 64
-but could cost at batch 1. So the choice is a small plan: from which batch size the narrow weights are used, and
-from which every thread is.
+but could cost at batch 1. So the choice is a small plan: from which batch size the narrow weights are used, from
+which every thread is, and from which a step runs as row groups of one thread each (fast_decode.RowGroups; on
+such a host two 64-row halves ran a bf16 step 1.2-1.3x faster than both threads on every op, and float32 no faster).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from chargpt.core.calibration import BF16_MARGIN, Calibrator, Timing, speedup, time_interleaved
 from chargpt.core.model import GPT, KVCache
-from inference_service.fast_decode import FastDecoder
+from inference_service.fast_decode import FastDecoder, RowGroups
 
 # weights / KV cache; a bf16 cache halves attention's memory traffic but CPU SDPA reads bf16 slowly (issue 13)
 DTYPE_VARIANTS = {"float32/float32": (torch.float32, torch.float32),
@@ -32,7 +33,8 @@ PARALLEL_MARGIN = 0.95  # every thread must save at least 5% over one to be wort
 
 class DecodeCalibration(BaseModel):
     """Seconds per decode step: each dtype variant at the big batch (every thread), then a ladder of batch sizes
-    in the chosen cache dtype, each with fp32 and the chosen weights, on one thread and on all ("B8:float32:t2")."""
+    in the chosen cache dtype, each with fp32 and the chosen weights, on one thread, on all ("B8:float32:t2") and
+    as one row group per thread ("B8:float32:g2")."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -45,7 +47,8 @@ class DecodeCalibration(BaseModel):
 
 class DecodeChoice(BaseModel):
     """Decode batches of at least narrow_from rows use weight_dtype (smaller ones float32); batches of at least
-    parallel_from rows use every torch thread (smaller ones one)."""
+    parallel_from rows use every torch thread (smaller ones one); from split_from rows (0: never) a step runs as
+    one row group per thread."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -53,6 +56,7 @@ class DecodeChoice(BaseModel):
     cache_dtype: str
     parallel_from: int
     narrow_from: int = 1
+    split_from: int = 0
 
 
 def fastest_variant(big: dict[str, Timing]) -> str:
@@ -66,15 +70,16 @@ def ladder_batches(c: DecodeCalibration) -> list[int]:
     return sorted({int(key.split(":")[0][1:]) for key in c.ladder})
 
 
-def best_at(c: DecodeCalibration, batch: int) -> tuple[str, int]:
-    """(weights, threads) fastest at `batch`; narrow weights and extra threads must each win by their margin."""
+def best_at(c: DecodeCalibration, batch: int) -> tuple[str, str]:
+    """(weights, "t1" | "tN" | "gN") fastest at `batch`; narrow weights and every thread (either way) must each win
+    by their margin."""
     reference = c.ladder[f"B{batch}:float32:t1"]
     gains = {}
     for key, timing in c.ladder.items():
         b, weights, threads = key.split(":")
         if int(b[1:]) == batch:
             margin = (1 if weights == "float32" else 1 - BF16_MARGIN) * (1 if threads == "t1" else PARALLEL_MARGIN)
-            gains[(weights, int(threads[1:]))] = speedup(timing, reference) * margin
+            gains[(weights, threads)] = speedup(timing, reference) * margin
     return max(gains, key=lambda k: gains[k])
 
 
@@ -96,22 +101,32 @@ def decide(c: DecodeCalibration) -> DecodeChoice:
     narrow_from = crossover(batches, {b: best[b][0] != "float32" for b in batches}, never)
     if weights == "float32" or narrow_from == never:
         weights, narrow_from = "float32", 1
-    parallel_from = crossover(batches, {b: best[b][1] > 1 for b in batches}, never) if c.max_threads > 1 else 1
-    return DecodeChoice(weight_dtype=weights, cache_dtype=cache, parallel_from=parallel_from, narrow_from=narrow_from)
+    if c.max_threads == 1:
+        return DecodeChoice(weight_dtype=weights, cache_dtype=cache, parallel_from=1, narrow_from=narrow_from)
+    parallel_from = crossover(batches, {b: best[b][1] != "t1" for b in batches}, never)
+    split_from = crossover(batches, {b: best[b][1].startswith("g") for b in batches}, never)
+    return DecodeChoice(weight_dtype=weights, cache_dtype=cache, parallel_from=parallel_from, narrow_from=narrow_from,
+                        split_from=0 if split_from == never else split_from)
 
 
-def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int) -> Callable[[], None]:
-    """One decode step of `batch` rows halfway through the context window (a typical attention length)."""
+def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int, groups: RowGroups | None = None
+          ) -> Callable[[], None]:
+    """One decode step of `batch` rows halfway through the context window (a typical attention length), on
+    `threads` torch threads, or as `groups` of one thread each."""
     cache = KVCache(model.config, batch, dtype=cache_dtype)
     decoder = FastDecoder(model, cache)
     tokens = torch.randint(0, model.config.vocab_size, (batch,))
     position = model.config.block_size // 2
     positions = torch.full((batch,), position, dtype=torch.long)
+    threads = 1 if groups is not None else threads
 
     def call() -> None:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        decoder.step(tokens, positions, position + 1)
+        if groups is not None:
+            groups.step(decoder, tokens, [position] * batch)
+        else:
+            decoder.step(tokens, positions, position + 1)
     return call
 
 
@@ -120,6 +135,7 @@ def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibr
     before = torch.get_num_threads()
     load = os.getloadavg()[0]
     models = {torch.float32: model, torch.bfloat16: copy.deepcopy(model).to(torch.bfloat16)}
+    groups = RowGroups(max(2, max_threads))
     try:
         with torch.inference_mode():
             big = time_interleaved({n: _step(models[w], big_batch, c, max_threads)
@@ -128,8 +144,13 @@ def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibr
             variants = {f"B{b}:{str(w).split('.')[-1]}:t{t}": _step(models[w], b, cache, t)
                         for b in sorted({1, min(8, big_batch), big_batch}) for w in {torch.float32, weights}
                         for t in {1, max_threads}}
-            ladder = time_interleaved(variants, trial_s=0.03, budget_s=3.0, trials=9)
+            if max_threads > 1:
+                variants |= {f"B{b}:{str(w).split('.')[-1]}:g{max_threads}": _step(models[w], b, cache, 1, groups)
+                             for b in sorted({min(8, big_batch), big_batch}) if b >= max_threads
+                             for w in {torch.float32, weights}}
+            ladder = time_interleaved(variants, trial_s=0.03, budget_s=4.0, trials=9)
     finally:
+        groups.close()
         torch.set_num_threads(before)
     return DecodeCalibration(big_batch=big_batch, max_threads=max_threads, dtypes_big=big, ladder=ladder,
                              load_average=load)
@@ -139,5 +160,5 @@ def calibrated_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_th
     """The measured choice for this model's shapes on this host (measured once, then read from the cache)."""
     c = model.config
     name = (f"decode:L{c.n_layer}-H{c.n_head}-C{c.n_embd}-T{c.block_size}-V{c.vocab_size}-B{big_batch}"
-            f":threads{max_threads}")
+            f":threads{max_threads}:groups")
     return decide(calibrator.get(name, DecodeCalibration, lambda: measure_decode(model, big_batch, max_threads)))

@@ -31,7 +31,7 @@ from prometheus_client import Counter
 
 from chargpt.core.model import GPT, KVCache
 from chargpt.errors import NonFiniteLogitsError, ResourceExhaustedError, UnavailableError
-from inference_service.fast_decode import DEFAULT_ATTENTION, Attention, FastDecoder
+from inference_service.fast_decode import DEFAULT_ATTENTION, Attention, FastDecoder, RowGroups
 from inference_service.logits_processors import PenaltyState, apply_controls
 from inference_service.logprobs import TokenLogprob, batch_logprobs
 from inference_service.metrics import InferenceMetrics
@@ -50,22 +50,38 @@ class DecodePolicy:
     crossovers, calibration.py). A second thread's fork/join can cost more than it saves on a small batch and pay
     on a big one; bf16 weights can speed a big batch and slow a lone stream. torch's thread count is
     process-wide, so the engine switches it only when the batch crosses `parallel_from`, and restores
-    `max_threads` when idle (Score and attention requests then get every core)."""
+    `max_threads` when idle (Score and attention requests then get every core). From `split_from` rows (0: never)
+    a step runs as `max_threads` row groups at once, each on one torch thread (fast_decode.RowGroups)."""
 
     max_threads: int
     parallel_from: int = DEFAULT_PARALLEL_FROM
     narrow_from: int = 1  # batches from here use the model's own weights; smaller ones its float32 copy, if given
+    split_from: int = 0
 
     @property
     def reported_parallel_from(self) -> int:
         """`parallel_from` as GetModel reports it: 0 when there is one thread, so every batch uses that one."""
         return self.parallel_from if self.max_threads > 1 else 0
 
+    @property
+    def reported_split_from(self) -> int:
+        """The smallest batch decoded as row groups (0: none is); a group needs at least one row."""
+        return max(self.split_from, self.max_threads) if self.split_from and self.max_threads > 1 else 0
+
     def describe_threads(self) -> str:
-        parallel = self.reported_parallel_from
-        return f"every torch thread from a decode batch of {parallel}" if parallel else "one torch thread"
+        parallel, split = self.reported_parallel_from, self.reported_split_from
+        if not parallel:
+            return "one torch thread"
+        text = f"every torch thread from a decode batch of {parallel}"
+        return text + (f", one row group per thread from {split}" if split else "")
+
+    def groups_for(self, batch: int) -> int:
+        split = self.reported_split_from
+        return self.max_threads if split and batch >= split else 1
 
     def threads_for(self, batch: int) -> int:
+        if self.groups_for(batch) > 1:
+            return 1  # each row group runs on one torch thread
         return self.max_threads if batch >= self.parallel_from else 1
 
     def narrow_for(self, batch: int) -> bool:
@@ -96,6 +112,8 @@ class Engine:
         self.float32_decoder = (FastDecoder(float32_model, self.cache, attention) if float32_model is not None
                                 else self.decoder)
         self.max_batch, self.max_queue = max_batch, max_queue
+        groups = self.policy.groups_for(max_batch)
+        self.row_groups = RowGroups(groups) if groups > 1 and self.device.type == "cpu" else None
         self.active: list[GenRequest] = []
         self.waiting: deque[GenRequest] = deque()
         self.sampler = BatchSampler()
@@ -145,6 +163,8 @@ class Engine:
                     while not self.active and not self.waiting and not self._closing:
                         self._cond.wait()
                     if self._closing and not self.active and not self.waiting:
+                        if self.row_groups is not None:
+                            self.row_groups.close()
                         return
                     free = self.max_batch - len(self.active)
                     admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
@@ -216,9 +236,11 @@ class Engine:
         self.policy.apply(self.policy.threads_for(batch))
         tokens = torch.tensor([r.history[-1] for r in self.active], device=self.device)
         lengths = [r.cache_len for r in self.active]
-        positions = torch.tensor(lengths, device=self.device)
         decoder = self.decoder if self.policy.narrow_for(batch) else self.float32_decoder
-        logits = decoder.step(tokens, positions, max(lengths) + 1)
+        if self.row_groups is not None and self.policy.groups_for(batch) > 1:
+            logits = self.row_groups.step(decoder, tokens, lengths)
+        else:
+            logits = decoder.step(tokens, torch.tensor(lengths, device=self.device), max(lengths) + 1)
         for request in self.active:
             request.cache_len += 1
         self._accept_all(self._pick(logits, self.active, self.sampler), offset=0)

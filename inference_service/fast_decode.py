@@ -12,10 +12,17 @@ Attention over the cache has two implementations with the same maths: torch's sc
 ("sdpa") and a written-out one ("matmul": one baddbmm for the scaled, masked scores, a softmax, one bmm). For a
 single query per sequence the CPU SDPA kernel reads the cache slowly; bench/decode_attention.py compares both
 in one run, and DEFAULT_ATTENTION is what it measured faster (see inference_service/README.md).
+
+RowGroups decodes a batch as several contiguous row groups at once, each on its own Python thread running torch
+with one thread (data parallelism within the batch, instead of torch's per-op intra-op parallelism). On the 2-core
+hosts of issue 13, torch's two threads meet at a fork/join in every one of a step's ~100 ops, and bf16 kernels
+scale poorly across them; two independent halves ran a 64-row bf16 step 1.26x faster and a 256-row one 1.48x
+(float32: no gain). Whether it pays is measured per host (calibration.py).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Literal, cast
 
 import torch
@@ -48,7 +55,7 @@ ATTENTION = {"sdpa": attend_sdpa, "matmul": attend_matmul}
 
 
 class FastDecoder:
-    """Decode one token per sequence for cache rows 0..B-1."""
+    """Decode one token per sequence for cache rows first_row..first_row+B-1 (by default 0..B-1)."""
 
     def __init__(self, model: GPT, cache: KVCache, attention: Attention = DEFAULT_ATTENTION) -> None:
         self.model, self.cache = model, cache
@@ -62,18 +69,21 @@ class FastDecoder:
         self.scale = 1.0 / self.head_size**0.5
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, attend_len: int) -> torch.Tensor:
-        """tokens (B,) at positions (B,) (each row's current length); next-token logits (B, V).
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, attend_len: int, first_row: int = 0
+             ) -> torch.Tensor:
+        """tokens (B,) at positions (B,) (each row's current length) in cache rows first_row..first_row+B-1;
+        next-token logits (B, V).
 
         attend_len must be max(positions) + 1; the caller tracks lengths in Python, so no device sync is needed.
         """
         model, cache = self.model, self.cache
         B, C, nh, hs = tokens.shape[0], self.n_embd, self.n_head, self.head_size
+        end = first_row + B
         x = model.wte.weight[tokens] + model.wpe.weight[positions]  # (B, C)
         keys = self.keys[:attend_len]
         mask = torch.zeros(B, 1, 1, attend_len, dtype=cache.k.dtype, device=x.device)
         mask.masked_fill_(keys[None, None, None, :] > positions[:, None, None, None], float("-inf"))
-        rows = self.rows[:B]
+        rows = self.rows[first_row:end]
         for layer, module in enumerate(model.blocks):
             block = cast(Block, module)
             attn, mlp = block.attn, block.mlp
@@ -83,12 +93,45 @@ class FastDecoder:
             k_cache[rows, :, positions] = qkv[:, 1].to(k_cache.dtype)
             v_cache[rows, :, positions] = qkv[:, 2].to(v_cache.dtype)
             q = qkv[:, 0, :, None, :].to(k_cache.dtype)  # (B, nh, 1, hs)
-            y = self.attend(q, k_cache[:B, :, :attend_len], v_cache[:B, :, :attend_len], mask,
-                            self.scale).to(x.dtype)
+            y = self.attend(q, k_cache[first_row:end, :, :attend_len], v_cache[first_row:end, :, :attend_len],
+                            mask, self.scale).to(x.dtype)
             x = x + F.linear(y.reshape(B, C), attn.c_proj.weight, attn.c_proj.bias)
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, self.eps)
             x = x + F.linear(F.gelu(F.linear(h, mlp.c_fc.weight, mlp.c_fc.bias)), mlp.c_proj.weight,
                              mlp.c_proj.bias)
         x = F.layer_norm(x, (C,), model.ln_f.weight, model.ln_f.bias, self.eps)
-        cache.lengths[:B] = positions + 1
+        cache.lengths[first_row:end] = positions + 1
         return F.linear(x, model.lm_head.weight)
+
+
+class RowGroups:
+    """Decode steps split into `groups` contiguous row groups run at once: group 0 on the calling thread, the
+    others on worker threads. The caller sets torch to one thread first (torch's thread count is process-wide)."""
+
+    def __init__(self, groups: int) -> None:
+        if groups < 2:
+            raise ValueError(f"row groups need at least 2 groups (got {groups})")
+        self.groups = groups
+        self._pool = ThreadPoolExecutor(groups - 1, thread_name_prefix="decode-group")
+
+    def step(self, decoder: FastDecoder, tokens: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """decoder.step over rows 0..B-1 (B = len(lengths) >= groups), each group attending only as far as its own
+        longest row; logits (B, V) in row order."""
+        B = len(lengths)
+        bounds = [B * g // self.groups for g in range(self.groups + 1)]
+        positions = torch.tensor(lengths, device=tokens.device)
+
+        def run(g: int) -> torch.Tensor:
+            lo, hi = bounds[g], bounds[g + 1]
+            return decoder.step(tokens[lo:hi], positions[lo:hi], max(lengths[lo:hi]) + 1, first_row=lo)
+
+        others = [self._pool.submit(run, g) for g in range(1, self.groups)]
+        try:
+            first = run(0)
+        except BaseException:
+            wait(others)  # no group may still write the cache when the caller handles the failure
+            raise
+        return torch.cat([first, *(future.result() for future in others)])
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

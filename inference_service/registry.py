@@ -186,8 +186,9 @@ class ModelRegistry:
             entry.dtype = str(weight.dtype).split(".")[-1]
             cache_dtype = DTYPES.get(self.settings.kv_cache_dtype) or DTYPES.get(choice.cache_dtype)
             rows = self._batch_rows(model.config, cache_dtype or weight.dtype, weight.device)
+            split_from = self.settings.split_decode_from
             policy = DecodePolicy(torch.get_num_threads(), self.settings.parallel_decode_from or choice.parallel_from,
-                                  choice.narrow_from)
+                                  choice.narrow_from, choice.split_from if split_from is None else split_from)
             entry.engine = await asyncio.to_thread(
                 Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, rows,
                 self.settings.max_queue, self.metrics, cache_dtype, self.settings.window_slide, policy,

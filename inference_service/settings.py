@@ -65,6 +65,9 @@ class InferenceSettings(ServerSettings):
     parallel_decode_from: int | None = Field(default=None, ge=1, description="decode batches at least this big use "
                                              "every torch thread, smaller ones one (less fork/join overhead); "
                                              "default: measured per host and model on CPU, else 24")
+    split_decode_from: int | None = Field(default=None, ge=0, description="decode batches at least this big run "
+                                          "as one row group per torch thread, each on one thread, at once; 0: "
+                                          "never; default: measured per host and model on CPU, else never")
     calibration_dir: Path = Field(default=Path("./chargpt-data/calibration"), description="where this host's "
                                   "measured decode timings are cached (dtype auto and the thread policy)")
     recalibrate: bool = Field(default=False, description="forget the cached decode timings at start-up and "

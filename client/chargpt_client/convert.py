@@ -152,7 +152,7 @@ def model(m: inference_pb2.Model) -> t.Model:
                    training=training_metadata(m.training), error=m.error, loaded_time=timestamp(m.loaded_time),
                    weights_sha256=m.weights_sha256, parent=lineage(m.parent) if m.HasField("parent") else None,
                    kv_cache_dtype=m.kv_cache_dtype, parallel_decode_from=m.parallel_decode_from,
-                   narrow_decode_from=m.narrow_decode_from)
+                   narrow_decode_from=m.narrow_decode_from, split_decode_from=m.split_decode_from)
 
 
 def load_result(r: inference_pb2.LoadModelResponse) -> t.LoadResult:

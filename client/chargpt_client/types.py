@@ -245,6 +245,7 @@ class Model:
     kv_cache_dtype: str = ""  # how it is served: the KV cache's dtype, and the decode batch from which
     parallel_decode_from: int = 0  # a step uses every torch thread (both measured per host unless set; 0: one)
     narrow_decode_from: int = 1  # decode batches from this size use `dtype` weights, smaller ones float32
+    split_decode_from: int = 0  # decode batches from this size run as row groups of one thread each (0: never)
 
 
 @dataclass(frozen=True)

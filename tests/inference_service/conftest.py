@@ -69,7 +69,7 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
         models = tmp_path / "models"
         models.mkdir(exist_ok=True)
         settings = InferenceSettings(port=0, models_dir=models, device="cpu", shutdown_grace_seconds=2.0,
-                                     torch_threads=1, **overrides)
+                                     **{"torch_threads": 1, **overrides})
         server, port = await create_server(settings)
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from chargpt.core.calibration import Calibrator, Timing
@@ -11,7 +12,7 @@ from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
 from inference_service.calibration import DecodeCalibration, DecodeChoice, calibrated_decode, decide
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, write_checkpoint
 
 F32, MIXED, B16 = "float32/float32", "bfloat16/float32", "bfloat16/bfloat16"
 
@@ -65,15 +66,32 @@ def test_parallel_from_is_the_measured_crossover() -> None:
     assert decide(calibration({F32: 1}, never)).parallel_from == 65  # one thread always as fast
 
 
+def test_row_groups_from_the_measured_crossover() -> None:
+    """Row groups of one thread each are used from the smallest measured batch where they beat one thread and
+    every thread (and at every larger one); every-thread batches start no later."""
+    ladder = rung(1, (1.0, 0.7)) | rung(8, (2.0, 1.2)) | rung(64, (10, 6))
+    assert decide(calibration({F32: 1}, ladder)).split_from == 0  # not measured: never
+    groups_win_big = ladder | {"B8:float32:g2": 1.3, "B64:float32:g2": 4.5}
+    choice = decide(calibration({F32: 1}, groups_win_big))
+    assert (choice.parallel_from, choice.split_from) == (1, 64)
+    choice = decide(calibration({F32: 1}, groups_win_big | {"B8:float32:g2": 1.0}))
+    assert choice.split_from == 8
+    one_thread = DecodeCalibration(big_batch=64, max_threads=1, dtypes_big={F32: t(1)},
+                                   ladder={k: t(v) for k, v in groups_win_big.items()})
+    assert decide(one_thread).split_from == 0
+
+
 def test_decode_is_measured_once_per_host_and_shape(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=7, n_layer=1, n_head=2, n_embd=16, block_size=8, dropout=0.0)).eval()
     calibrator = Calibrator(tmp_path)
     choice = calibrated_decode(calibrator, model, 4, 2)
     assert choice.weight_dtype in ("float32", "bfloat16") and 1 <= choice.parallel_from <= 5
-    assert choice.narrow_from in (1, 4, 5)
+    assert choice.narrow_from in (1, 4, 5) and choice.split_from in (0, 4)
     entries = calibrator.entries()
     assert len(entries) == 1 and next(iter(entries)).startswith("decode:L1-H2-C16-T8-V7-B4")
+    ladder = calibrator.get(next(iter(entries)), DecodeCalibration, lambda: pytest.fail("not cached")).ladder
+    assert {"B4:float32:g2", "B4:float32:t2", "B1:float32:t1"} <= set(ladder)
     assert calibrated_decode(Calibrator(tmp_path), model, 4, 2) == choice
 
 
@@ -107,3 +125,18 @@ async def test_recalibrate_forgets_the_hosts_decode_timings(make_server: ServerF
     assert "decode:measured-on-a-busy-day" in stale.entries()
     await make_server(calibration_dir=tmp_path, recalibrate=True)
     assert stale.entries() == {}
+
+
+async def test_settings_override_the_measured_row_groups(make_server: ServerFactory, tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        served = await make_server(calibration_dir=tmp_path, torch_threads=2, parallel_decode_from=1,
+                                   split_decode_from=4)
+        write_checkpoint(served.models_dir / "tiny")
+        m = (await served.load("tiny", "tiny")).model
+        assert (m.parallel_decode_from, m.split_decode_from) == (1, 4)
+        never = await make_server(calibration_dir=tmp_path, torch_threads=2, split_decode_from=0)
+        write_checkpoint(never.models_dir / "tiny2")
+        assert (await never.load("tiny2", "tiny2")).model.split_decode_from == 0
+    finally:
+        torch.set_num_threads(threads)

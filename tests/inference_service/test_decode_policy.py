@@ -86,3 +86,36 @@ async def test_a_stream_interval_sends_fewer_fuller_messages(tmp_path: Path) -> 
     [(batched, messages)] = await run(engine(10.0), [greedy(ids, 24, loop)])
     assert batched == every_step and time.monotonic() - started < 10
     assert messages <= 2 < steps  # the first character at once, then the rest with the end
+
+
+def test_row_groups_policy() -> None:
+    policy = DecodePolicy(max_threads=2, parallel_from=4, split_from=16)
+    assert [(policy.groups_for(b), policy.threads_for(b)) for b in (1, 4, 15, 16, 64)] == [
+        (1, 1), (1, 2), (1, 2), (2, 1), (2, 1)]
+    assert policy.reported_split_from == 16
+    assert policy.describe_threads() == ("every torch thread from a decode batch of 4, one row group per thread "
+                                         "from 16")
+    assert DecodePolicy(max_threads=3, split_from=1).reported_split_from == 3  # a group needs a row
+    assert DecodePolicy(max_threads=1, split_from=2).groups_for(64) == 1
+    assert DecodePolicy(max_threads=2).groups_for(256) == 1  # 0: never
+
+
+async def test_row_groups_decode_the_same_text(tmp_path: Path) -> None:
+    """Three ragged requests decoded as two row groups of one thread each give the text one thread gives, and
+    the engine restores every thread when idle."""
+    checkpoint = load_checkpoint(write_checkpoint(tmp_path / "a"), "cpu", torch.float32)
+    tokenizer, loop = checkpoint.tokenizer, asyncio.get_running_loop()
+    prompts = [tokenizer.encode(p) for p in ("the cat", "a", "cats and hats")]
+
+    def engine(policy: DecodePolicy) -> Engine:
+        return Engine("t", checkpoint.model, tokenizer.vocabulary, max_batch=4, max_queue=8,
+                      metrics=InferenceMetrics(), policy=policy)
+    threads = torch.get_num_threads()
+    try:
+        one = await run(engine(DecodePolicy(max_threads=1)), [greedy(p, 20, loop) for p in prompts])
+        split = engine(DecodePolicy(max_threads=2, parallel_from=1, split_from=2))
+        assert split.row_groups is not None
+        assert await run(split, [greedy(p, 20, loop) for p in prompts]) == one
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

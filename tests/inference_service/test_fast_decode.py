@@ -7,7 +7,7 @@ import torch
 
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT, KVCache
-from inference_service.fast_decode import Attention, FastDecoder, attend_matmul, attend_sdpa
+from inference_service.fast_decode import Attention, FastDecoder, RowGroups, attend_matmul, attend_sdpa
 
 
 def test_matches_gpt_decode_step_on_a_ragged_batch() -> None:
@@ -83,3 +83,39 @@ def test_both_attention_paths_match_gpt_decode_step(attention: Attention) -> Non
         expected = model.decode_step(tokens, reference)
         got = decoder.step(tokens, lengths + step, int(lengths.max()) + step + 1)
         assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_row_groups_give_one_steps_logits_and_cache(groups: int) -> None:
+    """A ragged batch decoded as row groups at once (each on one torch thread, attending only as far as its own
+    longest row) gives the whole batch's logits in row order, and the same cache rows and lengths."""
+    torch.manual_seed(3)
+    model = GPT(ModelConfig(vocab_size=19, block_size=24, n_layer=2, n_head=4, n_embd=32, dropout=0.0)).eval()
+    whole, split = KVCache(model.config, 8), KVCache(model.config, 8)
+    lengths = [3, 9, 1, 14, 2, 7, 11]
+    prompts = torch.randint(0, 19, (7, 14))
+    for cache in (whole, split):
+        model.prefill(prompts, torch.tensor(lengths), cache)
+    one, grouped = FastDecoder(model, whole), FastDecoder(model, split)
+    row_groups = RowGroups(groups)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for _ in range(6):
+            tokens = torch.randint(0, 19, (7,))
+            expected = one.step(tokens, torch.tensor(lengths), max(lengths) + 1)
+            got = row_groups.step(grouped, tokens, lengths)
+            assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+            lengths = [n + 1 for n in lengths]
+            assert torch.equal(split.lengths, whole.lengths) and split.lengths[:7].tolist() == lengths
+    finally:
+        row_groups.close()
+        torch.set_num_threads(threads)
+    for b, n in enumerate(lengths):
+        assert torch.allclose(split.k[:, b, :, :n], whole.k[:, b, :, :n], atol=1e-6)
+        assert torch.allclose(split.v[:, b, :, :n], whole.v[:, b, :, :n], atol=1e-6)
+
+
+def test_row_groups_need_two_groups() -> None:
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        RowGroups(1)

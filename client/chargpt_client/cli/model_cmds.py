@@ -129,6 +129,8 @@ def show(m: t.Model) -> None:
             weights = f"float32 weights below a decode batch of {m.narrow_decode_from}, {m.dtype} from it"
         threads = (f"every torch thread from a decode batch of {m.parallel_decode_from}" if m.parallel_decode_from
                    else "one torch thread")
+        if m.split_decode_from:
+            threads += f", one row group per thread from {m.split_decode_from}"
         print(f"  serving: {weights}, {m.kv_cache_dtype} KV cache, {threads}")
     if m.parent is not None:
         print(f"  fine-tuned from: {m.parent.describe()}")
