@@ -135,7 +135,7 @@ def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibr
     before = torch.get_num_threads()
     load = os.getloadavg()[0]
     models = {torch.float32: model, torch.bfloat16: copy.deepcopy(model).to(torch.bfloat16)}
-    groups = RowGroups(max(2, max_threads))
+    groups = RowGroups(max_threads) if max_threads > 1 else None
     try:
         with torch.inference_mode():
             big = time_interleaved({n: _step(models[w], big_batch, c, max_threads)
@@ -144,13 +144,14 @@ def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibr
             variants = {f"B{b}:{str(w).split('.')[-1]}:t{t}": _step(models[w], b, cache, t)
                         for b in sorted({1, min(8, big_batch), big_batch}) for w in {torch.float32, weights}
                         for t in {1, max_threads}}
-            if max_threads > 1:
+            if groups is not None:
                 variants |= {f"B{b}:{str(w).split('.')[-1]}:g{max_threads}": _step(models[w], b, cache, 1, groups)
                              for b in sorted({min(8, big_batch), big_batch}) if b >= max_threads
                              for w in {torch.float32, weights}}
             ladder = time_interleaved(variants, trial_s=0.03, budget_s=4.0, trials=9)
     finally:
-        groups.close()
+        if groups is not None:
+            groups.close()
         torch.set_num_threads(before)
     return DecodeCalibration(big_batch=big_batch, max_threads=max_threads, dtypes_big=big, ladder=ladder,
                              load_average=load)
