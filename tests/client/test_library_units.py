@@ -22,12 +22,13 @@ from chargpt_client import (
     TrainingOptions,
 )
 from chargpt_client import types as t
-from chargpt_client.convert import float32_value
+from chargpt_client.cli.model_cmds import show
+from chargpt_client.convert import float32_value, model
 from chargpt_client.errors import ERROR_BY_CODE, from_rpc_error
 from chargpt_client.ops import generate_request, score, training_spec
 from chargpt_client.transfer import CheckpointWriter, UploadSource
 
-from chargpt.v1 import trainer_pb2
+from chargpt.v1 import inference_pb2, trainer_pb2
 
 TEXT = "To be, or not to be: that is the question. ünïcödé ✓\n" * 50
 
@@ -237,3 +238,13 @@ def test_plots_write_decodable_pngs(tmp_path: Path) -> None:
     for name in ("att.png", "loss.png"):
         width, height = _png_size(tmp_path / name)
         assert width > 100 and height > 100
+
+
+def test_models_show_reads_the_serving_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    served = inference_pb2.Model(name="m", state=inference_pb2.MODEL_STATE_READY, device="cpu", dtype="bfloat16",
+                                 kv_cache_dtype="bfloat16", parallel_decode_from=1, narrow_decode_from=8,
+                                 split_decode_from=64)
+    show(model(served))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "serving:" in x)
+    assert line == ("  serving: float32 weights below a decode batch of 8, bfloat16 from it, bfloat16 KV cache, "
+                    "every torch thread from a decode batch of 1, one row group per thread from 64")
