@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from chargpt.core.calibration import BF16_MARGIN, Calibrator, Timing, speedup, time_interleaved
+from chargpt.core.device import set_torch_threads
 from chargpt.core.model import GPT, KVCache
 from inference_service.fast_decode import FastDecoder, RowGroups
 
@@ -70,14 +71,14 @@ def ladder_batches(c: DecodeCalibration) -> list[int]:
     return sorted({int(key.split(":")[0][1:]) for key in c.ladder})
 
 
-def best_at(c: DecodeCalibration, batch: int) -> tuple[str, str]:
-    """(weights, "t1" | "tN" | "gN") fastest at `batch`; narrow weights and every thread (either way) must each win
-    by their margin."""
+def best_at(c: DecodeCalibration, batch: int, groups: bool = True) -> tuple[str, str]:
+    """(weights, "t1" | "tN" | "gN") fastest at `batch` (row groups only if `groups`); narrow weights and every
+    thread (either way) must each win by their margin."""
     reference = c.ladder[f"B{batch}:float32:t1"]
     gains = {}
     for key, timing in c.ladder.items():
         b, weights, threads = key.split(":")
-        if int(b[1:]) == batch:
+        if int(b[1:]) == batch and (groups or not threads.startswith("g")):
             margin = (1 if weights == "float32" else 1 - BF16_MARGIN) * (1 if threads == "t1" else PARALLEL_MARGIN)
             gains[(weights, threads)] = speedup(timing, reference) * margin
     return max(gains, key=lambda k: gains[k])
@@ -103,8 +104,10 @@ def decide(c: DecodeCalibration) -> DecodeChoice:
         weights, narrow_from = "float32", 1
     if c.max_threads == 1:
         return DecodeChoice(weight_dtype=weights, cache_dtype=cache, parallel_from=1, narrow_from=narrow_from)
-    parallel_from = crossover(batches, {b: best[b][1] != "t1" for b in batches}, never)
     split_from = crossover(batches, {b: best[b][1].startswith("g") for b in batches}, never)
+    # Below split_from a batch runs on one thread or on all: there only those two compete.
+    parallel_from = crossover(batches, {b: b >= split_from or best_at(c, b, groups=False)[1] != "t1"
+                                        for b in batches}, never)
     return DecodeChoice(weight_dtype=weights, cache_dtype=cache, parallel_from=parallel_from, narrow_from=narrow_from,
                         split_from=0 if split_from == never else split_from)
 
@@ -121,8 +124,7 @@ def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int, groups
     threads = 1 if groups is not None else threads
 
     def call() -> None:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        set_torch_threads(threads)
         if groups is not None:
             groups.step(decoder, tokens, [position] * batch)
         else:

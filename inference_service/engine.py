@@ -24,13 +24,13 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
 import torch
 from prometheus_client import Counter
 
 from chargpt.core.model import GPT, KVCache
 from chargpt.errors import NonFiniteLogitsError, ResourceExhaustedError, UnavailableError
+from inference_service.decode_policy import DecodePolicy
 from inference_service.fast_decode import DEFAULT_ATTENTION, Attention, FastDecoder, RowGroups
 from inference_service.logits_processors import PenaltyState, apply_controls
 from inference_service.logprobs import TokenLogprob, batch_logprobs
@@ -39,57 +39,6 @@ from inference_service.requests import Delta, Event, Finish, GenRequest
 from inference_service.sampler import BatchSampler
 
 log = logging.getLogger(__name__)
-
-
-DEFAULT_PARALLEL_FROM = 24
-
-
-@dataclass(frozen=True)
-class DecodePolicy:
-    """Per decode batch size, the torch threads and the weights a step uses (the registry sets the host's measured
-    crossovers, calibration.py). A second thread's fork/join can cost more than it saves on a small batch and pay
-    on a big one; bf16 weights can speed a big batch and slow a lone stream. torch's thread count is
-    process-wide, so the engine switches it only when the batch crosses `parallel_from`, and restores
-    `max_threads` when idle (Score and attention requests then get every core). From `split_from` rows (0: never)
-    a step runs as `max_threads` row groups at once, each on one torch thread (fast_decode.RowGroups)."""
-
-    max_threads: int
-    parallel_from: int = DEFAULT_PARALLEL_FROM
-    narrow_from: int = 1  # batches from here use the model's own weights; smaller ones its float32 copy, if given
-    split_from: int = 0
-
-    @property
-    def reported_parallel_from(self) -> int:
-        """`parallel_from` as GetModel reports it: 0 when there is one thread, so every batch uses that one."""
-        return self.parallel_from if self.max_threads > 1 else 0
-
-    @property
-    def reported_split_from(self) -> int:
-        """The smallest batch decoded as row groups (0: none is); a group needs at least one row."""
-        return max(self.split_from, self.max_threads) if self.split_from and self.max_threads > 1 else 0
-
-    def describe_threads(self) -> str:
-        parallel, split = self.reported_parallel_from, self.reported_split_from
-        if not parallel:
-            return "one torch thread"
-        text = f"every torch thread from a decode batch of {parallel}"
-        return text + (f", one row group per thread from {split}" if split else "")
-
-    def groups_for(self, batch: int) -> int:
-        split = self.reported_split_from
-        return self.max_threads if split and batch >= split else 1
-
-    def threads_for(self, batch: int) -> int:
-        if self.groups_for(batch) > 1:
-            return 1  # each row group runs on one torch thread
-        return self.max_threads if batch >= self.parallel_from else 1
-
-    def narrow_for(self, batch: int) -> bool:
-        return batch >= self.narrow_from
-
-    def apply(self, threads: int) -> None:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 class Engine:
@@ -157,27 +106,36 @@ class Engine:
     # ---- the engine thread ----
 
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._cond:
-                    while not self.active and not self.waiting and not self._closing:
-                        self._cond.wait()
-                    if self._closing and not self.active and not self.waiting:
-                        if self.row_groups is not None:
-                            self.row_groups.close()
-                        return
-                    free = self.max_batch - len(self.active)
-                    admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
-                    self._m.waiting.set(len(self.waiting))
-                try:
-                    self._step(admitted)
-                except Exception as exc:  # a bug or a device error: fail this batch, keep serving
-                    log.exception("engine step failed")
-                    self._fail_all(list({id(r): r for r in [*self.active, *admitted]}.values()), exc)
-                self._m.running.set(len(self.active))
-                if not self.active:
-                    self.policy.apply(self.policy.max_threads)
-                self._flush()
+        try:
+            with torch.inference_mode():
+                while (admitted := self._next_admitted()) is not None:
+                    self._run_step(admitted)
+        finally:
+            if self.row_groups is not None:
+                self.row_groups.close()
+
+    def _next_admitted(self) -> list[GenRequest] | None:
+        """Wait for work; the waiting requests that fit in the batch now (None: closed and nothing left)."""
+        with self._cond:
+            while not self.active and not self.waiting and not self._closing:
+                self._cond.wait()
+            if self._closing and not self.active and not self.waiting:
+                return None
+            free = self.max_batch - len(self.active)
+            admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+            self._m.waiting.set(len(self.waiting))
+            return admitted
+
+    def _run_step(self, admitted: list[GenRequest]) -> None:
+        try:
+            self._step(admitted)
+        except Exception as exc:  # a bug or a device error: fail this batch, keep serving
+            log.exception("engine step failed")
+            self._fail_all(list({id(r): r for r in [*self.active, *admitted]}.values()), exc)
+        self._m.running.set(len(self.active))
+        if not self.active:
+            self.policy.apply(self.policy.max_threads)
+        self._flush()
 
     def _step(self, admitted: list[GenRequest]) -> None:
         now = time.monotonic()
@@ -204,7 +162,9 @@ class Engine:
                 self._remove(index)
 
     def _admit(self, admitted: list[GenRequest]) -> None:
-        """Prefill newcomers into the rows after the active ones and sample their first characters."""
+        """Prefill newcomers into the rows after the active ones (on every thread: the decode policy's count is for
+        one-token steps) and sample their first characters."""
+        self.policy.apply(self.policy.max_threads)
         start, n = len(self.active), len(admitted)
         lengths = [len(r.prompt_ids) for r in admitted]
         padded = torch.zeros(n, max(lengths), dtype=torch.long)

@@ -28,6 +28,7 @@ from typing import Literal, cast
 import torch
 from torch.nn import functional as F
 
+from chargpt.core.device import set_torch_threads
 from chargpt.core.model import GPT, Block, KVCache
 
 Attention = Literal["sdpa", "matmul"]
@@ -106,13 +107,15 @@ class FastDecoder:
 
 class RowGroups:
     """Decode steps split into `groups` contiguous row groups run at once: group 0 on the calling thread, the
-    others on worker threads. The caller sets torch to one thread first (torch's thread count is process-wide)."""
+    others on worker threads. torch's thread count belongs to each OS thread: the workers set theirs to one when
+    they start, and the caller sets its own to one before a step."""
 
     def __init__(self, groups: int) -> None:
         if groups < 2:
             raise ValueError(f"row groups need at least 2 groups (got {groups})")
         self.groups = groups
-        self._pool = ThreadPoolExecutor(groups - 1, thread_name_prefix="decode-group")
+        self._pool = ThreadPoolExecutor(groups - 1, thread_name_prefix="decode-group",
+                                        initializer=set_torch_threads, initargs=(1,))
 
     def step(self, decoder: FastDecoder, tokens: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """decoder.step over rows 0..B-1 (B = len(lengths) >= groups), each group attending only as far as its own
@@ -128,9 +131,8 @@ class RowGroups:
         others = [self._pool.submit(run, g) for g in range(1, self.groups)]
         try:
             first = run(0)
-        except BaseException:
-            wait(others)  # no group may still write the cache when the caller handles the failure
-            raise
+        finally:
+            wait(others)  # whatever failed, no group may still be writing the cache when this returns or raises
         return torch.cat([first, *(future.result() for future in others)])
 
     def close(self) -> None:

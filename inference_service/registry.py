@@ -21,10 +21,11 @@ from chargpt import errors
 from chargpt.core.calibration import Calibrator
 from chargpt.core.checkpoint import Checkpoint, load_checkpoint
 from chargpt.core.config import ModelConfig
-from chargpt.core.device import resolve_device
+from chargpt.core.device import resolve_device, set_torch_threads
 from chargpt.core.model import GPT
 from inference_service.calibration import DecodeChoice, calibrated_decode
-from inference_service.engine import DEFAULT_PARALLEL_FROM, DecodePolicy, Engine
+from inference_service.decode_policy import DEFAULT_PARALLEL_FROM, DecodePolicy
+from inference_service.engine import Engine
 from inference_service.memory import available_memory, size_cache
 from inference_service.metrics import InferenceMetrics
 from inference_service.score_batcher import ScoreBatcher
@@ -41,6 +42,13 @@ class State(Enum):
     READY = 2
     FAILED = 3
     UNLOADING = 4
+
+
+def torch_worker(threads: int) -> ThreadPoolExecutor:
+    """One worker thread whose torch ops use `threads` threads. torch's thread count belongs to each OS thread once
+    it has run an op (a new thread starts from the count last set anywhere), so without this the worker would keep
+    whatever count the engine thread had set for a small decode batch when the worker first ran."""
+    return ThreadPoolExecutor(max_workers=1, initializer=set_torch_threads, initargs=(threads,))
 
 
 @dataclass
@@ -61,7 +69,7 @@ class ModelEntry:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
     # Score and GetAttention run here, one at a time per model, beside the engine's decode thread.
-    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1))
+    executor: ThreadPoolExecutor = field(default_factory=lambda: torch_worker(torch.get_num_threads()))
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -177,7 +185,8 @@ class ModelRegistry:
             path = await locate()
             entry.checkpoint = await asyncio.to_thread(load_checkpoint, path, entry.device, dtype or torch.float32)
             model = entry.checkpoint.model
-            choice = await asyncio.to_thread(self._decode_choice, model, dtype is None)
+            threads = torch.get_num_threads()  # the server's count: this event-loop thread's, set at start-up
+            choice = await asyncio.to_thread(self._decode_choice, model, dtype is None, threads)
             # Small batches decode faster in float32 where measured so: they keep a float32 copy of the weights.
             float32_model = copy.deepcopy(model) if choice.narrow_from > 1 else None
             if choice.weight_dtype != "float32":
@@ -186,9 +195,9 @@ class ModelRegistry:
             entry.dtype = str(weight.dtype).split(".")[-1]
             cache_dtype = DTYPES.get(self.settings.kv_cache_dtype) or DTYPES.get(choice.cache_dtype)
             rows = self._batch_rows(model.config, cache_dtype or weight.dtype, weight.device)
-            split_from = self.settings.split_decode_from
-            policy = DecodePolicy(torch.get_num_threads(), self.settings.parallel_decode_from or choice.parallel_from,
-                                  choice.narrow_from, choice.split_from if split_from is None else split_from)
+            split = choice.split_from if self.settings.split_decode_from is None else self.settings.split_decode_from
+            policy = DecodePolicy(threads, self.settings.parallel_decode_from or choice.parallel_from,
+                                  choice.narrow_from, split if weight.device.type == "cpu" else 0)
             entry.engine = await asyncio.to_thread(
                 Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, rows,
                 self.settings.max_queue, self.metrics, cache_dtype, self.settings.window_slide, policy,
@@ -207,12 +216,12 @@ class ModelRegistry:
         log.info("model %s ready (%s on %s, %s weights%s, %s KV cache, %s)", entry.name, entry.source, entry.device,
                  entry.dtype, below, cache_dtype or weight.dtype, policy.describe_threads())
 
-    def _decode_choice(self, model: GPT, measure_dtype: bool) -> DecodeChoice:
+    def _decode_choice(self, model: GPT, measure_dtype: bool, threads: int) -> DecodeChoice:
         """Dtypes and thread policy: measured on CPU (cached per host), else the model's dtype and the default."""
         if model.lm_head.weight.device.type != "cpu":
             return DecodeChoice(weight_dtype="float32", cache_dtype="", parallel_from=DEFAULT_PARALLEL_FROM)
         choice = calibrated_decode(Calibrator(self.settings.resolved_calibration_dir()), model,
-                                   min(self.settings.max_batch_size or 64, 64), torch.get_num_threads())
+                                   min(self.settings.max_batch_size or 64, 64), threads)
         return choice if measure_dtype else choice.model_copy(update={"weight_dtype": "float32", "cache_dtype": "",
                                                                         "narrow_from": 1})
 

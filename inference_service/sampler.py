@@ -75,7 +75,8 @@ class BatchSampler:
     def _sorted_probs(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's probabilities in descending-logit order (B, V), and that order (B, V)."""
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
-        scaled = (sorted_logits - sorted_logits[:, :1]) / self._temperature  # <= 0, the first exactly 0
+        # <= 0, the first exactly 0; in float64, since logits may span more than float32's range (filter_logits)
+        scaled = ((sorted_logits.double() - sorted_logits[:, :1].double()) / self._temperature).float()
         if self._any_top_k:  # keep values >= the k-th largest (ties kept, as filter_logits does)
             kth = sorted_logits.gather(1, self._top_k)
             scaled = scaled.masked_fill(sorted_logits < kth, float("-inf"))

@@ -101,6 +101,18 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def set_torch_threads(threads: int) -> None:
+    """Set the calling OS thread's torch (intra-op) thread count.
+
+    With torch's OpenMP builds the count belongs to each OS thread once it has run an op, and a new thread starts
+    from the count last set by any thread; its first op re-reads that, replacing a count the thread set before it.
+    Reading the count first settles the thread, so the setting sticks whatever other threads set later."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def system_memory_bytes() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

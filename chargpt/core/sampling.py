@@ -77,13 +77,15 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
     Temperature-scaled and shifted so the most likely character is at 0; everything outside top-k / top-p is
     -inf; greedy is a point mass (0 at the first argmax). Subtracting the maximum before dividing keeps every
-    temperature finite: max_logit / 1e-38 alone overflows float32 to inf, and softmax of inf - inf is NaN.
+    temperature finite: max_logit / 1e-38 alone overflows float32 to inf, and softmax of inf - inf is NaN. The
+    shift and division run in float64: logits spanning more than float32's range (-3e38 to 3e38) would
+    otherwise differ by -inf, which a huge temperature should have brought back into range.
     Top-k and top-p rank the raw logits (stable: equal logits by index), which the temperature cannot reorder.
     """
     logits = logits.float()
     if params.greedy:
         return torch.full_like(logits, float("-inf")).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 0.0)
-    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
+    scaled = ((logits.double() - logits.amax(dim=-1, keepdim=True).double()) / params.temperature).float()
     vocab = logits.shape[-1]
     if 0 < params.top_k < vocab:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]

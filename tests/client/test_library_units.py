@@ -245,6 +245,11 @@ def test_models_show_reads_the_serving_plan(capsys: pytest.CaptureFixture[str]) 
                                  kv_cache_dtype="bfloat16", parallel_decode_from=1, narrow_decode_from=8,
                                  split_decode_from=64)
     show(model(served))
-    line = next(x for x in capsys.readouterr().out.splitlines() if "serving:" in x)
-    assert line == ("  serving: float32 weights below a decode batch of 8, bfloat16 from it, bfloat16 KV cache, "
-                    "every torch thread from a decode batch of 1, one row group per thread from 64")
+    served.parallel_decode_from, served.narrow_decode_from = 128, 1  # groups before every thread would be used
+    show(model(served))
+    lines = [x for x in capsys.readouterr().out.splitlines() if "serving:" in x]
+    assert lines == [
+        "  serving: float32 weights below a decode batch of 8, bfloat16 from it, bfloat16 KV cache, every torch "
+        "thread from a decode batch of 1, one row group per thread from 64",
+        "  serving: bfloat16 weights, bfloat16 KV cache, one torch thread below a decode batch of 64, one row group "
+        "per thread from it"]

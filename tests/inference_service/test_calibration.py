@@ -76,6 +76,10 @@ def test_row_groups_from_the_measured_crossover() -> None:
     assert (choice.parallel_from, choice.split_from) == (1, 64)
     choice = decide(calibration({F32: 1}, groups_win_big | {"B8:float32:g2": 1.0}))
     assert choice.split_from == 8
+    # Row groups winning only at batch 8 are not used, and there every thread lost to one: one thread below 64.
+    lone_win = ladder | rung(8, (2.0, 2.4)) | {"B8:float32:g2": 1.6}
+    choice = decide(calibration({F32: 1}, lone_win))
+    assert (choice.parallel_from, choice.split_from) == (64, 0)
     one_thread = DecodeCalibration(big_batch=64, max_threads=1, dtypes_big={F32: t(1)},
                                    ladder={k: t(v) for k, v in groups_win_big.items()})
     assert decide(one_thread).split_from == 0

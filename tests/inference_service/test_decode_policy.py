@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import torch
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.model import GPT
 from chargpt.core.sampling import SamplingParams, generate
-from inference_service.engine import DecodePolicy, Engine
+from inference_service.decode_policy import DecodePolicy
+from inference_service.engine import Engine
 from inference_service.metrics import InferenceMetrics
+from inference_service.registry import torch_worker
 from inference_service.requests import Finish, GenRequest
 
 from .conftest import write_checkpoint
@@ -95,14 +98,15 @@ def test_row_groups_policy() -> None:
     assert policy.reported_split_from == 16
     assert policy.describe_threads() == ("every torch thread from a decode batch of 4, one row group per thread "
                                          "from 16")
+    assert DecodePolicy(max_threads=2, parallel_from=128, split_from=16).describe_threads() == (
+        "one torch thread below a decode batch of 16, one row group per thread from it")
     assert DecodePolicy(max_threads=3, split_from=1).reported_split_from == 3  # a group needs a row
     assert DecodePolicy(max_threads=1, split_from=2).groups_for(64) == 1
     assert DecodePolicy(max_threads=2).groups_for(256) == 1  # 0: never
 
 
 async def test_row_groups_decode_the_same_text(tmp_path: Path) -> None:
-    """Three ragged requests decoded as two row groups of one thread each give the text one thread gives, and
-    the engine restores every thread when idle."""
+    """Three ragged requests decoded as two row groups of one thread each give the text one thread gives."""
     checkpoint = load_checkpoint(write_checkpoint(tmp_path / "a"), "cpu", torch.float32)
     tokenizer, loop = checkpoint.tokenizer, asyncio.get_running_loop()
     prompts = [tokenizer.encode(p) for p in ("the cat", "a", "cats and hats")]
@@ -114,8 +118,27 @@ async def test_row_groups_decode_the_same_text(tmp_path: Path) -> None:
     try:
         one = await run(engine(DecodePolicy(max_threads=1)), [greedy(p, 20, loop) for p in prompts])
         split = engine(DecodePolicy(max_threads=2, parallel_from=1, split_from=2))
-        assert split.row_groups is not None
+        groups, steps = split.row_groups, []
+        assert groups is not None
+        grouped_step = groups.step
+        groups.step = lambda *args: steps.append(1) or grouped_step(*args)  # type: ignore[method-assign]
         assert await run(split, [greedy(p, 20, loop) for p in prompts]) == one
-        assert torch.get_num_threads() == 2
+        assert len(steps) == 19  # every decode step after the prefill's character, all three rows still running
     finally:
+        torch.set_num_threads(threads)
+
+
+def test_score_worker_keeps_the_servers_thread_count() -> None:
+    """The engine thread sets one torch thread for small batches; a Score worker first used meanwhile would start
+    from that count and keep it for the model's life without its own setting."""
+    threads = torch.get_num_threads()
+    worker = torch_worker(2)
+    try:
+        engine_thread = threading.Thread(target=torch.set_num_threads, args=(1,))
+        engine_thread.start()
+        engine_thread.join()
+        assert worker.submit(torch.get_num_threads).result() == 2
+        assert worker.submit(lambda: torch.ones(4).sum() and torch.get_num_threads()).result() == 2
+    finally:
+        worker.shutdown()
         torch.set_num_threads(threads)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -119,3 +121,50 @@ def test_row_groups_give_one_steps_logits_and_cache(groups: int) -> None:
 def test_row_groups_need_two_groups() -> None:
     with pytest.raises(ValueError, match="at least 2 groups"):
         RowGroups(1)
+
+
+class ThreadCountRecorder:
+    """Stands in for FastDecoder: records each group's rows and the torch thread count it ran with; the group
+    starting at `fail_row` raises at once, the other workers' groups take `seconds` (the caller's none)."""
+
+    def __init__(self, fail_row: int = -1, seconds: float = 0.0) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        self.fail_row, self.seconds = fail_row, seconds
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, attend_len: int, first_row: int = 0
+             ) -> torch.Tensor:
+        if first_row == self.fail_row:
+            raise RuntimeError("this group's step failed")
+        if first_row:
+            time.sleep(self.seconds)
+        self.calls.append((first_row, tokens.shape[0], torch.get_num_threads()))
+        return torch.zeros(tokens.shape[0], 3)
+
+
+def test_row_group_workers_run_on_one_torch_thread_whatever_the_default() -> None:
+    """torch's thread count belongs to each OS thread once it has run an op; a worker first used while the
+    default is 2 must still run its group on one."""
+    threads = torch.get_num_threads()
+    row_groups = RowGroups(3)
+    try:
+        torch.set_num_threads(2)
+        recorder = ThreadCountRecorder()
+        logits = row_groups.step(recorder, torch.zeros(7, dtype=torch.long), [1] * 7)  # type: ignore[arg-type]
+        assert logits.shape == (7, 3)
+        assert sorted(call[:2] for call in recorder.calls) == [(0, 2), (2, 2), (4, 3)]
+        assert [n for first, _, n in recorder.calls if first > 0] == [1, 1]
+    finally:
+        row_groups.close()
+        torch.set_num_threads(threads)
+
+
+def test_a_failed_group_returns_only_once_every_group_has_stopped_writing() -> None:
+    """The engine clears the cache after a failed step, so no other group may still be writing it then."""
+    row_groups = RowGroups(3)
+    try:
+        recorder = ThreadCountRecorder(fail_row=2, seconds=0.2)
+        with pytest.raises(RuntimeError, match="this group's step failed"):
+            row_groups.step(recorder, torch.zeros(6, dtype=torch.long), [1] * 6)  # type: ignore[arg-type]
+        assert sorted(first for first, _, _ in recorder.calls) == [0, 4]
+    finally:
+        row_groups.close()

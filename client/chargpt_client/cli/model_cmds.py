@@ -127,10 +127,12 @@ def show(m: t.Model) -> None:
         weights = f"{m.dtype} weights"
         if m.narrow_decode_from > 1:
             weights = f"float32 weights below a decode batch of {m.narrow_decode_from}, {m.dtype} from it"
-        threads = (f"every torch thread from a decode batch of {m.parallel_decode_from}" if m.parallel_decode_from
-                   else "one torch thread")
-        if m.split_decode_from:
-            threads += f", one row group per thread from {m.split_decode_from}"
+        parallel, split = m.parallel_decode_from, m.split_decode_from
+        threads = f"every torch thread from a decode batch of {parallel}" if parallel else "one torch thread"
+        if split and parallel >= split:
+            threads = f"one torch thread below a decode batch of {split}, one row group per thread from it"
+        elif split:
+            threads += f", one row group per thread from {split}"
         print(f"  serving: {weights}, {m.kv_cache_dtype} KV cache, {threads}")
     if m.parent is not None:
         print(f"  fine-tuned from: {m.parent.describe()}")
