@@ -133,7 +133,7 @@ def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
         out.kv_cache_dtype = str(entry.engine.cache.k.dtype).split(".")[-1]
         out.parallel_decode_from = entry.engine.policy.reported_parallel_from
         out.narrow_decode_from = entry.engine.policy.narrow_from
-        out.split_decode_from = entry.engine.policy.reported_split_from if entry.engine.row_groups else 0
+        out.split_decode_from = entry.engine.policy.reported_split_from
     if entry.loaded_time is not None:
         out.loaded_time.FromDatetime(entry.loaded_time)
     if entry.checkpoint is None:

@@ -196,8 +196,10 @@ class ModelRegistry:
             cache_dtype = DTYPES.get(self.settings.kv_cache_dtype) or DTYPES.get(choice.cache_dtype)
             rows = self._batch_rows(model.config, cache_dtype or weight.dtype, weight.device)
             split = choice.split_from if self.settings.split_decode_from is None else self.settings.split_decode_from
+            if weight.device.type != "cpu" or max(split, threads) > rows:
+                split = 0  # row groups are a CPU threading choice, and need a batch the cache can hold
             policy = DecodePolicy(threads, self.settings.parallel_decode_from or choice.parallel_from,
-                                  choice.narrow_from, split if weight.device.type == "cpu" else 0)
+                                  choice.narrow_from, split)
             entry.engine = await asyncio.to_thread(
                 Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, rows,
                 self.settings.max_queue, self.metrics, cache_dtype, self.settings.window_slide, policy,

@@ -142,5 +142,8 @@ async def test_settings_override_the_measured_row_groups(make_server: ServerFact
         never = await make_server(calibration_dir=tmp_path, torch_threads=2, split_decode_from=0)
         write_checkpoint(never.models_dir / "tiny2")
         assert (await never.load("tiny2", "tiny2")).model.split_decode_from == 0
+        small = await make_server(calibration_dir=tmp_path, torch_threads=2, max_batch_size=4, split_decode_from=8)
+        write_checkpoint(small.models_dir / "tiny3")
+        assert (await small.load("tiny3", "tiny3")).model.split_decode_from == 0  # beyond the cache's 4 rows
     finally:
         torch.set_num_threads(threads)
