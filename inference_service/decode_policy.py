@@ -22,11 +22,14 @@ class DecodePolicy:
     parallel_from: int = DEFAULT_PARALLEL_FROM
     narrow_from: int = 1  # batches from here use the model's own weights; smaller ones its float32 copy, if given
     split_from: int = 0
+    max_batch: int | None = None  # the largest batch the cache holds, if bounded
 
     @property
     def reported_parallel_from(self) -> int:
-        """`parallel_from` as GetModel reports it: 0 when there is one thread, so every batch uses that one."""
-        return self.parallel_from if self.max_threads > 1 else 0
+        """`parallel_from` as GetModel reports it: 0 when every batch runs on one thread (there is one, or no batch
+        the cache holds reaches it)."""
+        never = self.max_batch is not None and self.parallel_from > self.max_batch
+        return self.parallel_from if self.max_threads > 1 and not never else 0
 
     @property
     def reported_split_from(self) -> int:

@@ -195,11 +195,7 @@ class ModelRegistry:
             entry.dtype = str(weight.dtype).split(".")[-1]
             cache_dtype = DTYPES.get(self.settings.kv_cache_dtype) or DTYPES.get(choice.cache_dtype)
             rows = self._batch_rows(model.config, cache_dtype or weight.dtype, weight.device)
-            split = choice.split_from if self.settings.split_decode_from is None else self.settings.split_decode_from
-            if weight.device.type != "cpu" or max(split, threads) > rows:
-                split = 0  # row groups are a CPU threading choice, and need a batch the cache can hold
-            policy = DecodePolicy(threads, self.settings.parallel_decode_from or choice.parallel_from,
-                                  choice.narrow_from, split)
+            policy = self._policy(choice, threads, rows, weight.device.type)
             entry.engine = await asyncio.to_thread(
                 Engine, entry.name, model, entry.checkpoint.tokenizer.vocabulary, rows,
                 self.settings.max_queue, self.metrics, cache_dtype, self.settings.window_slide, policy,
@@ -217,6 +213,24 @@ class ModelRegistry:
         below = f" from decode batch {policy.narrow_from}, float32 below" if policy.narrow_from > 1 else ""
         log.info("model %s ready (%s on %s, %s weights%s, %s KV cache, %s)", entry.name, entry.source, entry.device,
                  entry.dtype, below, cache_dtype or weight.dtype, policy.describe_threads())
+
+    def _policy(self, choice: DecodeChoice, threads: int, rows: int, device_type: str) -> DecodePolicy:
+        """The measured plan with the settings' overrides, bounded by what this cache and device can run; an
+        override that cannot apply as given is logged."""
+        s = self.settings
+        split = choice.split_from if s.split_decode_from is None else s.split_decode_from
+        if device_type != "cpu" or max(split, threads) > rows:
+            split = 0  # row groups are a CPU threading choice, and need a batch the cache can hold
+        policy = DecodePolicy(threads, s.parallel_decode_from or choice.parallel_from, choice.narrow_from, split,
+                              max_batch=rows)
+        if s.split_decode_from and policy.reported_split_from != s.split_decode_from:
+            log.warning("--split-decode-from %d applies as %d (%d torch threads, each group needs a row; %d cache "
+                        "rows; device %s; 0: never)", s.split_decode_from, policy.reported_split_from, threads,
+                        rows, device_type)
+        if s.parallel_decode_from and threads > 1 and policy.reported_parallel_from != s.parallel_decode_from:
+            log.warning("--parallel-decode-from %d is never reached: the cache holds %d rows", s.parallel_decode_from,
+                        rows)
+        return policy
 
     def _decode_choice(self, model: GPT, measure_dtype: bool, threads: int) -> DecodeChoice:
         """Dtypes and thread policy: measured on CPU (cached per host), else the model's dtype and the default."""

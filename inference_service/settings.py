@@ -11,6 +11,8 @@ from pydantic_settings import SettingsConfigDict
 from chargpt.server.settings import ServerSettings
 from inference_service.fast_decode import DEFAULT_ATTENTION
 
+INT32_MAX = 2**31 - 1  # GetModel reports batch sizes as int32
+
 
 class InferenceSettings(ServerSettings):
     """chargpt inference service."""
@@ -62,12 +64,12 @@ class InferenceSettings(ServerSettings):
     max_attention_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
                                      description="largest GetAttention tensor (also capped by max_message_bytes)")
     torch_threads: int | None = Field(default=None, ge=1, description="torch threads; default: the cores, at most 8")
-    parallel_decode_from: int | None = Field(default=None, ge=1, description="decode batches at least this big use "
-                                             "every torch thread, smaller ones one (less fork/join overhead); "
-                                             "default: measured per host and model on CPU, else 24")
-    split_decode_from: int | None = Field(default=None, ge=0, description="decode batches at least this big run "
-                                          "as one row group per torch thread, each on one thread, at once; 0: "
-                                          "never; default: measured per host and model on CPU, else never")
+    parallel_decode_from: int | None = Field(default=None, ge=1, le=INT32_MAX, description="decode batches at least "
+                                             "this big use every torch thread, smaller ones one (less fork/join "
+                                             "overhead); default: measured per host and model on CPU, else 24")
+    split_decode_from: int | None = Field(default=None, ge=0, le=INT32_MAX, description="decode batches at least "
+                                          "this big run as one row group per torch thread, each on one thread, at "
+                                          "once; 0: never; default: measured per host and model on CPU, else never")
     calibration_dir: Path = Field(default=Path("./chargpt-data/calibration"), description="where this host's "
                                   "measured decode timings are cached (dtype auto and the thread policy)")
     recalibrate: bool = Field(default=False, description="forget the cached decode timings at start-up and "

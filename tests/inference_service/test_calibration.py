@@ -131,7 +131,10 @@ async def test_recalibrate_forgets_the_hosts_decode_timings(make_server: ServerF
     assert stale.entries() == {}
 
 
-async def test_settings_override_the_measured_row_groups(make_server: ServerFactory, tmp_path: Path) -> None:
+async def test_settings_override_the_measured_row_groups(make_server: ServerFactory, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Overrides apply as given where they can; where the cache or the thread count cannot run them, GetModel
+    reports what runs and the server says why."""
     threads = torch.get_num_threads()
     try:
         served = await make_server(calibration_dir=tmp_path, torch_threads=2, parallel_decode_from=1,
@@ -142,8 +145,12 @@ async def test_settings_override_the_measured_row_groups(make_server: ServerFact
         never = await make_server(calibration_dir=tmp_path, torch_threads=2, split_decode_from=0)
         write_checkpoint(never.models_dir / "tiny2")
         assert (await never.load("tiny2", "tiny2")).model.split_decode_from == 0
-        small = await make_server(calibration_dir=tmp_path, torch_threads=2, max_batch_size=4, split_decode_from=8)
+        small = await make_server(calibration_dir=tmp_path, torch_threads=2, max_batch_size=4, split_decode_from=8,
+                                  parallel_decode_from=9)
         write_checkpoint(small.models_dir / "tiny3")
-        assert (await small.load("tiny3", "tiny3")).model.split_decode_from == 0  # beyond the cache's 4 rows
+        m = (await small.load("tiny3", "tiny3")).model
+        assert (m.split_decode_from, m.parallel_decode_from) == (0, 0)  # beyond the cache's 4 rows: one thread
+        assert "--split-decode-from 8 applies as 0" in caplog.text
+        assert "--parallel-decode-from 9 is never reached: the cache holds 4 rows" in caplog.text
     finally:
         torch.set_num_threads(threads)

@@ -36,6 +36,10 @@ def test_bad_flag_value_is_a_usage_error_naming_the_flag(monkeypatch: pytest.Mon
     with pytest.raises(SystemExit):
         InferenceSettings.from_args([])
     assert "--stream-interval-ms (or CHARGPT_INFERENCE_STREAM_INTERVAL_MS)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # GetModel reports it as int32
+        InferenceSettings.from_args(["--parallel-decode-from", "2147483648"])
+    assert "--parallel-decode-from (or CHARGPT_INFERENCE_PARALLEL_DECODE_FROM): input should be less than or " \
+           "equal to 2147483647" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("settings_type", [TrainerSettings, InferenceSettings])
