@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -54,7 +54,7 @@ class _AsyncService:
                 await asyncio.sleep(retry_delay(error, delays, deadline))
 
     async def _stream(self, method: str, request: Callable[[], Message], resumable: bool,
-                      timeout: Timeout) -> AsyncIterator[Any]:
+                      timeout: Timeout) -> AsyncGenerator[Any, None]:
         """Server-stream messages; retried before the first message, or throughout when `resumable`."""
         deadline = Deadline(timeout, self.options)
         policy = self.options.retry
@@ -168,11 +168,23 @@ class AsyncTrainerClient(_AsyncService):
 
 
 class AsyncTextStream:
-    """Generated text chunks as they arrive (async for); afterwards `.text`, `.summary` and `await .result()`."""
+    """Generated text chunks as they arrive (async for); afterwards `.text`, `.summary` and `await .result()`.
+    `await cancel()` (or leaving an `async with` block early) stops the generation on the server."""
 
-    def __init__(self, messages: AsyncIterator[Any]) -> None:
+    def __init__(self, messages: AsyncGenerator[Any, None]) -> None:
         self._messages = messages
         self._state = GenerationState()
+
+    async def cancel(self) -> None:
+        """Cancel the RPC, so the server frees the generation's batch row; `.text` keeps what arrived, `.summary`
+        stays None. Nothing happens once the stream has ended."""
+        await self._messages.aclose()
+
+    async def __aenter__(self) -> AsyncTextStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.cancel()
 
     async def __aiter__(self) -> AsyncIterator[str]:
         async for message in self._messages:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -54,7 +54,7 @@ class _SyncService:
                 time.sleep(retry_delay(error, delays, deadline))
 
     def _stream(self, method: str, request: Callable[[], Message], resumable: bool,
-                timeout: Timeout) -> Iterator[Any]:
+                timeout: Timeout) -> Generator[Any, None, None]:
         """Server-stream messages; retried before the first message, or throughout when `resumable`."""
         deadline = Deadline(timeout, self.options)
         policy = self.options.retry
@@ -172,11 +172,23 @@ class TrainerClient(_SyncService):
 
 
 class TextStream:
-    """Generated text chunks as they arrive; afterwards `.text`, `.summary` and `.result()`."""
+    """Generated text chunks as they arrive; afterwards `.text`, `.summary` and `.result()`. `cancel()` (or leaving
+    a `with` block early) stops the generation on the server."""
 
-    def __init__(self, messages: Iterator[Any]) -> None:
+    def __init__(self, messages: Generator[Any, None, None]) -> None:
         self._messages = messages
         self._state = GenerationState()
+
+    def cancel(self) -> None:
+        """Cancel the RPC, so the server frees the generation's batch row; `.text` keeps what arrived, `.summary`
+        stays None. Nothing happens once the stream has ended."""
+        self._messages.close()
+
+    def __enter__(self) -> TextStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
 
     def __iter__(self) -> Iterator[str]:
         for message in self._messages:

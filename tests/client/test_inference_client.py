@@ -84,6 +84,19 @@ def test_generate_stream_yields_chunks_matching_generate(client: InferenceClient
     assert stream.summary is not None and stream.summary.generated_tokens == 30
 
 
+def test_a_stream_can_be_cancelled(client: InferenceClient) -> None:
+    """Leaving the `with` block cancels the RPC: nothing more arrives, what did arrive is kept, no summary."""
+    with client.generate_stream("tiny", "a", max_new_tokens=4000, seed=1, temperature=1.0) as stream:
+        first = next(iter(stream))
+    assert first and stream.text == first and stream.summary is None
+    assert list(stream) == [] and stream.text == first
+    stream.cancel()  # a second cancel does nothing
+    finished = client.generate_stream("tiny", "a", max_new_tokens=5, seed=1)
+    assert len(finished.result().text) == 5
+    finished.cancel()  # after the end: nothing to stop
+    assert finished.summary is not None and finished.summary.finish_reason == "LENGTH"
+
+
 def test_logprobs_controls_and_samples(client: InferenceClient) -> None:
     whole = client.generate("tiny", "a", max_new_tokens=15, seed=3, logprobs=3, n=2, repetition_penalty=1.2,
                             frequency_penalty=0.5, presence_penalty=0.1, min_p=0.01, logit_bias={"a": -1.0})
@@ -151,6 +164,10 @@ async def test_async_client_mirrors_the_sync_one(inference: InferenceFixture) ->
         stream = client.generate_stream("tiny", "a", max_new_tokens=12, seed=5, temperature=1.0)
         assert "".join([chunk async for chunk in stream]) == whole.text
         assert (await stream.result()).summary.seed == 5
+        async with client.generate_stream("tiny", "a", max_new_tokens=4000, seed=1) as long:
+            first = await anext(aiter(long))
+        assert first and long.text == first and long.summary is None
+        assert [chunk async for chunk in long] == []
         score = await client.score("tiny", "abc abc")
         assert score.num_tokens == 6
         att = await client.attention("tiny", "abc")
