@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chargpt_client import InferenceClient
 from chargpt_client.cli import build_parser, main
 
-from tests.client.conftest import ServerThread, inference_factory, trainer_factory
+from tests.client.conftest import ServerThread, inference_factory, trainer_factory, write_checkpoint
 from tests.client.test_library_units import _png_size
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,3 +263,25 @@ def test_progress_bar_redraws_in_place_on_a_terminal() -> None:
         "\r\x1b[K[############............]  50% step 5/10  loss 2.5000  12.3k tok/s  elapsed 0:32  ETA 0:32"
         "\r\x1b[Ksample at step 5:\n  | hello\n  | world\n"
         "\r\x1b[K[########################] 100% step 10/10  loss 2.5000  12.3k tok/s  elapsed 1:05  ETA 0:00\n")
+
+
+def test_generate_cut_short_by_a_server_shutdown_exits_1(server_thread: ServerThread, tmp_path: Path) -> None:
+    """A drain that outlasts its grace period ends the stream with finish reason cancelled: the CLI prints the
+    summary and reports the cut with exit status 1 (a finished generation exits 0)."""
+    write_checkpoint(tmp_path / "tiny")
+    server, address = server_thread.start(inference_factory(tmp_path, shutdown_grace_seconds=0.2))
+    with InferenceClient(address) as client:
+        client.load_model("tiny", checkpoint_path="tiny")
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{ROOT}:{ROOT / 'client'}",
+                   "CHARGPT_INFERENCE_ADDRESS": address}
+    command = [sys.executable, "-m", "chargpt_client.cli", "generate", "tiny", "a"]
+    done = subprocess.run([*command, "--max-new-tokens", "5"], capture_output=True, text=True, env=environment,
+                          timeout=60)
+    assert done.returncode == 0 and ", length, seed" in done.stderr
+    with subprocess.Popen([*command, "--max-new-tokens", "4096"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=environment) as cut:
+        assert cut.stdout is not None and cut.stdout.read(20)  # under way
+        server_thread.run(server.stop(5.0))
+        server_thread.servers.remove(server)
+        _, err = cut.communicate(timeout=60)
+    assert cut.returncode == 1 and ", cancelled, seed" in err, err

@@ -147,7 +147,11 @@ def unload_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPLETE = ("LENGTH", "STOP")  # finish reasons of a generation that ran to its end
+
+
 def generate_cmd(args: argparse.Namespace) -> int:
+    """Stream (or with --json print) one generation; exit status 1 if the server cut it short (e.g. its shutdown)."""
     sampling = {"preset": args.preset, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                 "seed": args.seed, "max_new_tokens": args.max_new_tokens, "stop": args.stop,
                 "logprobs": args.logprobs, "repetition_penalty": args.repetition_penalty,
@@ -155,8 +159,9 @@ def generate_cmd(args: argparse.Namespace) -> int:
                 "min_p": args.min_p}
     with inference_client(args) as client:
         if args.json:
-            print_json(client.generate(args.model, args.prompt, **sampling))
-            return 0
+            whole = client.generate(args.model, args.prompt, **sampling)
+            print_json(whole)
+            return 0 if whole.summary.finish_reason in COMPLETE else 1
         sys.stdout.write(args.prompt)
         stream = client.generate_stream(args.model, args.prompt, **sampling)
         try:
@@ -174,7 +179,7 @@ def generate_cmd(args: argparse.Namespace) -> int:
         if args.logprobs:
             result = stream.result()
             print_logprobs(result.logprobs, len(result.text))
-    return 0
+    return 0 if s is None or s.finish_reason in COMPLETE else 1
 
 
 def print_logprobs(entries: list[t.TokenLogprob], text_length: int) -> None:
