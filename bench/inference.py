@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 import httpx
 import torch
+from chargpt_client.render import describe_decode_threads
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.kv_reference import kv_reference
@@ -336,10 +337,7 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
     weights = f"{serving['weights']} weights"
     if serving["narrow_decode_from"] > 1:
         weights += f" from a decode batch of {serving['narrow_decode_from']} (float32 below)"
-    parallel = serving["parallel_decode_from"]  # 0: the server has one torch thread
-    threads = f"every thread from a decode batch of {parallel}" if parallel else "one torch thread"
-    if serving.get("split_decode_from"):
-        threads += f", one row group per thread from {serving['split_decode_from']}"
+    threads = describe_decode_threads(serving["parallel_decode_from"], serving["split_decode_from"])
     print(f"server's measured choices: {weights}, {serving['kv_cache']} KV cache, {threads}")
     print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} {'tok/server CPU-s':>16}  cores server / client")
     for row in rows:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chargpt_client.render import describe_decode_threads
+
 from chargpt.core.device import set_torch_threads
 
 DEFAULT_PARALLEL_FROM = 24
@@ -37,13 +39,8 @@ class DecodePolicy:
         return max(self.split_from, self.max_threads) if self.split_from and self.max_threads > 1 else 0
 
     def describe_threads(self) -> str:
-        parallel, split = self.reported_parallel_from, self.reported_split_from
-        if not parallel:
-            return "one torch thread"
-        if split and parallel >= split:
-            return f"one torch thread below a decode batch of {split}, one row group per thread from it"
-        text = f"every torch thread from a decode batch of {parallel}"
-        return text + (f", one row group per thread from {split}" if split else "")
+        """The plan as `chargpt models show` words it (from the same reported values GetModel sends)."""
+        return describe_decode_threads(self.reported_parallel_from, self.reported_split_from)
 
     def groups_for(self, batch: int) -> int:
         split = self.reported_split_from

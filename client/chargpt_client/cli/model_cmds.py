@@ -12,7 +12,7 @@ from chargpt_client import types as t
 from chargpt_client.cli.common import SubParsers, UsageError, inference_client, print_json
 from chargpt_client.errors import ChargptClientError
 from chargpt_client.ops import SAMPLING_PRESETS
-from chargpt_client.render import fmt, print_table
+from chargpt_client.render import describe_decode_threads, fmt, print_table
 from chargpt_client.tokenizer import CharMapping
 
 
@@ -127,12 +127,7 @@ def show(m: t.Model) -> None:
         weights = f"{m.dtype} weights"
         if m.narrow_decode_from > 1:
             weights = f"float32 weights below a decode batch of {m.narrow_decode_from}, {m.dtype} from it"
-        parallel, split = m.parallel_decode_from, m.split_decode_from
-        threads = f"every torch thread from a decode batch of {parallel}" if parallel else "one torch thread"
-        if split and parallel >= split:
-            threads = f"one torch thread below a decode batch of {split}, one row group per thread from it"
-        elif split:
-            threads += f", one row group per thread from {split}"
+        threads = describe_decode_threads(m.parallel_decode_from, m.split_decode_from)
         print(f"  serving: {weights}, {m.kv_cache_dtype} KV cache, {threads}")
     if m.parent is not None:
         print(f"  fine-tuned from: {m.parent.describe()}")
