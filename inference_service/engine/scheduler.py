@@ -105,6 +105,7 @@ class Scheduler:
         return requests
 
     def record_running(self) -> None:
+        """Publish the batch size after a step (once per step, not per change)."""
         self._m.running.set(len(self.running))
 
 
