@@ -31,11 +31,13 @@ class KVCache:
     def batch_size(self) -> int:
         return self.k.shape[1]
 
-    def copy_row(self, src: int, dst: int) -> None:
-        """Move sequence `src` into row `dst` (used to keep active sequences contiguous)."""
-        self.k[:, dst] = self.k[:, src]
-        self.v[:, dst] = self.v[:, src]
-        self.lengths[dst] = self.lengths[src]
+    def copy_row(self, src: int, dst: int, length: int | None = None) -> None:
+        """Move sequence `src` into row `dst` (used to keep active sequences contiguous). A caller that knows the
+        sequence's `length` passes it: only its valid positions are copied, and no length is read from the device."""
+        n = self.max_len if length is None else length
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = self.lengths[src] if length is None else length
 
 
 @dataclass

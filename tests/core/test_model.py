@@ -77,6 +77,18 @@ def test_kv_cache_rows_can_be_any_slot_and_moved(model: GPT) -> None:
     assert cache.lengths[0] == 7
 
 
+def test_kv_cache_copy_row_of_a_known_length_moves_only_its_positions(model: GPT) -> None:
+    seq = torch.randint(0, 23, (12,))
+    cache = KVCache(model.config, batch_size=4)
+    model.prefill(seq[None, :6], torch.tensor([6]), cache, rows=torch.tensor([3]))
+    cache.k[:, 3, :, 6:] = 7.0  # scratch past the sequence: stays behind
+    cache.copy_row(3, 1, 6)
+    assert cache.lengths[1] == 6 and not cache.k[:, 1, :, 6:].any()
+    logits = model.decode_step(seq[6:7], cache, rows=torch.tensor([1]))
+    full, _ = model(seq[None, :7])
+    assert (full[0, -1] - logits[0]).abs().max() < 1e-4
+
+
 def test_decode_past_cache_capacity_raises(model: GPT) -> None:
     cache = KVCache(model.config, batch_size=1, max_len=4)
     model.prefill(torch.zeros(1, 4, dtype=torch.long), torch.tensor([4]), cache)
