@@ -16,7 +16,8 @@ import grpc
 
 from chargpt import errors
 from chargpt.receiver import SHA256_HEX, CheckpointReceiver
-from chargpt.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
+from chargpt.wire.checkpoint_kinds import kind_name
 
 JOB_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -86,7 +87,7 @@ async def _receive(stream: grpc.aio.UnaryStreamCall, job_id: str, cache_root: Pa
 
 def _cache_name(job_id: str, checkpoint: trainer_pb2.Checkpoint) -> tuple[str, bool]:
     """The cache directory's name, and whether it identifies the weights (so a cached copy can be reused)."""
-    kind = common_pb2.CheckpointKind.Name(checkpoint.kind).removeprefix("CHECKPOINT_KIND_").lower()
+    kind = kind_name(checkpoint.kind)
     sha = checkpoint.weights_sha256
     if SHA256_HEX.match(sha):
         return f"{job_id}-{kind}-{sha[:16]}", True
