@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy chargpt client/chargpt_client
+	$(BIN)/mypy chargpt client/chargpt_client launchers inference_service trainer_service
 
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py

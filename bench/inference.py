@@ -39,7 +39,6 @@ from typing import Any
 import grpc
 import httpx
 import torch
-from chargpt_client.render import describe_decode_threads
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.kv_reference import kv_reference
@@ -49,6 +48,7 @@ from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
 from chargpt.core.sampling import SAMPLING_PRESETS, SamplingPreset, generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer
+from chargpt.decode_plan import describe_decode_threads
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
 from inference_service.scoring import ScoreJob, score_many
 from inference_service.server import default_torch_threads

@@ -77,7 +77,7 @@ class VocabularyError(InvalidArgumentError):
         self.characters = characters
         shown = ", ".join(repr(c) for c in characters[:20])
         more = f" and {len(characters) - 20} more" if len(characters) > 20 else ""
-        super().__init__(field, f"characters not in the model's vocabulary: {shown}{more}")
+        super().__init__(field, f"characters outside the model's vocabulary: {shown}{more}")
 
 
 class CheckpointError(ChargptError):

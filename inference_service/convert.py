@@ -11,6 +11,8 @@ from chargpt.core.sampling import SamplingPreset, resolve_sampling
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import common_pb2, inference_pb2
+from chargpt.wire.lineage import lineage_proto
+from chargpt.wire.model_config import model_config_proto
 from inference_service.logits_processors import LogitsControls
 from inference_service.logprobs import MAX_LOGPROBS, TokenLogprob
 from inference_service.registry import ModelEntry, State
@@ -139,9 +141,7 @@ def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
     if entry.checkpoint is None:
         return out
     manifest, config = entry.checkpoint.manifest, entry.checkpoint.manifest.model
-    out.config.CopyFrom(common_pb2.ModelConfig(n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-                                               block_size=config.block_size, vocab_size=config.vocab_size,
-                                               dropout=config.dropout, bias=config.bias))
+    out.config.CopyFrom(model_config_proto(config))
     out.vocabulary = manifest.vocabulary
     out.parameter_count = entry.checkpoint.model.num_parameters()
     out.weights_sha256 = manifest.weights.sha256
@@ -152,10 +152,5 @@ def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
         val_loss=t.val_loss if t.val_loss is not None else math.nan, library_versions=t.library_versions))
     out.training.created_time.FromDatetime(t.created_time)
     if t.parent is not None:
-        p = t.parent
-        out.parent.CopyFrom(common_pb2.Lineage(
-            job_id=p.job_id, kind={"best": common_pb2.CHECKPOINT_KIND_BEST, "latest": common_pb2.CHECKPOINT_KIND_LATEST
-                                   }.get(p.kind, common_pb2.CHECKPOINT_KIND_UNSPECIFIED),
-            weights_sha256=p.weights_sha256, corpus_id=p.corpus_id, corpus_name=p.corpus_name,
-            corpus_sha256=p.corpus_sha256, step=p.step))
+        out.parent.CopyFrom(lineage_proto(t.parent))
     return out

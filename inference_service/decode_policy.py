@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chargpt_client.render import describe_decode_threads
-
 from chargpt.core.device import set_torch_threads
+from chargpt.decode_plan import describe_decode_threads
 
 DEFAULT_PARALLEL_FROM = 24
 

@@ -1,8 +1,9 @@
 """Pulling a trainer job's checkpoint over DownloadCheckpoint into a local cache, verifying every byte.
 
-The client library's CheckpointReceiver (the same code the Python clients use) checks every chunk, file name,
-size and sha256 and renames the directory into place only when all of them verify, so the cache never holds a
-partial copy; its DataLoss and ResourceExhausted become this service's DATA_LOSS and RESOURCE_EXHAUSTED.
+The shared CheckpointReceiver (chargpt.receiver, the same code the Python clients use) checks every chunk, file
+name, size and sha256 and renames the directory into place only when all of them verify, so the cache never holds
+a partial copy; its DataLossError and ResourceExhaustedError become this service's DATA_LOSS and
+RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import uuid
 from pathlib import Path
 
 import grpc
-from chargpt_client.errors import DataLoss, ResourceExhausted
-from chargpt_client.receiver import SHA256_HEX, CheckpointReceiver
 
 from chargpt import errors
-from chargpt.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from chargpt.receiver import SHA256_HEX, CheckpointReceiver
+from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
+from chargpt.wire.checkpoint_kinds import kind_name
 
 JOB_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-RECEIVER_ERRORS: dict[type[Exception], type[errors.ChargptError]] = {
-    DataLoss: errors.DataLossError, ResourceExhausted: errors.ResourceExhaustedError}
 
 
 def trainer_credentials(ca_file: Path | None, cert_file: Path | None,
@@ -68,8 +67,8 @@ def _trainer_error(err: grpc.aio.AioRpcError) -> errors.ChargptError:
 
 
 async def _receive(stream: grpc.aio.UnaryStreamCall, job_id: str, cache_root: Path) -> Path:
-    """Receive into the cache through the client library's verifying receiver, unless the header names a copy
-    that is already cached."""
+    """Receive into the cache through the shared verifying receiver, unless the header names a copy that is
+    already cached."""
     name: str | None = None
     cache_root.mkdir(parents=True, exist_ok=True)
     try:
@@ -82,13 +81,13 @@ async def _receive(stream: grpc.aio.UnaryStreamCall, job_id: str, cache_root: Pa
                         stream.cancel()  # an identical checkpoint is already cached
                         return cache_root / name
             return receiver.finish(name or "", if_exists="keep")  # "keep": a concurrent download of it won
-    except (DataLoss, ResourceExhausted) as exc:
-        raise RECEIVER_ERRORS[type(exc)](f"trainer checkpoint download: {exc.message}") from None
+    except (errors.DataLossError, errors.ResourceExhaustedError) as exc:
+        raise type(exc)(f"trainer checkpoint download: {exc}") from None
 
 
 def _cache_name(job_id: str, checkpoint: trainer_pb2.Checkpoint) -> tuple[str, bool]:
     """The cache directory's name, and whether it identifies the weights (so a cached copy can be reused)."""
-    kind = common_pb2.CheckpointKind.Name(checkpoint.kind).removeprefix("CHECKPOINT_KIND_").lower()
+    kind = kind_name(checkpoint.kind)
     sha = checkpoint.weights_sha256
     if SHA256_HEX.match(sha):
         return f"{job_id}-{kind}-{sha[:16]}", True

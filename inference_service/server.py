@@ -19,7 +19,8 @@ from chargpt.server.serving import (
     new_server,
     run_service,
 )
-from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS
 from inference_service.metrics import InferenceMetrics
 from inference_service.openai_api.app import create_app
 from inference_service.openai_api.server import HttpEndpoint
@@ -94,8 +95,9 @@ def _load_request(name: str, path: str) -> inference_pb2.LoadModelRequest:
     if not path.startswith("trainer:"):
         return inference_pb2.LoadModelRequest(name=name, checkpoint_path=path)
     job, _, kind = path.removeprefix("trainer:").partition("/")
-    kind_value = common_pb2.CheckpointKind.Value(f"CHECKPOINT_KIND_{(kind or 'unspecified').upper()}")
-    ref = inference_pb2.TrainerCheckpointRef(job_id=job, kind=kind_value)
+    if kind.lower() not in CHECKPOINT_KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r} in {path!r}: expected best or latest")
+    ref = inference_pb2.TrainerCheckpointRef(job_id=job, kind=CHECKPOINT_KINDS[kind.lower()])
     return inference_pb2.LoadModelRequest(name=name, trainer_checkpoint=ref)
 
 

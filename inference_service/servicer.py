@@ -13,6 +13,7 @@ import grpc
 
 from chargpt import errors
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from chargpt.wire.checkpoint_kinds import KIND_NAMES
 from inference_service import scoring
 from inference_service.convert import build_requests, logprobs_to_proto, model_to_proto, summary_to_proto
 from inference_service.fetch import download_checkpoint, trainer_credentials
@@ -47,11 +48,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 return path
         elif source_kind == "trainer_checkpoint":
             ref = request.trainer_checkpoint
-            if ref.kind not in common_pb2.CheckpointKind.values():
+            if ref.kind not in KIND_NAMES:
                 raise errors.InvalidArgumentError("trainer_checkpoint.kind", f"unknown checkpoint kind {ref.kind}")
-            kind = common_pb2.CheckpointKind.Name(ref.kind).removeprefix("CHECKPOINT_KIND_").lower()
+            kind = KIND_NAMES[ref.kind]
             # no kind: the trainer's default (best if any), written as the preload syntax writes it
-            source = f"trainer:{ref.job_id}" + (f"/{kind}" if ref.kind else "")
+            source = f"trainer:{ref.job_id}" + (f"/{kind}" if kind else "")
 
             async def locate() -> Path:
                 return await download_checkpoint(

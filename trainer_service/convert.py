@@ -8,9 +8,11 @@ from typing import Any
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from chargpt.core.checkpoint import Lineage
 from chargpt.errors import InvalidArgumentError
-from chargpt.v1 import common_pb2, trainer_pb2
+from chargpt.v1 import trainer_pb2
+from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS
+from chargpt.wire.lineage import lineage_proto
+from chargpt.wire.model_config import model_config_proto
 from trainer_service.jobs.checkpoints import CheckpointInfo
 from trainer_service.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, CorpusRecord, EventRecord, JobRecord
 from trainer_service.training.api import TrainingPlan
@@ -19,9 +21,6 @@ STATE_TO_PROTO = {QUEUED: trainer_pb2.JOB_STATE_QUEUED, RUNNING: trainer_pb2.JOB
                   SUCCEEDED: trainer_pb2.JOB_STATE_SUCCEEDED, FAILED: trainer_pb2.JOB_STATE_FAILED,
                   CANCELLED: trainer_pb2.JOB_STATE_CANCELLED}
 PROTO_TO_STATE = {v: k for k, v in STATE_TO_PROTO.items()}
-KIND_TO_PROTO = {"latest": common_pb2.CHECKPOINT_KIND_LATEST, "best": common_pb2.CHECKPOINT_KIND_BEST}
-PROTO_TO_KIND = {common_pb2.CHECKPOINT_KIND_UNSPECIFIED: "", common_pb2.CHECKPOINT_KIND_LATEST: "latest",
-                 common_pb2.CHECKPOINT_KIND_BEST: "best"}
 TRAINING_SPEC = trainer_pb2.TrainingSpec.DESCRIPTOR
 
 
@@ -66,12 +65,6 @@ def corpus_proto(record: CorpusRecord) -> trainer_pb2.Corpus:
                               created_time=timestamp(record.created))
 
 
-def model_proto(plan: TrainingPlan) -> common_pb2.ModelConfig:
-    m = plan.model
-    return common_pb2.ModelConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
-                                  vocab_size=m.vocab_size, dropout=m.dropout, bias=m.bias)
-
-
 def training_proto(plan: TrainingPlan) -> trainer_pb2.TrainingSpec:
     """Every TrainingSpec field from the plan (each one is set: the job shows its resolved values)."""
     spec = trainer_pb2.TrainingSpec()
@@ -88,7 +81,7 @@ def training_proto(plan: TrainingPlan) -> trainer_pb2.TrainingSpec:
 def job_proto(job: JobRecord, plan: TrainingPlan) -> trainer_pb2.TrainingJob:
     return trainer_pb2.TrainingJob(
         job_id=job.job_id, display_name=job.display_name, state=STATE_TO_PROTO[job.state],
-        corpus_id=job.corpus_id, model=model_proto(plan), training=training_proto(plan),
+        corpus_id=job.corpus_id, model=model_config_proto(plan.model), training=training_proto(plan),
         resources=trainer_pb2.ResourceSpec(device=plan.device, num_processes=plan.num_processes,
                                           num_nodes=plan.num_nodes),
         step=job.step, train_loss=_loss(job.train_loss), val_loss=_loss(job.val_loss),
@@ -98,17 +91,9 @@ def job_proto(job: JobRecord, plan: TrainingPlan) -> trainer_pb2.TrainingJob:
         parent=None if plan.init_from is None else lineage_proto(plan.init_from.lineage))
 
 
-def lineage_proto(lineage: Lineage) -> common_pb2.Lineage:
-    kind = KIND_TO_PROTO.get(lineage.kind, common_pb2.CHECKPOINT_KIND_UNSPECIFIED)
-    return common_pb2.Lineage(job_id=lineage.job_id, kind=kind,
-                              weights_sha256=lineage.weights_sha256, corpus_id=lineage.corpus_id,
-                              corpus_name=lineage.corpus_name, corpus_sha256=lineage.corpus_sha256,
-                              step=lineage.step)
-
-
 def checkpoint_proto(job_id: str, info: CheckpointInfo) -> trainer_pb2.Checkpoint:
     t = info.manifest.training
-    return trainer_pb2.Checkpoint(job_id=job_id, kind=KIND_TO_PROTO[info.kind], step=t.step,
+    return trainer_pb2.Checkpoint(job_id=job_id, kind=CHECKPOINT_KINDS[info.kind], step=t.step,
                                   train_loss=_loss(t.train_loss), val_loss=_loss(t.val_loss),
                                   weights_sha256=info.manifest.weights.sha256, size_bytes=info.size_bytes,
                                   created_time=timestamp(info.created))
@@ -133,7 +118,7 @@ def event_proto(event: EventRecord) -> trainer_pb2.WatchTrainingJobResponse:
         response.sample.CopyFrom(trainer_pb2.SampleEvent(step=p["step"], text=p["text"]))
     elif event.kind == "checkpoint":
         response.checkpoint_written.CopyFrom(trainer_pb2.CheckpointWrittenEvent(checkpoint=trainer_pb2.Checkpoint(
-            job_id=event.job_id, kind=KIND_TO_PROTO[p["checkpoint_kind"]], step=p["step"],
+            job_id=event.job_id, kind=CHECKPOINT_KINDS[p["checkpoint_kind"]], step=p["step"],
             train_loss=_loss(p.get("train_loss")), val_loss=_loss(p.get("val_loss")),
             weights_sha256=p["weights_sha256"], size_bytes=p["size_bytes"], created_time=timestamp(event.time))))
     return response

@@ -13,6 +13,7 @@ import grpc
 
 from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
+from chargpt.wire.checkpoint_kinds import KIND_NAMES
 from trainer_service import convert
 from trainer_service.corpora.library import CorpusLibrary
 from trainer_service.corpora.read import read_corpus
@@ -178,11 +179,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                                  context: grpc.aio.ServicerContext
                                  ) -> AsyncIterator[trainer_pb2.DownloadCheckpointResponse]:
         chunk_size = checkpoints.chunk_size_or_default(request.chunk_size)
-        if request.kind not in convert.PROTO_TO_KIND:
+        if request.kind not in KIND_NAMES:
             raise InvalidArgumentError("kind", f"unknown checkpoint kind {request.kind}")
         job = self.store.get_job(request.job_id)
         snapshot = await asyncio.to_thread(checkpoints.open_snapshot, self.jobs.job_dir(job.job_id),
-                                           convert.PROTO_TO_KIND[request.kind])
+                                           KIND_NAMES[request.kind])
         try:
             files = [trainer_pb2.CheckpointFile(name=f.name, size_bytes=f.size_bytes, sha256=f.sha256)
                      for f in snapshot.files]

@@ -12,6 +12,9 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from chargpt.v1 import common_pb2, inference_pb2, trainer_pb2
+from chargpt.wire.checkpoint_kinds import kind_name
+from chargpt.wire.lineage import lineage_values
+from chargpt.wire.model_config import model_config_values
 from chargpt_client import types as t
 
 
@@ -31,8 +34,7 @@ def timestamp(ts: Timestamp) -> datetime | None:
 
 
 def model_config(m: common_pb2.ModelConfig) -> t.ModelConfig:
-    return t.ModelConfig(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
-                         vocab_size=m.vocab_size, dropout=round(m.dropout, 6), bias=m.bias)
+    return t.ModelConfig(**model_config_values(m))
 
 
 def device_report(r: trainer_pb2.GetDeviceInfoResponse) -> t.DeviceReport:
@@ -100,17 +102,11 @@ def job(j: trainer_pb2.TrainingJob) -> t.TrainingJob:
 
 
 def lineage(p: common_pb2.Lineage) -> t.Lineage:
-    return t.Lineage(job_id=p.job_id, kind=checkpoint_kind(p.kind) if p.kind else "",
-                     weights_sha256=p.weights_sha256, corpus_id=p.corpus_id, corpus_name=p.corpus_name,
-                     corpus_sha256=p.corpus_sha256, step=p.step)
-
-
-def checkpoint_kind(kind: int) -> str:
-    return enum_name(common_pb2.CheckpointKind, kind, "CHECKPOINT_KIND_").lower()
+    return t.Lineage(**lineage_values(p))
 
 
 def checkpoint(c: trainer_pb2.Checkpoint) -> t.Checkpoint:
-    return t.Checkpoint(job_id=c.job_id, kind=checkpoint_kind(c.kind), step=c.step, train_loss=c.train_loss,
+    return t.Checkpoint(job_id=c.job_id, kind=kind_name(c.kind), step=c.step, train_loss=c.train_loss,
                         val_loss=c.val_loss, weights_sha256=c.weights_sha256, size_bytes=c.size_bytes,
                         created_time=timestamp(c.created_time))
 

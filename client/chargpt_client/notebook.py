@@ -172,10 +172,10 @@ atexit.register(_stack.close)
 def connect(data_dir: str | os.PathLike[str] = "chargpt-data", device: str = "auto",
             timeout: float = 120.0) -> Client:
     """A client for the services at $CHARGPT_TRAINER_ADDRESS and $CHARGPT_INFERENCE_ADDRESS when both are set;
-    otherwise both services are started in this kernel (chargpt.launch, as `chargpt demo` does) until it exits."""
+    otherwise both services are started in this kernel (launchers.local, as `chargpt demo` does) until it exits."""
     trainer, inference = os.environ.get(TRAINER_ADDRESS_ENV), os.environ.get(INFERENCE_ADDRESS_ENV)
     if not (trainer and inference):
-        from chargpt.launch import LocalServices  # the server packages, only when starting them here
+        from launchers.local import LocalServices  # the server packages, only when starting them here
 
         services = _stack.enter_context(LocalServices(Path(data_dir), device))
         trainer, inference = services.trainer_address, services.inference_address

@@ -17,6 +17,8 @@ from typing import Any, Generic, TypeVar
 from google.protobuf.message import Message
 
 from chargpt.v1 import common_pb2, inference_pb2, trainer_pb2
+from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS
+from chargpt.wire.model_config import model_config_proto
 from chargpt_client import convert
 from chargpt_client import types as t
 from chargpt_client.training import TrainingOptions
@@ -29,8 +31,6 @@ SAMPLING_PRESETS: dict[str, int] = {
     "balanced": inference_pb2.SAMPLING_PRESET_BALANCED,
     "creative": inference_pb2.SAMPLING_PRESET_CREATIVE,
 }
-CHECKPOINT_KINDS: dict[str, str] = {"": "CHECKPOINT_KIND_UNSPECIFIED", "latest": "CHECKPOINT_KIND_LATEST",
-                                     "best": "CHECKPOINT_KIND_BEST"}
 JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 
 
@@ -106,9 +106,8 @@ def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.M
     init_from: "JOB[:best|latest]" or a checkpoint directory on the trainer to fine-tune."""
     spec = trainer_pb2.ModelSpec()
     if model is not None:
-        spec.custom.CopyFrom(common_pb2.ModelConfig(n_layer=model.n_layer, n_head=model.n_head,
-                                                    n_embd=model.n_embd, block_size=model.block_size,
-                                                    dropout=model.dropout, bias=model.bias))
+        spec.custom.CopyFrom(model_config_proto(model))
+        spec.custom.ClearField("vocab_size")  # the trainer sets it from the corpus
     elif preset:
         spec.preset = preset
     request = trainer_pb2.CreateTrainingJobRequest(
@@ -124,11 +123,9 @@ def init_from_spec(reference: str) -> trainer_pb2.InitFrom:
     if "/" in reference:
         return trainer_pb2.InitFrom(path=reference)
     job_id, _, kind = reference.partition(":")
-    kinds = {"": common_pb2.CHECKPOINT_KIND_UNSPECIFIED, "best": common_pb2.CHECKPOINT_KIND_BEST,
-             "latest": common_pb2.CHECKPOINT_KIND_LATEST}
-    if kind.lower() not in kinds:
+    if kind.lower() not in CHECKPOINT_KINDS:
         raise ValueError(f"init_from: {reference!r}: expected JOB, JOB:best, JOB:latest or a path")
-    return trainer_pb2.InitFrom(job_id=job_id, kind=kinds[kind.lower()])
+    return trainer_pb2.InitFrom(job_id=job_id, kind=CHECKPOINT_KINDS[kind.lower()])
 
 
 def get_training_job(job_id: str) -> Unary[t.TrainingJob]:

@@ -14,17 +14,6 @@ BAR_WIDTH = 24
 LOG_EVERY_S = 15.0  # off a terminal: a progress line every 10% of steps or this often
 
 
-def describe_decode_threads(parallel_from: int, split_from: int) -> str:
-    """A served model's thread plan in words, from GetModel's parallel_decode_from and split_decode_from (0: one
-    torch thread for every batch; 0: no row groups)."""
-    if not parallel_from:
-        return "one torch thread"
-    if split_from and parallel_from >= split_from:
-        return f"one torch thread below a decode batch of {split_from}, one row group per thread from it"
-    text = f"every torch thread from a decode batch of {parallel_from}"
-    return text + (f", one row group per thread from {split_from}" if split_from else "")
-
-
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO = sys.stdout) -> None:
     """A plain aligned table (text columns left-aligned, numbers right-aligned)."""
     cells = [[fmt(v) for v in row] for row in rows]

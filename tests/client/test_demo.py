@@ -95,7 +95,7 @@ def test_the_demo_trains_to_its_budget_through_the_trainer() -> None:
 
 
 def test_the_client_library_does_not_import_the_services() -> None:
-    """The client (demo included) reaches the services only through the API; chargpt.launch starts them."""
+    """The client (demo included) reaches the services only through the API; launchers.local starts them."""
     import ast
 
     forbidden = ("trainer_service", "inference_service", "chargpt.core", "chargpt.server", "torch")

@@ -9,6 +9,7 @@ import pytest
 from chargpt_client import DataLoss, ResourceExhausted
 from chargpt_client.receiver import MAX_FILES, MAX_TOTAL_BYTES, CheckpointReceiver
 
+from chargpt import errors, receiver
 from chargpt.v1 import common_pb2, trainer_pb2
 
 Response = trainer_pb2.DownloadCheckpointResponse
@@ -156,3 +157,15 @@ def test_abort_removes_the_partial_download(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(DataLoss, match="before its header"):
         receiver.finish("ckpt")
+
+
+def test_the_shared_receiver_raises_chargpt_errors_and_the_clients_its_own(tmp_path: Path) -> None:
+    """chargpt.receiver (also the inference service's) raises chargpt.errors; the client's maps them to its own."""
+    oversized = _header({"model.safetensors": b"x"}, sizes={"model.safetensors": MAX_TOTAL_BYTES + 1})
+    with receiver.CheckpointReceiver(tmp_path) as shared, pytest.raises(errors.ResourceExhaustedError, match="cap"):
+        shared.feed(oversized)
+    with receiver.CheckpointReceiver(tmp_path) as shared, pytest.raises(errors.DataLossError, match="header"):
+        shared.finish("ckpt")
+    with CheckpointReceiver(tmp_path) as client_side, pytest.raises(DataLoss, match="header") as raised:
+        client_side.finish("ckpt")
+    assert not isinstance(raised.value, errors.ChargptError)

@@ -53,9 +53,9 @@ def options_from(args: argparse.Namespace) -> DemoOptions:
 
 
 def demo_cmd(args: argparse.Namespace) -> int:
-    from chargpt.launch import ServicesUnavailable
     from chargpt.text import TextDecodeError
     from chargpt_client.demo import DemoFailed, run_demo
+    from launchers.local import ServicesUnavailable
 
     try:
         run_demo(options_from(args))

@@ -7,12 +7,13 @@ import codecs
 import sys
 from pathlib import Path
 
+from chargpt.decode_plan import describe_decode_threads
 from chargpt.text import TextDecodeError, read_text
 from chargpt_client import types as t
 from chargpt_client.cli.common import SubParsers, UsageError, inference_client, print_json
 from chargpt_client.errors import ChargptClientError
 from chargpt_client.ops import SAMPLING_PRESETS
-from chargpt_client.render import describe_decode_threads, fmt, print_table
+from chargpt_client.render import fmt, print_table
 from chargpt_client.tokenizer import CharMapping
 
 

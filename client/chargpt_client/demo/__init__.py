@@ -29,7 +29,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> Demo:
         if not (trainer and inference):
             print(f"Starting the trainer and inference services in this process (data in {options.data_dir}/)...",
                   file=out, flush=True)
-            from chargpt.launch import LocalServices  # the server packages, only when starting them here
+            from launchers.local import LocalServices  # the server packages, only when starting them here
 
             services = stack.enter_context(LocalServices(options.data_dir, options.device))
             trainer, inference = services.trainer_address, services.inference_address

@@ -1,7 +1,8 @@
 """Both services started in this process on free loopback ports (an asyncio loop in a thread), then stopped.
 
-The one place outside the services that starts them: `chargpt demo` imports it only when it is given no service
-addresses, so the client library itself never imports the server packages.
+The one place that starts both: it sits above the services (and the shared `chargpt` package below them), and
+`chargpt demo` and the notebook's `connect()` import it only when given no service addresses, so the client
+library itself never imports the server packages.
 """
 
 from __future__ import annotations

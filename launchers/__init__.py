@@ -1,0 +1,1 @@
+"""Launchers: the layer above both services that starts them together (the demo's and the notebook's local run)."""
