@@ -32,7 +32,7 @@ from chargpt.core.model import GPT, KVCache
 from chargpt.errors import NonFiniteLogitsError, ResourceExhaustedError, UnavailableError
 from inference_service.decode_policy import DecodePolicy
 from inference_service.fast_decode import DEFAULT_ATTENTION, Attention, FastDecoder, RowGroups
-from inference_service.logits_processors import PenaltyState, apply_controls
+from inference_service.logits_processors import PenaltyState, apply_controls, tracks_history
 from inference_service.logprobs import TokenLogprob, batch_logprobs
 from inference_service.metrics import InferenceMetrics
 from inference_service.requests import Delta, Event, Finish, GenRequest
@@ -173,7 +173,7 @@ class Engine:
             r.history = list(r.prompt_ids)
             r.cache_len = lengths[i]
             r.joined = time.monotonic()
-            if r.controls.tracks_history:
+            if tracks_history(r.params):
                 r.penalties = PenaltyState(r.prompt_ids, len(self.vocabulary))
             self._m.queue_time.observe(r.joined - r.arrival)
             self._m.prompt_tokens.inc(lengths[i])
