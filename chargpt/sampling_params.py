@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from chargpt.errors import validated
 
@@ -36,10 +37,6 @@ PRESET_VALUES: dict[SamplingPreset, dict[str, float | int]] = {
 }
 _PRESET_HELP = ", ".join(f"{p.value} {v['temperature']}/{v['top_k']}" for p, v in PRESET_VALUES.items())
 
-StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Character = Annotated[str, StringConstraints(min_length=1, max_length=1)]
-Bias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
-
 
 class SamplingParams(BaseModel):
     """How to sample a generation: one field per sampling field of GenerateRequest, with its bounds and default.
@@ -68,13 +65,13 @@ class SamplingParams(BaseModel):
                                     description="-2..2, once a character was generated (OpenAI)")
     seed: int | None = Field(default=None, ge=0, lt=2**64,
                              description="random seed; the same seed and request give the same text (unset: chosen)")
-    stop: tuple[StopSequence, ...] = Field(default=(), max_length=16,
+    stop: tuple[str, ...] = Field(default=(), max_length=16,
                                            description="stop sequences (at most 16, each 1-64 characters)")
     n: int = Field(default=1, ge=1, le=16, description="independent samples of the prompt, 1..16")
     logprobs: int = Field(default=0, ge=0, le=20,
                           description="each character's log-probability and its N most likely alternatives (the "
                           "model's raw distribution, 0..20)")
-    logit_bias: dict[Character, Bias] = Field(default_factory=dict, max_length=256,
+    logit_bias: dict[str, float] = Field(default_factory=dict, max_length=256,
                                               description="character -> bias added to its logit, -100..100")
     preset: SamplingPreset | None = Field(default=None, description=f"the notebook's settings ({_PRESET_HELP}); "
                                           "fields given explicitly override the preset's")
@@ -92,6 +89,25 @@ class SamplingParams(BaseModel):
             return data  # the field's own validation names it
         return {**PRESET_VALUES[preset], **{k: v for k, v in data.items() if k != "preset"}}
 
+    # Element bounds live in validators, not in the annotations, so that the types other APIs derive from these
+    # fields (chargpt_client.SamplingOptions, the OpenAI schema) are plain.
+    @field_validator("stop")
+    @classmethod
+    def _stop_lengths(cls, stop: tuple[str, ...]) -> tuple[str, ...]:
+        if not all(1 <= len(s) <= 64 for s in stop):
+            raise ValueError("each stop sequence must be 1-64 characters")
+        return stop
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_entries(cls, bias: dict[str, float]) -> dict[str, float]:
+        for char, value in bias.items():
+            if len(char) != 1:
+                raise ValueError(f"keys must be single characters, got {char[:20]!r}")
+            if not (math.isfinite(value) and -100.0 <= value <= 100.0):
+                raise ValueError(f"values must be in [-100, 100], got {value} for {char!r}")
+        return bias
+
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
@@ -105,3 +121,17 @@ def resolve_sampling(preset: SamplingPreset | str | None = None, **given: Any) -
     """A preset (or the defaults) with every given field (None: not given) overriding it; INVALID_ARGUMENT names
     the first bad field."""
     return validated(SamplingParams, {k: v for k, v in {"preset": preset, **given}.items() if v is not None})
+
+
+def optional_fields(rename: Mapping[str, str] | None = None, types: Mapping[str, Any] | None = None,
+                    defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """SamplingParams' fields for pydantic.create_model, each optional (None: not given) and typed only (their
+    bounds are SamplingParams' to check), with its description; `rename`, `types` and `defaults` respell some for
+    another API (e.g. OpenAI's max_tokens)."""
+    rename, types, defaults = rename or {}, types or {}, defaults or {}
+    fields: dict[str, Any] = {}
+    for name, info in SamplingParams.model_fields.items():
+        annotation: Any = types.get(name, info.annotation)
+        fields[rename.get(name, name)] = (annotation | None, Field(default=defaults.get(name),
+                                                                   description=info.description))
+    return fields

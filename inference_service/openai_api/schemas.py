@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from chargpt.errors import InvalidArgumentError
-from chargpt.sampling_params import SamplingParams, resolve_sampling
+from chargpt.sampling_params import SamplingParams, optional_fields, resolve_sampling
 
 MAX_PROMPTS = 16
 # Where OpenAI's completions API differs from SamplingParams: its names, its types (logit_bias keyed by token id,
@@ -24,20 +24,8 @@ class StreamOptions(BaseModel):
     include_usage: bool = True  # chargpt default: the last event before [DONE] carries usage
 
 
-def _sampling_fields() -> dict[str, Any]:
-    """Every SamplingParams field, optional (None: SamplingParams' default), typed only: its bounds are checked
-    when the body becomes SamplingParams, naming the field as gRPC does."""
-    fields: dict[str, Any] = {}
-    for openai_name, name in SAMPLING_NAMES.items():
-        info = SamplingParams.model_fields[name]
-        annotation: Any = OPENAI_TYPES.get(name, info.annotation)
-        fields[openai_name] = (annotation | None, Field(default=OPENAI_DEFAULTS.get(name),
-                                                        description=info.description))
-    return fields
-
-
 _CompletionSampling = create_model("_CompletionSampling", __config__=ConfigDict(extra="forbid"),
-                                   **_sampling_fields())
+                                   **optional_fields(OPENAI_NAMES, OPENAI_TYPES, OPENAI_DEFAULTS))
 
 
 class CompletionRequest(_CompletionSampling):  # type: ignore[misc,valid-type]  # fields built at import time

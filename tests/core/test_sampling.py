@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from chargpt.core.sampling import filter_logits, make_generator, sample_next
+from chargpt.errors import InvalidArgumentError, NonFiniteLogitsError
 from chargpt.sampling_params import (
     GREEDY_BELOW,
     SAMPLING_PRESETS,
@@ -13,7 +14,6 @@ from chargpt.sampling_params import (
     SamplingPreset,
     resolve_sampling,
 )
-from chargpt.errors import InvalidArgumentError, NonFiniteLogitsError
 
 LOGITS = torch.tensor([0.0, 3.0, 1.0, 2.0, -1.0])
 

@@ -9,8 +9,8 @@ import grpc
 import pytest
 import torch
 
-from chargpt.v1 import inference_pb2
 from chargpt.sampling_params import SamplingParams
+from chargpt.v1 import inference_pb2
 from inference_service.logits_processors import PenaltyState, RowControls, apply_controls
 from tests.inference_service.conftest import Served
 

@@ -14,8 +14,8 @@ import torch
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.model import GPT
 from chargpt.core.sampling import generate
-from chargpt.sampling_params import SamplingParams
 from chargpt.errors import NonFiniteLogitsError
+from chargpt.sampling_params import SamplingParams
 from chargpt.v1 import inference_pb2
 from inference_service.engine import Engine
 from inference_service.metrics import InferenceMetrics
