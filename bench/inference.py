@@ -46,9 +46,10 @@ from chargpt.core.calibration import measure_gemm_peak
 from chargpt.core.checkpoint import save_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
-from chargpt.core.sampling import SAMPLING_PRESETS, SamplingPreset, generate, make_generator
+from chargpt.core.sampling import generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.decode_plan import describe_decode_threads
+from chargpt.sampling_params import SAMPLING_PRESETS, SamplingPreset
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
 from inference_service.scoring import ScoreJob, score_many
 from inference_service.server import default_torch_threads

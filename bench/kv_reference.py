@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from chargpt.core.model import GPT, KVCache
-from chargpt.core.sampling import SamplingParams, filter_logits, make_generator
+from chargpt.core.sampling import filter_logits, make_generator
+from chargpt.sampling_params import SamplingParams
 
 
 def lean_loop(model: GPT, streams: int, new_tokens: int, params: SamplingParams, dtype: torch.dtype,

@@ -37,8 +37,7 @@ from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc, trainer_pb
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
-SAMPLING_PRESETS = [inference_pb2.SAMPLING_PRESET_FOCUSED, inference_pb2.SAMPLING_PRESET_BALANCED,
-           inference_pb2.SAMPLING_PRESET_CREATIVE]
+SAMPLING_PRESETS = [number for number in inference_pb2.SamplingPreset.values() if number]  # every preset
 MIX = {"generate": 0.5, "score": 0.3, "attention": 0.2}
 BLOCK = 64
 

@@ -1,10 +1,10 @@
 """Per-request logits processors (penalties, logit bias, min-p) applied to a batch before the sampler.
 
-Each row has its own controls; a step with no row using any control returns the logits untouched, so the
-common case costs nothing. Order, as vLLM applies them: repetition penalty, frequency/presence penalties,
-logit bias, then min-p (relative to the temperature-scaled distribution the sampler will draw from). The
-sampler then applies temperature, top-k and top-p. Log-probabilities are taken from the raw logits, before any
-of this (see inference_service/logprobs.py).
+Each row has its own settings (SamplingParams); a step with no row using any control returns the logits
+untouched, so the common case costs nothing. Order, as vLLM applies them: repetition penalty,
+frequency/presence penalties, logit bias, then min-p (relative to the temperature-scaled distribution the
+sampler will draw from). The sampler then applies temperature, top-k and top-p. Log-probabilities are taken
+from the raw logits, before any of this (see inference_service/logprobs.py).
 """
 
 from __future__ import annotations
@@ -14,24 +14,17 @@ from dataclasses import dataclass
 
 import torch
 
+from chargpt.sampling_params import SamplingParams
 
-@dataclass(frozen=True)
-class LogitsControls:
-    """One request's controls; the defaults change nothing."""
 
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    min_p: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()  # (character id, bias)
+def tracks_history(params: SamplingParams) -> bool:
+    """Whether the penalties need the sequence's history (any of them set)."""
+    return params.repetition_penalty != 1.0 or params.frequency_penalty != 0.0 or params.presence_penalty != 0.0
 
-    @property
-    def tracks_history(self) -> bool:
-        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
-    @property
-    def active(self) -> bool:
-        return self.tracks_history or self.min_p > 0.0 or bool(self.logit_bias)
+def has_controls(params: SamplingParams) -> bool:
+    """Whether any processor here changes this request's logits (the defaults change nothing)."""
+    return tracks_history(params) or params.min_p > 0.0 or bool(params.logit_bias)
 
 
 class PenaltyState:
@@ -52,25 +45,25 @@ class PenaltyState:
 class RowControls:
     """A batch row as the processor sees it."""
 
-    controls: LogitsControls
+    params: SamplingParams
     state: PenaltyState | None
-    temperature: float
+    bias: tuple[tuple[int, float], ...] = ()  # params.logit_bias by the model's character ids
 
 
 def apply_controls(logits: torch.Tensor, rows: list[RowControls]) -> torch.Tensor:
     """Logits (B, V) with each row's controls applied (a float32 CPU copy), or the input if no row has any."""
-    if not any(r.controls.active for r in rows):
+    if not any(has_controls(r.params) for r in rows):
         return logits
     logits = logits.float().cpu().clone()
-    if any(r.controls.tracks_history for r in rows):
+    if any(tracks_history(r.params) for r in rows):
         logits = _penalise(logits, rows)
-    if any(r.controls.logit_bias for r in rows):
+    if any(r.bias for r in rows):
         bias = torch.zeros_like(logits)
         for i, row in enumerate(rows):
-            for token, value in row.controls.logit_bias:
+            for token, value in row.bias:
                 bias[i, token] = value
         logits += bias
-    if any(r.controls.min_p > 0.0 and r.temperature > 0.0 for r in rows):
+    if any(r.params.min_p > 0.0 and r.params.temperature > 0.0 for r in rows):
         logits = _min_p(logits, rows)
     return logits
 
@@ -81,17 +74,17 @@ def _penalise(logits: torch.Tensor, rows: list[RowControls]) -> torch.Tensor:
     empty_seen, empty_counts = torch.zeros(vocab, dtype=torch.bool), torch.zeros(vocab)
     seen = torch.stack([r.state.seen if r.state else empty_seen for r in rows])  # (B, V)
     counts = torch.stack([r.state.counts if r.state else empty_counts for r in rows])  # (B, V)
-    repetition = torch.tensor([r.controls.repetition_penalty for r in rows])[:, None]
+    repetition = torch.tensor([r.params.repetition_penalty for r in rows])[:, None]
     penalised = torch.where(logits > 0, logits / repetition, logits * repetition)
     logits = torch.where(seen, penalised, logits)
-    frequency = torch.tensor([r.controls.frequency_penalty for r in rows])[:, None]
-    presence = torch.tensor([r.controls.presence_penalty for r in rows])[:, None]
+    frequency = torch.tensor([r.params.frequency_penalty for r in rows])[:, None]
+    presence = torch.tensor([r.params.presence_penalty for r in rows])[:, None]
     return logits - frequency * counts - presence * (counts > 0).float()
 
 
 def _min_p(logits: torch.Tensor, rows: list[RowControls]) -> torch.Tensor:
     """Mask characters with p_T(c) < min_p * max p_T, i.e. logit < max_logit + T * ln(min_p) (no softmax)."""
-    offsets = [r.temperature * math.log(r.controls.min_p) if r.controls.min_p > 0.0 and r.temperature > 0.0
+    offsets = [r.params.temperature * math.log(r.params.min_p) if r.params.min_p > 0.0 and r.params.temperature > 0.0
                else -math.inf for r in rows]
     threshold = logits.max(dim=-1, keepdim=True).values + torch.tensor(offsets)[:, None]  # (B, 1)
     return logits.masked_fill(logits < threshold, float("-inf"))

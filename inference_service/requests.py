@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from chargpt.core.sampling import SamplingParams
-from inference_service.logits_processors import LogitsControls, PenaltyState, RowControls
+from chargpt.sampling_params import SamplingParams
+from inference_service.logits_processors import PenaltyState, RowControls, has_controls
 from inference_service.logprobs import TokenLogprob
 from inference_service.sampler import RowSampling
 
@@ -137,16 +137,13 @@ class GenRequest:
 
     prompt_ids: list[int]
     prompt_chars_dropped: int
-    max_new_tokens: int
-    params: SamplingParams
-    seed: int
-    stops: list[str]
+    params: SamplingParams  # the request's (max_new_tokens, stop, logprobs and the sampling settings)
+    seed: int  # this sample's (see service.sample_seed)
     deadline: float | None  # time.monotonic() after which the request is dropped
     loop: asyncio.AbstractEventLoop
     outbox: Outbox = field(default_factory=Outbox)  # shared by a request's n samples
     index: int = 0  # which of the request's samples this is
-    logprobs: int = 0  # top alternatives to report per character; 0: none
-    controls: LogitsControls = field(default_factory=LogitsControls)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # params.logit_bias by the model's character ids
     arrival: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set from the event loop; the engine reads it between steps
     # Engine-side state (touched only by the engine thread).
@@ -160,11 +157,20 @@ class GenRequest:
 
     def __post_init__(self) -> None:
         self.sampling = RowSampling(self.params, random.Random(self.seed))
-        self.matcher = StopMatcher(self.stops)
-        self.has_controls = self.controls.active  # read every step: computed once (controls are frozen)
+        self.matcher = StopMatcher(list(self.params.stop))
+        self.has_controls = has_controls(self.params)  # read every step: computed once (params are frozen)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.params.max_new_tokens
+
+    @property
+    def logprobs(self) -> int:
+        """Top alternatives to report per character; 0: none."""
+        return self.params.logprobs
 
     def row_controls(self) -> RowControls:
-        return RowControls(self.controls, self.penalties, self.params.temperature)
+        return RowControls(self.params, self.penalties, self.logit_bias)
 
     def cancel(self) -> None:
         self.cancelled = True

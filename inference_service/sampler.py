@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from chargpt.core.sampling import SamplingParams, non_finite_rows
+from chargpt.core.sampling import non_finite_rows
+from chargpt.sampling_params import SamplingParams
 
 
 @dataclass

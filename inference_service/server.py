@@ -67,7 +67,7 @@ async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int
     managed = ManagedServer(server, health, [SERVICE_NAME])
     endpoint = MetricsEndpoint(settings, metrics.registry)
     managed.on_start.append(endpoint.start)
-    http = HttpEndpoint(settings, create_app(servicer, settings.auth_token, metrics.http_requests))
+    http = HttpEndpoint(settings, create_app(servicer.service, settings.auth_token, metrics.http_requests))
     http.bind()
     managed.on_start.append(http.start)
     managed.on_start.append(lambda: _preload(servicer, preload))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,11 +14,11 @@ from chargpt import errors
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from chargpt.wire.checkpoint_kinds import KIND_NAMES
 from inference_service import scoring
-from inference_service.convert import build_requests, logprobs_to_proto, model_to_proto, summary_to_proto
+from inference_service.convert import logprobs_to_proto, model_to_proto, sampling_params, summary_to_proto
 from inference_service.fetch import download_checkpoint, trainer_credentials
 from inference_service.metrics import InferenceMetrics
 from inference_service.registry import TRAINER_CACHE, ModelEntry, ModelRegistry
-from inference_service.requests import Chunk, Finish, GenRequest, Summary
+from inference_service.service import Generation, InferenceService
 from inference_service.settings import InferenceSettings
 
 T = TypeVar("T")
@@ -27,10 +26,11 @@ MESSAGE_OVERHEAD = 64 * 1024  # room for the tokens and framing next to the atte
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    """Every RPC of the v1 inference API."""
+    """Every RPC of the v1 inference API; generation and scoring adapt InferenceService to protos."""
 
     def __init__(self, settings: InferenceSettings, registry: ModelRegistry, metrics: InferenceMetrics) -> None:
         self.settings, self.registry, self.metrics = settings, registry, metrics
+        self.service = InferenceService(settings, registry, metrics)
         self.trainer_credentials = trainer_credentials(settings.trainer_tls_ca_file, settings.trainer_tls_cert_file,
                                                        settings.trainer_tls_key_file)
 
@@ -84,8 +84,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def GenerateStream(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
                              ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
-        entry, jobs = self.start_generation(request, context.time_remaining())
-        async with contextlib.aclosing(generation_chunks(self.registry, entry, jobs)) as chunks:
+        generation = self._generation(request, context)
+        async with contextlib.aclosing(generation.chunks()) as chunks:
             async for chunk in chunks:
                 message = inference_pb2.GenerateStreamResponse(index=chunk.index, text=chunk.text,
                                                                logprobs=logprobs_to_proto(chunk.logprobs))
@@ -95,9 +95,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def Generate(self, request: inference_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext) -> inference_pb2.GenerateResponse:
-        entry, jobs = self.start_generation(request, context.time_remaining())
-        choices = [inference_pb2.GenerateChoice(index=i) for i in range(len(jobs))]
-        async with contextlib.aclosing(generation_chunks(self.registry, entry, jobs)) as chunks:
+        generation = self._generation(request, context)
+        choices = [inference_pb2.GenerateChoice(index=i) for i in range(len(generation.jobs))]
+        async with contextlib.aclosing(generation.chunks()) as chunks:
             async for chunk in chunks:
                 choice = choices[chunk.index]
                 choice.text += chunk.text
@@ -108,56 +108,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.GenerateResponse(text=first.text, summary=first.summary, logprobs=first.logprobs,
                                               choices=choices)
 
-    def start_generation(self, request: inference_pb2.GenerateRequest,
-                         time_remaining: float | None) -> tuple[ModelEntry, list[GenRequest]]:
-        """Validate and queue a request's samples (shared by gRPC and HTTP); pair with generation_chunks."""
-        model_name = request.model
-        entry = self.registry.acquire(model_name)
-        try:
-            assert entry.checkpoint is not None and entry.engine is not None
-            jobs = build_requests(request, entry.checkpoint.tokenizer, entry.checkpoint.model.config.block_size,
-                                  self.settings.max_new_tokens_limit, time_remaining)
-            entry.engine.submit(*jobs)
-        except errors.ChargptError as exc:
-            reason = "queue_full" if isinstance(exc, errors.ResourceExhaustedError) else "rejected"
-            self.metrics.failure.labels(model=model_name, reason=reason).inc()
-            self.registry.release(entry)
-            raise
-        except BaseException:
-            self.registry.release(entry)
-            raise
-        return entry, jobs
+    def _generation(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> Generation:
+        with self.service.rejections(request.model):
+            params = sampling_params(request)
+        return self.service.generate(request.model, request.prompt, params, context.time_remaining())
 
     # ---- scoring and attention ----
 
     async def Score(self, request: inference_pb2.ScoreRequest,
                     context: grpc.aio.ServicerContext) -> inference_pb2.ScoreResponse:
-        entry = self.registry.acquire(request.model)
-        try:
-            assert entry.checkpoint is not None
-            block = entry.checkpoint.model.config.block_size
-            if len(request.text) > self.settings.max_score_chars:
-                raise errors.ResourceExhaustedError(f"text has {len(request.text)} characters; the limit is "
-                                                    f"{self.settings.max_score_chars}")
-            if len(request.text) < 2:
-                raise errors.InvalidArgumentError("text", "needs at least 2 characters")
-            stride = request.stride if request.HasField("stride") else block
-            if not 1 <= stride <= block:
-                raise errors.InvalidArgumentError("stride", f"must be 1..{block} (block_size), got {stride}")
-            assert entry.scorer is not None
-            # Encoding and scoring run on the model's worker, batched with other waiting Score requests.
-            result = await entry.scorer.score(request.text, stride, request.include_token_logprobs)
-            if not math.isfinite(result.mean_nll):  # finite logits always give a finite log-softmax
-                raise errors.NonFiniteLogitsError(
-                    "the model produced non-finite logits (NaN or inf) for this text, so it cannot be scored; its "
-                    "weights or dtype are numerically broken (a float16 model can overflow: reload it as float32 "
-                    "or bfloat16)")
-            self.metrics.score_requests.labels(model=entry.name).inc()
-            return inference_pb2.ScoreResponse(mean_nll=result.mean_nll, bits_per_char=result.bits_per_char,
-                                               perplexity=result.perplexity, num_tokens=result.num_tokens,
-                                               token_logprobs=result.token_logprobs)
-        finally:
-            self.registry.release(entry)
+        result = await self.service.score(request.model, request.text,
+                                          request.stride if request.HasField("stride") else None,
+                                          request.include_token_logprobs)
+        return inference_pb2.ScoreResponse(mean_nll=result.mean_nll, bits_per_char=result.bits_per_char,
+                                           perplexity=result.perplexity, num_tokens=result.num_tokens,
+                                           token_logprobs=result.token_logprobs)
 
     async def GetAttention(self, request: inference_pb2.GetAttentionRequest,
                            context: grpc.aio.ServicerContext) -> inference_pb2.GetAttentionResponse:
@@ -204,31 +169,3 @@ def _selection(field: str, chosen: list[int], count: int) -> list[int]:
         raise errors.InvalidArgumentError(field, f"{bad[:5]} out of range 0..{count - 1}")
     return chosen
 
-
-async def generation_chunks(registry: ModelRegistry, entry: ModelEntry,
-                            jobs: list[GenRequest]) -> AsyncGenerator[Chunk, None]:
-    """Chunks until every sample has finished (each carries everything its sample produced since the previous
-    one, see Outbox); closing it early cancels the samples (the engine drops them at its next step) and
-    releases the model."""
-    try:
-        remaining = len(jobs)
-        while remaining:
-            for chunk in await jobs[0].outbox.take():
-                if chunk.summary is not None:
-                    _check(chunk.summary)
-                    remaining -= 1
-                yield chunk
-    finally:
-        for job in jobs:
-            job.cancel()  # a no-op when finished
-        registry.release(entry)
-
-
-def _check(summary: Summary) -> None:
-    """Raise the error that ended a generation (deadline, engine failure)."""
-    if summary.finish is Finish.DEADLINE:
-        raise TimeoutError("the request's deadline passed")
-    if summary.finish is Finish.ERROR:
-        if isinstance(summary.error, errors.NonFiniteLogitsError):
-            raise summary.error  # FAILED_PRECONDITION: the model, not the request or the server, is at fault
-        raise errors.ChargptError(f"generation failed: {summary.error}")

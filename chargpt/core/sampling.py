@@ -1,60 +1,17 @@
-"""Next-character sampling: temperature (0 = greedy), top-k, top-p, per-request seeded generators, presets."""
+"""Next-character sampling in torch: temperature (0 = greedy), top-k, top-p of SamplingParams; seeded generators."""
 
 from __future__ import annotations
 
-import math
-from enum import StrEnum
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from chargpt.core.model import GPT
-from chargpt.errors import InvalidArgumentError, NonFiniteLogitsError, validated
+from chargpt.errors import NonFiniteLogitsError
 
-# Temperatures below this are greedy, as in vLLM (its _SAMPLING_EPS = 1e-5): the T -> 0 limit, with ties going to
-# the first argmax exactly as at temperature 0. Anything from here up is sampled at the temperature given.
-GREEDY_BELOW = 1e-5
-
-
-class SamplingParams(BaseModel):
-    """How to pick the next character from the model's logits."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    temperature: float = Field(default=1.0, ge=0.0, le=100.0, description=f"0 (or below {GREEDY_BELOW:g}) is greedy")
-    top_k: int = Field(default=0, ge=0, description="keep the k most likely characters (ties kept); 0 keeps all")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus mass; 1 keeps all")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < GREEDY_BELOW
-
-
-class SamplingPreset(StrEnum):
-    """The notebook's three sampling settings."""
-
-    FOCUSED = "focused"
-    BALANCED = "balanced"
-    CREATIVE = "creative"
-
-
-SAMPLING_PRESETS: dict[SamplingPreset, SamplingParams] = {
-    SamplingPreset.FOCUSED: SamplingParams(temperature=0.3, top_k=5),
-    SamplingPreset.BALANCED: SamplingParams(temperature=0.8, top_k=40),
-    SamplingPreset.CREATIVE: SamplingParams(temperature=1.2, top_k=200),
-}
-
-
-def resolve_sampling(preset: SamplingPreset | None = None, temperature: float | None = None,
-                     top_k: int | None = None, top_p: float | None = None) -> SamplingParams:
-    """A preset (or the defaults) with any explicitly given field overriding it; validates every field."""
-    base = SAMPLING_PRESETS[preset] if preset is not None else SamplingParams()
-    for field, value in (("temperature", temperature), ("top_p", top_p)):
-        if value is not None and not math.isfinite(value):
-            raise InvalidArgumentError(field, f"must be a finite number, got {value}")
-    overrides = {k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p))
-                 if v is not None}
-    return validated(SamplingParams, {**base.model_dump(), **overrides})
+# SAMPLING_PRESETS and SamplingPreset are re-exported for trainer_service/training/evaluate.py, which imports them
+# from here (outside this change's scope; it can import them from chargpt.sampling_params instead).
+from chargpt.sampling_params import SAMPLING_PRESETS as SAMPLING_PRESETS
+from chargpt.sampling_params import SamplingParams
+from chargpt.sampling_params import SamplingPreset as SamplingPreset
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -113,7 +70,8 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
 @torch.no_grad()
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, params: SamplingParams,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """The notebook's simple loop (full recompute, context cropped to block_size): a reference and a fallback."""
+    """The notebook's simple loop (full recompute, context cropped to block_size): a reference and a fallback.
+    It applies temperature, top-k and top-p; the service's logits processors apply the penalties, bias and min-p."""
     block_size = model.config.block_size
     for _ in range(max_new_tokens):
         logits, _ = model(idx[:, -block_size:])

@@ -18,6 +18,7 @@ from chargpt_client.errors import (
     Unimplemented,
 )
 from chargpt_client.options import ClientOptions, RetryPolicy, TlsOptions
+from chargpt_client.sampling import SamplingOptions
 from chargpt_client.sync import Client, InferenceClient, TextStream, TrainerClient
 from chargpt_client.tokenizer import CharMapping
 from chargpt_client.training import TrainingOptions
@@ -47,6 +48,7 @@ __all__ = [
     "CorpusText", "DataLoss", "DeadlineExceeded", "DeviceReport", "Evaluation", "FailedPrecondition",
     "GenerationResult", "GenerationSummary", "InferenceClient", "Internal", "InvalidArgument", "JobEvent", "Model",
     "ModelConfig", "NotFound", "PermissionDenied", "Progress", "ResourceExhausted", "RetryPolicy", "Sample",
+    "SamplingOptions",
     "ScoreResult", "StateChanged", "TextStream", "TlsOptions", "TrainerClient", "TrainingJob", "TrainingOptions",
     "Unauthenticated",
     "Unavailable", "Unimplemented", "__version__",

@@ -16,21 +16,18 @@ from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from chargpt.proto_fields import set_fields
 from chargpt.v1 import common_pb2, inference_pb2, trainer_pb2
 from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS
 from chargpt.wire.model_config import model_config_proto
 from chargpt_client import convert
 from chargpt_client import types as t
+from chargpt_client.sampling import SamplingOptions
 from chargpt_client.training import TrainingOptions
 
 T = TypeVar("T")
 V = TypeVar("V")
 
-SAMPLING_PRESETS: dict[str, int] = {
-    "focused": inference_pb2.SAMPLING_PRESET_FOCUSED,
-    "balanced": inference_pb2.SAMPLING_PRESET_BALANCED,
-    "creative": inference_pb2.SAMPLING_PRESET_CREATIVE,
-}
 JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 
 
@@ -200,23 +197,16 @@ def get_model(name: str) -> Unary[t.Model]:
 def generate_request(model: str, prompt: str = "", *, max_new_tokens: int | None = None,
                      preset: str | None = None, temperature: float | None = None, top_k: int | None = None,
                      top_p: float | None = None, seed: int | None = None, stop: Iterable[str] = (),
-                     logprobs: int = 0, n: int | None = None, repetition_penalty: float | None = None,
+                     logprobs: int | None = None, n: int | None = None, repetition_penalty: float | None = None,
                      frequency_penalty: float | None = None, presence_penalty: float | None = None,
-                     min_p: float | None = None,
-                     logit_bias: Mapping[str, float] | None = None) -> inference_pb2.GenerateRequest:
+                     min_p: float | None = None, logit_bias: Mapping[str, float] | None = None,
+                     options: SamplingOptions | None = None) -> inference_pb2.GenerateRequest:
     """Only the fields the caller gave are set: the server tells an explicit 0 from "unset" (its default).
-    logprobs: top alternatives per generated character (raw model distribution); n: independent samples;
-    logit_bias: character -> bias added to its logit."""
-    request = inference_pb2.GenerateRequest(model=model, prompt=prompt, stop=list(stop), logprobs=logprobs,
-                                            logit_bias=logit_bias or {})
-    if preset:
-        request.preset = _lookup(SAMPLING_PRESETS, preset, "preset")  # type: ignore[assignment]
-    optional = (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_k", top_k),
-                ("top_p", top_p), ("seed", seed), ("n", n), ("repetition_penalty", repetition_penalty),
-                ("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty), ("min_p", min_p))
-    for name, value in optional:
-        if value is not None:
-            setattr(request, name, value)
+    The keywords are SamplingOptions' fields (see its docs), and override `options` where both are given."""
+    keywords = {name: value for name, value in locals().items() if name in SamplingOptions.model_fields}
+    given = {**(options.given() if options is not None else {}), **SamplingOptions.of(keywords).given()}
+    request = inference_pb2.GenerateRequest(model=model, prompt=prompt)
+    set_fields(request, given)
     return request
 
 

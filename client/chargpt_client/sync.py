@@ -233,7 +233,8 @@ class InferenceClient(_SyncService):
 
     def generate(self, model: str, prompt: str = "", *, timeout: Timeout = DEFAULT,
                  **sampling: Any) -> t.GenerationResult:
-        """The whole text at once. sampling: preset, temperature, top_k, top_p, seed, max_new_tokens, stop."""
+        """The whole text at once. sampling: ops.generate_request's keywords (SamplingOptions' fields, e.g.
+        temperature=0.8) or options=SamplingOptions(...)."""
         return self._call(ops.generate(ops.generate_request(model, prompt, **sampling)), timeout)
 
     def generate_stream(self, model: str, prompt: str = "", *, timeout: Timeout = None,

@@ -16,7 +16,7 @@ import torch
 from chargpt.errors import NonFiniteLogitsError
 from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.outputs import FinishedRows, ModelRunnerOutput, SchedulerOutput
-from inference_service.logits_processors import PenaltyState, apply_controls
+from inference_service.logits_processors import PenaltyState, apply_controls, tracks_history
 from inference_service.logprobs import TokenLogprob, batch_logprobs
 from inference_service.requests import Delta, Event, Finish, GenRequest
 from inference_service.sampler import BatchSampler
@@ -37,7 +37,7 @@ class OutputProcessor:
     def process(self, scheduled: SchedulerOutput, output: ModelRunnerOutput) -> FinishedRows:
         """Record one new character for every scheduled row; the rows whose requests finished."""
         for request in scheduled.prefill:  # penalties count the prompt's characters as seen
-            if request.controls.tracks_history:
+            if tracks_history(request.params):
                 request.penalties = PenaltyState(request.prompt_ids, len(self.vocabulary))
         picks = self._sample(output.logits, scheduled.rows, scheduled.rows_changed)
         now = time.monotonic()

@@ -14,23 +14,22 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chargpt import errors
-from chargpt.v1 import inference_pb2
 from inference_service.openai_api import completions
 from inference_service.openai_api.errors import error_body, error_parts, error_response
 from inference_service.openai_api.schemas import CompletionRequest, ScoreRequest
 from inference_service.registry import State
-from inference_service.servicer import InferenceServicer
+from inference_service.service import InferenceService
 
 CHAT_MESSAGE = ("chargpt serves character-level language models: they were trained on plain text, have no chat "
                 "template and no notion of roles or messages, so /v1/chat/completions cannot be answered "
                 "honestly. Use POST /v1/completions with a text prompt instead.")
 
 
-def create_app(servicer: InferenceServicer, auth_token: str | None, requests_total: Counter) -> FastAPI:
-    """The OpenAI-compatible API over `servicer`'s registry and engines."""
+def create_app(service: InferenceService, auth_token: str | None, requests_total: Counter) -> FastAPI:
+    """The OpenAI-compatible API over `service` (the gRPC servicer's sibling)."""
     app = FastAPI(title="chargpt OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
     api = APIRouter(dependencies=[Depends(_bearer(auth_token))])
-    _add_routes(app, api, servicer)
+    _add_routes(app, api, service)
     app.include_router(api)
     _add_error_handlers(app)
     app.add_middleware(_CountRequests, counter=requests_total)
@@ -49,8 +48,8 @@ def _bearer(token: str | None) -> Any:
     return check
 
 
-def _add_routes(app: FastAPI, api: APIRouter, servicer: InferenceServicer) -> None:
-    registry = servicer.registry
+def _add_routes(app: FastAPI, api: APIRouter, service: InferenceService) -> None:
+    registry = service.registry
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -70,23 +69,20 @@ def _add_routes(app: FastAPI, api: APIRouter, servicer: InferenceServicer) -> No
 
     @api.post("/v1/completions", response_model=None)
     async def create_completion(body: CompletionRequest) -> dict[str, Any] | StreamingResponse:
-        runs = completions.start_runs(servicer, body)
+        runs = completions.start_runs(service, body)
         if not body.stream:
-            return await completions.complete(servicer, body, runs)
-        return StreamingResponse(_guarded(completions.stream(servicer, body, runs)), media_type="text/event-stream",
+            return await completions.complete(body, runs)
+        return StreamingResponse(_guarded(completions.stream(body, runs)), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
     @api.post("/v1/score")
     async def score(body: ScoreRequest) -> dict[str, Any]:
-        request = inference_pb2.ScoreRequest(model=body.model, text=body.text,
-                                             include_token_logprobs=body.include_token_logprobs)
-        if body.stride is not None:  # unset: the service's default (block_size); an explicit 0 is refused
-            request.stride = body.stride
-        reply = await servicer.Score(request, None)  # Score does not use its context
+        # stride None: the service's default (block_size); an explicit 0 is refused
+        reply = await service.score(body.model, body.text, body.stride, body.include_token_logprobs)
         out = {"object": "score", "model": body.model, "mean_nll": reply.mean_nll,
                "bits_per_char": reply.bits_per_char, "perplexity": reply.perplexity, "num_tokens": reply.num_tokens}
         if body.include_token_logprobs:
-            out["token_logprobs"] = list(reply.token_logprobs)
+            out["token_logprobs"] = reply.token_logprobs
         return out
 
     @api.post("/v1/chat/completions")

@@ -1,4 +1,4 @@
-"""/v1/completions over the gRPC servicer's own generation path: same validation, engines, seeds and limits."""
+"""/v1/completions over InferenceService, as the gRPC servicer is: same SamplingParams, engines, seeds and limits."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from typing import Any
 
 from inference_service.logprobs import TokenLogprob
 from inference_service.openai_api.schemas import CompletionRequest
-from inference_service.registry import ModelEntry
-from inference_service.requests import Chunk, Finish, GenRequest
-from inference_service.servicer import InferenceServicer, generation_chunks
+from inference_service.requests import Chunk, Finish
+from inference_service.service import Generation, InferenceService
 
 FINISH_REASONS = {Finish.LENGTH: "length", Finish.STOP: "stop"}
 
@@ -26,9 +25,7 @@ class Run:
 
     prompt: str
     base: int
-    entry: ModelEntry
-    jobs: list[GenRequest]
-    started: bool = False
+    generation: Generation
 
 
 @dataclass
@@ -66,40 +63,35 @@ class Choice:
                 "top_logprobs": [dict(e.top) for e in entries], "text_offset": offsets}
 
 
-def start_runs(servicer: InferenceServicer, body: CompletionRequest) -> list[Run]:
+def start_runs(service: InferenceService, body: CompletionRequest) -> list[Run]:
     """Validate and queue every prompt's samples, all or none."""
     prompts = body.prompts()
-    entry = servicer.registry.get(body.model)
+    entry = service.registry.get(body.model)
     vocabulary = entry.checkpoint.tokenizer.vocabulary if entry.checkpoint is not None else ""
+    with service.rejections(body.model):
+        params = body.sampling_params(vocabulary)
     runs: list[Run] = []
     try:
         for k, prompt in enumerate(prompts):
-            started_entry, jobs = servicer.start_generation(body.to_grpc(prompt, vocabulary), None)
-            runs.append(Run(prompt, k * len(jobs), started_entry, jobs))
+            runs.append(Run(prompt, k * params.n, service.generate(body.model, prompt, params, None)))
     except BaseException:
-        abandon(servicer, runs)
+        abandon(runs)
         raise
     return runs
 
 
-def abandon(servicer: InferenceServicer, runs: list[Run]) -> None:
+def abandon(runs: list[Run]) -> None:
     """Cancel and release runs whose chunks were never read (their generator's cleanup never ran)."""
     for run in runs:
-        if not run.started:
-            run.started = True
-            for job in run.jobs:
-                job.cancel()
-            servicer.registry.release(run.entry)
+        run.generation.abandon()
 
 
-async def merged_chunks(servicer: InferenceServicer, runs: list[Run]
-                        ) -> AsyncGenerator[list[tuple[Run, Chunk]], None]:
+async def merged_chunks(runs: list[Run]) -> AsyncGenerator[list[tuple[Run, Chunk]], None]:
     """Every run's chunks as they come, coalesced per choice (one entry per choice per batch, see Outbox);
     closing this early (client gone) cancels every sample."""
     if len(runs) == 1:  # one prompt: its Outbox already coalesces, no task in between
         run = runs[0]
-        run.started = True
-        async with contextlib.aclosing(generation_chunks(servicer.registry, run.entry, run.jobs)) as chunks:
+        async with contextlib.aclosing(run.generation.chunks()) as chunks:
             async for chunk in chunks:
                 yield [(run, chunk)]
         return
@@ -107,8 +99,7 @@ async def merged_chunks(servicer: InferenceServicer, runs: list[Run]
 
     async def pump(run: Run) -> None:
         try:
-            run.started = True
-            async with contextlib.aclosing(generation_chunks(servicer.registry, run.entry, run.jobs)) as chunks:
+            async with contextlib.aclosing(run.generation.chunks()) as chunks:
                 async for chunk in chunks:
                     queue.put_nowait((run, chunk))
             queue.put_nowait((run, None))
@@ -136,7 +127,7 @@ async def merged_chunks(servicer: InferenceServicer, runs: list[Run]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        abandon(servicer, runs)
+        abandon(runs)
 
 
 def _merge(batch: dict[int, tuple[Run, Chunk]], run: Run, chunk: Chunk) -> None:
@@ -154,11 +145,11 @@ def _merge(batch: dict[int, tuple[Run, Chunk]], run: Run, chunk: Chunk) -> None:
 def new_choices(body: CompletionRequest, runs: list[Run]) -> dict[int, Choice]:
     echo = body.echo
     return {run.base + i: Choice(run.base + i, run.prompt if echo else "", len(run.prompt) if echo else 0)
-            for run in runs for i in range(len(run.jobs))}
+            for run in runs for i in range(len(run.generation.jobs))}
 
 
 def usage(runs: list[Run], choices: dict[int, Choice]) -> dict[str, int]:
-    prompt = sum(len(run.jobs[0].prompt_ids) for run in runs)
+    prompt = sum(run.generation.prompt_tokens for run in runs)
     completion = sum(c.generated for c in choices.values())
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -167,14 +158,14 @@ def envelope(body: CompletionRequest, completion_id: str, created: int) -> dict[
     return {"id": completion_id, "object": "text_completion", "created": created, "model": body.model}
 
 
-async def complete(servicer: InferenceServicer, body: CompletionRequest, runs: list[Run]) -> dict[str, Any]:
+async def complete(body: CompletionRequest, runs: list[Run]) -> dict[str, Any]:
     """The whole completion at once."""
     choices = new_choices(body, runs)
-    async with contextlib.aclosing(merged_chunks(servicer, runs)) as chunks:
+    async with contextlib.aclosing(merged_chunks(runs)) as chunks:
         async for batch in chunks:
             for run, chunk in batch:
                 choices[run.base + chunk.index].add(chunk)
-    wants = bool(body.logprobs)
+    wants = bool(body.sampling_values().get("logprobs"))
     out = [{"index": c.index, "text": "".join(c.text), "logprobs": c.logprobs_json(c.released, wants),
             "finish_reason": c.finish_reason} for c in sorted(choices.values(), key=lambda c: c.index)]
     return {**envelope(body, f"cmpl-{uuid.uuid4().hex}", int(time.time())), "choices": out,
@@ -187,13 +178,13 @@ def sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-async def stream(servicer: InferenceServicer, body: CompletionRequest, runs: list[Run]) -> AsyncIterator[bytes]:
+async def stream(body: CompletionRequest, runs: list[Run]) -> AsyncIterator[bytes]:
     """Server-sent events: per choice, one chunk with everything it produced since its previous one; then a
     usage chunk and `data: [DONE]`."""
     choices = new_choices(body, runs)
     base = envelope(body, f"cmpl-{uuid.uuid4().hex}", int(time.time()))
-    wants = bool(body.logprobs)
-    async with contextlib.aclosing(merged_chunks(servicer, runs)) as chunks:
+    wants = bool(body.sampling_values().get("logprobs"))
+    async with contextlib.aclosing(merged_chunks(runs)) as chunks:
         async for batch in chunks:
             for run, chunk in batch:
                 choice = choices[run.base + chunk.index]

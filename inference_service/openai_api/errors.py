@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from chargpt import errors
 from chargpt.server.errors import message_for
+from inference_service.openai_api.schemas import OPENAI_NAMES
 
 # Most specific first: the first matching class wins. (HTTP status, OpenAI error type, code)
 HTTP_BY_EXCEPTION: list[tuple[type[BaseException], int, str, str | None]] = [
@@ -26,7 +27,7 @@ HTTP_BY_EXCEPTION: list[tuple[type[BaseException], int, str, str | None]] = [
 ]
 
 # gRPC field names that the HTTP API spells differently.
-HTTP_FIELD_NAMES = {"max_new_tokens": "max_tokens"}
+HTTP_FIELD_NAMES = OPENAI_NAMES
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, object]:

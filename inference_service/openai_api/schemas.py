@@ -1,19 +1,21 @@
-"""Request bodies of the OpenAI-compatible API (pydantic), and their translation to chargpt's GenerateRequest."""
+"""Request bodies of the OpenAI-compatible API (pydantic); the completion's sampling fields come from SamplingParams."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from chargpt.errors import InvalidArgumentError
-from chargpt.v1 import inference_pb2
+from chargpt.sampling_params import SamplingParams, optional_fields, resolve_sampling
 
-PRESET_VALUES: dict[str, inference_pb2.SamplingPreset] = {"focused": inference_pb2.SAMPLING_PRESET_FOCUSED,
-                 "balanced": inference_pb2.SAMPLING_PRESET_BALANCED,
-                 "creative": inference_pb2.SAMPLING_PRESET_CREATIVE}
-DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 MAX_PROMPTS = 16
+# Where OpenAI's completions API differs from SamplingParams: its names, its types (logit_bias keyed by token id,
+# stop as a string or a list) and its defaults (16 tokens).
+OPENAI_NAMES = {"max_new_tokens": "max_tokens"}
+OPENAI_TYPES: dict[str, Any] = {"stop": str | list[str], "logit_bias": dict[str, float]}
+OPENAI_DEFAULTS = {"max_new_tokens": 16}
+SAMPLING_NAMES = {OPENAI_NAMES.get(name, name): name for name in SamplingParams.model_fields}  # OpenAI -> ours
 
 
 class StreamOptions(BaseModel):
@@ -22,32 +24,20 @@ class StreamOptions(BaseModel):
     include_usage: bool = True  # chargpt default: the last event before [DONE] carries usage
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions: OpenAI's fields plus chargpt's extras (top_k, min_p, repetition_penalty, preset).
-    Unknown fields are rejected rather than silently ignored."""
+_CompletionSampling = create_model("_CompletionSampling", __config__=ConfigDict(extra="forbid"),
+                                   **optional_fields(OPENAI_NAMES, OPENAI_TYPES, OPENAI_DEFAULTS))
 
-    model_config = ConfigDict(extra="forbid")
+
+class CompletionRequest(_CompletionSampling):  # type: ignore[misc,valid-type]  # fields built at import time
+    """POST /v1/completions: OpenAI's fields plus chargpt's extras (every SamplingParams field, e.g. top_k, min_p,
+    repetition_penalty, preset). Unknown fields are rejected rather than silently ignored."""
 
     model: str
     prompt: str | list[str] = ""
-    max_tokens: int | None = Field(default=DEFAULT_MAX_TOKENS)
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, lt=2**64)
-    logprobs: int | None = None
     echo: bool = False
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
     user: str | None = None  # accepted for compatibility; chargpt does not use it
     stream: bool = False
     stream_options: StreamOptions | None = None
-    top_k: int | None = Field(default=None, ge=0, lt=2**31)
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    preset: Literal["focused", "balanced", "creative"] | None = None
 
     def prompts(self) -> list[str]:
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
@@ -55,28 +45,23 @@ class CompletionRequest(BaseModel):
             raise InvalidArgumentError("prompt", f"give 1..{MAX_PROMPTS} prompts, got {len(prompts)}")
         return prompts
 
-    def to_grpc(self, prompt: str, vocabulary: str) -> inference_pb2.GenerateRequest:
-        """The equivalent GenerateRequest (validated by the same code as gRPC requests)."""
-        if self.echo and self.logprobs:
+    def sampling_values(self) -> dict[str, Any]:
+        """The sampling fields given (not None), by SamplingParams name, in OpenAI's types."""
+        return {name: value for openai_name, name in SAMPLING_NAMES.items()
+                if (value := getattr(self, openai_name)) is not None}
+
+    def sampling_params(self, vocabulary: str) -> SamplingParams:
+        """The body's SamplingParams (validated by the same model as gRPC requests); `vocabulary` maps
+        logit_bias token ids to the model's characters."""
+        values = self.sampling_values()
+        if self.echo and values.get("logprobs"):
             raise InvalidArgumentError("echo", "echo with logprobs is not supported; use /v1/score for the "
                                        "prompt's log-probabilities")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise InvalidArgumentError("max_tokens", f"must be at least 1, got {self.max_tokens}")
-        preset = PRESET_VALUES.get(self.preset or "", inference_pb2.SAMPLING_PRESET_UNSPECIFIED)
-        request = inference_pb2.GenerateRequest(
-            model=self.model, prompt=prompt, n=self.n,
-            stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
-            logprobs=self.logprobs or 0, preset=preset)
-        if self.max_tokens is not None:
-            request.max_new_tokens = self.max_tokens
-        for name in ("temperature", "top_p", "seed", "top_k", "presence_penalty", "frequency_penalty", "min_p",
-                     "repetition_penalty"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(request, name, value)
-        for key, value in (self.logit_bias or {}).items():
-            request.logit_bias[_bias_character(key, vocabulary)] = value
-        return request
+        if isinstance(values.get("stop"), str):
+            values["stop"] = [values["stop"]]
+        if "logit_bias" in values:
+            values["logit_bias"] = {_bias_character(k, vocabulary): v for k, v in values["logit_bias"].items()}
+        return resolve_sampling(**values)
 
 
 def _bias_character(key: str, vocabulary: str) -> str:

@@ -20,7 +20,8 @@ LOGITS = [2.0, 1.5, 1.5, 0.3, -0.2, -1.0, 0.9, -3.0, 0.0, 1.1]  # a tie at ranks
 def _reference(temperature: float, top_k: int, top_p: float) -> dict[str, float]:
     """The sampler's own distribution over the whole vocabulary (chargpt.core.sampling, torch)."""
     torch = pytest.importorskip("torch")
-    from chargpt.core.sampling import SamplingParams, filter_logits
+    from chargpt.core.sampling import filter_logits
+    from chargpt.sampling_params import SamplingParams
 
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     probs = torch.softmax(filter_logits(torch.tensor(LOGITS), params), dim=-1).tolist()

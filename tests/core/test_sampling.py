@@ -5,17 +5,15 @@ import math
 import pytest
 import torch
 
-from chargpt.core.sampling import (
+from chargpt.core.sampling import filter_logits, make_generator, sample_next
+from chargpt.errors import InvalidArgumentError, NonFiniteLogitsError
+from chargpt.sampling_params import (
     GREEDY_BELOW,
     SAMPLING_PRESETS,
     SamplingParams,
     SamplingPreset,
-    filter_logits,
-    make_generator,
     resolve_sampling,
-    sample_next,
 )
-from chargpt.errors import InvalidArgumentError, NonFiniteLogitsError
 
 LOGITS = torch.tensor([0.0, 3.0, 1.0, 2.0, -1.0])
 

@@ -13,7 +13,8 @@ import torch
 
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.model import GPT
-from chargpt.core.sampling import SamplingParams, generate
+from chargpt.core.sampling import generate
+from chargpt.sampling_params import SamplingParams
 from inference_service.decode_policy import DecodePolicy
 from inference_service.engine import Engine
 from inference_service.metrics import InferenceMetrics
@@ -26,8 +27,8 @@ PROMPT = "the cat"
 
 
 def greedy(prompt_ids: list[int], n: int, loop: asyncio.AbstractEventLoop, seed: int = 0) -> GenRequest:
-    return GenRequest(prompt_ids=prompt_ids, prompt_chars_dropped=0, max_new_tokens=n,
-                      params=SamplingParams(temperature=0.0), seed=seed, stops=[], deadline=None, loop=loop)
+    return GenRequest(prompt_ids=prompt_ids, prompt_chars_dropped=0,
+                      params=SamplingParams(temperature=0.0, max_new_tokens=n), seed=seed, deadline=None, loop=loop)
 
 
 async def run(engine: Engine, requests: list[GenRequest]) -> list[tuple[str, int]]:

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from chargpt.core.checkpoint import load_checkpoint
-from chargpt.core.sampling import SamplingParams, generate
+from chargpt.core.sampling import generate
+from chargpt.sampling_params import SamplingParams
 from chargpt.v1 import inference_pb2
 from inference_service.requests import StopMatcher
 

@@ -9,8 +9,9 @@ import grpc
 import pytest
 import torch
 
+from chargpt.sampling_params import SamplingParams
 from chargpt.v1 import inference_pb2
-from inference_service.logits_processors import LogitsControls, PenaltyState, RowControls, apply_controls
+from inference_service.logits_processors import PenaltyState, RowControls, apply_controls
 from tests.inference_service.conftest import Served
 
 
@@ -113,14 +114,14 @@ def test_processor_math() -> None:
     state = PenaltyState([0, 1], vocab_size=4)
     state.observe(2)
     state.observe(2)
-    row = RowControls(LogitsControls(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25), state, 1.0)
+    row = RowControls(SamplingParams(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25), state)
     out = apply_controls(logits, [row])
     # seen: 0, 1 (prompt), 2 (generated twice): 2/2, -1*2, 0.5/2 - 2*0.5 - 0.25; 3 untouched.
     assert out.tolist() == [[1.0, -2.0, 0.25 - 1.0 - 0.25, 0.0]]
-    assert apply_controls(logits, [RowControls(LogitsControls(), None, 1.0)]) is logits
+    assert apply_controls(logits, [RowControls(SamplingParams(), None)]) is logits
     # min_p 0.3 at T=1: keep p >= 0.3 * p_max, i.e. logit >= 2 + ln 0.3 = 0.796.
-    kept = apply_controls(logits, [RowControls(LogitsControls(min_p=0.3), None, 1.0)])
+    kept = apply_controls(logits, [RowControls(SamplingParams(min_p=0.3), None)])
     assert torch.isfinite(kept).tolist() == [[True, False, False, False]]
     # at T=2 the distribution is flatter: threshold 2 + 2 ln 0.3 = -0.408 keeps 0.5 and 0.0 too.
-    kept = apply_controls(logits, [RowControls(LogitsControls(min_p=0.3), None, 2.0)])
+    kept = apply_controls(logits, [RowControls(SamplingParams(min_p=0.3, temperature=2.0), None)])
     assert torch.isfinite(kept).tolist() == [[True, False, True, True]]

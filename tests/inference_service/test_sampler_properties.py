@@ -15,7 +15,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from chargpt.core.sampling import GREEDY_BELOW, SamplingParams, filter_logits
+from chargpt.core.sampling import filter_logits
+from chargpt.sampling_params import GREEDY_BELOW, SamplingParams
 from inference_service.sampler import BatchSampler, RowSampling
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -13,8 +13,9 @@ import torch
 
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.model import GPT
-from chargpt.core.sampling import SamplingParams, generate
+from chargpt.core.sampling import generate
 from chargpt.errors import NonFiniteLogitsError
+from chargpt.sampling_params import SamplingParams
 from chargpt.v1 import inference_pb2
 from inference_service.engine import Engine
 from inference_service.metrics import InferenceMetrics
@@ -120,8 +121,8 @@ async def test_a_failed_rows_nan_cache_never_reaches_the_next_sequence_in_that_r
     loop = asyncio.get_running_loop()
 
     def request(prompt: str) -> GenRequest:
-        return GenRequest(prompt_ids=tokenizer.encode(prompt), prompt_chars_dropped=0, max_new_tokens=2,
-                          params=SamplingParams(temperature=0.0), seed=random.getrandbits(32), stops=[],
+        return GenRequest(prompt_ids=tokenizer.encode(prompt), prompt_chars_dropped=0,
+                          params=SamplingParams(temperature=0.0, max_new_tokens=2), seed=random.getrandbits(32),
                           deadline=None, loop=loop)
 
     jobs = {"A": request(BROKEN + "ebras and more words here"), "C": request(prompts["C"]),

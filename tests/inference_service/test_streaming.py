@@ -13,13 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from chargpt.core.sampling import SamplingParams
+from chargpt.sampling_params import SamplingParams
 from chargpt.v1 import inference_pb2
+from inference_service.convert import sampling_params
 from inference_service.logprobs import TokenLogprob
 from inference_service.openai_api import completions
 from inference_service.openai_api.schemas import CompletionRequest
 from inference_service.requests import Chunk, Delta, Finish, Outbox, Summary
-from inference_service.servicer import InferenceServicer, generation_chunks
+from inference_service.service import InferenceService
 
 from .conftest import Served, ServerFactory, write_checkpoint
 
@@ -80,15 +81,15 @@ async def test_grpc_slow_reader_gets_the_same_stream(served: Served, fields: dic
 
 
 async def test_lagging_handler_gets_the_backlog_in_one_chunk_per_sample(served: Served) -> None:
-    """generation_chunks, which GenerateStream writes from: paused after its first chunk, it then yields what
+    """Generation.chunks, which GenerateStream writes from: paused after its first chunk, it then yields what
     was produced meanwhile as one chunk per sample, with the fast reader's text and aligned logprobs."""
-    servicer = InferenceServicer(served.server.registry.settings, served.server.registry, served.server.metrics)
+    service = InferenceService(served.server.registry.settings, served.server.registry, served.server.metrics)
     request = Req(model="tiny", prompt="to be", max_new_tokens=LONG, seed=3, temperature=1.0, logprobs=1, n=2)
 
     async def read(pause: float) -> list[Chunk]:
-        entry, jobs = servicer.start_generation(request, None)
+        generation = service.generate(request.model, request.prompt, sampling_params(request), None)
         chunks = []
-        async with contextlib.aclosing(generation_chunks(served.server.registry, entry, jobs)) as stream:
+        async with contextlib.aclosing(generation.chunks()) as stream:
             async for chunk in stream:
                 chunks.append(chunk)
                 if len(chunks) == 1:
@@ -109,11 +110,11 @@ async def test_lagging_sse_writer_gets_one_event_per_choice(make_server: ServerF
     s: Served = await make_server(http_port=0)
     write_checkpoint(s.models_dir / "tiny")
     await s.load("tiny", "tiny")
-    servicer = InferenceServicer(s.server.registry.settings, s.server.registry, s.server.metrics)
+    service = InferenceService(s.server.registry.settings, s.server.registry, s.server.metrics)
     body = CompletionRequest(model="tiny", prompt=["to be", "or not"], max_tokens=LONG, seed=2, stream=True,
                              stream_options={"include_usage": False})
     events = []
-    async with contextlib.aclosing(completions.stream(servicer, body, completions.start_runs(servicer, body))) as sse:
+    async with contextlib.aclosing(completions.stream(body, completions.start_runs(service, body))) as sse:
         async for event in sse:
             events.append(event)
             if len(events) == 1:

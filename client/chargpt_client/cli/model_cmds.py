@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import enum
 import sys
+import types
+import typing
 from pathlib import Path
 
 from chargpt.decode_plan import describe_decode_threads
@@ -12,8 +15,8 @@ from chargpt.text import TextDecodeError, read_text
 from chargpt_client import types as t
 from chargpt_client.cli.common import SubParsers, UsageError, inference_client, print_json
 from chargpt_client.errors import ChargptClientError
-from chargpt_client.ops import SAMPLING_PRESETS
 from chargpt_client.render import fmt, print_table
+from chargpt_client.sampling import SamplingOptions
 from chargpt_client.tokenizer import CharMapping
 
 
@@ -40,28 +43,31 @@ def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
     _register_score(subparsers, parent)
 
 
+# `chargpt generate` has a flag per SamplingOptions field but these: it prints one sample, and a mapping is no flag.
+GENERATE_FLAGS = [name for name in SamplingOptions.model_fields if name not in ("n", "logit_bias")]
+GENERATE_DEFAULTS = {"max_new_tokens": 500}  # the CLI's own: a screenful, not the server's 256
+
+
 def _register_generate(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
     gen = subparsers.add_parser("generate", parents=[parent], help="stream generated text to the terminal")
     gen.add_argument("model")
     gen.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
-    gen.add_argument("--preset", choices=list(SAMPLING_PRESETS),
-                     help="focused 0.3/5, balanced 0.8/40, creative 1.2/200")
-    gen.add_argument("--temperature", type=float)
-    gen.add_argument("--top-k", type=int)
-    gen.add_argument("--top-p", type=float)
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--max-new-tokens", type=int, default=500)
-    gen.add_argument("--stop", action="append", default=[], type=_unescape,
-                     help="stop sequence (repeatable); backslash escapes such as \\n are understood")
-    gen.add_argument("--logprobs", type=int, default=0, metavar="N",
-                     help="afterwards, print each character's log-probability and its N most likely alternatives "
-                     "(the model's raw distribution, 0..20)")
-    gen.add_argument("--repetition-penalty", type=float, help="CTRL-style divisor for seen characters (> 1 "
-                     "discourages repeats)")
-    gen.add_argument("--frequency-penalty", type=float, help="-2..2, per generated occurrence (OpenAI)")
-    gen.add_argument("--presence-penalty", type=float, help="-2..2, once a character was generated (OpenAI)")
-    gen.add_argument("--min-p", type=float, help="drop characters below min_p x the most likely one's probability")
+    for name in GENERATE_FLAGS:  # one flag per SamplingOptions field, e.g. --top-k
+        gen.add_argument("--" + name.replace("_", "-"), **_flag(name))
     gen.set_defaults(handler=generate_cmd)
+
+
+def _flag(name: str) -> dict[str, typing.Any]:
+    """argparse keywords for a SamplingOptions field: its type (choices for an enum; a tuple is a repeatable flag)
+    and its description as the help."""
+    info = SamplingOptions.model_fields[name]
+    (kind,) = [a for a in typing.get_args(info.annotation) if a is not types.NoneType]
+    if typing.get_origin(kind) is tuple:
+        return {"action": "append", "default": [], "type": _unescape,
+                "help": f"{info.description} (repeatable; backslash escapes such as \\n are understood)"}
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return {"choices": [member.value for member in kind], "help": info.description}
+    return {"type": kind, "default": GENERATE_DEFAULTS.get(name), "help": info.description}
 
 
 def _unescape(value: str) -> str:
@@ -148,11 +154,7 @@ COMPLETE = ("LENGTH", "STOP")  # finish reasons of a generation that ran to its 
 
 def generate_cmd(args: argparse.Namespace) -> int:
     """Stream (or with --json print) one generation; exit status 1 if the server cut it short (e.g. its shutdown)."""
-    sampling = {"preset": args.preset, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                "seed": args.seed, "max_new_tokens": args.max_new_tokens, "stop": args.stop,
-                "logprobs": args.logprobs, "repetition_penalty": args.repetition_penalty,
-                "frequency_penalty": args.frequency_penalty, "presence_penalty": args.presence_penalty,
-                "min_p": args.min_p}
+    sampling = {"options": SamplingOptions.of({name: getattr(args, name) for name in GENERATE_FLAGS})}
     with inference_client(args) as client:
         if args.json:
             whole = client.generate(args.model, args.prompt, **sampling)

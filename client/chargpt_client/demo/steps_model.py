@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 
+from chargpt.sampling_params import PRESET_VALUES
 from chargpt_client import plots
 from chargpt_client import types as t
 from chargpt_client.demo.context import BUILTIN_CORPORA, Demo
 from chargpt_client.errors import NotFound
 from chargpt_client.next_char import next_char_steps
-from chargpt_client.ops import SAMPLING_PRESETS
 from chargpt_client.render import print_table
 from chargpt_client.tokenizer import CharMapping
 
-PRESET_SETTINGS = {"focused": "temperature 0.3, top-k 5", "balanced": "temperature 0.8, top-k 40",
-                   "creative": "temperature 1.2, top-k 200"}
+PRESET_SETTINGS = {preset.value: f"temperature {values['temperature']}, top-k {values['top_k']}"
+                   for preset, values in PRESET_VALUES.items()}
 MIN_SCORED_CHARS = 50
 NEXT_CHAR_STEPS, NEXT_CHAR_TOP_N = 8, 20  # 20: the most the service returns, nearly all of a small vocabulary
 PREVIOUS_TOKEN_HEAD = 0.3  # mean attention on the previous character that is worth pointing out
@@ -32,7 +32,7 @@ def write(demo: Demo) -> None:
     demo.say(f"Loaded {which}, from step {model.training.step}, into the inference service as '{model.name}' "
              f"on {model.device}.")
     length = demo.options.sample_chars
-    for preset in SAMPLING_PRESETS:
+    for preset in PRESET_SETTINGS:
         generated = inference.generate(model.name, "\n", preset=preset, max_new_tokens=length,
                                        seed=demo.options.seed)
         demo.findings.generations[preset] = generated

@@ -1,0 +1,165 @@
+"""The inference domain service: generation and scoring on loaded models; gRPC and HTTP are adapters over it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass
+
+from chargpt import errors
+from chargpt.core.tokenizer import CharTokenizer
+from chargpt.sampling_params import SamplingParams
+from inference_service.metrics import InferenceMetrics
+from inference_service.registry import ModelEntry, ModelRegistry
+from inference_service.requests import Chunk, Finish, GenRequest, Outbox, Summary
+from inference_service.scoring import ScoreResult
+from inference_service.settings import InferenceSettings
+
+
+@dataclass
+class Generation:
+    """A request's samples, queued on one model: read `chunks()` once, or `abandon()` it unread."""
+
+    registry: ModelRegistry
+    entry: ModelEntry
+    jobs: list[GenRequest]
+    started: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.jobs[0].prompt_ids)
+
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        """Chunks until every sample has finished (each carries everything its sample produced since the previous
+        one, see Outbox); closing it early cancels the samples (the engine drops them at its next step) and
+        releases the model."""
+        self.started = True
+        try:
+            remaining = len(self.jobs)
+            while remaining:
+                for chunk in await self.jobs[0].outbox.take():
+                    if chunk.summary is not None:
+                        _check(chunk.summary)
+                        remaining -= 1
+                    yield chunk
+        finally:
+            for job in self.jobs:
+                job.cancel()  # a no-op when finished
+            self.registry.release(self.entry)
+
+    def abandon(self) -> None:
+        """Cancel the samples and release the model if `chunks()` never ran (its cleanup would have)."""
+        if not self.started:
+            self.started = True
+            for job in self.jobs:
+                job.cancel()
+            self.registry.release(self.entry)
+
+
+class InferenceService:
+    """Generation and scoring on the registry's models, in domain terms (no transport's messages)."""
+
+    def __init__(self, settings: InferenceSettings, registry: ModelRegistry, metrics: InferenceMetrics) -> None:
+        self.settings, self.registry, self.metrics = settings, registry, metrics
+
+    def generate(self, model: str, prompt: str, params: SamplingParams,
+                 time_remaining: float | None) -> Generation:
+        """Check `params` against the model and the service's limits, and queue the request's n samples."""
+        entry = self.registry.acquire(model)
+        try:
+            assert entry.checkpoint is not None and entry.engine is not None
+            with self.rejections(model):
+                jobs = _samples(prompt, params, entry.checkpoint.tokenizer,
+                                entry.checkpoint.model.config.block_size, self.settings.max_new_tokens_limit,
+                                time_remaining)
+                entry.engine.submit(*jobs)
+        except BaseException:
+            self.registry.release(entry)
+            raise
+        return Generation(self.registry, entry, jobs)
+
+    @contextlib.contextmanager
+    def rejections(self, model: str) -> Iterator[None]:
+        """Count a generation refused before it ran (a bad field, a full queue) as a failure of `model` (a loaded
+        one: request names never become metric labels); the adapters wrap their conversion to SamplingParams in it."""
+        try:
+            yield
+        except errors.ChargptError as exc:
+            if model not in self.registry.models:
+                raise
+            reason = "queue_full" if isinstance(exc, errors.ResourceExhaustedError) else "rejected"
+            self.metrics.failure.labels(model=model, reason=reason).inc()
+            raise
+
+    async def score(self, model: str, text: str, stride: int | None, include_token_logprobs: bool) -> ScoreResult:
+        """Perplexity of `text`, in back-to-back windows unless a smaller `stride` is given (None: block_size)."""
+        entry = self.registry.acquire(model)
+        try:
+            assert entry.checkpoint is not None and entry.scorer is not None
+            block = entry.checkpoint.model.config.block_size
+            if len(text) > self.settings.max_score_chars:
+                raise errors.ResourceExhaustedError(f"text has {len(text)} characters; the limit is "
+                                                    f"{self.settings.max_score_chars}")
+            if len(text) < 2:
+                raise errors.InvalidArgumentError("text", "needs at least 2 characters")
+            stride = block if stride is None else stride
+            if not 1 <= stride <= block:
+                raise errors.InvalidArgumentError("stride", f"must be 1..{block} (block_size), got {stride}")
+            # Encoding and scoring run on the model's worker, batched with other waiting Score requests.
+            result = await entry.scorer.score(text, stride, include_token_logprobs)
+            if not math.isfinite(result.mean_nll):  # finite logits always give a finite log-softmax
+                raise errors.NonFiniteLogitsError(
+                    "the model produced non-finite logits (NaN or inf) for this text, so it cannot be scored; its "
+                    "weights or dtype are numerically broken (a float16 model can overflow: reload it as float32 "
+                    "or bfloat16)")
+            self.metrics.score_requests.labels(model=entry.name).inc()
+            return result
+        finally:
+            self.registry.release(entry)
+
+
+def start_character(tokenizer: CharTokenizer) -> str:
+    """What an empty prompt starts from: a newline if the model knows it (text usually starts after one),
+    else the first character of its vocabulary."""
+    return "\n" if "\n" in tokenizer.vocabulary else tokenizer.vocabulary[0]
+
+
+def _samples(prompt: str, params: SamplingParams, tokenizer: CharTokenizer, block_size: int, limit: int,
+             time_remaining: float | None) -> list[GenRequest]:
+    """The limits that depend on the model and the service (SamplingParams holds the rest); one GenRequest per
+    sample."""
+    if params.max_new_tokens > limit:
+        raise errors.InvalidArgumentError("max_new_tokens", f"must be 1..{limit}, got {params.max_new_tokens}")
+    bias = tuple((tokenizer.encode(char, field="logit_bias")[0], value)
+                 for char, value in sorted(params.logit_bias.items()))  # names an unknown character
+    prompt = prompt or start_character(tokenizer)
+    dropped = max(0, len(prompt) - block_size)
+    if dropped and not set(prompt[:dropped]) <= set(tokenizer.vocabulary):  # cheap check of the cropped part
+        tokenizer.encode(prompt, field="prompt")  # raises, naming the unknown characters
+    ids = tokenizer.encode(prompt[dropped:], field="prompt")
+    seed = params.seed if params.seed is not None else random.getrandbits(63)
+    deadline = time.monotonic() + time_remaining if time_remaining is not None else None
+    outbox, loop = Outbox(), asyncio.get_running_loop()
+    return [GenRequest(prompt_ids=ids, prompt_chars_dropped=dropped, params=params, seed=sample_seed(seed, i),
+                       deadline=deadline, loop=loop, outbox=outbox, index=i, logit_bias=bias)
+            for i in range(params.n)]
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """Sample 0 uses the request's seed; sample i > 0 a 63-bit seed derived from (seed, i) (stable across runs:
+    random.Random hashes a str seed with SHA-512)."""
+    return seed if index == 0 else random.Random(f"chargpt-sample:{seed}:{index}").getrandbits(63)
+
+
+def _check(summary: Summary) -> None:
+    """Raise the error that ended a generation (deadline, engine failure)."""
+    if summary.finish is Finish.DEADLINE:
+        raise TimeoutError("the request's deadline passed")
+    if summary.finish is Finish.ERROR:
+        if isinstance(summary.error, errors.NonFiniteLogitsError):
+            raise summary.error  # FAILED_PRECONDITION: the model, not the request or the server, is at fault
+        raise errors.ChargptError(f"generation failed: {summary.error}")
