@@ -5,7 +5,7 @@
 
 Budget mode (the default, on CPU): every recipe's plan carries max_seconds = the budget, so the engine itself
 times its first steps, fits the learning-rate schedule so that its decay ends at the deadline, re-estimates as
-it goes, and stops there (trainer_service/training/budget.py) - the same code a `--max-seconds` job runs. Two
+it goes, and stops there (trainer_service/training/schedule.py) - the same code a `--max-seconds` job runs. Two
 references train for the same budget, in plain fp32 with AdamW: nanoGPT's README CPU recipe for this corpus
 (4 layers x 128, block 64, batch 12, lr 1e-3 cosine over 2000 steps, cut at the budget), and a tuned nanoGPT
 recipe (3 layers x 128, 4 heads, block 96, batch 32, lr 4e-3, cosine to lr/10 fitted to the budget like the

@@ -19,8 +19,8 @@ from trainer_service.corpora.read import read_corpus
 from trainer_service.device_report import device_report
 from trainer_service.jobs import checkpoints
 from trainer_service.jobs.events import EventHub
-from trainer_service.jobs.init_from import resolve_init_from
 from trainer_service.jobs.manager import JobManager
+from trainer_service.jobs.parent import resolve_init_from
 from trainer_service.jobs.plan import DeviceProber, build_plan
 from trainer_service.metrics import TrainerMetrics
 from trainer_service.settings import TrainerSettings

@@ -72,11 +72,6 @@ class JobManager:
             self._plans[job_id] = TrainingPlan.model_validate_json(self.store.get_job(job_id).plan)
         return self._plans[job_id]
 
-    def running_process(self, job_id: str) -> asyncio.subprocess.Process | None:
-        """The top worker process of a locally running job (torchrun's for multi-process jobs)."""
-        run = self._running.get(job_id)
-        return run.handle if run is not None and isinstance(run.handle, asyncio.subprocess.Process) else None
-
     # ---- life cycle
 
     async def start(self) -> None:

@@ -15,7 +15,7 @@ from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, parse_d
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError, validated
 from chargpt.v1 import common_pb2, trainer_pb2
 from trainer_service.convert import training_fields
-from trainer_service.jobs.init_from import Parent
+from trainer_service.jobs.parent import Parent
 from trainer_service.store import CorpusRecord
 from trainer_service.training.api import INTERVALS, MAX_STEPS, TrainingPlan, tensorboard_run_name
 

@@ -30,17 +30,17 @@ from trainer_service.training.api import (
     TrainingOutcome,
     TrainingPlan,
 )
-from trainer_service.training.budget import (
+from trainer_service.training.data import CorpusData, mix_seed
+from trainer_service.training.evaluate import Evaluator, attention_ids, attention_weights, sample_text
+from trainer_service.training.optim import build_optimizer, set_learning_rate
+from trainer_service.training.parent_weights import initialise_from_parent
+from trainer_service.training.runtime import Runtime, all_agree, from_rank0, process_group, resolve_runtime
+from trainer_service.training.schedule import (
     Schedule,
     TimeBudget,
     checkpoint_seconds_guess,
     evaluation_steps,
 )
-from trainer_service.training.data import CorpusData, mix_seed
-from trainer_service.training.evaluate import Evaluator, attention_ids, attention_weights, sample_text
-from trainer_service.training.init_from import initialise_from_parent
-from trainer_service.training.optim import build_optimizer, set_learning_rate
-from trainer_service.training.runtime import Runtime, all_agree, from_rank0, process_group, resolve_runtime
 from trainer_service.training.state import ResumeState, checkpoint_size, load_resume, save_training_checkpoint
 from trainer_service.training.tensorboard import TensorBoardLog
 

@@ -12,9 +12,9 @@ from engine_support import TEXT, Recorder, make_plan, never  # type: ignore[impo
 
 from chargpt.core.checkpoint import load_checkpoint
 from trainer_service.training.api import MAX_STEPS, CorpusRef, EvaluationResult, ProgressUpdate, TrainingPlan
-from trainer_service.training.budget import CALIBRATION_STEPS
 from trainer_service.training.loop import run_training
 from trainer_service.training.optim import learning_rate_at
+from trainer_service.training.schedule import CALIBRATION_STEPS
 from trainer_service.training.state import RESUME_FILE, ResumeState
 
 BUDGET = 4.0
