@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shutil
 import time
@@ -241,7 +242,7 @@ class JobManager:
         outcome = run.files.read_outcome()
         step = outcome.final_step if outcome else self.store.get_job(run.job.job_id).step
         if ended.code == 0 and outcome is not None and not outcome.stopped_early \
-                and (outcome.schedule_complete or outcome.final_step >= run.plan.max_steps):
+                and (outcome.schedule_complete or outcome.final_step >= (run.plan.max_steps or math.inf)):
             return SUCCEEDED, f"finished {outcome.final_step} steps"  # even if a stop request came too late
         if run.stop_reason == "cancel":
             return CANCELLED, f"cancelled at step {step}"

@@ -6,8 +6,6 @@ request set onto the device's size profile, validates once, and names the proto 
 
 from __future__ import annotations
 
-from typing import Any
-
 from chargpt.core.calibrated import SizeChoice, auto_profile, calibrated_size
 from chargpt.core.calibration import Calibrator
 from chargpt.core.config import ModelConfig
@@ -17,13 +15,10 @@ from chargpt.v1 import common_pb2, trainer_pb2
 from trainer_service.convert import training_fields
 from trainer_service.jobs.parent import Parent
 from trainer_service.store import CorpusRecord
-from trainer_service.training.api import INTERVALS, MAX_STEPS, TrainingPlan, tensorboard_run_name
+from trainer_service.training.api import TrainingPlan, check_precision, tensorboard_run_name
+from trainer_service.training.defaults import training_defaults
 
 RESOURCE_FIELDS = ("device", "num_processes", "num_nodes")  # plan fields from the request's ResourceSpec
-# Fine-tuning defaults: the weights are already trained, so a third of the size's peak learning rate and a short
-# warmup (a fiftieth of the run, at most the size's) adapt them without wiping out what they know.
-FINETUNE_LR_SCALE = 1 / 3
-FINETUNE_WARMUP_FRACTION = 50
 
 
 class DeviceProber:
@@ -65,44 +60,17 @@ def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpu
     model = _model(request.model, profile, corpus) if parent is None else _parent_model(request.model, parent,
                                                                                           corpus)
     _check_fits(model, facts)
-    values = _training_values(training_fields(request.training), profile, parent is not None)
+    values = training_defaults(training_fields(request.training), profile, finetune=parent is not None)
     run = tensorboard_run_name(request.display_name) if tensorboard else None
     plan = validated(TrainingPlan, dict(job_id=job_id, model=model, device=device, num_processes=num_processes,
                                         num_nodes=num_nodes, tensorboard_run=run,
                                         init_from=parent.source if parent else None, **values), _plan_field)
-    _check_precision(plan.precision, facts)
+    check_precision(plan.precision, facts.type, facts.bf16_supported)
     return plan
-
-
-def _training_values(given: dict[str, Any], profile: SizeProfile, finetune: bool) -> dict[str, Any]:
-    """The request's training fields over the profile's (or the fine-tuning) defaults.
-
-    With only a time budget there is no step limit, and the warmup and intervals left unset are fitted to the
-    step horizon the engine estimates (TrainingPlan.fit_to_budget).
-    """
-    budget_only = "max_seconds" in given and "max_steps" not in given
-    values = {"max_steps": MAX_STEPS if budget_only else profile.max_steps, "batch_size": profile.batch_size,
-              "learning_rate": profile.learning_rate * (FINETUNE_LR_SCALE if finetune else 1),
-              "optimizer": profile.optimizer, **given}
-    if "max_seconds" in given:
-        values["fit_to_budget"] = tuple(n for n in ("warmup_steps", *INTERVALS) if n not in given)
-    if "min_learning_rate" not in values:
-        values["min_learning_rate"] = float(values["learning_rate"]) * profile.min_lr_ratio
-    if "warmup_steps" not in values:  # the profile's warmup, at most a tenth of the run (a fiftieth: fine-tuning)
-        share = int(values["max_steps"]) // (FINETUNE_WARMUP_FRACTION if finetune else 10)
-        values["warmup_steps"] = max(0, min(profile.warmup_steps, share))
-    return values
 
 
 def _plan_field(name: str) -> str:
     return f"resources.{name}" if name in RESOURCE_FIELDS else f"training.{name}"
-
-
-def _check_precision(precision: str, facts: DeviceFacts) -> None:
-    if precision == "fp16" and facts.type != "cuda":
-        raise InvalidArgumentError("training.precision", f"fp16 needs a CUDA device (this job runs on {facts.type})")
-    if precision == "bf16" and (facts.type == "mps" or (facts.type == "cuda" and not facts.bf16_supported)):
-        raise InvalidArgumentError("training.precision", f"bf16 is not supported on this {facts.type} device")
 
 
 # fp32 weights, gradients and AdamW's two moments: the least a training step holds per parameter.
