@@ -8,13 +8,16 @@ import typing
 import pytest
 from chargpt_client.cli import build_parser
 from chargpt_client.ops import training_spec
-from chargpt_client.training import TrainingOptions
+from chargpt_client.training import TrainingOptions, option_fields
 
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
 from chargpt.errors import InvalidArgumentError, validated
 from chargpt.v1 import trainer_pb2
-from trainer_service.convert import enum_choices, training_fields, training_proto
+from trainer_service.convert import enum_choices, job_request, training_fields, training_proto
+from trainer_service.jobs.plan import DeviceProber, build_plan
+from trainer_service.jobs.request import JobRequest
+from trainer_service.store import CorpusRecord
 from trainer_service.training.api import TrainingPlan
 from trainer_service.training.defaults import training_defaults
 
@@ -137,3 +140,20 @@ def test_a_plan_needs_an_end() -> None:
     with pytest.raises(ValueError, match="fitted to a time budget"):
         TrainingPlan(job_id="j", model=MODEL, max_steps=10, batch_size=8, learning_rate=1e-3, warmup_steps=0,
                      eval_interval=None)
+
+
+def test_a_training_field_goes_from_the_cli_flag_to_the_plan_through_one_adapter_call() -> None:
+    """`chargpt train --learning-rate` -> TrainingOptions -> TrainingSpec on the wire -> convert.job_request (the
+    servicer's one conversion) -> JobRequest -> build_plan -> the TrainingPlan the worker hands to the loop."""
+    args = build_parser().parse_args(["train", "c", "--learning-rate", "0.002", "--max-steps", "7",
+                                      "--lr-schedule", "linear"])
+    options = TrainingOptions(**{o.name: getattr(args, o.name) for o in option_fields()})
+    wire = trainer_pb2.CreateTrainingJobRequest(corpus_id="c", training=training_spec(options),
+                                                resources=trainer_pb2.ResourceSpec(device="cpu"))
+    request = job_request(wire)
+    assert request == JobRequest(corpus_id="c", device="cpu", training={
+        "learning_rate": 0.002, "max_steps": 7, "lr_schedule": "linear"})
+    corpus = CorpusRecord(corpus_id="c", name="c", description="", size_bytes=2000, num_chars=2000,
+                          vocabulary="abc", train_chars=1800, val_chars=200, builtin=False, created=0.0, path="")
+    plan = build_plan("j", request, corpus, DeviceProber("cpu"), max_processes=1)
+    assert (plan.learning_rate, plan.max_steps, plan.lr_schedule) == (0.002, 7, "linear")
