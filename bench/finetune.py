@@ -18,9 +18,9 @@ from bench.train_quality import Recorder
 from chargpt.core.checkpoint import Lineage, read_manifest
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
-from trainer_service.jobs.plan import FINETUNE_LR_SCALE
-from trainer_service.training.api import BEST, MAX_STEPS, CorpusRef, EvaluationResult, InitSource, TrainingPlan
+from trainer_service.training.api import BEST, CorpusRef, EvaluationResult, InitSource, TrainingPlan
 from trainer_service.training.data import CorpusData
+from trainer_service.training.defaults import FINETUNE_LR_SCALE
 from trainer_service.training.loop import run_training
 
 
@@ -31,7 +31,7 @@ def plan_for(name: str, vocab: int, budget: float, init_from: InitSource | None,
                                  block_size=p.block_size, dropout=p.dropout)
     lr = p.learning_rate * (FINETUNE_LR_SCALE if init_from else 1)
     return TrainingPlan.model_validate(dict(
-        job_id=name, model=model.model_copy(update={"vocab_size": vocab}), max_steps=MAX_STEPS, max_seconds=budget,
+        job_id=name, model=model.model_copy(update={"vocab_size": vocab}), max_steps=None, max_seconds=budget,
         batch_size=p.batch_size, learning_rate=lr, warmup_steps=min(p.warmup_steps, 20 if init_from else 10**6),
         sample_interval=0, checkpoint_interval=0, eval_interval=10**6, device="cpu", init_from=init_from))
 

@@ -5,7 +5,7 @@
 
 Budget mode (the default, on CPU): every recipe's plan carries max_seconds = the budget, so the engine itself
 times its first steps, fits the learning-rate schedule so that its decay ends at the deadline, re-estimates as
-it goes, and stops there (trainer_service/training/budget.py) - the same code a `--max-seconds` job runs. Two
+it goes, and stops there (trainer_service/training/schedule.py) - the same code a `--max-seconds` job runs. Two
 references train for the same budget, in plain fp32 with AdamW: nanoGPT's README CPU recipe for this corpus
 (4 layers x 128, block 64, batch 12, lr 1e-3 cosine over 2000 steps, cut at the budget), and a tuned nanoGPT
 recipe (3 layers x 128, 4 heads, block 96, batch 32, lr 4e-3, cosine to lr/10 fitted to the budget like the
@@ -27,7 +27,7 @@ from bench.train_common import DEFAULT_CORPUS, machine_facts, matmul_peak_gflops
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
-from trainer_service.training.api import LATEST, MAX_STEPS, CorpusRef, ProgressUpdate, TrainingEvent, TrainingPlan
+from trainer_service.training.api import LATEST, CorpusRef, ProgressUpdate, TrainingEvent, TrainingPlan
 from trainer_service.training.data import CorpusData
 from trainer_service.training.evaluate import Evaluator
 from trainer_service.training.loop import run_training
@@ -45,7 +45,7 @@ class Recorder:
         self.events.append(event)
 
 
-def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int,
+def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int | None,
               max_seconds: float | None = None) -> TrainingPlan:
     p = SIZE_PROFILES[name]
     override = {k: getattr(args, k) for k in PROFILE_FLAGS if getattr(args, k, None) is not None}
@@ -57,7 +57,8 @@ def make_plan(name: str, vocab: int, args: argparse.Namespace, max_steps: int,
                         learning_rate=p.learning_rate,
                         min_learning_rate=p.learning_rate * (p.min_lr_ratio if args.min_lr_ratio is None
                                                              else args.min_lr_ratio),
-                        warmup_steps=min(p.warmup_steps, max_steps), weight_decay=0.1, grad_clip=1.0,
+                        warmup_steps=p.warmup_steps if max_steps is None else min(p.warmup_steps, max_steps),
+                        weight_decay=0.1, grad_clip=1.0,
                         eval_interval=args.eval_interval, sample_interval=0, sample_length=200, seed=args.seed,
                         checkpoint_interval=0, device=args.device, compile=args.compile, max_seconds=max_seconds,
                         **{"optimizer": p.optimizer, **plan_flags})
@@ -76,7 +77,7 @@ def reference_plan(vocab: int, args: argparse.Namespace) -> TrainingPlan:
 def tuned_plan(vocab: int, args: argparse.Namespace) -> TrainingPlan:
     """A well-tuned plain recipe for a 100 s CPU budget (issue 13): nanoGPT's model and AdamW, in fp32."""
     model = ModelConfig(vocab_size=vocab, n_layer=3, n_head=4, n_embd=128, block_size=96, dropout=0.0)
-    return TrainingPlan(job_id="quality-tuned", model=model, max_steps=MAX_STEPS, batch_size=32,
+    return TrainingPlan(job_id="quality-tuned", model=model, max_steps=None, batch_size=32,
                         learning_rate=4e-3, min_learning_rate=4e-4, warmup_steps=50, weight_decay=0.1,
                         grad_clip=1.0, eval_interval=0, sample_interval=0, sample_length=200, seed=args.seed,
                         checkpoint_interval=0, device=args.device, compile="off", precision="fp32",
@@ -106,7 +107,8 @@ def train(label: str, plan: TrainingPlan, corpus: CorpusRef, data: CorpusData, d
             "val_loss": val_loss, "best_val_loss_seen": outcome.best_val_loss,
             "parameters": m.parameter_count(), "optimizer": plan.optimizer, "lr_schedule": plan.lr_schedule,
             "precision": precision_name(plan),
-            "horizon_estimates": sorted({e.max_steps for e in progress}),  # the engine's budget fitting, as it went
+            # the engine's budget fitting, as it went (None: before its first estimate)
+            "horizon_estimates": sorted({e.max_steps for e in progress if e.max_steps is not None}),
             "ms_per_step": 1000 * train_seconds / max(outcome.final_step, 1)}
 
 
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         device = resolve_runtime(plan).device
         rows.append(train(f"{args.config} ({args.steps} steps)", plan, corpus, data, device))
     else:
-        plan = make_plan(args.config, vocab, args, MAX_STEPS, max_seconds=args.budget)
+        plan = make_plan(args.config, vocab, args, None, max_seconds=args.budget)
         device = resolve_runtime(plan).device
         rows.append(train(f"{args.config} preset, budget-aware", plan, corpus, data, device))
         if not args.no_reference:

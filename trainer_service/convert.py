@@ -1,4 +1,4 @@
-"""Store records, plans and engine events to v1 protos, and a request's TrainingSpec to plan values."""
+"""Store records, plans and engine events to v1 protos, and a CreateTrainingJobRequest to the job layer's JobRequest."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS
 from chargpt.wire.lineage import lineage_proto
 from chargpt.wire.model_config import model_config_proto
 from trainer_service.jobs.checkpoints import CheckpointInfo
+from trainer_service.jobs.request import JobRequest, ParentRef
 from trainer_service.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, CorpusRecord, EventRecord, JobRecord
 from trainer_service.training.api import TrainingPlan
 
@@ -43,6 +44,32 @@ def training_fields(spec: trainer_pb2.TrainingSpec) -> dict[str, Any]:
         elif spec.HasField(fd.name):
             values[fd.name] = getattr(spec, fd.name)
     return values
+
+
+def job_request(request: trainer_pb2.CreateTrainingJobRequest) -> JobRequest:
+    """The request in the job layer's terms: only what the client set, nothing resolved yet."""
+    r, model = request.resources, request.model
+    which = model.WhichOneof("size")
+    return JobRequest(
+        corpus_id=request.corpus_id, display_name=request.display_name, training=training_fields(request.training),
+        preset=model.preset if which == "preset" else "", custom=_custom_fields(model.custom) if which == "custom"
+        else None, device=r.device, num_processes=r.num_processes if r.HasField("num_processes") else None,
+        num_nodes=r.num_nodes if r.HasField("num_nodes") else None,
+        init_from=_parent_ref(request.init_from) if request.HasField("init_from") else None)
+
+
+def _custom_fields(custom: common_pb2.ModelConfig) -> dict[str, Any]:
+    values = {fd.name: getattr(custom, fd.name) for fd in custom.DESCRIPTOR.fields if fd.name != "vocab_size"}
+    values["dropout"] = round(float(values["dropout"]), 6)  # a float32 on the wire: 0.1 arrives as 0.10000000149
+    return values
+
+
+def _parent_ref(spec: trainer_pb2.InitFrom) -> ParentRef:
+    if spec.kind not in PROTO_TO_KIND:
+        raise InvalidArgumentError("init_from.kind", f"unknown checkpoint kind {spec.kind}")
+    which = spec.WhichOneof("source")
+    return ParentRef(job_id=spec.job_id if which == "job_id" else None, path=spec.path if which == "path" else None,
+                     kind=PROTO_TO_KIND[spec.kind])  # type: ignore[arg-type]
 
 
 def timestamp(seconds: float | None) -> Timestamp | None:

@@ -20,8 +20,8 @@ from trainer_service.corpora.read import read_corpus
 from trainer_service.device_report import device_report
 from trainer_service.jobs import checkpoints
 from trainer_service.jobs.events import EventHub
-from trainer_service.jobs.init_from import resolve_init_from
 from trainer_service.jobs.manager import JobManager
+from trainer_service.jobs.parent import resolve_init_from
 from trainer_service.jobs.plan import DeviceProber, build_plan
 from trainer_service.metrics import TrainerMetrics
 from trainer_service.settings import TrainerSettings
@@ -112,15 +112,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if len(request.display_name) > 256:
             raise InvalidArgumentError("display_name", f"at most 256 characters (got {len(request.display_name)})")
         corpus = await self.corpora.resolve(request.corpus_id)
+        wanted = convert.job_request(request)
         job_id = uuid.uuid4().hex
         parent = None
-        if request.HasField("init_from"):
-            parent = await asyncio.to_thread(resolve_init_from, request.init_from, self.settings.data_dir,
+        if wanted.init_from is not None:
+            parent = await asyncio.to_thread(resolve_init_from, wanted.init_from, self.settings.data_dir,
                                              self.store, self.jobs.job_dir)
-        plan = await asyncio.to_thread(build_plan, job_id, request, corpus, self.prober,
+        plan = await asyncio.to_thread(build_plan, job_id, wanted, corpus, self.prober,
                                        self.settings.max_processes_per_job, self.settings.tensorboard,
                                        self.jobs.executor.max_nodes, parent)
-        job = await self.jobs.create(job_id, request.display_name, plan, corpus)
+        job = await self.jobs.create(job_id, wanted.display_name, plan, corpus)
         return trainer_pb2.CreateTrainingJobResponse(job=self._job(job.job_id))
 
     def _job(self, job_id: str) -> trainer_pb2.TrainingJob:

@@ -120,7 +120,8 @@ def job_event(r: trainer_pb2.WatchTrainingJobResponse) -> t.JobEvent:
                               message=e.message)
     if which == "progress":
         p = r.progress
-        return t.Progress(**base, step=p.step, max_steps=p.max_steps, loss=p.loss, learning_rate=p.learning_rate,
+        return t.Progress(**base, step=p.step, max_steps=p.max_steps if p.HasField("max_steps") else None,
+                          loss=p.loss, learning_rate=p.learning_rate,
                           tokens_per_second=p.tokens_per_second, elapsed_seconds=p.elapsed_seconds,
                           eta_seconds=p.eta_seconds,
                           budget_seconds_left=p.budget_seconds_left if p.HasField("budget_seconds_left") else None)

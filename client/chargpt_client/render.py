@@ -101,7 +101,8 @@ class JobProgress:
         fraction = min(1.0, p.step / p.max_steps) if p.max_steps else 0.0
         filled = int(fraction * BAR_WIDTH)
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
-        return (f"[{bar}] {100 * fraction:3.0f}% step {p.step}/{p.max_steps}  loss {p.loss:.4f}  "
+        steps = f"{p.step}/{p.max_steps}" if p.max_steps else str(p.step)
+        return (f"[{bar}] {100 * fraction:3.0f}% step {steps}  loss {p.loss:.4f}  "
                 f"{human_count(p.tokens_per_second)} tok/s  elapsed {duration(p.elapsed_seconds)}  "
                 f"ETA {duration(p.eta_seconds)}")
 

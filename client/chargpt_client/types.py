@@ -123,8 +123,10 @@ class TrainingJob:
     parent: Lineage | None = None  # the checkpoint a fine-tune started from
 
     @property
-    def max_steps(self) -> int:
-        return int(self.training.get("max_steps", 0))
+    def max_steps(self) -> int | None:
+        """The job's step limit; None: no limit, its training.max_seconds budget alone ends it."""
+        steps = self.training.get("max_steps")
+        return None if steps is None else int(steps)
 
     @property
     def finished(self) -> bool:
@@ -161,7 +163,7 @@ class StateChanged(JobEvent):
 @dataclass(frozen=True, kw_only=True)
 class Progress(JobEvent):
     step: int
-    max_steps: int
+    max_steps: int | None  # where the run ends (a budget's estimate); None until a budget-only job has one
     loss: float
     learning_rate: float
     tokens_per_second: float

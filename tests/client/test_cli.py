@@ -285,3 +285,20 @@ def test_generate_cut_short_by_a_server_shutdown_exits_1(server_thread: ServerTh
         server_thread.servers.remove(server)
         _, err = cut.communicate(timeout=60)
     assert cut.returncode == 1 and ", cancelled, seed" in err, err
+
+
+def test_a_budget_only_job_shows_its_budget_not_a_step_limit(cli: Cli, job_id: str) -> None:
+    """A job with --max-seconds and no --max-steps has no step limit: `jobs show` and `jobs list` say so."""
+    flags = TINY_FLAGS[:8]  # the tiny architecture only: no --max-steps
+    detached = cli.run("train", "citizens.txt", *flags, "--batch-size", "4", "--max-seconds", "90", "--detach")
+    assert detached.returncode == 0, detached.stderr
+    assert "90 s" in detached.stderr and "steps" not in detached.stderr.splitlines()[-1]
+    budget_job = detached.stdout.strip()
+    try:
+        assert "max_steps" not in cli.json("jobs", "show", budget_job)["training"]
+        shown = cli.run("jobs", "show", budget_job)
+        assert re.search(r"^step: +\d+ \(budget 90 s\)$", shown.stdout, re.MULTILINE), shown.stdout
+        listed = cli.run("jobs", "list")
+        assert re.search(rf"^{budget_job} .* \d+ \(budget 90 s\)", listed.stdout, re.MULTILINE), listed.stdout
+    finally:
+        cli.run("jobs", "cancel", budget_job)

@@ -223,9 +223,10 @@ async def test_a_killed_worker_fails_only_its_job(tmp_path: Path, monkeypatch: p
             other = (await stub.CreateTrainingJob(tiny_job(corpus.corpus_id, max_steps=60), timeout=30)).job
             for job in (victim, other):
                 await wait_job(stub, job.job_id, {S.JOB_STATE_RUNNING}, timeout=90, min_step=3)
-            process = server.jobs.running_process(victim.job_id)  # type: ignore[attr-defined]
-            assert process is not None
-            os.kill(process.pid, signal.SIGKILL)
+            workers = processes_mentioning(victim.job_id)  # the job's worker process: its --job-dir names the job
+            assert workers
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
             failed = await wait_job(stub, victim.job_id, {S.JOB_STATE_FAILED}, timeout=30)
             assert "SIGKILL" in failed.error
             assert (await wait_job(stub, other.job_id, {S.JOB_STATE_SUCCEEDED}, timeout=120)).step == 60

@@ -10,7 +10,7 @@ from trainer_harness import Trainer
 from chargpt.core.device import SIZE_PROFILES
 from chargpt.v1 import trainer_pb2 as S
 from tests.support.calibration import FP32_TOKENS_PER_SECOND, GEMM_BF16, GEMM_FP32, prefill
-from trainer_service.jobs.worker import PLAN_FILE
+from trainer_service.jobs.layout import PLAN_FILE
 from trainer_service.server import create_server
 from trainer_service.settings import TrainerSettings
 from trainer_service.training.api import TrainingPlan

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from trainer_service.jobs.layout import JobDir
 from trainer_service.store import JobRecord
 from trainer_service.training.api import TrainingPlan
 
@@ -26,6 +27,10 @@ class RunningJob:
     handle: Any = None  # the executor's: a process (local), a Slurm job id or Kubernetes Job name (clusters)
     stop_reason: StopReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def files(self) -> JobDir:
+        return JobDir(self.job_dir)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,9 @@ class Executor(ABC):
     name: str = ""
     max_nodes: int = 1  # largest resources.num_nodes it runs
     detach_on_shutdown = False  # clusters keep running jobs while the trainer is down; it re-attaches later
+    # Workers on the trainer's node read its corpora in place; cluster nodes see only the job directory (on
+    # storage they share with the trainer), so the manager copies the corpus text into it.
+    reads_trainer_corpora = False
 
     def slots(self, plan: TrainingPlan) -> list[str]:
         """The trainer-node devices a job occupies while it runs (none when a cluster schedules it)."""

@@ -13,17 +13,14 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter, ValidationError
 
 from trainer_service.executors.base import Ended, Executor, LaunchError, RunningJob
-from trainer_service.executors.local import latest_step, log_tail
 from trainer_service.jobs.events import EventHub
-from trainer_service.jobs.worker import EVENTS_FILE, LOG_FILE, JobSummary
+from trainer_service.jobs.layout import RUNS_FILE
+from trainer_service.jobs.summary import JobSummary
 from trainer_service.settings import TrainerSettings
 from trainer_service.store import QUEUED, RUNNING, Store
 from trainer_service.training.api import TrainingEvent
 
 log = logging.getLogger(__name__)
-# One line per run of the job, written by the job's script before the workers start: "<restart count> <size of
-# events.jsonl>", where that run's events begin (a requeued job's runs append to the same event log).
-RUNS_FILE = "runs.txt"
 EVENT = TypeAdapter[TrainingEvent](Annotated[TrainingEvent, Field(discriminator="kind")])
 
 
@@ -120,7 +117,7 @@ class ClusterExecutor(Executor):
         return ""
 
     async def launch(self, run: RunningJob) -> None:
-        with open(run.job_dir / LOG_FILE, "ab") as f:
+        with open(run.files.log, "ab") as f:
             run.log_offset = f.tell()
             f.write(f"==== submitted {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
         try:
@@ -138,7 +135,7 @@ class ClusterExecutor(Executor):
         return await self.status(run) is not None
 
     async def wait(self, run: RunningJob) -> Ended:
-        follower = EventFollower(self.store, run.job.job_id, run.job_dir / EVENTS_FILE)
+        follower = EventFollower(self.store, run.job.job_id, run.files.events)
         while True:
             status = await self.status(run)
             # a run the trainer has not seen start: the events before it first, then its state change, then its own
@@ -149,7 +146,7 @@ class ClusterExecutor(Executor):
                 follower.poll()  # whatever the workers wrote last
                 detail = f"{self.cluster} job {run.handle} ended {status.describe()}"
                 if status.code != 0 and not status.cancelled:
-                    detail += f"; last output:\n{log_tail(run.job_dir, run.log_offset)}"
+                    detail += f"; last output:\n{run.files.log_tail(run.log_offset)}"
                 return Ended(status.code, detail, cancelled_outside=status.cancelled, requeue=status.requeue)
             await self._note_phase(run, status)
             follower.poll()
@@ -180,7 +177,7 @@ class ClusterExecutor(Executor):
                                  "checkpoint", submitted=time.time())
             job = self.store.get_job(job.job_id)
         if status.phase == "running" and job.state != RUNNING and (status.settled or not new_run):
-            step = latest_step(run.job_dir)
+            step = run.files.latest_step()
             note = f"running on {status.where or self.cluster}" + (f", resuming from step {step}" if step else "")
             self.store.set_state(job.job_id, RUNNING, note, step=step, started=job.started or time.time(),
                                  cluster_run=status.run)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer_service.executors.cluster import ClusterStatus
-from trainer_service.jobs.worker import EVENTS_FILE
+from trainer_service.jobs.layout import EVENTS_FILE
 from trainer_service.settings import TrainerSettings
 from trainer_service.training.api import TrainingPlan
 

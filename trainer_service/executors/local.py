@@ -15,14 +15,12 @@ from typing import IO
 import trainer_service
 from chargpt.core.calibration import CALIBRATION_DIR_ENV
 from trainer_service.executors.base import Ended, Executor, LaunchError, RunningJob
-from trainer_service.jobs.checkpoints import list_checkpoints
-from trainer_service.jobs.worker import EXIT_LOCKED, EXIT_STOP_DEADLINE, LOG_FILE
+from trainer_service.jobs.layout import EXIT_LOCKED, EXIT_STOP_DEADLINE
 from trainer_service.settings import TrainerSettings
 from trainer_service.store import RUNNING, Store
 from trainer_service.training.api import TrainingPlan
 
 log = logging.getLogger(__name__)
-TAIL_CHARS = 2000
 
 
 def device_slots(plan: TrainingPlan) -> list[str]:
@@ -32,26 +30,11 @@ def device_slots(plan: TrainingPlan) -> list[str]:
     return [plan.device]
 
 
-def latest_step(job_dir: Path) -> int:
-    latest = [c for c in list_checkpoints(job_dir) if c.kind == "latest"]
-    return latest[0].manifest.training.step if latest else 0
-
-
-def log_tail(job_dir: Path, offset: int) -> str:
-    """What the workers printed since `offset` in worker.log (the last TAIL_CHARS of it)."""
-    try:
-        with open(job_dir / LOG_FILE, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return "(no output)"
-    return text[-TAIL_CHARS:].strip() or "(no output)"
-
-
 class LocalExecutor(Executor):
     """Today's behaviour: one worker process (or torchrun --standalone) per job, SIGTERM to stop."""
 
     name = "local"
+    reads_trainer_corpora = True
 
     def __init__(self, settings: TrainerSettings, store: Store) -> None:
         self.settings, self.store = settings, store
@@ -74,11 +57,11 @@ class LocalExecutor(Executor):
 
     async def launch(self, run: RunningJob) -> None:
         job, plan = run.job, run.plan
-        step = latest_step(run.job_dir)
+        step = run.files.latest_step()
         note = f"running on {plan.device}" + (f", resuming from step {step}" if step else "")
         self.store.set_state(job.job_id, RUNNING, note, step=step, started=job.started or time.time(),
                              finished=None, error="", executor=self.name, cluster_job_id="")
-        logfile = open(run.job_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child, closed in wait()
+        logfile = open(run.files.log, "ab")  # noqa: SIM115 - handed to the child, closed in wait()
         run.log_offset = logfile.tell()
         logfile.write(f"==== worker start {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
         logfile.flush()
@@ -99,7 +82,7 @@ class LocalExecutor(Executor):
             code = await process.wait()
         finally:
             self._logs.pop(run.job.job_id).close()
-        return Ended(code, f"{describe_exit(code)}; last output:\n{log_tail(run.job_dir, run.log_offset)}")
+        return Ended(code, f"{describe_exit(code)}; last output:\n{run.files.log_tail(run.log_offset)}")
 
     def request_stop(self, run: RunningJob) -> None:
         if run.handle is not None:

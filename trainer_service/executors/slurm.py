@@ -8,13 +8,12 @@ import shlex
 from pathlib import Path
 
 from trainer_service.executors.base import RunningJob
-from trainer_service.executors.cluster import RUNS_FILE, ClusterExecutor, ClusterStatus
+from trainer_service.executors.cluster import ClusterExecutor, ClusterStatus
 from trainer_service.executors.local import worker_env
-from trainer_service.jobs.worker import EVENTS_FILE, LOG_FILE, OUTCOME_FILE
+from trainer_service.jobs.layout import EVENTS_FILE, LOG_FILE, OUTCOME_FILE, RUNS_FILE, SLURM_SCRIPT_FILE
 from trainer_service.settings import TrainerSettings
 from trainer_service.training.api import TrainingPlan
 
-SCRIPT_FILE = "slurm.sbatch"
 COMMAND_TIMEOUT = 60.0
 # Slurm job states (squeue %T, sacct State) by what they mean for the job.
 PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING"})
@@ -116,9 +115,9 @@ class SlurmExecutor(ClusterExecutor):
 
     async def submit(self, run: RunningJob) -> str:
         script = batch_script(run.plan, run.job_dir, self.settings)
-        (run.job_dir / SCRIPT_FILE).write_text(script, encoding="utf-8")
+        (run.job_dir / SLURM_SCRIPT_FILE).write_text(script, encoding="utf-8")
         extra = shlex.split(self.settings.slurm_extra_options)
-        code, out, err = await self._run("sbatch", "--parsable", *extra, str(run.job_dir / SCRIPT_FILE))
+        code, out, err = await self._run("sbatch", "--parsable", *extra, str(run.job_dir / SLURM_SCRIPT_FILE))
         if code != 0:
             raise RuntimeError(f"sbatch exited {code}: {err.strip() or out.strip()}")
         return out.strip().split(";")[0]  # "id" or "id;cluster"

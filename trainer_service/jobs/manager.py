@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shutil
 import time
@@ -15,9 +16,8 @@ from typing import Any
 from chargpt.errors import FailedPreconditionError
 from trainer_service.executors import make_executor
 from trainer_service.executors.base import Ended, LaunchError, RunningJob
-from trainer_service.executors.local import latest_step
 from trainer_service.jobs.events import EventHub
-from trainer_service.jobs.worker import CORPUS_FILE, OUTCOME_FILE, PLAN_FILE, read_outcome
+from trainer_service.jobs.layout import CORPUS_COPY, JobDir
 from trainer_service.settings import TrainerSettings
 from trainer_service.store import (
     CANCELLED,
@@ -34,7 +34,6 @@ from trainer_service.training.api import CorpusRef, TrainingPlan
 
 log = logging.getLogger(__name__)
 CANCEL_WAIT_SECONDS = 20.0  # CancelTrainingJob waits this long for the worker's final checkpoint
-CORPUS_COPY = "corpus.txt"  # cluster jobs read the text from the job directory, on the shared storage
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -71,11 +70,6 @@ class JobManager:
         if job_id not in self._plans:
             self._plans[job_id] = TrainingPlan.model_validate_json(self.store.get_job(job_id).plan)
         return self._plans[job_id]
-
-    def running_process(self, job_id: str) -> asyncio.subprocess.Process | None:
-        """The top worker process of a locally running job (torchrun's for multi-process jobs)."""
-        run = self._running.get(job_id)
-        return run.handle if run is not None and isinstance(run.handle, asyncio.subprocess.Process) else None
 
     # ---- life cycle
 
@@ -132,15 +126,15 @@ class JobManager:
     # ---- requests
 
     async def create(self, job_id: str, display_name: str, plan: TrainingPlan, corpus: CorpusRecord) -> JobRecord:
-        job_dir = self.job_dir(job_id)
-        job_dir.mkdir(parents=True)
+        job_dir = JobDir(self.job_dir(job_id))
+        job_dir.path.mkdir(parents=True)
         path = Path(corpus.path)
-        if self.executor.name != "local":  # the nodes see the job directory, not the trainer's corpora
-            shutil.copyfile(path, job_dir / CORPUS_COPY)
-            path = job_dir / CORPUS_COPY
+        if not self.executor.reads_trainer_corpora:
+            shutil.copyfile(path, job_dir.path / CORPUS_COPY)
+            path = job_dir.path / CORPUS_COPY
         ref = CorpusRef(corpus_id=corpus.corpus_id, name=corpus.name, sha256=corpus.corpus_id, path=path)
-        write_atomic(job_dir / PLAN_FILE, plan.model_dump_json(indent=2))
-        write_atomic(job_dir / CORPUS_FILE, ref.model_dump_json(indent=2))
+        write_atomic(job_dir.plan, plan.model_dump_json(indent=2))
+        write_atomic(job_dir.corpus, ref.model_dump_json(indent=2))
         self._plans[job_id] = plan
         self.store.insert_job(job_id, display_name, corpus.corpus_id, plan.model_dump_json(),
                               plan.model.parameter_count())
@@ -170,7 +164,7 @@ class JobManager:
             raise FailedPreconditionError(f"job {job_id} is {job.state}; only cancelled or failed jobs resume")
         if self.store.get_corpus(job.corpus_id) is None:
             raise FailedPreconditionError(f"corpus {job.corpus_id} of job {job_id} was deleted")
-        step = latest_step(self.job_dir(job_id))
+        step = JobDir(self.job_dir(job_id)).latest_step()
         note = f"resumed from step {step}" if step else "restarted from step 0"
         self.store.set_state(job_id, QUEUED, note, cancel_requested=False, error="", finished=None,
                              cluster_job_id="")
@@ -214,9 +208,8 @@ class JobManager:
             await self._launch(job, plan, slots)
 
     async def _launch(self, job: JobRecord, plan: TrainingPlan, slots: list[str]) -> None:
-        job_dir = self.job_dir(job.job_id)
-        (job_dir / OUTCOME_FILE).unlink(missing_ok=True)
-        run = RunningJob(job, plan, slots, job_dir)
+        run = RunningJob(job, plan, slots, self.job_dir(job.job_id))
+        run.files.clear_outcome()
         self._running[job.job_id] = run
         try:
             await self.executor.launch(run)
@@ -246,10 +239,10 @@ class JobManager:
             self._wake.set()
 
     def _final_state(self, run: RunningJob, ended: Ended) -> tuple[str, str]:
-        outcome = read_outcome(run.job_dir)
+        outcome = run.files.read_outcome()
         step = outcome.final_step if outcome else self.store.get_job(run.job.job_id).step
         if ended.code == 0 and outcome is not None and not outcome.stopped_early \
-                and (outcome.schedule_complete or outcome.final_step >= run.plan.max_steps):
+                and (outcome.schedule_complete or outcome.final_step >= (run.plan.max_steps or math.inf)):
             return SUCCEEDED, f"finished {outcome.final_step} steps"  # even if a stop request came too late
         if run.stop_reason == "cancel":
             return CANCELLED, f"cancelled at step {step}"

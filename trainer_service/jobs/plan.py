@@ -1,11 +1,12 @@
-"""Turning a CreateTrainingJobRequest into a validated TrainingPlan (every default applied, every field checked).
+"""Turning a JobRequest into a validated TrainingPlan (every default applied, every field checked).
 
-The bounds and defaults live in the schemas (TrainingPlan, ModelConfig); this module overlays the fields a
-request set onto the device's size profile, validates once, and names the proto field of the first error.
+The bounds live in the schemas (TrainingPlan, ModelConfig), the defaults in training/defaults.py; this module
+resolves the device and model size, validates once, and names the request field of the first error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from chargpt.core.calibrated import SizeChoice, auto_profile, calibrated_size
@@ -13,17 +14,13 @@ from chargpt.core.calibration import Calibrator
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, parse_device, resolve_device
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError, validated
-from chargpt.v1 import common_pb2, trainer_pb2
-from trainer_service.convert import training_fields
-from trainer_service.jobs.init_from import Parent
+from trainer_service.jobs.parent import Parent
+from trainer_service.jobs.request import JobRequest
 from trainer_service.store import CorpusRecord
-from trainer_service.training.api import INTERVALS, MAX_STEPS, TrainingPlan, tensorboard_run_name
+from trainer_service.training.api import TrainingPlan, check_precision, tensorboard_run_name
+from trainer_service.training.defaults import training_defaults
 
 RESOURCE_FIELDS = ("device", "num_processes", "num_nodes")  # plan fields from the request's ResourceSpec
-# Fine-tuning defaults: the weights are already trained, so a third of the size's peak learning rate and a short
-# warmup (a fiftieth of the run, at most the size's) adapt them without wiping out what they know.
-FINETUNE_LR_SCALE = 1 / 3
-FINETUNE_WARMUP_FRACTION = 50
 
 
 class DeviceProber:
@@ -56,53 +53,24 @@ def concrete_device(facts: DeviceFacts, requested: str, default: str) -> str:
     return facts.type
 
 
-def build_plan(job_id: str, request: trainer_pb2.CreateTrainingJobRequest, corpus: CorpusRecord,
-               prober: DeviceProber, max_processes: int, tensorboard: bool = False,
-               max_nodes: int = 1, parent: Parent | None = None) -> TrainingPlan:
-    device, num_processes, facts = _resources(request.resources, prober, max_processes)
-    num_nodes = _num_nodes(request.resources, max_nodes)
+def build_plan(job_id: str, request: JobRequest, corpus: CorpusRecord, prober: DeviceProber, max_processes: int,
+               tensorboard: bool = False, max_nodes: int = 1, parent: Parent | None = None) -> TrainingPlan:
+    device, num_processes, facts = _resources(request, prober, max_processes)
+    num_nodes = _num_nodes(request.num_nodes, max_nodes)
     profile = prober.auto_profile(facts)
-    model = _model(request.model, profile, corpus) if parent is None else _parent_model(request.model, parent,
-                                                                                          corpus)
+    model = _model(request, profile, corpus) if parent is None else _parent_model(request, parent, corpus)
     _check_fits(model, facts)
-    values = _training_values(training_fields(request.training), profile, parent is not None)
+    values = training_defaults(request.training, profile, finetune=parent is not None)
     run = tensorboard_run_name(request.display_name) if tensorboard else None
     plan = validated(TrainingPlan, dict(job_id=job_id, model=model, device=device, num_processes=num_processes,
                                         num_nodes=num_nodes, tensorboard_run=run,
                                         init_from=parent.source if parent else None, **values), _plan_field)
-    _check_precision(plan.precision, facts)
+    check_precision(plan.precision, facts.type, facts.bf16_supported)
     return plan
-
-
-def _training_values(given: dict[str, Any], profile: SizeProfile, finetune: bool) -> dict[str, Any]:
-    """The request's training fields over the profile's (or the fine-tuning) defaults.
-
-    With only a time budget there is no step limit, and the warmup and intervals left unset are fitted to the
-    step horizon the engine estimates (TrainingPlan.fit_to_budget).
-    """
-    budget_only = "max_seconds" in given and "max_steps" not in given
-    values = {"max_steps": MAX_STEPS if budget_only else profile.max_steps, "batch_size": profile.batch_size,
-              "learning_rate": profile.learning_rate * (FINETUNE_LR_SCALE if finetune else 1),
-              "optimizer": profile.optimizer, **given}
-    if "max_seconds" in given:
-        values["fit_to_budget"] = tuple(n for n in ("warmup_steps", *INTERVALS) if n not in given)
-    if "min_learning_rate" not in values:
-        values["min_learning_rate"] = float(values["learning_rate"]) * profile.min_lr_ratio
-    if "warmup_steps" not in values:  # the profile's warmup, at most a tenth of the run (a fiftieth: fine-tuning)
-        share = int(values["max_steps"]) // (FINETUNE_WARMUP_FRACTION if finetune else 10)
-        values["warmup_steps"] = max(0, min(profile.warmup_steps, share))
-    return values
 
 
 def _plan_field(name: str) -> str:
     return f"resources.{name}" if name in RESOURCE_FIELDS else f"training.{name}"
-
-
-def _check_precision(precision: str, facts: DeviceFacts) -> None:
-    if precision == "fp16" and facts.type != "cuda":
-        raise InvalidArgumentError("training.precision", f"fp16 needs a CUDA device (this job runs on {facts.type})")
-    if precision == "bf16" and (facts.type == "mps" or (facts.type == "cuda" and not facts.bf16_supported)):
-        raise InvalidArgumentError("training.precision", f"bf16 is not supported on this {facts.type} device")
 
 
 # fp32 weights, gradients and AdamW's two moments: the least a training step holds per parameter.
@@ -119,10 +87,9 @@ def _check_fits(model: ModelConfig, facts: DeviceFacts) -> None:
                                      f"has {facts.memory_bytes / 1e9:.1f} GB")
 
 
-def _resources(spec: trainer_pb2.ResourceSpec, prober: DeviceProber, max_processes: int
-               ) -> tuple[str, int, DeviceFacts]:
-    requested = parse_device(spec.device, "resources.device")
-    num_processes = spec.num_processes if spec.HasField("num_processes") else 1
+def _resources(request: JobRequest, prober: DeviceProber, max_processes: int) -> tuple[str, int, DeviceFacts]:
+    requested = parse_device(request.device, "resources.device")
+    num_processes = 1 if request.num_processes is None else request.num_processes
     if num_processes > max_processes:  # the server's limit (TrainingPlan holds the lower bound)
         raise InvalidArgumentError("resources.num_processes",
                                    f"at most {max_processes} on this server (got {num_processes})")
@@ -140,10 +107,10 @@ def _resources(spec: trainer_pb2.ResourceSpec, prober: DeviceProber, max_process
     return device, num_processes, facts
 
 
-def _num_nodes(spec: trainer_pb2.ResourceSpec, max_nodes: int) -> int:
-    num_nodes = spec.num_nodes if spec.HasField("num_nodes") else 1
+def _num_nodes(requested: int | None, max_nodes: int) -> int:
+    num_nodes = 1 if requested is None else requested
     if num_nodes < 1:
-        raise InvalidArgumentError("resources.num_nodes", f"must be at least 1 (got {spec.num_nodes})")
+        raise InvalidArgumentError("resources.num_nodes", f"must be at least 1 (got {num_nodes})")
     if num_nodes > max_nodes == 1:
         raise FailedPreconditionError(f"resources.num_nodes: {num_nodes} nodes need the slurm or kubernetes "
                                       "executor; this trainer runs jobs on its own node (executor=local)")
@@ -152,16 +119,15 @@ def _num_nodes(spec: trainer_pb2.ResourceSpec, max_nodes: int) -> int:
     return num_nodes
 
 
-def _model(spec: trainer_pb2.ModelSpec, profile: SizeProfile, corpus: CorpusRecord) -> ModelConfig:
+def _model(request: JobRequest, profile: SizeProfile, corpus: CorpusRecord) -> ModelConfig:
     vocab = len(corpus.vocabulary)
-    which = spec.WhichOneof("size")
-    if which == "custom":
-        model = _custom_model(spec.custom, vocab)
+    if request.custom is not None:
+        model = _custom_model(request.custom, vocab)
         field = "model.custom.block_size"
     else:
-        preset = spec.preset.strip().lower() if which == "preset" else "auto"
+        preset = request.preset.strip().lower()
         if preset not in ("", "auto") and preset not in SIZE_PROFILES:
-            raise InvalidArgumentError("model.preset", f"unknown preset {spec.preset!r}; valid: auto, "
+            raise InvalidArgumentError("model.preset", f"unknown preset {request.preset!r}; valid: auto, "
                                        f"{', '.join(SIZE_PROFILES)}")
         p = profile if preset in ("", "auto") else SIZE_PROFILES[preset]
         model = ModelConfig(vocab_size=vocab, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
@@ -175,21 +141,20 @@ def _model(spec: trainer_pb2.ModelSpec, profile: SizeProfile, corpus: CorpusReco
     return model
 
 
-def _parent_model(spec: trainer_pb2.ModelSpec, parent: Parent, corpus: CorpusRecord) -> ModelConfig:
+def _parent_model(request: JobRequest, parent: Parent, corpus: CorpusRecord) -> ModelConfig:
     """The parent's architecture over the union of both vocabularies; only dropout may differ from it."""
     config = parent.manifest.model
     vocab = len(set(parent.manifest.vocabulary) | set(corpus.vocabulary))
-    which = spec.WhichOneof("size")
     dropout = config.dropout
-    if which == "custom":
-        requested = _custom_model(spec.custom, config.vocab_size)
+    if request.custom is not None:
+        requested = _custom_model(request.custom, config.vocab_size)
         for name in ("n_layer", "n_head", "n_embd", "block_size", "bias"):
             if getattr(requested, name) != getattr(config, name):
                 raise InvalidArgumentError(f"model.custom.{name}", f"is {getattr(requested, name)} but the "
                                            f"init_from checkpoint has {getattr(config, name)}; a fine-tune keeps "
                                            "its parent's architecture (only dropout may change)")
         dropout = requested.dropout
-    elif which == "preset" and spec.preset.strip().lower() not in ("", "auto"):
+    elif request.preset.strip().lower() not in ("", "auto"):
         raise InvalidArgumentError("model.preset", "a fine-tune keeps its init_from checkpoint's architecture; "
                                    "leave the preset unset (model.custom may change dropout only)")
     limit = min(corpus.train_chars, corpus.val_chars) - 1
@@ -199,7 +164,5 @@ def _parent_model(spec: trainer_pb2.ModelSpec, parent: Parent, corpus: CorpusRec
     return config.model_copy(update={"vocab_size": vocab, "dropout": dropout})
 
 
-def _custom_model(custom: common_pb2.ModelConfig, vocab: int) -> ModelConfig:
-    values = {fd.name: getattr(custom, fd.name) for fd in custom.DESCRIPTOR.fields if fd.name != "vocab_size"}
-    values["dropout"] = round(float(values["dropout"]), 6)  # a float32 on the wire: 0.1 arrives as 0.10000000149
-    return validated(ModelConfig, {**values, "vocab_size": vocab}, lambda name: f"model.custom.{name}")
+def _custom_model(custom: Mapping[str, Any], vocab: int) -> ModelConfig:
+    return validated(ModelConfig, {**custom, "vocab_size": vocab}, lambda name: f"model.custom.{name}")

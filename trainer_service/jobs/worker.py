@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import fcntl
 import importlib
-import json
 import os
 import signal
 import sqlite3
@@ -25,23 +24,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from trainer_service.jobs.layout import EXIT_LOCKED, EXIT_STOP_DEADLINE, LOCK_FILE, JobDir
+from trainer_service.jobs.summary import JobSummary
 from trainer_service.store import append_event, connect
 from trainer_service.training.api import (
     CheckpointSaved,
     CorpusRef,
-    EvaluationResult,
     EventSink,
-    ProgressUpdate,
     TrainingEvent,
     TrainingOutcome,
     TrainingPlan,
 )
 from trainer_service.training.sinks import JsonLinesSink
 
-PLAN_FILE, CORPUS_FILE, OUTCOME_FILE, EVENTS_FILE = "plan.json", "corpus.json", "outcome.json", "events.jsonl"
-LOCK_FILE, LOG_FILE = "worker.lock", "worker.log"
-EXIT_LOCKED = 75  # another live worker holds the job (EX_TEMPFAIL)
-EXIT_STOP_DEADLINE = 70  # asked to stop, but did not finish in time
 PR_SET_PDEATHSIG = 1
 
 
@@ -131,27 +126,6 @@ def acquire_job_lock(job_dir: Path, stop: StopFlag, timeout: float) -> IO[bytes]
             time.sleep(0.2)
 
 
-class JobSummary:
-    """Turns an event into its log payload and the job-row columns it updates (step, losses, best loss)."""
-
-    def __init__(self, best_val_loss: float | None) -> None:
-        self._best = best_val_loss
-
-    def row(self, event: TrainingEvent) -> tuple[dict[str, Any], dict[str, Any]]:
-        payload: dict[str, Any] = event.model_dump()
-        update: dict[str, Any] = {}
-        if isinstance(event, ProgressUpdate):
-            update = {"step": event.step, "train_loss": event.loss, "tokens_per_second": event.tokens_per_second}
-        elif isinstance(event, EvaluationResult):
-            if self._best is None or event.val_loss < self._best:
-                self._best = event.val_loss
-            update = {"step": event.step, "train_loss": event.train_loss, "val_loss": event.val_loss,
-                      "best_val_loss": self._best}
-        elif isinstance(event, CheckpointSaved):
-            payload["path"] = str(event.path)
-        return payload, update
-
-
 class WriteTimer:
     """Fills CheckpointSaved.write_seconds when the engine did not time it.
 
@@ -222,19 +196,6 @@ def load_engine(spec: str) -> Any:
     return getattr(importlib.import_module(module), name or "run_training")
 
 
-def write_outcome(job_dir: Path, outcome: TrainingOutcome) -> None:
-    tmp = job_dir / f".{OUTCOME_FILE}.tmp"
-    tmp.write_text(outcome.model_dump_json(), encoding="utf-8")
-    os.replace(tmp, job_dir / OUTCOME_FILE)
-
-
-def read_outcome(job_dir: Path) -> TrainingOutcome | None:
-    try:
-        return TrainingOutcome.model_validate(json.loads((job_dir / OUTCOME_FILE).read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return None
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job-dir", type=Path, required=True, help="holds plan.json, corpus.json, checkpoints/")
@@ -258,8 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     die_with_parent(stop)
     if args.server_pid:
         watch_server(args.server_pid, stop)
-    plan = TrainingPlan.model_validate_json((args.job_dir / PLAN_FILE).read_text(encoding="utf-8"))
-    corpus = CorpusRef.model_validate_json((args.job_dir / CORPUS_FILE).read_text(encoding="utf-8"))
+    job_dir = JobDir(args.job_dir)
+    plan = TrainingPlan.model_validate_json(job_dir.plan.read_text(encoding="utf-8"))
+    corpus = CorpusRef.model_validate_json(job_dir.corpus.read_text(encoding="utf-8"))
     rank = int(os.environ.get("RANK", "0"))
     lock = None
     if rank == 0:
@@ -270,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sink = make_sink(args, plan.job_id) if rank == 0 else NullSink()
     outcome: TrainingOutcome = load_engine(args.engine)(plan, corpus, args.job_dir, sink, stop)
     if rank == 0:
-        write_outcome(args.job_dir, outcome)
+        job_dir.write_outcome(outcome)
     print(f"worker: finished at step {outcome.final_step} (stopped early: {outcome.stopped_early})",
           file=sys.stderr, flush=True)
     del lock

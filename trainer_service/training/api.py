@@ -18,15 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from chargpt.core.checkpoint import Lineage
 from chargpt.core.config import ModelConfig
+from chargpt.errors import InvalidArgumentError
+from trainer_service.training.defaults import INTERVALS, training_defaults
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 BEST = "best"
 TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_RUN_PATTERN = r"^\w[\w.-]{0,63}$"  # one path component: `tensorboard --logdir` names the run by it
-MAX_STEPS = 10_000_000
+STEP_LIMIT = 10_000_000  # the most optimizer steps a request may ask for (a budget alone has no step limit)
 MAX_SECONDS = 30 * 86_400.0
-INTERVALS = ("eval_interval", "sample_interval", "checkpoint_interval")
 BOUNDED_BY = {"min_learning_rate": "learning_rate", "warmup_steps": "max_steps"}  # field -> its upper limit
 
 
@@ -43,9 +44,10 @@ class InitSource(BaseModel):
 class TrainingPlan(BaseModel):
     """A fully resolved job: every default applied, every field validated.
 
-    The one place for the bounds and defaults of the training fields: the trainer overlays the TrainingSpec
-    fields a request set onto its size profile and validates them here, once. Fields are declared so that a
-    field's checks only read fields declared before it (pydantic validates in this order).
+    The one place for the bounds of the training fields; their defaults come from training_defaults (the trainer
+    passes its size profile, a plan written by hand gets the same rules without one), and validation happens
+    here, once. Fields are declared so that a field's checks only read fields declared before it (pydantic
+    validates in this order).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -55,24 +57,25 @@ class TrainingPlan(BaseModel):
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N, mps")
     num_processes: int = Field(default=1, ge=1, description="processes (ranks) per node")
     num_nodes: int = Field(default=1, ge=1, description="nodes the job spans (slurm/kubernetes executors)")
-    max_steps: int = Field(ge=1, le=MAX_STEPS)
+    max_steps: int | None = Field(ge=1, le=STEP_LIMIT, description="None: no step limit, max_seconds decides")
     grad_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     batch_size: int = Field(ge=1, le=65_536, description="sequences per optimizer step, across all ranks")
     learning_rate: float = Field(gt=0, le=10.0)
-    min_learning_rate: float = Field(ge=0, description="default: learning_rate / 10")
+    min_learning_rate: float = Field(ge=0, description="default: learning_rate x the size's floor ratio")
     warmup_steps: int = Field(ge=0)
     lr_schedule: Literal["cosine", "constant", "linear"] = "cosine"
     optimizer: Literal["adamw", "muon"] = Field(default="adamw", description="muon: Muon for the hidden weight "
                                                 "matrices, AdamW for embeddings and gains")
     weight_decay: float = Field(default=0.1, ge=0, le=10.0)
     grad_clip: float = Field(default=1.0, ge=0, le=1e6, description="0 disables clipping")
-    eval_interval: int = Field(ge=0, le=MAX_STEPS, description="0: evaluate at the end only")
-    sample_interval: int = Field(ge=0, le=MAX_STEPS, description="0: no samples")
+    # An interval of None is fitted to the budget's step horizon (only without max_steps: fit_to_budget).
+    eval_interval: int | None = Field(ge=0, description="0: evaluate at the end only")
+    sample_interval: int | None = Field(ge=0, description="0: no samples")
     sample_length: int = Field(default=200, ge=1, le=100_000)
     seed: int = Field(default=1337, ge=0, le=2**63 - 1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"
-    checkpoint_interval: int = Field(ge=0, le=MAX_STEPS, description="0: only at evaluations and the end")
+    checkpoint_interval: int | None = Field(ge=0, description="0: only at evaluations and the end")
 
     max_seconds: float | None = Field(default=None, gt=0, le=MAX_SECONDS,
                                       description="wall-clock training budget; None: max_steps alone decides")
@@ -87,19 +90,18 @@ class TrainingPlan(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _derived_defaults(cls, data: Any) -> Any:
-        """Defaults that follow other fields: the LR decays to a tenth, intervals are a tenth of the run."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        lr, steps = data.get("learning_rate"), data.get("max_steps")
-        if isinstance(lr, int | float) and not isinstance(lr, bool):
-            data.setdefault("min_learning_rate", lr / 10)
-        if data.get("max_seconds") is not None and "fit_to_budget" not in data:
-            data["fit_to_budget"] = tuple(n for n in ("warmup_steps", *INTERVALS) if n not in data)
-        if isinstance(steps, int) and not isinstance(steps, bool):
-            for name in INTERVALS:
-                data.setdefault(name, max(1, steps // 10))
-        return data
+        """A plan written by hand gets the defaults the trainer's plans get (one derivation: training_defaults)."""
+        return training_defaults(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _ends(self) -> TrainingPlan:
+        """A run needs an end (max_steps or max_seconds); only a budget's own fields wait for its horizon."""
+        if self.max_steps is None and self.max_seconds is None:
+            raise ValueError("max_steps: set max_steps or max_seconds")
+        unfitted = [n for n in INTERVALS if getattr(self, n) is None and n not in self.fit_to_budget]
+        if unfitted:
+            raise ValueError(f"{unfitted[0]}: only an interval fitted to a time budget may be unset")
+        return self
 
     @field_validator("batch_size")
     @classmethod
@@ -141,7 +143,8 @@ class CorpusRef(BaseModel):
 class ProgressUpdate(BaseModel):
     kind: Literal["progress"] = "progress"
     step: int
-    max_steps: int
+    max_steps: int | None = Field(description="the step the run ends at: max_steps, or a budget's current "
+                                  "estimate; None while a budget without max_steps times its first steps")
     loss: float
     learning_rate: float
     tokens_per_second: float
@@ -196,3 +199,12 @@ class TrainingOutcome(BaseModel):
 
 
 ShouldStop = Callable[[], bool]
+
+
+def check_precision(precision: str, device_type: str, bf16_supported: bool) -> None:
+    """Refuse a precision the device cannot train in (checked when the job is created, from the device facts)."""
+    if precision == "fp16" and device_type != "cuda":
+        raise InvalidArgumentError("training.precision", f"fp16 needs a CUDA device (this job runs on "
+                                                         f"{device_type}); use bf16, fp32 or auto")
+    if precision == "bf16" and (device_type == "mps" or (device_type == "cuda" and not bf16_supported)):
+        raise InvalidArgumentError("training.precision", f"bf16 is not supported on this {device_type} device")

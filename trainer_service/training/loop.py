@@ -30,17 +30,17 @@ from trainer_service.training.api import (
     TrainingOutcome,
     TrainingPlan,
 )
-from trainer_service.training.budget import (
+from trainer_service.training.data import CorpusData, mix_seed
+from trainer_service.training.evaluate import Evaluator, attention_ids, attention_weights, sample_text
+from trainer_service.training.optim import build_optimizer, set_learning_rate
+from trainer_service.training.parent_weights import initialise_from_parent
+from trainer_service.training.runtime import Runtime, all_agree, from_rank0, process_group, resolve_runtime
+from trainer_service.training.schedule import (
     Schedule,
     TimeBudget,
     checkpoint_seconds_guess,
     evaluation_steps,
 )
-from trainer_service.training.data import CorpusData, mix_seed
-from trainer_service.training.evaluate import Evaluator, attention_ids, attention_weights, sample_text
-from trainer_service.training.init_from import initialise_from_parent
-from trainer_service.training.optim import build_optimizer, set_learning_rate
-from trainer_service.training.runtime import Runtime, all_agree, from_rank0, process_group, resolve_runtime
 from trainer_service.training.state import ResumeState, checkpoint_size, load_resume, save_training_checkpoint
 from trainer_service.training.tensorboard import TensorBoardLog
 
@@ -157,7 +157,7 @@ class Trainer:
 
     def _run(self, should_stop: ShouldStop) -> TrainingOutcome:
         plan = self.plan
-        if self.state.step == 0 and self.schedule.interval("sample_interval"):
+        if self.state.step == 0 and self.plan.sample_interval != 0:  # None: fitted to a budget, samples on
             self._sample()
         while not self.schedule.finished(self.state.step):
             if all_agree(should_stop(), self.rt):
@@ -241,13 +241,14 @@ class Trainer:
         per_step = (now - then) / steps
         self.last_progress = (now, self.state.step)
         horizon, left = self.schedule.horizon, self.schedule.seconds_left(self._elapsed())
+        eta = left if left is not None else per_step * ((horizon or self.state.step) - self.state.step)
         self._emit(ProgressUpdate(
             step=self.state.step, max_steps=horizon, loss=float(loss),
             learning_rate=self.schedule.learning_rate(self.state.step - 1),
             tokens_per_second=steps * self.plan.batch_size * self.block / max(now - then, 1e-9),
             tokens_per_step=self.plan.batch_size * self.block, elapsed_seconds=self._elapsed(),
-            eta_seconds=per_step * (horizon - self.state.step) if left is None else left,
-            grad_norm=None if self.grad_norm is None else float(self.grad_norm), budget_seconds_left=left))
+            eta_seconds=eta, grad_norm=None if self.grad_norm is None else float(self.grad_norm),
+            budget_seconds_left=left))
 
     def _evaluate(self) -> None:
         train_loss, val_loss = self.evaluator.losses(self.model)

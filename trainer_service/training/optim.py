@@ -18,13 +18,14 @@ MUON_MOMENTUM = 0.95  # Keller Jordan's default, kept by torch.optim.Muon
 def learning_rate_at(plan: TrainingPlan, step: int, horizon: int | None = None,
                      warmup_steps: int | None = None) -> float:
     """The learning rate of optimizer step `step` (0-based): linear warmup, then decay reaching
-    min_learning_rate at the horizon (max_steps, or where a time budget ends)."""
+    min_learning_rate at the horizon (default max_steps; where a time budget ends). With no horizon at all (a
+    budget without max_steps, still timing its first steps) the decay has not begun: the peak."""
     peak, floor = plan.learning_rate, min(plan.min_learning_rate, plan.learning_rate)
     horizon = plan.max_steps if horizon is None else horizon
     warmup = plan.warmup_steps if warmup_steps is None else warmup_steps
     if step < warmup:
         return peak * (step + 1) / (warmup + 1)
-    if plan.lr_schedule == "constant":
+    if plan.lr_schedule == "constant" or horizon is None:
         return peak
     span = max(1, horizon - warmup)
     progress = min(1.0, (step - warmup) / span)

@@ -13,8 +13,8 @@ import torch.distributed as dist
 from chargpt.core.calibrated import train_precision
 from chargpt.core.calibration import Calibrator, TrainStep
 from chargpt.core.device import cpu_cores, probe_device, torch_device_string
-from chargpt.errors import FailedPreconditionError, InvalidArgumentError
-from trainer_service.training.api import TrainingPlan
+from chargpt.errors import FailedPreconditionError
+from trainer_service.training.api import TrainingPlan, check_precision
 
 CPU_MICRO_BATCH_TOKENS = 2048
 
@@ -110,16 +110,12 @@ def _resolve_device(preference: str, local_rank: int | None) -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device, plan: TrainingPlan | None = None) -> torch.dtype | None:
     """The autocast dtype for a precision setting, or None for fp32; rejects what the device cannot do."""
+    check_precision(precision, device.type, device.type != "cuda" or torch.cuda.is_bf16_supported())
     if precision == "fp32":
         return None
     if precision == "fp16":
-        if device.type != "cuda":
-            raise InvalidArgumentError("training.precision", f"fp16 needs a CUDA device (this job runs on "
-                                                             f"{device.type}); use bf16, fp32 or auto")
         return torch.float16
     if precision == "bf16":
-        if device.type == "mps" or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
-            raise InvalidArgumentError("training.precision", f"bf16 is not supported on {device}")
         return torch.bfloat16
     return torch.bfloat16 if bf16_is_faster(device, plan) else None  # auto
 

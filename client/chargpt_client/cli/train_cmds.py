@@ -14,7 +14,6 @@ from chargpt_client.sync import TrainerClient
 from chargpt_client.training import TrainingOptions, option_fields
 
 ARCH_FLAGS = ("n_layer", "n_head", "n_embd", "block_size")
-MAX_STEPS = 10_000_000  # the trainer's step limit: a budget-only job shows its budget, not this
 
 
 def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
@@ -110,7 +109,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         budget = job.training.get("max_seconds")
-        length = f"{budget:g} s" + (f" or {job.max_steps} steps" if job.max_steps < MAX_STEPS else "") if budget \
+        length = f"{budget:g} s" + (f" or {job.max_steps} steps" if job.max_steps else "") if budget \
             else f"{job.max_steps} steps"
         print(f"job {job.job_id}: {job.model.n_layer} layers x {job.model.n_embd} dims, "
               f"{job.parameter_count:,} parameters, {length}", file=sys.stderr)
@@ -168,10 +167,17 @@ def jobs_list_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print_json(jobs)
         return 0
-    rows = [(j.job_id, j.display_name or "-", j.state, f"{j.step}/{j.max_steps}", j.best_val_loss,
+    rows = [(j.job_id, j.display_name or "-", j.state, steps(j), j.best_val_loss,
              j.parameter_count, j.created_time) for j in jobs]
     print_table(["job", "name", "state", "step", "best val", "params", "created"], rows)
     return 0
+
+
+def steps(job: t.TrainingJob) -> str:
+    """The steps taken, of max_steps ("5/100"), or of a budget-only job ("5 (budget 90 s)")."""
+    if job.max_steps is not None:
+        return f"{job.step}/{job.max_steps}"
+    return f"{job.step} (budget {job.training.get('max_seconds', 0):g} s)"
 
 
 def jobs_show_cmd(args: argparse.Namespace) -> int:
@@ -184,7 +190,7 @@ def jobs_show_cmd(args: argparse.Namespace) -> int:
     for label, value in (("job", job.job_id), ("name", job.display_name), ("state", job.state),
                          ("corpus", job.corpus_id), ("model", f"{m.n_layer} layers, {m.n_head} heads, "
                           f"{m.n_embd} dims, block {m.block_size}, vocab {m.vocab_size}"),
-                         ("parameters", f"{job.parameter_count:,}"), ("step", f"{job.step}/{job.max_steps}"),
+                         ("parameters", f"{job.parameter_count:,}"), ("step", steps(job)),
                          ("losses", f"train {fmt(job.train_loss)}, val {fmt(job.val_loss)}, "
                           f"best val {fmt(job.best_val_loss)}"), ("device", job.device or "-"),
                          ("budget", f"{job.training['max_seconds']:g} s" if job.training.get("max_seconds") else ""),

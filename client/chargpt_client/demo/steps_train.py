@@ -104,8 +104,7 @@ def show_architecture(demo: Demo) -> None:
              f"vocab_size={m.vocab_size} dropout={m.dropout:g}")
     demo.say(f"Parameters: {job.parameter_count:,}")
     tr = job.training
-    length = f"{tr['max_seconds']:g} s" if tr.get("max_seconds") and job.max_steps >= 10_000_000 \
-        else f"{job.max_steps} steps"
+    length = f"{job.max_steps} steps" if job.max_steps is not None else f"{tr['max_seconds']:g} s"
     demo.say(f"Training plan: {length}, batch {tr.get('batch_size', '?')}, learning rate "
              f"{tr.get('learning_rate', '?')}, job {job.job_id}")
 

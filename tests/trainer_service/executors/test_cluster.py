@@ -10,14 +10,15 @@ import pytest
 
 from tests.trainer_service.executors.test_slurm_script import plan
 from trainer_service.executors.base import RunningJob
-from trainer_service.executors.cluster import RUNS_FILE, ClusterExecutor, ClusterStatus
+from trainer_service.executors.cluster import ClusterExecutor, ClusterStatus
 from trainer_service.executors.slurm import parse_state, to_status
 from trainer_service.jobs.events import EventHub
-from trainer_service.jobs.worker import EVENTS_FILE
+from trainer_service.jobs.layout import CORPUS_COPY, EVENTS_FILE, RUNS_FILE, JobDir
+from trainer_service.jobs.manager import JobManager
 from trainer_service.metrics import TrainerMetrics
 from trainer_service.settings import TrainerSettings
-from trainer_service.store import QUEUED, RUNNING, Store
-from trainer_service.training.api import ProgressUpdate
+from trainer_service.store import QUEUED, RUNNING, CorpusRecord, Store
+from trainer_service.training.api import CorpusRef, ProgressUpdate, TrainingOutcome, TrainingPlan
 
 
 class RecordedCluster(ClusterExecutor):
@@ -125,3 +126,31 @@ def test_the_events_of_a_run_come_after_its_state_change_even_when_its_queueing_
     assert ended.code == 0
     logged = [e.payload.get("message") or e.payload["step"] for e in store.events_after("j", 0)]
     assert logged == ["running on vm", 1, 2, 3, REQUEUED[1], "running on vm", 3, 4, 5], logged
+
+
+@pytest.mark.parametrize(("executor", "copied"), [("local", False), ("slurm", True), ("kubernetes", True)])
+def test_the_job_directory_holds_the_corpus_the_workers_read(tmp_path: Path, executor: str, copied: bool) -> None:
+    """Local workers read the trainer's corpus in place; cluster nodes see only the job directory, so the corpus
+    text is copied into it and the worker's corpus.json points there."""
+    text = tmp_path / "corpus-source.txt"
+    text.write_text("abc" * 100, encoding="utf-8")
+    corpus = CorpusRecord(corpus_id="c" * 64, name="abc", description="", size_bytes=300, num_chars=300,
+                          vocabulary="abc", train_chars=270, val_chars=30, builtin=False, created=0.0, path=str(text))
+    store = Store(tmp_path / "jobs.db")
+    store.put_corpus(corpus)
+    settings = TrainerSettings(executor=executor, data_dir=tmp_path / "data")  # type: ignore[arg-type]
+
+    async def create() -> JobDir:
+        manager = JobManager(settings, store, EventHub(store, TrainerMetrics(), 0.1))
+        await manager.create("j", "", plan("cpu", 1, 1), corpus)
+        return JobDir(manager.job_dir("j"))
+
+    job_dir = asyncio.run(create())
+    ref = CorpusRef.model_validate_json(job_dir.corpus.read_text(encoding="utf-8"))
+    assert (ref.path == job_dir.path / CORPUS_COPY) is copied and ref.path.read_text(encoding="utf-8") == "abc" * 100
+    assert TrainingPlan.model_validate_json(job_dir.plan.read_text(encoding="utf-8")) == plan("cpu", 1, 1)
+    assert job_dir.read_outcome() is None and job_dir.latest_step() == 0
+    job_dir.write_outcome(TrainingOutcome(final_step=3, stopped_early=False, schedule_complete=True))
+    assert job_dir.read_outcome() == TrainingOutcome(final_step=3, stopped_early=False, schedule_complete=True)
+    job_dir.clear_outcome()
+    assert job_dir.read_outcome() is None

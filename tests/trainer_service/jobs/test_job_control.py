@@ -13,6 +13,7 @@ from trainer_harness import Trainer, sample_text
 
 from chargpt.v1 import common_pb2
 from chargpt.v1 import trainer_pb2 as S
+from tests.support.procs import processes_mentioning
 
 RUNNING, QUEUED = S.JOB_STATE_RUNNING, S.JOB_STATE_QUEUED
 
@@ -86,9 +87,10 @@ async def test_sigkilled_worker_fails_the_job_and_the_server_carries_on(trainer:
     job = await trainer.create_job(corpus.corpus_id, max_steps=10_000)
     await trainer.wait_for(job.job_id, [RUNNING], min_step=6)
     assert trainer.server is not None
-    process = trainer.server.jobs.running_process(job.job_id)
-    assert process is not None
-    os.kill(process.pid, signal.SIGKILL)
+    workers = processes_mentioning(job.job_id)  # the job's worker process: its --job-dir names the job
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
     failed = await trainer.wait_for(job.job_id, [S.JOB_STATE_FAILED], timeout=20)
     assert "killed by signal SIGKILL" in failed.error
     assert (await checkpoint_steps(trainer, job.job_id))[common_pb2.CHECKPOINT_KIND_LATEST] >= 5

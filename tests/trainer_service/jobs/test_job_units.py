@@ -20,7 +20,8 @@ from chargpt.core.tokenizer import CharTokenizer
 from chargpt.errors import NotFoundError
 from trainer_service.executors.local import describe_exit
 from trainer_service.jobs.checkpoints import open_snapshot
-from trainer_service.jobs.worker import EXIT_LOCKED, EXIT_STOP_DEADLINE, StopFlag, acquire_job_lock
+from trainer_service.jobs.layout import EXIT_LOCKED, EXIT_STOP_DEADLINE
+from trainer_service.jobs.worker import StopFlag, acquire_job_lock
 from trainer_service.store import QUEUED, RUNNING, Store, append_event, connect
 
 

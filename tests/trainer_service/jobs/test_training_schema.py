@@ -8,13 +8,18 @@ import typing
 import pytest
 from chargpt_client.cli import build_parser
 from chargpt_client.ops import training_spec
-from chargpt_client.training import TrainingOptions
+from chargpt_client.training import TrainingOptions, option_fields
 
 from chargpt.core.config import ModelConfig
+from chargpt.core.device import SIZE_PROFILES
 from chargpt.errors import InvalidArgumentError, validated
 from chargpt.v1 import trainer_pb2
-from trainer_service.convert import enum_choices, training_fields, training_proto
+from trainer_service.convert import enum_choices, job_request, training_fields, training_proto
+from trainer_service.jobs.plan import DeviceProber, build_plan
+from trainer_service.jobs.request import JobRequest
+from trainer_service.store import CorpusRecord
 from trainer_service.training.api import TrainingPlan
+from trainer_service.training.defaults import training_defaults
 
 SPEC = trainer_pb2.TrainingSpec.DESCRIPTOR
 NOT_TRAINING = {"job_id", "model", "device", "num_processes", "num_nodes", "init_from",  # from elsewhere in the request
@@ -106,3 +111,49 @@ def test_model_errors_name_the_custom_field() -> None:
         validated(ModelConfig, {"vocab_size": 20, "n_layer": 1, "n_head": 3, "n_embd": 16, "block_size": 16},
                   lambda name: f"model.custom.{name}")
     assert info.value.field == "model.custom.n_head" and "divide n_embd" in str(info.value)
+
+
+def test_the_trainer_and_a_hand_written_plan_derive_defaults_alike() -> None:
+    """One derivation (training_defaults): the size profile's values and LR floor, the warmup and intervals
+    from the run length, and a budget's unset fields left to the budget."""
+    cpu, tiny = SIZE_PROFILES["cpu"], SIZE_PROFILES["tiny"]
+    assert training_defaults({}, cpu)["min_learning_rate"] == 0.0  # the CPU profile decays to zero
+    values = training_defaults({"max_steps": 300}, tiny)
+    assert values["min_learning_rate"] == pytest.approx(tiny.learning_rate / 10) and values["warmup_steps"] == 30
+    assert values["eval_interval"] == values["sample_interval"] == values["checkpoint_interval"] == 30
+    assert training_defaults({"max_steps": 300}, tiny, finetune=True)["warmup_steps"] == 300 // 50
+    budget = training_defaults({"max_seconds": 60.0, "eval_interval": 0}, tiny)
+    assert budget["max_steps"] is None and budget["warmup_steps"] == tiny.warmup_steps  # no step limit
+    assert budget["fit_to_budget"] == ("warmup_steps", "sample_interval", "checkpoint_interval")
+    assert (budget["eval_interval"], budget["sample_interval"], budget["checkpoint_interval"]) == (0, None, None)
+    plan = TrainingPlan.model_validate({**budget, "job_id": "j", "model": MODEL})
+    assert plan.max_steps is None and plan.sample_interval is None and plan.fit_to_budget == budget["fit_to_budget"]
+    hand = TrainingPlan(job_id="j", model=MODEL, max_steps=None, max_seconds=60.0, batch_size=8, learning_rate=1e-3,
+                        warmup_steps=5)
+    assert hand.fit_to_budget == ("eval_interval", "sample_interval", "checkpoint_interval")
+    assert hand.model_dump() == TrainingPlan.model_validate(hand.model_dump()).model_dump()  # stable round trip
+
+
+def test_a_plan_needs_an_end() -> None:
+    with pytest.raises(ValueError, match="max_steps or max_seconds"):
+        TrainingPlan(job_id="j", model=MODEL, max_steps=None, batch_size=8, learning_rate=1e-3, warmup_steps=0)
+    with pytest.raises(ValueError, match="fitted to a time budget"):
+        TrainingPlan(job_id="j", model=MODEL, max_steps=10, batch_size=8, learning_rate=1e-3, warmup_steps=0,
+                     eval_interval=None)
+
+
+def test_a_training_field_goes_from_the_cli_flag_to_the_plan_through_one_adapter_call() -> None:
+    """`chargpt train --learning-rate` -> TrainingOptions -> TrainingSpec on the wire -> convert.job_request (the
+    servicer's one conversion) -> JobRequest -> build_plan -> the TrainingPlan the worker hands to the loop."""
+    args = build_parser().parse_args(["train", "c", "--learning-rate", "0.002", "--max-steps", "7",
+                                      "--lr-schedule", "linear"])
+    options = TrainingOptions(**{o.name: getattr(args, o.name) for o in option_fields()})
+    wire = trainer_pb2.CreateTrainingJobRequest(corpus_id="c", training=training_spec(options),
+                                                resources=trainer_pb2.ResourceSpec(device="cpu"))
+    request = job_request(wire)
+    assert request == JobRequest(corpus_id="c", device="cpu", training={
+        "learning_rate": 0.002, "max_steps": 7, "lr_schedule": "linear"})
+    corpus = CorpusRecord(corpus_id="c", name="c", description="", size_bytes=2000, num_chars=2000,
+                          vocabulary="abc", train_chars=1800, val_chars=200, builtin=False, created=0.0, path="")
+    plan = build_plan("j", request, corpus, DeviceProber("cpu"), max_processes=1)
+    assert (plan.learning_rate, plan.max_steps, plan.lr_schedule) == (0.002, 7, "linear")

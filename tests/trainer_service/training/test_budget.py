@@ -11,10 +11,10 @@ import pytest
 from engine_support import TEXT, Recorder, make_plan, never  # type: ignore[import-not-found]
 
 from chargpt.core.checkpoint import load_checkpoint
-from trainer_service.training.api import MAX_STEPS, CorpusRef, EvaluationResult, ProgressUpdate, TrainingPlan
-from trainer_service.training.budget import CALIBRATION_STEPS
+from trainer_service.training.api import CorpusRef, EvaluationResult, ProgressUpdate, TrainingPlan
 from trainer_service.training.loop import run_training
 from trainer_service.training.optim import learning_rate_at
+from trainer_service.training.schedule import CALIBRATION_STEPS, TimeBudget
 from trainer_service.training.state import RESUME_FILE, ResumeState
 
 BUDGET = 4.0
@@ -40,7 +40,7 @@ def budget_plan(**update: object) -> TrainingPlan:
     values = make_plan().model_dump(exclude={"eval_interval", "sample_interval", "checkpoint_interval",
                                                  "fit_to_budget"})
     fit = ("warmup_steps", "eval_interval", "sample_interval", "checkpoint_interval")  # as plan.py sets it
-    values.update({"max_steps": MAX_STEPS, "max_seconds": BUDGET, "warmup_steps": 50, "fit_to_budget": fit,
+    values.update({"max_steps": None, "max_seconds": BUDGET, "warmup_steps": 50, "fit_to_budget": fit,
                    **update})
     return TrainingPlan.model_validate(values)
 
@@ -111,3 +111,33 @@ def test_a_killed_budget_job_resumes_against_what_is_left(tmp_path: Path, corpus
     warmup = min(fitted(tmp_path / "job").fitted["warmup_steps"], final.step // 10)
     assert final.learning_rate == pytest.approx(learning_rate_at(plan, final.step - 1, horizon=final.step,
                                                                  warmup_steps=warmup))
+
+
+def test_a_budget_without_max_steps_keeps_the_schedule_a_ten_million_step_limit_gave() -> None:
+    """max_steps None (no step limit) replaced a 10,000,000-step stand-in: the horizon, the fitted warmup and
+    intervals and the learning rate of every step are the same; only the progress events' max_steps differs
+    while the budget times its first steps (None rather than the stand-in)."""
+    unlimited = budget_plan(max_seconds=100.0, warmup_steps=5)
+    assert unlimited.max_steps is None and unlimited.eval_interval is None
+    stand_in = budget_plan(max_seconds=100.0, warmup_steps=5, max_steps=10_000_000, eval_interval=1_000_000,
+                           sample_interval=1_000_000, checkpoint_interval=1_000_000)
+
+    def run(plan: TrainingPlan) -> tuple[list[float], list[int | None], dict[str, int]]:
+        budget = TimeBudget(plan, {}, None, eval_steps=0.0, checkpoint_seconds=0.0, agree=lambda h: h)
+        rates, horizons = [], []
+        for step in range(1, 1100):
+            rates.append(budget.learning_rate(step - 1))
+            budget.after_step(step, 0.1, spent=0.1 * step)
+            horizons.append(budget.horizon)
+            if budget.finished(step):
+                break
+        return rates, horizons, budget.fitted
+
+    rates, horizons, fit = run(unlimited)
+    old_rates, old_horizons, old_fit = run(stand_in)
+    assert horizons[:CALIBRATION_STEPS] == [None] * CALIBRATION_STEPS
+    assert old_horizons[:CALIBRATION_STEPS] == [10_000_000] * CALIBRATION_STEPS
+    assert horizons[CALIBRATION_STEPS:] == old_horizons[CALIBRATION_STEPS:] and horizons[-1] == len(horizons)
+    assert fit == old_fit and fit["eval_interval"] == horizons[CALIBRATION_STEPS] // 10
+    assert rates == pytest.approx(old_rates, rel=1e-6) and rates[-1] == pytest.approx(
+        learning_rate_at(unlimited, len(rates) - 1, horizon=len(rates), warmup_steps=fit["warmup_steps"]))

@@ -41,7 +41,7 @@ def test_two_process_gloo_training_matches_a_single_process(tmp_path: Path) -> N
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")]), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "trainer_service.training.launch", "--plan", str(tmp_path / "plan.json"),
+         str(Path(__file__).with_name("ddp_ranks.py")), "--plan", str(tmp_path / "plan.json"),
          "--corpus", str(tmp_path / "corpus.json"), "--job-dir", str(tmp_path / "job"),
          "--events", str(tmp_path / "events.jsonl"), "--summary-dir", str(tmp_path / "summary")],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)

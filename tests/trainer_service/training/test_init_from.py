@@ -16,8 +16,8 @@ from chargpt.core.tokenizer import CharTokenizer
 from chargpt.errors import FailedPreconditionError
 from trainer_service.training.api import CorpusRef, EvaluationResult, InitSource, TrainingPlan
 from trainer_service.training.data import CorpusData
-from trainer_service.training.init_from import embedding_by_character
 from trainer_service.training.loop import Trainer, run_training
+from trainer_service.training.parent_weights import embedding_by_character
 from trainer_service.training.runtime import resolve_runtime
 
 # Related text: the same pigs, with characters the parent never saw ('!', 'Z', 'q') and without some it had.

@@ -1,4 +1,4 @@
-"""Resolving a CreateTrainingJobRequest's init_from (a job's checkpoint, or a directory in the data dir).
+"""Resolving a fine-tune's parent (init_from: a job's checkpoint, or a directory in the data dir) to a checkpoint.
 
 Every bad reference names its field: a malformed one is INVALID_ARGUMENT, a path outside the trainer's data
 directory PERMISSION_DENIED, an unknown job or missing directory NOT_FOUND, a job without that checkpoint (yet)
@@ -20,14 +20,12 @@ from chargpt.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from chargpt.v1 import common_pb2, trainer_pb2
 from trainer_service.jobs.checkpoints import checkpoint_dir
+from trainer_service.jobs.request import ParentRef
 from trainer_service.store import Store
-from trainer_service.training.api import BEST, LATEST, InitSource
+from trainer_service.training.api import BEST, InitSource
 
 JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, as CreateTrainingJob assigns
-KINDS = {common_pb2.CHECKPOINT_KIND_UNSPECIFIED: BEST, common_pb2.CHECKPOINT_KIND_BEST: BEST,
-         common_pb2.CHECKPOINT_KIND_LATEST: LATEST}
 
 
 class Parent:
@@ -37,23 +35,19 @@ class Parent:
         self.source, self.manifest = source, manifest
 
 
-def resolve_init_from(spec: trainer_pb2.InitFrom, data_dir: Path, store: Store,
-                      job_dir: Callable[[str], Path]) -> Parent:
-    which = spec.WhichOneof("source")
-    if spec.kind not in KINDS:
-        raise InvalidArgumentError("init_from.kind", f"unknown checkpoint kind {spec.kind}")
-    if which == "job_id":
-        kind = KINDS[spec.kind]
-        directory, field = _job_checkpoint(spec.job_id, kind, store, job_dir), "init_from.job_id"
-    elif which == "path":
-        if spec.kind != common_pb2.CHECKPOINT_KIND_UNSPECIFIED:
+def resolve_init_from(ref: ParentRef, data_dir: Path, store: Store, job_dir: Callable[[str], Path]) -> Parent:
+    if ref.job_id is not None:
+        kind = ref.kind or BEST
+        directory, field = _job_checkpoint(ref.job_id, kind, store, job_dir), "init_from.job_id"
+    elif ref.path is not None:
+        if ref.kind:
             raise InvalidArgumentError("init_from.kind", "applies to init_from.job_id only")
-        kind, directory, field = "", _inside(spec.path, data_dir), "init_from.path"
+        kind, directory, field = "", _inside(ref.path, data_dir), "init_from.path"
     else:
         raise InvalidArgumentError("init_from", "set job_id or path")
     manifest = _manifest(directory, field)
     t = manifest.training
-    lineage = Lineage(job_id=spec.job_id if which == "job_id" else t.job_id, kind=kind,
+    lineage = Lineage(job_id=ref.job_id if ref.job_id is not None else t.job_id, kind=kind,
                       weights_sha256=manifest.weights.sha256, corpus_id=t.corpus_id, corpus_name=t.corpus_name,
                       corpus_sha256=t.corpus_sha256, step=t.step)
     return Parent(InitSource(path=directory, vocabulary=manifest.vocabulary, lineage=lineage), manifest)

@@ -1,6 +1,6 @@
-"""Command-line entry for one training process, e.g. under torchrun for multi-process (DDP) jobs.
+"""One training rank under torchrun for the DDP test (production runs ranks through trainer_service.jobs.worker).
 
-    python -m torch.distributed.run --nproc_per_node 2 -m trainer_service.training.launch \\
+    python -m torch.distributed.run --nproc_per_node 2 tests/trainer_service/training/ddp_ranks.py \\
         --plan plan.json --corpus corpus.json --job-dir JOB_DIR [--events events.jsonl] [--stop-file STOP]
 
 plan.json is a TrainingPlan and corpus.json a CorpusRef (their pydantic JSON). Rank 0 appends every event as

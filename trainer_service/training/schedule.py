@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from trainer_service.training.api import INTERVALS, TrainingPlan
+from trainer_service.training.api import TrainingPlan
+from trainer_service.training.defaults import INTERVALS
 from trainer_service.training.optim import learning_rate_at
 
 CALIBRATION_STEPS = 3  # timed steps (after the first of each run, which pays for allocation/compilation)
@@ -29,7 +30,7 @@ class Schedule:
 
     def __init__(self, plan: TrainingPlan) -> None:
         self.plan = plan
-        self.horizon = plan.max_steps
+        self.horizon: int | None = plan.max_steps  # None: a budget without max_steps has no estimate yet
         self.fitted: dict[str, int] = {}
 
     def learning_rate(self, step: int) -> float:
@@ -37,10 +38,13 @@ class Schedule:
         return learning_rate_at(self.plan, step, horizon=self.horizon, warmup_steps=self.interval("warmup_steps"))
 
     def interval(self, name: str) -> int:
-        return int(self.fitted.get(name, getattr(self.plan, name)))
+        """The warmup or an interval in steps; 0 for an interval a budget has yet to fit (nothing periodic runs
+        while it times its first steps, nor is its cost counted)."""
+        value = self.fitted.get(name, getattr(self.plan, name))
+        return 0 if value is None else int(value)
 
     def finished(self, step: int) -> bool:
-        return step >= self.horizon
+        return self.horizon is not None and step >= self.horizon
 
     def after_step(self, step: int, step_seconds: float, spent: float) -> None:
         """Called after every optimizer step with its duration and the training time spent so far."""
@@ -61,7 +65,7 @@ class TimeBudget(Schedule):
         assert plan.max_seconds is not None
         self.budget = plan.max_seconds
         self.fitted = dict(fitted)
-        self.horizon = min(horizon or plan.max_steps, plan.max_steps)
+        self.horizon = self._capped(horizon) if horizon else plan.max_steps
         self.eval_steps = eval_steps  # an evaluation's cost in training steps, until one is timed
         self.costs: dict[str, float] = {"checkpoint": checkpoint_seconds, "sample": 0.0}  # seconds, as measured
         self.agree = agree  # every rank must use the same horizon: rank 0's view under DDP
@@ -72,7 +76,7 @@ class TimeBudget(Schedule):
         """As for max_steps, to the current horizon; a fitted warmup shrinks with it (at most a tenth), so a
         horizon cut short by a slower machine still ends in decay rather than mid-warmup."""
         warmup = self.interval("warmup_steps")
-        if "warmup_steps" in self.plan.fit_to_budget:
+        if "warmup_steps" in self.plan.fit_to_budget and self.horizon is not None:
             warmup = min(warmup, self.horizon // 10)
         return learning_rate_at(self.plan, step, horizon=self.horizon, warmup_steps=warmup)
 
@@ -82,13 +86,19 @@ class TimeBudget(Schedule):
             horizon = step if spent >= self.budget else self.horizon
         else:
             left = self.budget - spent - self._final_cost()
-            horizon = min(self.plan.max_steps, step + max(0, math.floor(left / self._seconds_per_step())))
-        self.horizon = max(step, self.agree(horizon))
-        if self.step_seconds is not None and not all(n in self.fitted for n in self.plan.fit_to_budget):
+            horizon = self._capped(step + max(0, math.floor(left / self._seconds_per_step())))
+        agreed = self.agree(-1 if horizon is None else horizon)  # -1 stands for "no estimate yet" on the wire
+        self.horizon = None if agreed < 0 else max(step, agreed)
+        unfitted = not all(n in self.fitted for n in self.plan.fit_to_budget)
+        if self.step_seconds is not None and self.horizon is not None and unfitted:
             self._fit(self.horizon)
 
     def paid(self, kind: str, seconds: float) -> None:
         self.costs[kind] = seconds
+
+    def _capped(self, horizon: int) -> int:
+        """max_steps, when set, ends the run first."""
+        return horizon if self.plan.max_steps is None else min(horizon, self.plan.max_steps)
 
     def seconds_left(self, spent: float) -> float | None:
         return max(0.0, self.budget - spent)
@@ -133,7 +143,7 @@ class TimeBudget(Schedule):
             if name == "warmup_steps":
                 self.fitted[name] = min(self.plan.warmup_steps, tenth)
             elif name in INTERVALS:
-                self.fitted[name] = tenth if getattr(self.plan, name) else 0
+                self.fitted[name] = 0 if getattr(self.plan, name) == 0 else tenth
 
 
 def evaluation_steps(eval_tokens: int, tokens_per_step: int) -> float:
