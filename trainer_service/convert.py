@@ -9,10 +9,10 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from chargpt.errors import InvalidArgumentError
-from chargpt.v1 import trainer_pb2
-from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS
+from chargpt.v1 import common_pb2, trainer_pb2
+from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS, KIND_NAMES
 from chargpt.wire.lineage import lineage_proto
-from chargpt.wire.model_config import model_config_proto
+from chargpt.wire.model_config import model_config_proto, model_config_values
 from trainer_service.jobs.checkpoints import CheckpointInfo
 from trainer_service.jobs.request import JobRequest, ParentRef
 from trainer_service.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, CorpusRecord, EventRecord, JobRecord
@@ -59,17 +59,18 @@ def job_request(request: trainer_pb2.CreateTrainingJobRequest) -> JobRequest:
 
 
 def _custom_fields(custom: common_pb2.ModelConfig) -> dict[str, Any]:
-    values = {fd.name: getattr(custom, fd.name) for fd in custom.DESCRIPTOR.fields if fd.name != "vocab_size"}
-    values["dropout"] = round(float(values["dropout"]), 6)  # a float32 on the wire: 0.1 arrives as 0.10000000149
+    """A custom size's fields as written (dropout rounded back from float32); the corpus decides vocab_size."""
+    values = model_config_values(custom)
+    del values["vocab_size"]
     return values
 
 
 def _parent_ref(spec: trainer_pb2.InitFrom) -> ParentRef:
-    if spec.kind not in PROTO_TO_KIND:
+    if spec.kind not in KIND_NAMES:
         raise InvalidArgumentError("init_from.kind", f"unknown checkpoint kind {spec.kind}")
     which = spec.WhichOneof("source")
     return ParentRef(job_id=spec.job_id if which == "job_id" else None, path=spec.path if which == "path" else None,
-                     kind=PROTO_TO_KIND[spec.kind])  # type: ignore[arg-type]
+                     kind=KIND_NAMES[spec.kind])  # type: ignore[arg-type]
 
 
 def timestamp(seconds: float | None) -> Timestamp | None:

@@ -6,12 +6,7 @@ import torch
 
 from chargpt.core.model import GPT
 from chargpt.errors import NonFiniteLogitsError
-
-# SAMPLING_PRESETS and SamplingPreset are re-exported for trainer_service/training/evaluate.py, which imports them
-# from here (outside this change's scope; it can import them from chargpt.sampling_params instead).
-from chargpt.sampling_params import SAMPLING_PRESETS as SAMPLING_PRESETS
 from chargpt.sampling_params import SamplingParams
-from chargpt.sampling_params import SamplingPreset as SamplingPreset
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

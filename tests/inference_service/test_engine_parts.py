@@ -12,8 +12,8 @@ import torch
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT, KVCache
-from chargpt.core.sampling import SamplingParams
 from chargpt.errors import ResourceExhaustedError
+from chargpt.sampling_params import SamplingParams
 from inference_service.decode_policy import DecodePolicy
 from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.model_runner import ModelRunner

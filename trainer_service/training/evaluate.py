@@ -6,7 +6,8 @@ import torch
 from torch.nn import functional as F
 
 from chargpt.core.model import GPT
-from chargpt.core.sampling import SAMPLING_PRESETS, SamplingPreset, generate, make_generator
+from chargpt.core.sampling import generate, make_generator
+from chargpt.sampling_params import SAMPLING_PRESETS, SamplingPreset
 from trainer_service.training.data import CorpusData, mix_seed, split_windows, train_subset_windows
 from trainer_service.training.runtime import Runtime, all_sum
 
