@@ -23,12 +23,12 @@ from chargpt.core.checkpoint import Checkpoint, load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import resolve_device, set_torch_threads
 from chargpt.core.model import GPT
-from inference_service.calibration import DecodeChoice, calibrated_decode
 from inference_service.decode_policy import DEFAULT_PARALLEL_FROM, DecodePolicy
 from inference_service.engine import Engine
-from inference_service.memory import available_memory, size_cache
+from inference_service.kv_cache_sizing import available_memory, size_cache
 from inference_service.metrics import InferenceMetrics
 from inference_service.score_batcher import ScoreBatcher
+from inference_service.serving_choices import DecodeChoice, calibrated_decode
 from inference_service.settings import InferenceSettings
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import torch
 from chargpt import errors
 from chargpt.core.calibration import Calibrator
 from chargpt.core.device import cpu_cores
-from chargpt.server.memory import keep_freed_memory
+from chargpt.server.allocator import keep_freed_memory
 from chargpt.server.metrics import MetricsEndpoint
 from chargpt.server.serving import (
     ManagedServer,
@@ -21,11 +21,11 @@ from chargpt.server.serving import (
 )
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
 from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS
+from inference_service.grpc_api.servicer import InferenceServicer
 from inference_service.metrics import InferenceMetrics
 from inference_service.openai_api.app import create_app
 from inference_service.openai_api.server import HttpEndpoint
 from inference_service.registry import ModelRegistry
-from inference_service.servicer import InferenceServicer
 from inference_service.settings import InferenceSettings
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name

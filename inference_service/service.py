@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from chargpt import errors
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.sampling_params import SamplingParams
+from inference_service.engine.request import Chunk, Finish, GenRequest, Outbox, Summary
 from inference_service.metrics import InferenceMetrics
 from inference_service.registry import ModelEntry, ModelRegistry
-from inference_service.requests import Chunk, Finish, GenRequest, Outbox, Summary
 from inference_service.scoring import ScoreResult
 from inference_service.settings import InferenceSettings
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import pytest
-from chargpt_client import convert
+from chargpt_client import from_proto
 from chargpt_client import types as t
 
 from chargpt.core.checkpoint import Lineage
@@ -37,7 +37,7 @@ def test_model_config_round_trips_from_the_core_to_the_client() -> None:
     core = ModelConfig(vocab_size=65, n_layer=3, n_head=2, n_embd=32, block_size=64, dropout=0.1, bias=True)
     message = model_config_proto(core)
     assert message.dropout != 0.1  # a float32 on the wire
-    assert convert.model_config(message) == t.ModelConfig(**core.model_dump())
+    assert from_proto.model_config(message) == t.ModelConfig(**core.model_dump())
     assert model_config_values(message)["dropout"] == 0.1
 
 
@@ -52,7 +52,7 @@ def test_lineage_round_trips_from_the_core_to_the_client(kind: str) -> None:
                    corpus_name="shakespeare", corpus_sha256="cd" * 32, step=1200)
     message = lineage_proto(core)
     assert message.kind == CHECKPOINT_KINDS[kind]
-    assert convert.lineage(message) == t.Lineage(**core.model_dump())
+    assert from_proto.lineage(message) == t.Lineage(**core.model_dump())
     assert lineage_values(message) == core.model_dump()
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from chargpt.core.calibrated import train_precision
 from chargpt.core.device import SIZE_PROFILES, DeviceFacts, auto_size
+from chargpt.core.training_choices import train_precision
 from chargpt.v1 import common_pb2, trainer_pb2
 from trainer_service.jobs.plan import DeviceProber
 

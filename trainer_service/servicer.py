@@ -14,7 +14,7 @@ import grpc
 from chargpt.errors import InvalidArgumentError
 from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
 from chargpt.wire.checkpoint_kinds import KIND_NAMES
-from trainer_service import convert
+from trainer_service import messages
 from trainer_service.corpora.library import CorpusLibrary
 from trainer_service.corpora.read import read_corpus
 from trainer_service.device_report import device_report
@@ -78,17 +78,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
         record, created = await self.corpora.upload(first.header.name, first.header.description, chunks())
         self.metrics.refresh_store_gauges(self.store)
-        return trainer_pb2.UploadCorpusResponse(corpus=convert.corpus_proto(record), created=created)
+        return trainer_pb2.UploadCorpusResponse(corpus=messages.corpus_proto(record), created=created)
 
     async def ListCorpora(self, request: trainer_pb2.ListCorporaRequest,
                           context: grpc.aio.ServicerContext) -> trainer_pb2.ListCorporaResponse:
         records = await self.corpora.list()
-        return trainer_pb2.ListCorporaResponse(corpora=[convert.corpus_proto(r) for r in records])
+        return trainer_pb2.ListCorporaResponse(corpora=[messages.corpus_proto(r) for r in records])
 
     async def GetCorpus(self, request: trainer_pb2.GetCorpusRequest,
                         context: grpc.aio.ServicerContext) -> trainer_pb2.GetCorpusResponse:
         record = await self.corpora.resolve(request.corpus_id)
-        return trainer_pb2.GetCorpusResponse(corpus=convert.corpus_proto(record))
+        return trainer_pb2.GetCorpusResponse(corpus=messages.corpus_proto(record))
 
     async def ReadCorpus(self, request: trainer_pb2.ReadCorpusRequest,
                          context: grpc.aio.ServicerContext) -> trainer_pb2.ReadCorpusResponse:
@@ -112,7 +112,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if len(request.display_name) > 256:
             raise InvalidArgumentError("display_name", f"at most 256 characters (got {len(request.display_name)})")
         corpus = await self.corpora.resolve(request.corpus_id)
-        wanted = convert.job_request(request)
+        wanted = messages.job_request(request)
         job_id = uuid.uuid4().hex
         parent = None
         if wanted.init_from is not None:
@@ -125,7 +125,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.CreateTrainingJobResponse(job=self._job(job.job_id))
 
     def _job(self, job_id: str) -> trainer_pb2.TrainingJob:
-        return convert.job_proto(self.store.get_job(job_id), self.jobs.plan(job_id))
+        return messages.job_proto(self.store.get_job(job_id), self.jobs.plan(job_id))
 
     async def GetTrainingJob(self, request: trainer_pb2.GetTrainingJobRequest,
                              context: grpc.aio.ServicerContext) -> trainer_pb2.GetTrainingJobResponse:
@@ -138,14 +138,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise InvalidArgumentError("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (got {page_size})")
         states = []
         for value in request.states:
-            if value not in convert.PROTO_TO_STATE:
+            if value not in messages.PROTO_TO_STATE:
                 raise InvalidArgumentError("states", f"unknown job state {value}")
-            states.append(convert.PROTO_TO_STATE[value])
+            states.append(messages.PROTO_TO_STATE[value])
         before = decode_page_token(request.page_token)
         records = self.store.list_jobs(states, before, page_size + 1)
         page = records[:page_size]
         token = encode_page_token(page[-1].seq) if len(records) > page_size else ""
-        jobs = [convert.job_proto(r, self.jobs.plan(r.job_id)) for r in page]
+        jobs = [messages.job_proto(r, self.jobs.plan(r.job_id)) for r in page]
         return trainer_pb2.ListTrainingJobsResponse(jobs=jobs, next_page_token=token)
 
     async def CancelTrainingJob(self, request: trainer_pb2.CancelTrainingJobRequest,
@@ -165,7 +165,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise InvalidArgumentError("after_sequence", f"must be >= 0 (got {request.after_sequence})")
         self.store.get_job(request.job_id)  # NOT_FOUND before the stream starts
         async for event in self.hub.watch(request.job_id, request.after_sequence):
-            yield convert.event_proto(event)
+            yield messages.event_proto(event)
 
     # ---- checkpoints
 
@@ -174,7 +174,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         job = self.store.get_job(request.job_id)
         found = await asyncio.to_thread(checkpoints.list_checkpoints, self.jobs.job_dir(job.job_id))
         return trainer_pb2.ListCheckpointsResponse(
-            checkpoints=[convert.checkpoint_proto(job.job_id, info) for info in found])
+            checkpoints=[messages.checkpoint_proto(job.job_id, info) for info in found])
 
     async def DownloadCheckpoint(self, request: trainer_pb2.DownloadCheckpointRequest,
                                  context: grpc.aio.ServicerContext
@@ -189,7 +189,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             files = [trainer_pb2.CheckpointFile(name=f.name, size_bytes=f.size_bytes, sha256=f.sha256)
                      for f in snapshot.files]
             yield trainer_pb2.DownloadCheckpointResponse(header=trainer_pb2.CheckpointArchiveHeader(
-                checkpoint=convert.checkpoint_proto(job.job_id, snapshot.info), files=files))
+                checkpoint=messages.checkpoint_proto(job.job_id, snapshot.info), files=files))
             chunks = snapshot.chunks(chunk_size)
             while piece := await asyncio.to_thread(next, chunks, None):
                 name, offset, data = piece

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.message import Message
 
 from chargpt.v1 import inference_pb2_grpc, trainer_pb2_grpc
-from chargpt_client import convert, ops
+from chargpt_client import from_proto, ops
 from chargpt_client import types as t
 from chargpt_client.calls import DEFAULT, Deadline, GenerationState, Timeout, retry_delay, retry_policy
 from chargpt_client.errors import ChargptClientError, from_rpc_error
@@ -102,7 +102,7 @@ class AsyncTrainerClient(_AsyncService):
             if upload.error is not None:  # the source failed, not the server
                 raise upload.error from None
             raise
-        return convert.upload_result(response)
+        return from_proto.upload_result(response)
 
     async def list_corpora(self, *, timeout: Timeout = DEFAULT) -> list[t.Corpus]:
         return await self._call(ops.list_corpora(), timeout)
@@ -152,7 +152,7 @@ class AsyncTrainerClient(_AsyncService):
         cursor = [after_sequence]  # read at each (re)connect: resume after the last event delivered
         async for message in self._stream("WatchTrainingJob", lambda: ops.watch_request(job_id, cursor[0]), True,
                                           timeout):
-            event = convert.job_event(message)
+            event = from_proto.job_event(message)
             cursor[0] = event.sequence
             yield event
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 
 from chargpt.v1 import inference_pb2
-from chargpt_client import convert
+from chargpt_client import from_proto
 from chargpt_client import types as t
 from chargpt_client.errors import DeadlineExceeded, from_rpc_error
 from chargpt_client.options import NO_RETRY, ClientOptions, RetryPolicy
@@ -69,9 +69,9 @@ class GenerationState:
         if message.index != 0:
             return ""
         if message.HasField("summary"):
-            self.summary = convert.summary(message.summary)
+            self.summary = from_proto.summary(message.summary)
         self.parts.append(message.text)
-        self.logprobs.extend(convert.token_logprobs(message.logprobs))
+        self.logprobs.extend(from_proto.token_logprobs(message.logprobs))
         return message.text
 
     @property

@@ -20,7 +20,7 @@ from chargpt.proto_fields import set_fields
 from chargpt.v1 import common_pb2, inference_pb2, trainer_pb2
 from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS
 from chargpt.wire.model_config import model_config_proto
-from chargpt_client import convert
+from chargpt_client import from_proto
 from chargpt_client import types as t
 from chargpt_client.sampling import SamplingOptions
 from chargpt_client.training import TrainingOptions
@@ -51,21 +51,21 @@ def _lookup(table: dict[str, V], value: str, what: str) -> V:
 # ---- trainer ----
 
 def get_device_info(recalibrate: bool = False) -> Unary[t.DeviceReport]:
-    return Unary("GetDeviceInfo", trainer_pb2.GetDeviceInfoRequest(recalibrate=recalibrate), convert.device_report,
+    return Unary("GetDeviceInfo", trainer_pb2.GetDeviceInfoRequest(recalibrate=recalibrate), from_proto.device_report,
                  True)
 
 
 def list_corpora() -> Unary[list[t.Corpus]]:
     return Unary("ListCorpora", trainer_pb2.ListCorporaRequest(),
-                 lambda r: [convert.corpus(c) for c in r.corpora], True)
+                 lambda r: [from_proto.corpus(c) for c in r.corpora], True)
 
 
 def get_corpus(corpus_id: str) -> Unary[t.Corpus]:
     return Unary("GetCorpus", trainer_pb2.GetCorpusRequest(corpus_id=corpus_id),
-                 lambda r: convert.corpus(r.corpus), True)
+                 lambda r: from_proto.corpus(r.corpus), True)
 
 
-CORPUS_SPLITS: dict[str, Any] = {name: number for number, name in convert.SPLIT_NAMES.items()}
+CORPUS_SPLITS: dict[str, Any] = {name: number for number, name in from_proto.SPLIT_NAMES.items()}
 MAX_READ_CHARS = 262_144  # the server's limit per ReadCorpus call
 
 
@@ -73,7 +73,7 @@ def read_corpus(corpus_id: str, split: str = "all", offset: int = 0,
                 length: int = MAX_READ_CHARS) -> Unary[t.CorpusText]:
     request = trainer_pb2.ReadCorpusRequest(corpus_id=corpus_id, split=_lookup(CORPUS_SPLITS, split, "split"),
                                             offset=offset, length=length)
-    return Unary("ReadCorpus", request, convert.corpus_text, True)
+    return Unary("ReadCorpus", request, from_proto.corpus_text, True)
 
 
 def delete_corpus(corpus_id: str) -> Unary[None]:
@@ -111,7 +111,7 @@ def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.M
         corpus_id=corpus_id, display_name=display_name, model=spec, training=training_spec(training),
         resources=trainer_pb2.ResourceSpec(device=device, num_processes=num_processes, num_nodes=num_nodes),
         init_from=None if init_from is None else init_from_spec(init_from))
-    return Unary("CreateTrainingJob", request, lambda r: convert.job(r.job), False)
+    return Unary("CreateTrainingJob", request, lambda r: from_proto.job(r.job), False)
 
 
 def init_from_spec(reference: str) -> trainer_pb2.InitFrom:
@@ -127,7 +127,7 @@ def init_from_spec(reference: str) -> trainer_pb2.InitFrom:
 
 def get_training_job(job_id: str) -> Unary[t.TrainingJob]:
     return Unary("GetTrainingJob", trainer_pb2.GetTrainingJobRequest(job_id=job_id),
-                 lambda r: convert.job(r.job), True)
+                 lambda r: from_proto.job(r.job), True)
 
 
 def list_training_jobs_page(states: Iterable[str] = (), page_size: int = 0,
@@ -139,22 +139,22 @@ def list_training_jobs_page(states: Iterable[str] = (), page_size: int = 0,
         numbers.append(trainer_pb2.JobState.Value("JOB_STATE_" + state.upper()))
     request = trainer_pb2.ListTrainingJobsRequest(states=numbers, page_size=page_size, page_token=page_token)
     return Unary("ListTrainingJobs", request,
-                 lambda r: ([convert.job(j) for j in r.jobs], r.next_page_token), True)
+                 lambda r: ([from_proto.job(j) for j in r.jobs], r.next_page_token), True)
 
 
 def cancel_training_job(job_id: str) -> Unary[t.TrainingJob]:
     return Unary("CancelTrainingJob", trainer_pb2.CancelTrainingJobRequest(job_id=job_id),
-                 lambda r: convert.job(r.job), True)
+                 lambda r: from_proto.job(r.job), True)
 
 
 def resume_training_job(job_id: str) -> Unary[t.TrainingJob]:
     return Unary("ResumeTrainingJob", trainer_pb2.ResumeTrainingJobRequest(job_id=job_id),
-                 lambda r: convert.job(r.job), False)
+                 lambda r: from_proto.job(r.job), False)
 
 
 def list_checkpoints(job_id: str) -> Unary[list[t.Checkpoint]]:
     return Unary("ListCheckpoints", trainer_pb2.ListCheckpointsRequest(job_id=job_id),
-                 lambda r: [convert.checkpoint(c) for c in r.checkpoints], True)
+                 lambda r: [from_proto.checkpoint(c) for c in r.checkpoints], True)
 
 
 def watch_request(job_id: str, after_sequence: int) -> trainer_pb2.WatchTrainingJobRequest:
@@ -178,7 +178,7 @@ def load_model(name: str, *, checkpoint_path: str | None = None, job_id: str | N
     else:
         request.trainer_checkpoint.CopyFrom(inference_pb2.TrainerCheckpointRef(
             job_id=job_id or "", kind=_lookup(CHECKPOINT_KINDS, kind, "kind")))
-    return Unary("LoadModel", request, convert.load_result, True)
+    return Unary("LoadModel", request, from_proto.load_result, True)
 
 
 def unload_model(name: str) -> Unary[None]:
@@ -186,12 +186,12 @@ def unload_model(name: str) -> Unary[None]:
 
 
 def list_models() -> Unary[list[t.Model]]:
-    return Unary("ListModels", inference_pb2.ListModelsRequest(), lambda r: [convert.model(m) for m in r.models],
+    return Unary("ListModels", inference_pb2.ListModelsRequest(), lambda r: [from_proto.model(m) for m in r.models],
                  True)
 
 
 def get_model(name: str) -> Unary[t.Model]:
-    return Unary("GetModel", inference_pb2.GetModelRequest(name=name), lambda r: convert.model(r.model), True)
+    return Unary("GetModel", inference_pb2.GetModelRequest(name=name), lambda r: from_proto.model(r.model), True)
 
 
 def generate_request(model: str, prompt: str = "", *, max_new_tokens: int | None = None,
@@ -211,7 +211,7 @@ def generate_request(model: str, prompt: str = "", *, max_new_tokens: int | None
 
 
 def generate(request: inference_pb2.GenerateRequest) -> Unary[t.GenerationResult]:
-    return Unary("Generate", request, convert.generation, True)
+    return Unary("Generate", request, from_proto.generation, True)
 
 
 def score(model: str, text: str, *, stride: int | None = None,
@@ -219,7 +219,7 @@ def score(model: str, text: str, *, stride: int | None = None,
     request = inference_pb2.ScoreRequest(model=model, text=text, include_token_logprobs=include_token_logprobs)
     if stride is not None:  # unset: the server's default (block_size); an explicit 0 is refused
         request.stride = stride
-    return Unary("Score", request, convert.score, True)
+    return Unary("Score", request, from_proto.score, True)
 
 
 def get_attention(model: str, text: str, *, layers: Iterable[int] = (), heads: Iterable[int] = (),
@@ -227,4 +227,4 @@ def get_attention(model: str, text: str, *, layers: Iterable[int] = (), heads: I
     dtypes = {"float16": common_pb2.TENSOR_DTYPE_FLOAT16, "float32": common_pb2.TENSOR_DTYPE_FLOAT32}
     request = inference_pb2.GetAttentionRequest(model=model, text=text, layers=list(layers), heads=list(heads),
                                                 dtype=_lookup(dtypes, dtype, "dtype"))
-    return Unary("GetAttention", request, convert.attention, True)
+    return Unary("GetAttention", request, from_proto.attention, True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from chargpt.v1 import trainer_pb2
-from chargpt_client import convert
+from chargpt_client import from_proto
 from chargpt_client import types as t
 from chargpt_client.receiver import CheckpointReceiver
 
@@ -104,7 +104,7 @@ class CheckpointWriter:
         header = self._receiver.header
         path = self._receiver.finish(self.destination.name, "replace" if overwrite else "error")
         assert header is not None  # finish raised DataLoss otherwise
-        return t.DownloadedCheckpoint(path=str(path), checkpoint=convert.checkpoint(header.checkpoint),
+        return t.DownloadedCheckpoint(path=str(path), checkpoint=from_proto.checkpoint(header.checkpoint),
                                       files={f.name: f.sha256 for f in header.files})
 
 

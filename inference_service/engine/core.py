@@ -20,10 +20,10 @@ from inference_service.decode_policy import DecodePolicy
 from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.model_runner import ModelRunner
 from inference_service.engine.output_processor import OutputProcessor
+from inference_service.engine.request import GenRequest
 from inference_service.engine.scheduler import Scheduler
 from inference_service.fast_decode import DEFAULT_ATTENTION, Attention, RowGroups
 from inference_service.metrics import InferenceMetrics
-from inference_service.requests import GenRequest
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import torch
 from chargpt.core.model import GPT, KVCache
 from inference_service.decode_policy import DecodePolicy
 from inference_service.engine.outputs import ModelRunnerOutput, SchedulerOutput
+from inference_service.engine.request import GenRequest
 from inference_service.fast_decode import Attention, FastDecoder, RowGroups
-from inference_service.requests import GenRequest
 
 
 class ModelRunner:

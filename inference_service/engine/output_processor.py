@@ -16,9 +16,9 @@ import torch
 from chargpt.errors import NonFiniteLogitsError
 from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.outputs import FinishedRows, ModelRunnerOutput, SchedulerOutput
+from inference_service.engine.request import Delta, Event, Finish, GenRequest
 from inference_service.logits_processors import PenaltyState, apply_controls, tracks_history
 from inference_service.logprobs import TokenLogprob, batch_logprobs
-from inference_service.requests import Delta, Event, Finish, GenRequest
 from inference_service.sampler import BatchSampler
 
 

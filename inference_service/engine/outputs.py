@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inference_service.requests import Finish, GenRequest
+from inference_service.engine.request import Finish, GenRequest
 
 
 @dataclass

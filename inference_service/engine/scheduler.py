@@ -13,7 +13,7 @@ from chargpt.core.model import KVCache
 from chargpt.errors import ResourceExhaustedError
 from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.outputs import FinishedRows, SchedulerOutput
-from inference_service.requests import Finish, GenRequest
+from inference_service.engine.request import Finish, GenRequest
 
 
 class Scheduler:

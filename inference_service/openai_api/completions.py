@@ -11,9 +11,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference_service.engine.request import Chunk, Finish
 from inference_service.logprobs import TokenLogprob
 from inference_service.openai_api.schemas import CompletionRequest
-from inference_service.requests import Chunk, Finish
 from inference_service.service import Generation, InferenceService
 
 FINISH_REASONS = {Finish.LENGTH: "length", Finish.STOP: "stop"}

@@ -23,8 +23,8 @@ from chargpt_client import (
 )
 from chargpt_client import types as t
 from chargpt_client.cli.model_cmds import show
-from chargpt_client.convert import float32_value, model
 from chargpt_client.errors import ERROR_BY_CODE, from_rpc_error
+from chargpt_client.from_proto import float32_value, model
 from chargpt_client.ops import generate_request, score, training_spec
 from chargpt_client.transfer import CheckpointWriter, UploadSource
 

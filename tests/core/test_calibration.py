@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from chargpt.core.calibrated import CPU_CANDIDATES, choose_cpu_size, train_precision
 from chargpt.core.calibration import (
     Calibrator,
     GemmPeak,
@@ -20,6 +19,7 @@ from chargpt.core.calibration import (
 )
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SizeProfile
+from chargpt.core.training_choices import CPU_CANDIDATES, choose_cpu_size, train_precision
 
 TINY = ModelConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=16, block_size=8, dropout=0.0)
 

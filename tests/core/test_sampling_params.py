@@ -16,7 +16,7 @@ from chargpt.errors import InvalidArgumentError
 from chargpt.proto_fields import enum_names
 from chargpt.sampling_params import SAMPLING_PRESETS, SamplingParams, SamplingPreset, resolve_sampling
 from chargpt.v1 import inference_pb2
-from inference_service.convert import sampling_params
+from inference_service.grpc_api.messages import sampling_params
 from inference_service.openai_api.schemas import OPENAI_NAMES, CompletionRequest
 
 REQUEST = inference_pb2.GenerateRequest.DESCRIPTOR

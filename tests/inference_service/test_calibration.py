@@ -10,7 +10,7 @@ import torch
 from chargpt.core.calibration import Calibrator, Timing
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
-from inference_service.calibration import DecodeCalibration, DecodeChoice, calibrated_decode, decide
+from inference_service.serving_choices import DecodeCalibration, DecodeChoice, calibrated_decode, decide
 
 from .conftest import ServerFactory, write_checkpoint
 

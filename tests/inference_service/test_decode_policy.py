@@ -17,9 +17,9 @@ from chargpt.core.sampling import generate
 from chargpt.sampling_params import SamplingParams
 from inference_service.decode_policy import DecodePolicy
 from inference_service.engine import Engine
+from inference_service.engine.request import Finish, GenRequest
 from inference_service.metrics import InferenceMetrics
 from inference_service.registry import torch_worker
-from inference_service.requests import Finish, GenRequest
 
 from .conftest import write_checkpoint
 

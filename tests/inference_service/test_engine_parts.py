@@ -19,9 +19,9 @@ from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.model_runner import ModelRunner
 from inference_service.engine.output_processor import OutputProcessor
 from inference_service.engine.outputs import FinishedRows
+from inference_service.engine.request import Finish, GenRequest
 from inference_service.engine.scheduler import Scheduler
 from inference_service.metrics import InferenceMetrics
-from inference_service.requests import Finish, GenRequest
 
 from .conftest import write_checkpoint
 

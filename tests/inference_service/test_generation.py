@@ -11,7 +11,7 @@ from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.sampling import generate
 from chargpt.sampling_params import SamplingParams
 from chargpt.v1 import inference_pb2
-from inference_service.requests import StopMatcher
+from inference_service.engine.request import StopMatcher
 
 from .conftest import Served, write_checkpoint
 

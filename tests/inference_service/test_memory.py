@@ -9,7 +9,7 @@ import torch
 
 from chargpt.core.config import ModelConfig
 from chargpt.v1 import inference_pb2
-from inference_service.memory import AUTO_BATCH_CAP, available_memory, kv_row_bytes, size_cache
+from inference_service.kv_cache_sizing import AUTO_BATCH_CAP, available_memory, kv_row_bytes, size_cache
 
 from .conftest import Served, ServerFactory, write_checkpoint
 

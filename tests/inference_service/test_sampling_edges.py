@@ -18,8 +18,8 @@ from chargpt.errors import NonFiniteLogitsError
 from chargpt.sampling_params import SamplingParams
 from chargpt.v1 import inference_pb2
 from inference_service.engine import Engine
+from inference_service.engine.request import Finish, GenRequest, Summary
 from inference_service.metrics import InferenceMetrics
-from inference_service.requests import Finish, GenRequest, Summary
 
 from .conftest import Served, write_checkpoint
 

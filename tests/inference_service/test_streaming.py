@@ -15,11 +15,11 @@ import pytest
 
 from chargpt.sampling_params import SamplingParams
 from chargpt.v1 import inference_pb2
-from inference_service.convert import sampling_params
+from inference_service.engine.request import Chunk, Delta, Finish, Outbox, Summary
+from inference_service.grpc_api.messages import sampling_params
 from inference_service.logprobs import TokenLogprob
 from inference_service.openai_api import completions
 from inference_service.openai_api.schemas import CompletionRequest
-from inference_service.requests import Chunk, Delta, Finish, Outbox, Summary
 from inference_service.service import InferenceService
 
 from .conftest import Served, ServerFactory, write_checkpoint

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from chargpt.server.memory import keep_freed_memory
+from chargpt.server.allocator import keep_freed_memory
 
 
 def _forward_pass_like() -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chargpt.core.calibrated import SizeChoice, auto_profile, calibrated_size
 from chargpt.core.calibration import Calibrator
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, parse_device, resolve_device
+from chargpt.core.training_choices import SizeChoice, auto_profile, calibrated_size
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError, validated
 from trainer_service.jobs.parent import Parent
 from trainer_service.jobs.request import JobRequest

@@ -9,9 +9,9 @@ from chargpt.sampling_params import SamplingParams, resolve_sampling
 from chargpt.v1 import common_pb2, inference_pb2
 from chargpt.wire.lineage import lineage_proto
 from chargpt.wire.model_config import model_config_proto
+from inference_service.engine.request import Finish, Summary
 from inference_service.logprobs import TokenLogprob
 from inference_service.registry import ModelEntry, State
-from inference_service.requests import Finish, Summary
 
 FINISH = {Finish.LENGTH: inference_pb2.FINISH_REASON_LENGTH, Finish.STOP: inference_pb2.FINISH_REASON_STOP,
           Finish.CANCELLED: inference_pb2.FINISH_REASON_CANCELLED,

@@ -14,8 +14,8 @@ from chargpt import errors
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from chargpt.wire.checkpoint_kinds import KIND_NAMES
 from inference_service import scoring
-from inference_service.convert import logprobs_to_proto, model_to_proto, sampling_params, summary_to_proto
 from inference_service.fetch import download_checkpoint, trainer_credentials
+from inference_service.grpc_api.messages import logprobs_to_proto, model_to_proto, sampling_params, summary_to_proto
 from inference_service.metrics import InferenceMetrics
 from inference_service.registry import TRAINER_CACHE, ModelEntry, ModelRegistry
 from inference_service.service import Generation, InferenceService

@@ -1,0 +1,1 @@
+"""The gRPC adapter of the inference service: the servicer and its proto conversions."""
