@@ -29,8 +29,8 @@ CONFIG = ModelConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=4, 
 
 
 def greedy(prompt_ids: list[int], n: int, deadline: float | None = None) -> GenRequest:
-    return GenRequest(prompt_ids=prompt_ids, prompt_chars_dropped=0, max_new_tokens=n,
-                      params=SamplingParams(temperature=0.0), seed=0, stops=[], deadline=deadline,
+    return GenRequest(prompt_ids=prompt_ids, prompt_chars_dropped=0,
+                      params=SamplingParams(temperature=0.0, max_new_tokens=n), seed=0, deadline=deadline,
                       loop=asyncio.get_running_loop())
 
 
