@@ -9,9 +9,16 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chargpt.errors import AlreadyExistsError, ChargptError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from chargpt.formats.checkpoint_dir import CharCheckpoint
+
+Writer = Callable[["CharCheckpoint", Path, tuple[str, ...]], None]  # (checkpoint, directory, gguf types)
 
 FORMATS = ("hf", "gguf", "onnx")
 GGUF_TYPES = ("f32", "f16", "q8_0")
@@ -67,11 +74,11 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike[str], format_name: str, 
     return out
 
 
-def _writer(format_name: str):  # type: ignore[no-untyped-def]
-    """The format's export function, taking (checkpoint, directory, gguf_types); imports its libraries now."""
+def _writer(format_name: str) -> Writer:
+    """The format's export function; imports its libraries now, so a missing one is named before any work."""
     try:
         if format_name == "hf":
-            import tokenizers  # noqa: F401  (imported when writing; checked here, before any work)
+            import tokenizers  # noqa: F401  (hf_transformers imports it when writing)
 
             from chargpt.formats.hf_transformers import export_hf
             return lambda checkpoint, out, _types: export_hf(checkpoint, out)

@@ -14,6 +14,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from chargpt.errors import InvalidArgumentError
 from chargpt.formats import BALANCED
 from chargpt.formats.checkpoint_dir import END_OF_TEXT, LAYER_NORM_EPS, CharCheckpoint
 from chargpt.formats.model_card import write_model_card
@@ -61,8 +62,8 @@ def export_gguf(checkpoint: CharCheckpoint, out: Path, types: tuple[str, ...]) -
 
 def write_gguf(checkpoint: CharCheckpoint, path: Path, file_type: str) -> None:
     if file_type == "q8_0" and checkpoint.arch.n_embd % Q8_0_BLOCK:
-        raise ValueError(f"q8_0 quantizes rows in blocks of {Q8_0_BLOCK}: n_embd {checkpoint.arch.n_embd} is not a "
-                         "multiple of it (export f32 or f16)")
+        raise InvalidArgumentError("gguf_types", f"q8_0 quantizes rows in blocks of {Q8_0_BLOCK}: n_embd "
+                                   f"{checkpoint.arch.n_embd} is not a multiple of it (export f32 or f16)")
     writer = gguf.GGUFWriter(str(path), arch="gpt2")
     _write_metadata(writer, checkpoint, FILE_TYPES[file_type])
     _write_tokenizer(writer, checkpoint.vocabulary)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,6 +47,7 @@ class CachedDecoder(nn.Module):
         mask = torch.arange(P + T, device=input_ids.device)[None, :] <= positions[:, None]
         present: list[torch.Tensor] = []
         for i, block in enumerate(m.blocks):
+            assert isinstance(block, Block)  # for mypy: nn.ModuleList yields Modules
             x, k, v = _block(block, x, past[2 * i], past[2 * i + 1], mask)
             present += [k, v]
         return (m.lm_head(m.ln_f(x)), *present)
@@ -55,8 +57,9 @@ def _block(block: Block, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Te
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One transformer block with the past prepended to its keys and values (chargpt.core.model's maths)."""
     attn = block.attn
-    B, T, C = x.shape
-    hs = attn.n_embd // attn.n_head  # a Python int: C from the traced shape would be recorded as a tensor
+    B, T, _ = x.shape
+    C = attn.n_embd  # a Python int: the traced shape's would be recorded as a tensor
+    hs = C // attn.n_head
     q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)
     q, k, v = (t.view(B, T, attn.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
     k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
@@ -78,7 +81,10 @@ def export_onnx(checkpoint: CharCheckpoint, out: Path) -> None:
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
             **{name: {0: "batch", 2: "past_sequence"} for name in past_names},
             **{name: {0: "batch", 2: "total_sequence"} for name in present_names}}
-    with torch.no_grad():
+    # The TorchScript exporter (dynamo=False) records the sequence and past lengths as dynamic without needing
+    # onnxscript; torch marks it deprecated, a warning the user cannot act on.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(CachedDecoder(model), (ids, *past), str(out / MODEL_FILE), dynamo=False,
                           input_names=["input_ids", *past_names], output_names=["logits", *present_names],
                           dynamic_axes=axes, opset_version=OPSET)
