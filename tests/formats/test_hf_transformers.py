@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from chargpt.core.sampling import SAMPLING_PRESETS, SamplingPreset
 from chargpt.formats import export_checkpoint
 from chargpt.formats.checkpoint_dir import END_OF_TEXT
-
 from tests.formats.conftest import GREEDY_CHARS, PROMPT, TinyModel, write_tiny
 
 
@@ -60,7 +59,7 @@ def test_tokenizer_round_trips_every_vocabulary_character(tiny: TinyModel, hf_di
     text = "  a\t\tb\n\n c , é—€😀Ġ ."  # runs of spaces, tabs, newlines; the space before a comma stays
     assert tokenizer(text).input_ids == tiny.tokenizer.encode(text)
     assert tokenizer.decode(tokenizer(text).input_ids) == text
-    assert tokenizer.decode(tiny.tokenizer.encode(text) + [tiny.tokenizer.vocab_size], skip_special_tokens=True) == text
+    assert tokenizer.decode([*tiny.tokenizer.encode(text), tiny.tokenizer.vocab_size], skip_special_tokens=True) == text
     with pytest.raises(Exception, match="UNK"):  # an unknown character is refused, as chargpt refuses it
         tokenizer("aZb")
 

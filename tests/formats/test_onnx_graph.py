@@ -11,7 +11,6 @@ import pytest
 from chargpt.errors import VocabularyError
 from chargpt.formats import export_checkpoint
 from chargpt.formats.onnx_decode import OnnxDecoder
-
 from tests.formats.conftest import PROMPT, TinyModel
 
 
