@@ -12,7 +12,8 @@ USAGE = {
            "tokenizer = AutoTokenizer.from_pretrained(PATH)\nmodel = AutoModelForCausalLM.from_pretrained(PATH)\n"
            "ids = tokenizer(\"ROMEO:\", return_tensors=\"pt\").input_ids\n"
            "print(tokenizer.decode(model.generate(ids, max_new_tokens=200)[0]))\n```"),
-    "gguf": ("```sh\nllama-cli -m PATH/model-f32.gguf -p \"ROMEO:\" -n 200 --temp 0.8 --top-k 40\n```\n"
+    "gguf": ("```sh\nllama-cli -m PATH/model-f32.gguf -p \"ROMEO:\" -n 200 --temp 0.8 --top-k 40 --logit-bias EOT-inf\n"
+             "```\n"
              "A character outside the vocabulary is dropped by llama.cpp's tokenizer (it has no unknown token)."),
     "onnx": ("```python\nfrom chargpt.formats.onnx_decode import OnnxDecoder\n"
              "print(OnnxDecoder(PATH).greedy(\"ROMEO:\", 200))\n```"),
@@ -30,7 +31,9 @@ def write_model_card(checkpoint: CharCheckpoint, path: Path, format_name: str) -
         f"# chargpt character-level GPT ({format_name} export)", "",
         f"A {a.n_layer}-layer, {a.n_head}-head, {a.n_embd}-wide character-level GPT (GPT-2 architecture, exact "
         f"GELU, tied head) with a {a.block_size}-character context and {a.vocab_size} characters: "
-        f"{checkpoint.vocabulary!r}.", "",
+        f"{checkpoint.vocabulary!r}."
+        + ("" if format_name == "onnx" else f" The export appends an end-of-text token, id {a.vocab_size}, whose "
+           "logit is always 0: chargpt has none, so ban it (logit bias) or suppress it when sampling."), "",
         "| | |", "| --- | --- |",
         f"| corpus | {training.get('corpus_name') or '-'} (id {training.get('corpus_id') or '-'}, sha256 "
         f"{training.get('corpus_sha256') or '-'}) |",
@@ -39,7 +42,7 @@ def write_model_card(checkpoint: CharCheckpoint, path: Path, format_name: str) -
         f"| train loss, val loss | {_loss(training.get('train_loss'))}, {_loss(training.get('val_loss'))} |",
         f"| fine-tuned from | {_lineage(training.get('parent'))} |",
         f"| libraries | {_versions(training.get('library_versions'))} |", "",
-        "## Use", "", USAGE[format_name].replace("PATH", "this_directory"), "",
+        "## Use", "", USAGE[format_name].replace("PATH", "this_directory").replace("EOT", str(a.vocab_size)), "",
         f"The format cannot carry {CANNOT_CARRY}.", "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
