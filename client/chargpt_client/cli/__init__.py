@@ -1,4 +1,4 @@
-"""The `chargpt` command line: exit 0 ok, 1 server error (status and message on stderr), 2 usage, 3 no matplotlib."""
+"""The `chargpt` command line: exit 0 ok, 1 server error (status and message on stderr), 2 usage, 3 a missing extra."""
 
 from __future__ import annotations
 
