@@ -31,10 +31,8 @@ from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.errors import CheckpointCorruptError, CheckpointFormatError, CheckpointNotFoundError
+from chargpt.formats.checkpoint_dir import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE
 
-FORMAT_NAME = "chargpt-checkpoint"
-FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
 TIED_KEY = "lm_head.weight"  # the same tensor as wte.weight; stored once
 

@@ -17,6 +17,7 @@ from chargpt_client.errors import (
     Unavailable,
     Unimplemented,
 )
+from chargpt_client.export import ExportResult, export_model
 from chargpt_client.options import ClientOptions, RetryPolicy, TlsOptions
 from chargpt_client.sampling import SamplingOptions
 from chargpt_client.sync import Client, InferenceClient, TextStream, TrainerClient
@@ -45,11 +46,11 @@ from chargpt_client.types import (
 __all__ = [
     "AlreadyExists", "AsyncClient", "AsyncInferenceClient", "AsyncTextStream", "AsyncTrainerClient", "Attention",
     "CharMapping", "ChargptClientError", "Checkpoint", "CheckpointWritten", "Client", "ClientOptions", "Corpus",
-    "CorpusText", "DataLoss", "DeadlineExceeded", "DeviceReport", "Evaluation", "FailedPrecondition",
+    "CorpusText", "DataLoss", "DeadlineExceeded", "DeviceReport", "Evaluation", "ExportResult", "FailedPrecondition",
     "GenerationResult", "GenerationSummary", "InferenceClient", "Internal", "InvalidArgument", "JobEvent", "Model",
     "ModelConfig", "NotFound", "PermissionDenied", "Progress", "ResourceExhausted", "RetryPolicy", "Sample",
     "SamplingOptions",
     "ScoreResult", "StateChanged", "TextStream", "TlsOptions", "TrainerClient", "TrainingJob", "TrainingOptions",
     "Unauthenticated",
-    "Unavailable", "Unimplemented", "__version__",
+    "Unavailable", "Unimplemented", "__version__", "export_model",
 ]

@@ -40,6 +40,7 @@ def test_the_notebook_runs_headless_in_fast_mode(tmp_path: Path, monkeypatch: py
     texts = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     for expected in ("vocabulary size: ", "--- focused", "--- creative", "succeeded at step 30"):
         assert expected in texts, expected
+    assert "same as chargpt's greedy text: True" in texts  # the Hugging Face export, written by transformers
     rich = [o.data for o in outputs if o.output_type in ("display_data", "execute_result")]
     assert sum("image/png" in data for data in rich) >= 4  # next-char views x3 and the heatmaps
     html = "".join(data.get("text/html", "") for data in rich)

@@ -1,4 +1,4 @@
-"""The `chargpt` command line: exit 0 ok, 1 server error (status and message on stderr), 2 usage, 3 no matplotlib."""
+"""The `chargpt` command line: exit 0 ok, 1 server error (status and message on stderr), 2 usage, 3 a missing extra."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from chargpt import __version__
-from chargpt_client.cli import corpus_cmds, demo_cmd, model_cmds, plot_cmds, train_cmds
+from chargpt_client.cli import corpus_cmds, demo_cmd, export_cmd, model_cmds, plot_cmds, train_cmds
 from chargpt_client.cli.common import UsageError, add_connection_flags
 from chargpt_client.errors import ChargptClientError, InvalidArgument
 from chargpt_client.plots import PlottingUnavailable
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmds.register(subparsers, connection)
     model_cmds.register(subparsers, connection)
     plot_cmds.register(subparsers, connection)
+    export_cmd.register(subparsers, connection)
     return parser
 
 
