@@ -143,7 +143,7 @@ def test_a_plan_needs_an_end() -> None:
 
 
 def test_a_training_field_goes_from_the_cli_flag_to_the_plan_through_one_adapter_call() -> None:
-    """`chargpt train --learning-rate` -> TrainingOptions -> TrainingSpec on the wire -> convert.job_request (the
+    """`chargpt train --learning-rate` -> TrainingOptions -> TrainingSpec on the wire -> messages.job_request (the
     servicer's one conversion) -> JobRequest -> build_plan -> the TrainingPlan the worker hands to the loop."""
     args = build_parser().parse_args(["train", "c", "--learning-rate", "0.002", "--max-steps", "7",
                                       "--lr-schedule", "linear"])
