@@ -62,6 +62,7 @@ class ModelEntry:
     state: State = State.LOADING
     error: str = ""
     checkpoint: Checkpoint | None = None
+    float32_model: GPT | None = None  # a float32 copy of narrower weights (small decode batches, float32 dumps)
     engine: Engine | None = None
     scorer: ScoreBatcher | None = None
     loaded_time: datetime | None = None
@@ -73,6 +74,18 @@ class ModelEntry:
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    def float32_weights(self) -> GPT:
+        """The model with float32 weights, for what must be computed in float32 (GetAttention's FLOAT32 dumps):
+        the served model if float32, else the float32 copy, made now if none is held (bf16 and fp16 values are
+        exact in float32) and kept. Runs on the model's worker, one call at a time."""
+        assert self.checkpoint is not None
+        model = self.checkpoint.model
+        if model.lm_head.weight.dtype == torch.float32:
+            return model
+        if self.float32_model is None:
+            self.float32_model = copy.deepcopy(model).float()
+        return self.float32_model
 
 
 RESERVED = {"chargpt.v1.InferenceService", "grpc.health.v1.Health",
@@ -188,7 +201,7 @@ class ModelRegistry:
             threads = torch.get_num_threads()  # the server's count: this event-loop thread's, set at start-up
             choice = await asyncio.to_thread(self._decode_choice, model, dtype is None, threads)
             # Small batches decode faster in float32 where measured so: they keep a float32 copy of the weights.
-            float32_model = copy.deepcopy(model) if choice.narrow_from > 1 else None
+            float32_model = entry.float32_model = copy.deepcopy(model) if choice.narrow_from > 1 else None
             if choice.weight_dtype != "float32":
                 model.to(DTYPES[choice.weight_dtype])
             weight = model.wte.weight

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import torch
 
 from chargpt import errors
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -144,8 +145,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if size > cap:
                 raise errors.ResourceExhaustedError(f"the attention tensor would be {size} bytes; the limit is "
                                                     f"{cap} (select fewer layers/heads or use FLOAT16)")
-            weights = await self._in_model_thread(entry, scoring.attention, entry.checkpoint.model, ids, layers,
-                                                  heads)
+            float32 = dtype == common_pb2.TENSOR_DTYPE_FLOAT32  # computed in float32, not only sent as float32
+            weights = await self._in_model_thread(entry, _attention, entry, float32, ids, layers, heads)
             np_dtype = "<f2" if dtype == common_pb2.TENSOR_DTYPE_FLOAT16 else "<f4"
             data = weights.numpy().astype(np_dtype).tobytes()
             self.metrics.attention_requests.labels(model=entry.name).inc()
@@ -159,6 +160,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def _in_model_thread(entry: ModelEntry, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(entry.executor, fn, *args)
+
+
+def _attention(entry: ModelEntry, float32: bool, ids: list[int], layers: list[int], heads: list[int]
+               ) -> torch.Tensor:
+    """The attention dump on the model's worker, from float32 weights when `float32` (a bf16 softmax's rows sum
+    to 1 only within about 2e-3)."""
+    assert entry.checkpoint is not None
+    return scoring.attention(entry.float32_weights() if float32 else entry.checkpoint.model, ids, layers, heads)
 
 
 def _selection(field: str, chosen: list[int], count: int) -> list[int]:
