@@ -69,6 +69,7 @@ class ModelEntry:
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    freeing: asyncio.Task[None] | None = None  # once unloaded: frees the model when its last request ends
     # Score and GetAttention run here, one at a time per model, beside the engine's decode thread.
     executor: ThreadPoolExecutor = field(default_factory=lambda: torch_worker(torch.get_num_threads()))
 
@@ -170,6 +171,9 @@ class ModelRegistry:
         if self.draining:
             raise errors.UnavailableError("the server is shutting down")
         existing = self.models.get(name)
+        if existing is not None and existing.state is State.UNLOADING:
+            raise errors.UnavailableError(f"model {name!r} is being unloaded ({existing.in_flight} requests still "
+                                          "running); load it again once it is gone")
         if existing is not None and existing.state is not State.FAILED:
             if existing.source != source:
                 raise errors.AlreadyExistsError(f"model {name!r} is already loaded from {existing.source}")
@@ -264,8 +268,12 @@ class ModelRegistry:
                  size.row_bytes >> 10, size.cache_bytes >> 20, size.bound_by, size.budget_bytes >> 20)
         return size.rows
 
-    async def unload(self, name: str) -> None:
-        """Refuse new requests, let in-flight ones finish, then free the model."""
+    async def unload(self, name: str, wait: float) -> int:
+        """Refuse new requests at once, give in-flight ones up to `wait` seconds, and return how many still run.
+
+        Those go on to finish (they are not cancelled); the model stays UNLOADING until the last one ends and is
+        freed then, so the call never holds its caller for a long generation (issue 23: 31 s past a 30 s deadline).
+        """
         entry = self.get(validate_name(name))
         if entry.state is State.LOADING:
             raise errors.FailedPreconditionError(f"model {name!r} is still loading; unload it once it is ready")
@@ -273,9 +281,15 @@ class ModelRegistry:
             entry.state = State.UNLOADING
             await self._set_health(name, False)
             self._count_ready()
+            entry.freeing = asyncio.create_task(self._free_when_idle(entry))
+        assert entry.freeing is not None
+        await asyncio.wait({entry.freeing}, timeout=wait)  # a timeout leaves the task running
+        return entry.in_flight
+
+    async def _free_when_idle(self, entry: ModelEntry) -> None:
         await entry.idle.wait()
-        if self.models.get(name) is entry:
-            del self.models[name]
+        if self.models.get(entry.name) is entry:
+            del self.models[entry.name]
             await self._close(entry)
 
     async def _close(self, entry: ModelEntry) -> None:
@@ -288,6 +302,9 @@ class ModelRegistry:
         """Shutdown: refuse new work, give in-flight requests up to `grace` seconds, then stop the engines."""
         self.draining = True
         entries = list(self.models.values())
+        for entry in entries:
+            if entry.freeing is not None:
+                entry.freeing.cancel()  # drain frees every model itself
         for entry in entries:
             await self._set_health(entry.name, False)
         waits = [asyncio.ensure_future(e.idle.wait()) for e in entries]

@@ -121,8 +121,10 @@ class UnloadModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class UnloadModelResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("requests_in_flight",)
+    REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    requests_in_flight: int
+    def __init__(self, requests_in_flight: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

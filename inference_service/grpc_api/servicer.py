@@ -24,6 +24,7 @@ from inference_service.settings import InferenceSettings
 
 T = TypeVar("T")
 MESSAGE_OVERHEAD = 64 * 1024  # room for the tokens and framing next to the attention tensor
+UNLOAD_REPLY_MARGIN = 1.0  # seconds UnloadModel keeps in hand to reply before its caller's deadline
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -67,8 +68,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def UnloadModel(self, request: inference_pb2.UnloadModelRequest,
                           context: grpc.aio.ServicerContext) -> inference_pb2.UnloadModelResponse:
-        await self.registry.unload(request.name)
-        return inference_pb2.UnloadModelResponse()
+        wait = self.settings.unload_wait_seconds
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is not None:  # answer before the caller's deadline, whatever is still running
+            wait = min(wait, max(0.0, remaining - UNLOAD_REPLY_MARGIN))
+        in_flight = await self.registry.unload(request.name, wait)
+        return inference_pb2.UnloadModelResponse(requests_in_flight=in_flight)
 
     async def ListModels(self, request: inference_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> inference_pb2.ListModelsResponse:
