@@ -3,10 +3,8 @@ for the host's decode calibration; both through a real server and the real clien
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -17,15 +15,9 @@ from chargpt.v1 import inference_pb2
 from inference_service.engine.model_runner import ModelRunner
 
 from .conftest import ServerFactory, write_checkpoint
+from .test_lifecycle import _until
 
 Req = inference_pb2.GenerateRequest
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
