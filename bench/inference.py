@@ -219,7 +219,8 @@ def reference(model: GPT, tokenizer: CharTokenizer, tokens: int) -> dict[str, An
 async def measured_model(stub: inference_pb2_grpc.InferenceServiceStub) -> inference_pb2.Model:
     """The preloaded model once its decode plan is measured (it is served with the defaults until then)."""
     while True:
-        served = (await stub.GetModel(inference_pb2.GetModelRequest(name=MODEL), timeout=10)).model
+        reply = await stub.GetModel(inference_pb2.GetModelRequest(name=MODEL), timeout=10)
+        served: inference_pb2.Model = reply.model
         if served.calibration != common_pb2.CALIBRATION_STATE_PENDING:
             return served
         await asyncio.sleep(0.5)
