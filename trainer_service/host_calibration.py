@@ -67,10 +67,10 @@ class HostCalibration:
     def _measure(self) -> None:
         try:
             decided = self._decide(measure=True)
-        except Exception:
+        except BaseException:
             log.exception("calibrating this host failed; `auto` keeps the size table's defaults")
-            self.state = CalibrationState.FAILED
-            return
+            self.state = CalibrationState.FAILED  # never left PENDING
+            raise
         with self._lock:
             self._publish(decided)
 

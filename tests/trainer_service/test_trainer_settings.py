@@ -87,16 +87,19 @@ async def test_device_info_answers_at_once_while_the_host_is_measured(tmp_path: 
     from chargpt.core import calibration
 
     release = threading.Event()
-    fixed = prefill(tmp_path / "fixed")  # the figures the held measurement returns
-    cached = calibration.Calibrator(fixed)
+
+    def timing(seconds: float) -> calibration.Timing:
+        return calibration.Timing(best_s=seconds, median_s=seconds, spread=0.0, trials=3)
 
     def held_gemm(*args: object, **kwargs: object) -> calibration.GemmPeak:
         release.wait(60)
-        return cached.cached("gemm", calibration.GemmPeak) or pytest.fail("no fixed figures")
+        return calibration.GemmPeak(gflops_fp32=GEMM_FP32, gflops_bf16=GEMM_BF16, fp32=timing(0.02),
+                                    bf16=timing(0.04))
 
     def fixed_step(config: ModelConfig, batch: int, *args: object) -> calibration.TrainStep:
-        found = cached.cached(calibration.train_entry(config, batch), calibration.TrainStep)
-        return found or pytest.fail("no fixed figures")
+        tokens = batch * config.block_size  # fp32 at FP32_TOKENS_PER_SECOND, bf16 at half that
+        return calibration.TrainStep(tokens=tokens, threads=1, fp32=timing(tokens / FP32_TOKENS_PER_SECOND),
+                                     bf16=timing(2 * tokens / FP32_TOKENS_PER_SECOND))
 
     fake_engine_env.setattr(calibration, "measure_gemm_peak", held_gemm)
     fake_engine_env.setattr(calibration, "measure_train_step", fixed_step)
