@@ -50,7 +50,7 @@ from chargpt.core.sampling import generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.decode_plan import describe_decode_threads
 from chargpt.sampling_params import SAMPLING_PRESETS, SamplingPreset
-from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from inference_service.scoring import ScoreJob, score_many
 from inference_service.server import default_torch_threads
 from inference_service.settings import InferenceSettings
@@ -216,6 +216,16 @@ def reference(model: GPT, tokenizer: CharTokenizer, tokens: int) -> dict[str, An
     return {"tok_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "tok_per_cpu_s": tokens / cpu}
 
 
+async def measured_model(stub: inference_pb2_grpc.InferenceServiceStub) -> inference_pb2.Model:
+    """The preloaded model once its decode plan is measured (it is served with the defaults until then)."""
+    while True:
+        reply = await stub.GetModel(inference_pb2.GetModelRequest(name=MODEL), timeout=10)
+        served: inference_pb2.Model = reply.model
+        if served.calibration != common_pb2.CALIBRATION_STATE_PENDING:
+            return served
+        await asyncio.sleep(0.5)
+
+
 async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: Path, text: str
                             ) -> dict[str, Any]:
     """Every row that goes through the server, gRPC and HTTP in the same server process."""
@@ -230,7 +240,7 @@ async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: 
                                   limits=httpx.Limits(max_connections=1024)) as http:
             await wait_ready(channel)
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            served = (await stub.GetModel(inference_pb2.GetModelRequest(name=MODEL), timeout=10)).model
+            served = await measured_model(stub)
             serving = {"weights": served.dtype, "narrow_decode_from": served.narrow_decode_from,
                        "kv_cache": served.kv_cache_dtype, "parallel_decode_from": served.parallel_decode_from,
                        "split_decode_from": served.split_decode_from}

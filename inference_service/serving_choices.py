@@ -159,9 +159,20 @@ def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibr
                              load_average=load)
 
 
+def decode_entry(model: GPT, big_batch: int, max_threads: int) -> str:
+    """The cache entry of this model's shapes at this batch and thread count."""
+    c = model.config
+    return (f"decode:L{c.n_layer}-H{c.n_head}-C{c.n_embd}-T{c.block_size}-V{c.vocab_size}-B{big_batch}"
+            f":threads{max_threads}:groups")
+
+
+def cached_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int) -> DecodeChoice | None:
+    """The choice from this host's cached figures (None until they are measured); never measures."""
+    found = calibrator.cached(decode_entry(model, big_batch, max_threads), DecodeCalibration)
+    return decide(found) if found is not None else None
+
+
 def calibrated_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int) -> DecodeChoice:
     """The measured choice for this model's shapes on this host (measured once, then read from the cache)."""
-    c = model.config
-    name = (f"decode:L{c.n_layer}-H{c.n_head}-C{c.n_embd}-T{c.block_size}-V{c.vocab_size}-B{big_batch}"
-            f":threads{max_threads}:groups")
+    name = decode_entry(model, big_batch, max_threads)
     return decide(calibrator.get(name, DecodeCalibration, lambda: measure_decode(model, big_batch, max_threads)))

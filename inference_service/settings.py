@@ -52,6 +52,9 @@ class InferenceSettings(ServerSettings):
                                                        "path (bench/decode_attention.py compares them)")
     window_slide: int = Field(default=0, ge=0, description="characters dropped when a sequence fills the context "
                               "window; 0: block_size/4; 1: the notebook's exact crop-every-step (slowest)")
+    unload_wait_seconds: float = Field(default=5.0, ge=0.0, description="how long UnloadModel waits for in-flight "
+                                       "requests before it returns (never past the caller's deadline); requests "
+                                       "still running then finish, and the model is freed after the last")
     max_queue: int = Field(default=256, ge=0, description="requests waiting for a batch slot per model")
     stream_interval_ms: float = Field(default=0.0, ge=0.0, le=1000.0, description="least time between two stream "
                                       "messages of a request after its first (0: every decode step); its end is "

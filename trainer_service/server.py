@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from chargpt.server.serving import (
 )
 from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
 from trainer_service.corpora.library import CorpusLibrary
+from trainer_service.host_calibration import HostCalibration
 from trainer_service.jobs.events import EventHub
 from trainer_service.jobs.manager import JobManager
 from trainer_service.jobs.plan import DeviceProber
@@ -70,7 +72,8 @@ async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
     calibrator = Calibrator(settings.resolved_calibration_dir())
     if settings.recalibrate:
         calibrator.clear()
-    prober = DeviceProber(settings.device, calibrator)
+    calibration = HostCalibration(calibrator)
+    prober = DeviceProber(settings.device, calibration)
     server = new_server(settings, observer=metrics.rpcs.observe)
     servicer = TrainerServicer(settings, store, corpora, jobs, hub, metrics, prober)
     trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
@@ -87,8 +90,12 @@ async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
         await jobs.start()
         metrics.refresh_store_gauges(store)
         await endpoint.start()
+        # The host's CPU figures for `auto`: cached ones at once, missing ones measured in the background.
+        if (await asyncio.to_thread(prober.facts, "auto")).type == "cpu":
+            calibration.start()
 
     async def on_stop() -> None:
+        calibration.close()
         await jobs.stop()
         await hub.stop()
         await corpora.builtins_ready()

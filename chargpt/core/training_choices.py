@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from chargpt.core.calibration import Calibrator, TrainStep
+from chargpt.core.calibration import TrainStep
 from chargpt.core.config import ModelConfig
-from chargpt.core.device import CPU_PROFILE, SIZE_PROFILES, DeviceFacts, SizeProfile, auto_size
+from chargpt.core.device import CPU_PROFILE, SIZE_PROFILES, SizeProfile
 
 Precision = Literal["fp32", "bf16"]
 PROBE_VOCAB = 65  # tiny Shakespeare's characters: the output layer's width when the corpus is not known yet
@@ -72,14 +72,3 @@ def choose_cpu_size(measure: Callable[[SizeProfile], TrainStep],
         chosen, precision = profile, train_precision("cpu", True, step)
     return SizeChoice(profile=chosen, tokens_per_s=throughput, precision=precision)
 
-
-def calibrated_size(facts: DeviceFacts, calibrator: Calibrator | None) -> SizeChoice | None:
-    """`auto`'s size for a device: measured on CPU when a calibrator is given, else None (use auto_size)."""
-    if facts.type != "cpu" or calibrator is None:
-        return None
-    return choose_cpu_size(lambda p: calibrator.train_step(profile_config(p), p.batch_size))
-
-
-def auto_profile(facts: DeviceFacts, calibrator: Calibrator | None) -> SizeProfile:
-    choice = calibrated_size(facts, calibrator)
-    return choice.profile if choice else auto_size(facts)

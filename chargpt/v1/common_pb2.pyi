@@ -16,6 +16,14 @@ class CheckpointKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHECKPOINT_KIND_LATEST: _ClassVar[CheckpointKind]
     CHECKPOINT_KIND_BEST: _ClassVar[CheckpointKind]
 
+class CalibrationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CALIBRATION_STATE_UNSPECIFIED: _ClassVar[CalibrationState]
+    CALIBRATION_STATE_PENDING: _ClassVar[CalibrationState]
+    CALIBRATION_STATE_MEASURED: _ClassVar[CalibrationState]
+    CALIBRATION_STATE_NOT_MEASURED: _ClassVar[CalibrationState]
+    CALIBRATION_STATE_FAILED: _ClassVar[CalibrationState]
+
 class TensorDtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TENSOR_DTYPE_UNSPECIFIED: _ClassVar[TensorDtype]
@@ -24,6 +32,11 @@ class TensorDtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 CHECKPOINT_KIND_UNSPECIFIED: CheckpointKind
 CHECKPOINT_KIND_LATEST: CheckpointKind
 CHECKPOINT_KIND_BEST: CheckpointKind
+CALIBRATION_STATE_UNSPECIFIED: CalibrationState
+CALIBRATION_STATE_PENDING: CalibrationState
+CALIBRATION_STATE_MEASURED: CalibrationState
+CALIBRATION_STATE_NOT_MEASURED: CalibrationState
+CALIBRATION_STATE_FAILED: CalibrationState
 TENSOR_DTYPE_UNSPECIFIED: TensorDtype
 TENSOR_DTYPE_FLOAT16: TensorDtype
 TENSOR_DTYPE_FLOAT32: TensorDtype

@@ -69,7 +69,7 @@ class LoadModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., checkpoint_path: _Optional[str] = ..., trainer_checkpoint: _Optional[_Union[TrainerCheckpointRef, _Mapping]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "state", "source", "config", "vocabulary", "parameter_count", "device", "dtype", "training", "error", "loaded_time", "weights_sha256", "parent", "kv_cache_dtype", "parallel_decode_from", "narrow_decode_from", "split_decode_from")
+    __slots__ = ("name", "state", "source", "config", "vocabulary", "parameter_count", "device", "dtype", "training", "error", "loaded_time", "weights_sha256", "parent", "kv_cache_dtype", "parallel_decode_from", "narrow_decode_from", "split_decode_from", "calibration")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class Model(_message.Message):
     PARALLEL_DECODE_FROM_FIELD_NUMBER: _ClassVar[int]
     NARROW_DECODE_FROM_FIELD_NUMBER: _ClassVar[int]
     SPLIT_DECODE_FROM_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: ModelState
     source: str
@@ -104,7 +105,8 @@ class Model(_message.Message):
     parallel_decode_from: int
     narrow_decode_from: int
     split_decode_from: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., source: _Optional[str] = ..., config: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., vocabulary: _Optional[str] = ..., parameter_count: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., training: _Optional[_Union[_common_pb2.TrainingMetadata, _Mapping]] = ..., error: _Optional[str] = ..., loaded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., weights_sha256: _Optional[str] = ..., parent: _Optional[_Union[_common_pb2.Lineage, _Mapping]] = ..., kv_cache_dtype: _Optional[str] = ..., parallel_decode_from: _Optional[int] = ..., narrow_decode_from: _Optional[int] = ..., split_decode_from: _Optional[int] = ...) -> None: ...
+    calibration: _common_pb2.CalibrationState
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., source: _Optional[str] = ..., config: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., vocabulary: _Optional[str] = ..., parameter_count: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., training: _Optional[_Union[_common_pb2.TrainingMetadata, _Mapping]] = ..., error: _Optional[str] = ..., loaded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., weights_sha256: _Optional[str] = ..., parent: _Optional[_Union[_common_pb2.Lineage, _Mapping]] = ..., kv_cache_dtype: _Optional[str] = ..., parallel_decode_from: _Optional[int] = ..., narrow_decode_from: _Optional[int] = ..., split_decode_from: _Optional[int] = ..., calibration: _Optional[_Union[_common_pb2.CalibrationState, str]] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("model", "loaded")
@@ -121,8 +123,10 @@ class UnloadModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class UnloadModelResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("requests_in_flight",)
+    REQUESTS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    requests_in_flight: int
+    def __init__(self, requests_in_flight: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -87,7 +87,10 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UnloadModel(self, request, context):
-        """Unload a model; in-flight requests finish first.
+        """Unload a model. New requests are refused at once; the call waits for in-flight requests up to the server's
+        unload_wait_seconds (default 5 s, and never past the caller's deadline), then returns. Requests still running
+        then are not cancelled: they finish, the model is listed as UNLOADING until the last one ends, and is freed
+        then (UnloadModelResponse.requests_in_flight says how many were left).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

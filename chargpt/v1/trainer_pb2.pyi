@@ -86,7 +86,7 @@ class GetDeviceInfoRequest(_message.Message):
     def __init__(self, recalibrate: _Optional[bool] = ...) -> None: ...
 
 class GetDeviceInfoResponse(_message.Message):
-    __slots__ = ("device", "auto_model", "auto_batch_size", "presets", "auto_preset", "auto_max_steps", "gemm_gflops_fp32", "gemm_gflops_bf16", "auto_precision", "candidate_tokens_per_second", "calibrated_time", "calibration_seconds")
+    __slots__ = ("device", "auto_model", "auto_batch_size", "presets", "auto_preset", "auto_max_steps", "gemm_gflops_fp32", "gemm_gflops_bf16", "auto_precision", "candidate_tokens_per_second", "calibrated_time", "calibration_seconds", "calibration")
     class CandidateTokensPerSecondEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class GetDeviceInfoResponse(_message.Message):
     CANDIDATE_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_TIME_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     device: _common_pb2.DeviceInfo
     auto_model: _common_pb2.ModelConfig
     auto_batch_size: int
@@ -118,7 +119,8 @@ class GetDeviceInfoResponse(_message.Message):
     candidate_tokens_per_second: _containers.ScalarMap[str, float]
     calibrated_time: _timestamp_pb2.Timestamp
     calibration_seconds: float
-    def __init__(self, device: _Optional[_Union[_common_pb2.DeviceInfo, _Mapping]] = ..., auto_model: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., auto_batch_size: _Optional[int] = ..., presets: _Optional[_Iterable[str]] = ..., auto_preset: _Optional[str] = ..., auto_max_steps: _Optional[int] = ..., gemm_gflops_fp32: _Optional[float] = ..., gemm_gflops_bf16: _Optional[float] = ..., auto_precision: _Optional[str] = ..., candidate_tokens_per_second: _Optional[_Mapping[str, float]] = ..., calibrated_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., calibration_seconds: _Optional[float] = ...) -> None: ...
+    calibration: _common_pb2.CalibrationState
+    def __init__(self, device: _Optional[_Union[_common_pb2.DeviceInfo, _Mapping]] = ..., auto_model: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., auto_batch_size: _Optional[int] = ..., presets: _Optional[_Iterable[str]] = ..., auto_preset: _Optional[str] = ..., auto_max_steps: _Optional[int] = ..., gemm_gflops_fp32: _Optional[float] = ..., gemm_gflops_bf16: _Optional[float] = ..., auto_precision: _Optional[str] = ..., candidate_tokens_per_second: _Optional[_Mapping[str, float]] = ..., calibrated_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., calibration_seconds: _Optional[float] = ..., calibration: _Optional[_Union[_common_pb2.CalibrationState, str]] = ...) -> None: ...
 
 class Corpus(_message.Message):
     __slots__ = ("corpus_id", "name", "description", "size_bytes", "num_chars", "vocabulary", "train_chars", "val_chars", "builtin", "created_time")

@@ -49,7 +49,13 @@ def device_report(r: trainer_pb2.GetDeviceInfoResponse) -> t.DeviceReport:
                           auto_precision=r.auto_precision,
                           candidate_tokens_per_second=dict(r.candidate_tokens_per_second),
                           calibrated_time=timestamp(r.calibrated_time),
-                          calibration_seconds=r.calibration_seconds)
+                          calibration_seconds=r.calibration_seconds, calibration=calibration_state(r.calibration))
+
+
+def calibration_state(value: int) -> str:
+    """The CalibrationState's name in lower case ("" when unspecified)."""
+    name = enum_name(common_pb2.CalibrationState, value, "CALIBRATION_STATE_")
+    return "" if name == "UNSPECIFIED" else name.lower()
 
 
 def corpus(c: trainer_pb2.Corpus) -> t.Corpus:
@@ -149,7 +155,8 @@ def model(m: inference_pb2.Model) -> t.Model:
                    training=training_metadata(m.training), error=m.error, loaded_time=timestamp(m.loaded_time),
                    weights_sha256=m.weights_sha256, parent=lineage(m.parent) if m.HasField("parent") else None,
                    kv_cache_dtype=m.kv_cache_dtype, parallel_decode_from=m.parallel_decode_from,
-                   narrow_decode_from=m.narrow_decode_from, split_decode_from=m.split_decode_from)
+                   narrow_decode_from=m.narrow_decode_from, split_decode_from=m.split_decode_from,
+                   calibration=calibration_state(m.calibration))
 
 
 def load_result(r: inference_pb2.LoadModelResponse) -> t.LoadResult:

@@ -65,6 +65,9 @@ class DeviceReport:
     candidate_tokens_per_second: dict[str, float] = field(default_factory=dict)
     calibrated_time: datetime | None = None
     calibration_seconds: float = 0.0
+    # "measured", "pending" (measuring in the background: the table's defaults hold meanwhile), "not_measured"
+    # (not a CPU) or "failed"
+    calibration: str = ""
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,7 @@ class Model:
     parallel_decode_from: int = 0  # a step uses every torch thread (both measured per host unless set; 0: one)
     narrow_decode_from: int = 1  # decode batches from this size use `dtype` weights, smaller ones float32
     split_decode_from: int = 0  # decode batches from this size run as row groups of one thread each (0: never)
+    calibration: str = ""  # whether those are measured: "measured", "pending" (defaults until timed), "not_measured"
 
 
 @dataclass(frozen=True)

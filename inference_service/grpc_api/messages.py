@@ -45,7 +45,8 @@ def summary_to_proto(summary: Summary) -> inference_pb2.GenerationSummary:
 
 def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
     out = inference_pb2.Model(name=entry.name, state=STATES[entry.state], source=entry.source,
-                              device=entry.device, dtype=entry.dtype, error=entry.error)
+                              device=entry.device, dtype=entry.dtype, error=entry.error,
+                              calibration=entry.calibration.proto())
     if entry.engine is not None:  # how it is served (calibration.py's plan, or the settings that override it)
         out.kv_cache_dtype = str(entry.engine.cache.k.dtype).split(".")[-1]
         out.parallel_decode_from = entry.engine.policy.reported_parallel_from

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import torch
 
 from chargpt import errors
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -23,6 +24,7 @@ from inference_service.settings import InferenceSettings
 
 T = TypeVar("T")
 MESSAGE_OVERHEAD = 64 * 1024  # room for the tokens and framing next to the attention tensor
+UNLOAD_REPLY_MARGIN = 1.0  # seconds UnloadModel keeps in hand to reply before its caller's deadline
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -66,8 +68,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def UnloadModel(self, request: inference_pb2.UnloadModelRequest,
                           context: grpc.aio.ServicerContext) -> inference_pb2.UnloadModelResponse:
-        await self.registry.unload(request.name)
-        return inference_pb2.UnloadModelResponse()
+        wait = self.settings.unload_wait_seconds
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is not None:  # answer before the caller's deadline, whatever is still running
+            wait = min(wait, max(0.0, remaining - UNLOAD_REPLY_MARGIN))
+        in_flight = await self.registry.unload(request.name, wait)
+        return inference_pb2.UnloadModelResponse(requests_in_flight=in_flight)
 
     async def ListModels(self, request: inference_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> inference_pb2.ListModelsResponse:
@@ -144,8 +150,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             if size > cap:
                 raise errors.ResourceExhaustedError(f"the attention tensor would be {size} bytes; the limit is "
                                                     f"{cap} (select fewer layers/heads or use FLOAT16)")
-            weights = await self._in_model_thread(entry, scoring.attention, entry.checkpoint.model, ids, layers,
-                                                  heads)
+            float32 = dtype == common_pb2.TENSOR_DTYPE_FLOAT32  # computed in float32, not only sent as float32
+            weights = await self._in_model_thread(entry, _attention, entry, float32, ids, layers, heads)
             np_dtype = "<f2" if dtype == common_pb2.TENSOR_DTYPE_FLOAT16 else "<f4"
             data = weights.numpy().astype(np_dtype).tobytes()
             self.metrics.attention_requests.labels(model=entry.name).inc()
@@ -159,6 +165,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def _in_model_thread(entry: ModelEntry, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(entry.executor, fn, *args)
+
+
+def _attention(entry: ModelEntry, float32: bool, ids: list[int], layers: list[int], heads: list[int]
+               ) -> torch.Tensor:
+    """The attention dump on the model's worker, from float32 weights when `float32` (a bf16 softmax's rows sum
+    to 1 only within about 2e-3)."""
+    assert entry.checkpoint is not None
+    return scoring.attention(entry.float32_weights() if float32 else entry.checkpoint.model, ids, layers, heads)
 
 
 def _selection(field: str, chosen: list[int], count: int) -> list[int]:

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.v1 import common_pb2, inference_pb2
-from inference_service.scoring import ScoreJob, score_many, score_windows
+from inference_service.scoring import ScoreJob, attention, score_many, score_windows
 
 from .conftest import Served
 
@@ -118,3 +118,22 @@ async def test_attention_size_cap(make_server: object) -> None:
     ok = await s.stub.GetAttention(inference_pb2.GetAttentionRequest(model="tiny", text="a" * 32, layers=[0],
                                                                      heads=[0]), timeout=30)
     assert list(ok.weights.shape) == [1, 1, 32, 32]
+
+
+async def test_float32_attention_of_a_bfloat16_model_is_computed_in_float32(served: Served) -> None:
+    """Issue 23: a FLOAT32 dump of a model served with bf16 weights had rows summing to 1 +- 2e-3 (the softmax
+    was rounded to bf16); it is computed from the weights widened to float32, through the real client."""
+    from chargpt_client import AsyncInferenceClient
+
+    text = "to be, or not to be, that is the q"[:32]
+    async with AsyncInferenceClient(f"127.0.0.1:{served.port}") as client:
+        loaded = await client.load_model("narrow", checkpoint_path="tiny", dtype="bfloat16")
+        assert loaded.model.dtype == "bfloat16"
+        dump = await client.attention("narrow", text, dtype="float32")
+    T = len(text)
+    rows = np.array(dump.values(), dtype=np.float64).reshape(2, 4, T, T).sum(-1)
+    assert dump.dtype == "float32" and np.abs(rows - 1.0).max() <= 1e-6
+    checkpoint = load_checkpoint(served.models_dir / "tiny", dtype=torch.bfloat16)
+    expected = attention(checkpoint.model.float(), checkpoint.tokenizer.encode(text), [0, 1], [0, 1, 2, 3])
+    assert np.allclose(np.array(dump.values()).reshape(2, 4, T, T), expected.numpy(), atol=1e-6)
+

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from trainer_harness import Trainer
 
+from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
 from chargpt.v1 import trainer_pb2 as S
 from tests.support.calibration import FP32_TOKENS_PER_SECOND, GEMM_BF16, GEMM_FP32, prefill
@@ -71,3 +75,52 @@ async def test_device_info_shows_the_measured_figures_and_choices(tmp_path: Path
 async def test_one_server_per_data_directory(trainer: Trainer) -> None:
     with pytest.raises(RuntimeError, match="another trainer server"):
         await create_server(trainer.settings())
+
+
+async def test_device_info_answers_at_once_while_the_host_is_measured(tmp_path: Path,
+                                                                     fake_engine_env: pytest.MonkeyPatch) -> None:
+    """On an empty calibration directory GetDeviceInfo ran the host's measurement inside the RPC (over 60 s on a
+    busy host): it now answers with the table's defaults, saying PENDING, while the measurement (held here on an
+    event, so the test does not depend on the host's speed) runs from start-up; then the measured figures."""
+    from chargpt_client import AsyncTrainerClient, ClientOptions
+
+    from chargpt.core import calibration
+
+    release = threading.Event()
+
+    def timing(seconds: float) -> calibration.Timing:
+        return calibration.Timing(best_s=seconds, median_s=seconds, spread=0.0, trials=3)
+
+    def held_gemm(*args: object, **kwargs: object) -> calibration.GemmPeak:
+        release.wait(60)
+        return calibration.GemmPeak(gflops_fp32=GEMM_FP32, gflops_bf16=GEMM_BF16, fp32=timing(0.02),
+                                    bf16=timing(0.04))
+
+    def fixed_step(config: ModelConfig, batch: int, *args: object) -> calibration.TrainStep:
+        tokens = batch * config.block_size  # fp32 at FP32_TOKENS_PER_SECOND, bf16 at half that
+        return calibration.TrainStep(tokens=tokens, threads=1, fp32=timing(tokens / FP32_TOKENS_PER_SECOND),
+                                     bf16=timing(2 * tokens / FP32_TOKENS_PER_SECOND))
+
+    fake_engine_env.setattr(calibration, "measure_gemm_peak", held_gemm)
+    fake_engine_env.setattr(calibration, "measure_train_step", fixed_step)
+    trainer = Trainer(tmp_path / "data", calibration_dir=tmp_path / "empty")
+    await trainer.start()
+    try:
+        async with AsyncTrainerClient(f"127.0.0.1:{trainer.port}", ClientOptions(timeout=5.0)) as client:
+            pending = await client.device_info()  # DEADLINE_EXCEEDED before: the RPC measured
+            assert pending.calibration == "pending" and pending.auto_preset == "cpu"
+            assert pending.auto_precision == "fp32" and pending.gemm_gflops_fp32 == 0
+            release.set()
+            deadline = time.monotonic() + 30
+            while (report := await client.device_info()).calibration == "pending":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert report.calibration == "measured" and report.gemm_gflops_fp32 == GEMM_FP32
+            assert report.candidate_tokens_per_second == {"cpu": FP32_TOKENS_PER_SECOND}
+            release.clear()
+            again = await client.device_info(recalibrate=True)  # measures again, in the background
+            assert again.calibration == "pending" and again.gemm_gflops_fp32 == 0
+            release.set()
+    finally:
+        release.set()
+        await trainer.stop()

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chargpt.core.calibration import Calibrator
 from chargpt.core.config import ModelConfig
-from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, parse_device, resolve_device
-from chargpt.core.training_choices import SizeChoice, auto_profile, calibrated_size
+from chargpt.core.device import SIZE_PROFILES, DeviceFacts, SizeProfile, auto_size, parse_device, resolve_device
+from chargpt.core.training_choices import SizeChoice
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError, validated
+from trainer_service.host_calibration import HostCalibration
 from trainer_service.jobs.parent import Parent
 from trainer_service.jobs.request import JobRequest
 from trainer_service.store import CorpusRecord
@@ -26,17 +26,20 @@ RESOURCE_FIELDS = ("device", "num_processes", "num_nodes")  # plan fields from t
 class DeviceProber:
     """Device facts per device string, probed once each (the probe imports torch)."""
 
-    def __init__(self, default_device: str, calibrator: Calibrator | None = None) -> None:
+    def __init__(self, default_device: str, calibration: HostCalibration | None = None) -> None:
         self.default_device = default_device
-        self.calibrator = calibrator  # None: size auto from the table alone (no measurement)
+        self.calibration = calibration  # None: size auto from the table alone (no measurement)
         self._facts: dict[str, DeviceFacts] = {}
 
     def size_choice(self, facts: DeviceFacts) -> SizeChoice | None:
-        """The measured CPU size choice (None off CPU or without a calibrator)."""
-        return calibrated_size(facts, self.calibrator)
+        """The measured CPU size choice (None off CPU, without a calibration, or until it is measured)."""
+        if facts.type != "cpu" or self.calibration is None:
+            return None
+        return self.calibration.size_choice()
 
     def auto_profile(self, facts: DeviceFacts) -> SizeProfile:
-        return auto_profile(facts, self.calibrator)
+        choice = self.size_choice(facts)
+        return choice.profile if choice else auto_size(facts)
 
     def facts(self, device: str, field: str = "resources.device") -> DeviceFacts:
         device = self.default_device if device in ("", "auto") else device

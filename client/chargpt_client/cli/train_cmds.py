@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from chargpt_client import types as t
@@ -14,6 +15,7 @@ from chargpt_client.sync import TrainerClient
 from chargpt_client.training import TrainingOptions, option_fields
 
 ARCH_FLAGS = ("n_layer", "n_head", "n_embd", "block_size")
+RECALIBRATE_POLL_SECONDS = 1.0  # `device --recalibrate` asks this often until the host is measured
 
 
 def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
@@ -143,6 +145,9 @@ def follow(client: TrainerClient, job_id: str, json_output: bool) -> int:
 def device_cmd(args: argparse.Namespace) -> int:
     with trainer_client(args) as client:
         report = client.device_info(recalibrate=args.recalibrate)
+        while args.recalibrate and report.calibration == "pending":  # measured in the background: poll for it
+            time.sleep(RECALIBRATE_POLL_SECONDS)
+            report = client.device_info()
     if args.json:
         print_json(report)
         return 0
@@ -151,7 +156,8 @@ def device_cmd(args: argparse.Namespace) -> int:
           f"bf16 {'yes' if d.bf16_supported else 'no'}")
     print(f"auto model: {m.n_layer} layers, {m.n_head} heads, {m.n_embd} dims, block {m.block_size}, "
           f"batch {report.auto_batch_size}")
-    print(f"auto precision: {report.auto_precision or '-'}")
+    print(f"auto precision: {report.auto_precision or '-'}"
+          + (" (the defaults: this host is still being measured)" if report.calibration == "pending" else ""))
     if report.gemm_gflops_fp32:
         rates = ", ".join(f"{name} {rate:,.0f}" for name, rate in report.candidate_tokens_per_second.items())
         print(f"measured: GEMM fp32 {report.gemm_gflops_fp32:,.0f} GFLOP/s, bf16 {report.gemm_gflops_bf16:,.0f} "
