@@ -132,6 +132,8 @@ def _try_open(path: Path, kind: str) -> CheckpointSnapshot | None:
     files = [_hashed(MANIFEST_FILE, manifest_handle)]
     try:
         manifest = Manifest.model_validate_json(manifest_handle.read())
+        if Path(manifest.weights.file).name != manifest.weights.file:  # copies and downloads take plain names only
+            raise ValueError(f"weights file {manifest.weights.file!r} is not a plain file name")
         weights = _hashed(manifest.weights.file, open(directory / manifest.weights.file, "rb"))  # noqa: SIM115
         files.append(weights)
     except (OSError, ValueError):
