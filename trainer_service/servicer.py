@@ -20,6 +20,7 @@ from trainer_service.corpora.read import read_corpus
 from trainer_service.device_report import device_report
 from trainer_service.jobs import checkpoints
 from trainer_service.jobs.events import EventHub
+from trainer_service.jobs.layout import JobDir
 from trainer_service.jobs.manager import JobManager
 from trainer_service.jobs.parent import resolve_init_from
 from trainer_service.jobs.plan import DeviceProber, build_plan
@@ -117,11 +118,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         parent = None
         if wanted.init_from is not None:
             parent = await asyncio.to_thread(resolve_init_from, wanted.init_from, self.settings.data_dir,
-                                             self.store, self.jobs.job_dir)
-        plan = await asyncio.to_thread(build_plan, job_id, wanted, corpus, self.prober,
-                                       self.settings.max_processes_per_job, self.settings.tensorboard,
-                                       self.jobs.executor.max_nodes, parent)
-        job = await self.jobs.create(job_id, wanted.display_name, plan, corpus)
+                                             self.store, self.jobs.job_dir, JobDir(self.jobs.job_dir(job_id)).init_from)
+        try:
+            plan = await asyncio.to_thread(build_plan, job_id, wanted, corpus, self.prober,
+                                           self.settings.max_processes_per_job, self.settings.tensorboard,
+                                           self.jobs.executor.max_nodes, parent)
+            job = await self.jobs.create(job_id, wanted.display_name, plan, corpus, parent)
+        finally:
+            if parent is not None:
+                parent.close()
         return trainer_pb2.CreateTrainingJobResponse(job=self._job(job.job_id))
 
     def _job(self, job_id: str) -> trainer_pb2.TrainingJob:

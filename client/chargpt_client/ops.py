@@ -22,8 +22,9 @@ from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS
 from chargpt.wire.model_config import model_config_proto
 from chargpt_client import from_proto
 from chargpt_client import types as t
+from chargpt_client.deprecation import deprecated
 from chargpt_client.sampling import SamplingOptions
-from chargpt_client.training import TrainingOptions
+from chargpt_client.training import TrainingOptions, options_from_keywords
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -98,9 +99,17 @@ def training_spec(options: TrainingOptions | None) -> trainer_pb2.TrainingSpec:
 def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.ModelConfig | None = None,
                         training: TrainingOptions | None = None, display_name: str = "", device: str = "",
                         num_processes: int | None = None, num_nodes: int | None = None,
-                        init_from: str | None = None) -> Unary[t.TrainingJob]:
+                        init_from: str | None = None, **training_keywords: Any) -> Unary[t.TrainingJob]:
     """num_processes: DDP ranks per node; num_nodes: nodes (needs the trainer's slurm or kubernetes executor);
-    init_from: "JOB[:best|latest]" or a checkpoint directory on the trainer to fine-tune."""
+    init_from: "JOB[:best|latest]" or a checkpoint directory on the trainer to fine-tune.
+
+    Deprecated since 0.2.0 (0.1's forms, removed in 0.3.0): training fields as keywords (max_steps=...), and
+    num_processes=0 for one process (the trainer now refuses an explicit 0).
+    """
+    training = options_from_keywords(training, training_keywords)
+    if num_processes == 0:
+        deprecated("create_job(num_processes=0)", "num_processes=None (the default: one process)", since="0.2.0")
+        num_processes = None
     spec = trainer_pb2.ModelSpec()
     if model is not None:
         spec.custom.CopyFrom(model_config_proto(model))

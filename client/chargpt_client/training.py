@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chargpt_client.deprecation import deprecated
+
 LrSchedule = Literal["cosine", "constant", "linear"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 CompileMode = Literal["auto", "on", "off"]
@@ -49,6 +51,22 @@ class TrainingOptions(BaseModel):
     def given(self) -> dict[str, Any]:
         """The fields that are set, by name."""
         return self.model_dump(exclude_none=True)
+
+
+def options_from_keywords(training: TrainingOptions | None, keywords: dict[str, Any]) -> TrainingOptions | None:
+    """create_job's training fields given as keywords (0.1's `create_job(corpus, max_steps=...)`, deprecated) as
+    TrainingOptions; `training` when there are none."""
+    if not keywords:
+        return training
+    unknown = [name for name in keywords if name not in TrainingOptions.model_fields]
+    if unknown:
+        raise TypeError(f"create_job() got an unexpected keyword argument {unknown[0]!r}")
+    if training is not None:
+        raise TypeError("create_job() takes training=TrainingOptions(...) or training keywords, not both")
+    replacement = ", ".join(f"{name}={value!r}" for name, value in keywords.items())
+    deprecated(f"create_job({', '.join(f'{name}=...' for name in keywords)})",
+               f"create_job(..., training=TrainingOptions({replacement}))", since="0.2.0", stacklevel=3)
+    return TrainingOptions(**keywords)
 
 
 @dataclass(frozen=True)

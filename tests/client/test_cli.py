@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chargpt_client import InferenceClient
+from chargpt_client import InferenceClient, ModelConfig, TrainerClient, TrainingOptions
 from chargpt_client.cli import build_parser, main
 
-from tests.client.conftest import ServerThread, inference_factory, trainer_factory, write_checkpoint
+from tests.client.conftest import FAST_RETRY, ServerThread, inference_factory, trainer_factory, write_checkpoint
 from tests.client.test_library_units import _png_size
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -302,3 +302,29 @@ def test_a_budget_only_job_shows_its_budget_not_a_step_limit(cli: Cli, job_id: s
         assert re.search(rf"^{budget_job} .* \d+ \(budget 90 s\)", listed.stdout, re.MULTILINE), listed.stdout
     finally:
         cli.run("jobs", "cancel", budget_job)
+
+
+def test_jobs_list_lists_every_job_or_says_where_it_stopped(cli: Cli, server_thread: ServerThread,
+                                                            tmp_path: Path) -> None:
+    """More jobs than the old silent cut-off (50): `jobs list` shows them all; with --limit it says it stopped."""
+    server, address = server_thread.start(trainer_factory(tmp_path / "trainer", builtin_corpora=False))
+    try:
+        with TrainerClient(address, FAST_RETRY) as client:
+            corpus = client.upload_corpus("citizens", CORPUS).corpus
+            tiny, options = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), TrainingOptions(max_steps=10**5)
+            created = [client.create_job(corpus.corpus_id, model=tiny, training=options).job_id for _ in range(55)]
+            try:
+                many = Cli(address, cli.inference, tmp_path)
+                assert [j["job_id"] for j in many.json("jobs", "list")] == created[::-1]
+                assert len(many.run("jobs", "list").stdout.splitlines()) == 2 + 55  # header, rule, every job
+                limited = many.run("jobs", "list", "--limit", "7", "--json")
+                assert [j["job_id"] for j in json.loads(limited.stdout)] == created[::-1][:7]
+                assert "newest 7 jobs only; there are more (raise --limit" in limited.stderr, limited.stderr
+                exact = many.run("jobs", "list", "--limit", "55")
+                assert exact.returncode == 0 and exact.stderr == ""  # nothing left out, nothing to say
+                assert many.run("jobs", "list", "--limit", "0").returncode == 2
+            finally:
+                for job_id in created[::-1]:  # the queued ones first: none of them starts
+                    client.cancel_job(job_id)
+    finally:
+        server_thread.stop(server)

@@ -2,7 +2,8 @@
 
 It honours the engine contract (events through the sink on rank 0, checkpoints in the core format under
 job_dir/checkpoints/{latest,best}, resume from latest, should_stop -> checkpoint -> return) without the cost of
-real training. Environment knobs: FAKE_ENGINE_STEP_SECONDS (pace), FAKE_ENGINE_FAIL_AT (raise at that step).
+real training; a fine-tune starts from its parent's weights as the real engine does. Environment knobs:
+FAKE_ENGINE_STEP_SECONDS (pace), FAKE_ENGINE_FAIL_AT (raise at that step).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trainer_service.training.api import (
     TrainingOutcome,
     TrainingPlan,
 )
+from trainer_service.training.parent_weights import initialise_from_parent
 
 STATE_FILE = "fake_state.json"
 
@@ -42,7 +44,9 @@ class _Run:
         self.plan, self.corpus, self.job_dir, self.sink = plan, corpus, job_dir, sink
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.tokenizer = CharTokenizer.from_text(corpus.path.read_text(encoding="utf-8"))
+        parent = plan.init_from  # a fine-tune's vocabulary is the union of its parent's and the corpus's
+        text = corpus.path.read_text(encoding="utf-8") + (parent.vocabulary if parent is not None else "")
+        self.tokenizer = CharTokenizer.from_text(text)
         torch.manual_seed(plan.seed)
         self.model = GPT(plan.model)
         self.step, self.loss, self.best = 0, math.nan, math.inf
@@ -50,6 +54,8 @@ class _Run:
         if (latest / STATE_FILE).is_file():
             self.model.load_state_dict(load_checkpoint(latest).model.state_dict())
             self.step = json.loads((latest / STATE_FILE).read_text())["step"]
+        elif parent is not None:  # the real engine's start from the parent (verified against its weights hash)
+            initialise_from_parent(self.model, parent, self.tokenizer)
         if (job_dir / CHECKPOINTS_DIR / BEST).is_dir():
             self.best = read_manifest(job_dir / CHECKPOINTS_DIR / BEST).training.val_loss or math.inf
 

@@ -34,6 +34,14 @@ def tiny_model(block_size: int = 16) -> trainer_pb2.ModelSpec:
                                                                block_size=block_size))
 
 
+def finetune(corpus_id: str, init_from: trainer_pb2.InitFrom, model: trainer_pb2.ModelSpec | None = None,
+             **training: object) -> trainer_pb2.CreateTrainingJobRequest:
+    """A small fine-tune request on the CPU: 5 steps from `init_from`."""
+    return trainer_pb2.CreateTrainingJobRequest(
+        corpus_id=corpus_id, init_from=init_from, model=model, resources=trainer_pb2.ResourceSpec(device="cpu"),
+        training=trainer_pb2.TrainingSpec(max_steps=5, batch_size=4, **training))  # type: ignore[arg-type]
+
+
 class Trainer:
     """One server instance (restartable on the same data dir) and a stub connected to it."""
 

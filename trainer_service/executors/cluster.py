@@ -145,8 +145,6 @@ class ClusterExecutor(Executor):
             if status.phase == "ended":
                 follower.poll()  # whatever the workers wrote last
                 detail = f"{self.cluster} job {run.handle} ended {status.describe()}"
-                if status.code != 0 and not status.cancelled:
-                    detail += f"; last output:\n{run.files.log_tail(run.log_offset)}"
                 return Ended(status.code, detail, cancelled_outside=status.cancelled, requeue=status.requeue)
             await self._note_phase(run, status)
             follower.poll()

@@ -82,7 +82,7 @@ class LocalExecutor(Executor):
             code = await process.wait()
         finally:
             self._logs.pop(run.job.job_id).close()
-        return Ended(code, f"{describe_exit(code)}; last output:\n{run.files.log_tail(run.log_offset)}")
+        return Ended(code, describe_exit(code))
 
     def request_stop(self, run: RunningJob) -> None:
         if run.handle is not None:

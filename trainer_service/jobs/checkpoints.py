@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,16 @@ class CheckpointSnapshot:
                 yield f.name, offset, data
                 offset += len(data)
 
+    def write_to(self, directory: Path) -> None:
+        """Copy this version's files into `directory` (new): a pinned copy no later writer can change."""
+        directory.mkdir(parents=True)
+        for f in self.files:
+            f.handle.seek(0)
+            with open(directory / f.name, "wb") as out:
+                shutil.copyfileobj(f.handle, out)
+                out.flush()
+                os.fsync(out.fileno())
+
     def close(self) -> None:
         for f in self.files:
             f.handle.close()
@@ -86,10 +98,9 @@ def open_snapshot(job_dir: Path, kind: str) -> CheckpointSnapshot:
     """kind "" means best if present, else latest."""
     kinds = [kind] if kind else [BEST, LATEST]
     for candidate in kinds:
-        for _ in range(ATTEMPTS):
-            snapshot = _try_open(job_dir, candidate)
-            if snapshot is not None:
-                return snapshot
+        snapshot = open_directory(checkpoint_dir(job_dir, candidate), candidate)
+        if snapshot is not None:
+            return snapshot
     if kind and _exists(job_dir, kind):
         raise DataLossError(f"checkpoint {kind!r} kept changing or is corrupt; try again")
     raise NotFoundError(f"job has no {kind or 'best or latest'} checkpoint yet")
@@ -103,15 +114,27 @@ def _exists(job_dir: Path, kind: str) -> bool:
     return True
 
 
-def _try_open(job_dir: Path, kind: str) -> CheckpointSnapshot | None:
+def open_directory(path: Path, kind: str = "") -> CheckpointSnapshot | None:
+    """One consistent version of the checkpoint at `path`, retried while a writer replaces it; None if there is
+    none or it stays inconsistent (`kind` labels it: "latest", "best", or "" for a directory of no job)."""
+    for _ in range(ATTEMPTS):
+        snapshot = _try_open(path, kind)
+        if snapshot is not None:
+            return snapshot
+    return None
+
+
+def _try_open(path: Path, kind: str) -> CheckpointSnapshot | None:
     try:
-        directory = resolve_checkpoint_dir(checkpoint_dir(job_dir, kind))
+        directory = resolve_checkpoint_dir(path)
         manifest_handle = open(directory / MANIFEST_FILE, "rb")  # noqa: SIM115 - owned by the snapshot
     except (CheckpointError, OSError):
         return None
     files = [_hashed(MANIFEST_FILE, manifest_handle)]
     try:
         manifest = Manifest.model_validate_json(manifest_handle.read())
+        if Path(manifest.weights.file).name != manifest.weights.file:  # copies and downloads take plain names only
+            raise ValueError(f"weights file {manifest.weights.file!r} is not a plain file name")
         weights = _hashed(manifest.weights.file, open(directory / manifest.weights.file, "rb"))  # noqa: SIM115
         files.append(weights)
     except (OSError, ValueError):

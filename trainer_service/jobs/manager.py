@@ -17,7 +17,9 @@ from chargpt.errors import FailedPreconditionError
 from trainer_service.executors import make_executor
 from trainer_service.executors.base import Ended, LaunchError, RunningJob
 from trainer_service.jobs.events import EventHub
-from trainer_service.jobs.layout import CORPUS_COPY, JobDir
+from trainer_service.jobs.failure import job_error
+from trainer_service.jobs.layout import CORPUS_COPY, LOG_FILE, JobDir
+from trainer_service.jobs.parent import Parent
 from trainer_service.settings import TrainerSettings
 from trainer_service.store import (
     CANCELLED,
@@ -125,9 +127,12 @@ class JobManager:
 
     # ---- requests
 
-    async def create(self, job_id: str, display_name: str, plan: TrainingPlan, corpus: CorpusRecord) -> JobRecord:
+    async def create(self, job_id: str, display_name: str, plan: TrainingPlan, corpus: CorpusRecord,
+                     parent: Parent | None = None) -> JobRecord:
         job_dir = JobDir(self.job_dir(job_id))
         job_dir.path.mkdir(parents=True)
+        if parent is not None:
+            await asyncio.to_thread(self._pin, parent, job_dir)
         path = Path(corpus.path)
         if not self.executor.reads_trainer_corpora:
             shutil.copyfile(path, job_dir.path / CORPUS_COPY)
@@ -141,6 +146,16 @@ class JobManager:
         await self.hub.poll_once()
         self._wake.set()
         return self.store.get_job(job_id)
+
+    @staticmethod
+    def _pin(parent: Parent, job_dir: JobDir) -> None:
+        """The fine-tune's own copy of its parent checkpoint, or no job at all."""
+        try:
+            parent.pin()
+        except OSError as exc:
+            shutil.rmtree(job_dir.path, ignore_errors=True)
+            raise FailedPreconditionError(f"init_from: could not copy the checkpoint into the job's directory "
+                                          f"({exc})") from exc
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Idempotent: finished jobs come back unchanged; a running one checkpoints first."""
@@ -215,7 +230,8 @@ class JobManager:
             await self.executor.launch(run)
         except LaunchError as exc:
             self._running.pop(job.job_id, None)
-            self.store.set_state(job.job_id, FAILED, str(exc), error=str(exc), finished=time.time())
+            error = job_error(str(exc))
+            self.store.set_state(job.job_id, FAILED, error, error=error, finished=time.time())
             run.done.set()
             return
         finally:
@@ -254,7 +270,8 @@ class JobManager:
             return CANCELLED, f"{ended.detail} at step {step}"
         if ended.code == 0 and outcome is not None:
             return FAILED, f"worker stopped at step {outcome.final_step} without being asked to (outside signal?)"
-        return FAILED, ended.detail
+        reason = run.files.failure_reason(run.log_offset)
+        return FAILED, job_error(reason, f"{ended.detail}; traceback in {LOG_FILE}" if reason else ended.detail)
 
     def _request_stop(self, run: RunningJob, reason: str) -> None:
         if run.stop_reason != "cancel":

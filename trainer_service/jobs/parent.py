@@ -2,7 +2,9 @@
 
 Every bad reference names its field: a malformed one is INVALID_ARGUMENT, a path outside the trainer's data
 directory PERMISSION_DENIED, an unknown job or missing directory NOT_FOUND, a job without that checkpoint (yet)
-or an unreadable manifest FAILED_PRECONDITION. The weights are hashed again when the job starts.
+or an unreadable manifest FAILED_PRECONDITION. The version found is pinned: Parent.pin copies it into the new job's
+directory, so the parent job's later checkpoints cannot change the child's start; the weights are hashed again
+when the job starts.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from chargpt.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from trainer_service.jobs.checkpoints import checkpoint_dir
+from trainer_service.jobs.checkpoints import CheckpointSnapshot, checkpoint_dir, open_directory
 from trainer_service.jobs.request import ParentRef
 from trainer_service.store import Store
 from trainer_service.training.api import BEST, InitSource
@@ -29,13 +31,23 @@ JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, as CreateTraining
 
 
 class Parent:
-    """A resolved parent checkpoint: where it is and what its manifest says."""
+    """A resolved parent checkpoint: the version opened at creation, its manifest, and where the job reads it."""
 
-    def __init__(self, source: InitSource, manifest: Manifest) -> None:
-        self.source, self.manifest = source, manifest
+    def __init__(self, source: InitSource, snapshot: CheckpointSnapshot) -> None:
+        self.source, self.snapshot = source, snapshot
+        self.manifest: Manifest = snapshot.info.manifest
+
+    def pin(self) -> None:
+        """Copy the opened version to source.path (in the new job's directory), whatever the parent wrote since."""
+        self.snapshot.write_to(self.source.path)
+
+    def close(self) -> None:
+        self.snapshot.close()
 
 
-def resolve_init_from(ref: ParentRef, data_dir: Path, store: Store, job_dir: Callable[[str], Path]) -> Parent:
+def resolve_init_from(ref: ParentRef, data_dir: Path, store: Store, job_dir: Callable[[str], Path],
+                      pin_to: Path) -> Parent:
+    """The checkpoint `ref` names, opened (close() the result); the job will read its copy at `pin_to`."""
     if ref.job_id is not None:
         kind = ref.kind or BEST
         directory, field = _job_checkpoint(ref.job_id, kind, store, job_dir), "init_from.job_id"
@@ -45,12 +57,17 @@ def resolve_init_from(ref: ParentRef, data_dir: Path, store: Store, job_dir: Cal
         kind, directory, field = "", _inside(ref.path, data_dir), "init_from.path"
     else:
         raise InvalidArgumentError("init_from", "set job_id or path")
-    manifest = _manifest(directory, field)
+    _manifest(directory, field)  # a missing or unreadable checkpoint, named by its field
+    snapshot = open_directory(directory, kind)
+    if snapshot is None:  # replaced again and again while we read it, or damaged
+        raise FailedPreconditionError(f"{field}: could not pin the checkpoint at {directory} (it kept changing "
+                                      "or its weights do not match its manifest); try again")
+    manifest = snapshot.info.manifest
     t = manifest.training
     lineage = Lineage(job_id=ref.job_id if ref.job_id is not None else t.job_id, kind=kind,
                       weights_sha256=manifest.weights.sha256, corpus_id=t.corpus_id, corpus_name=t.corpus_name,
                       corpus_sha256=t.corpus_sha256, step=t.step)
-    return Parent(InitSource(path=directory, vocabulary=manifest.vocabulary, lineage=lineage), manifest)
+    return Parent(InitSource(path=pin_to, vocabulary=manifest.vocabulary, lineage=lineage), snapshot)
 
 
 def _job_checkpoint(job_id: str, kind: str, store: Store, job_dir: Callable[[str], Path]) -> Path:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from trainer_service.jobs.failure import exception_reason
 from trainer_service.jobs.layout import EXIT_LOCKED, EXIT_STOP_DEADLINE, LOCK_FILE, JobDir
 from trainer_service.jobs.summary import JobSummary
 from trainer_service.store import append_event, connect
@@ -230,7 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"worker: job {plan.job_id} is locked by another live worker", file=sys.stderr, flush=True)
             return EXIT_LOCKED
     sink = make_sink(args, plan.job_id) if rank == 0 else NullSink()
-    outcome: TrainingOutcome = load_engine(args.engine)(plan, corpus, args.job_dir, sink, stop)
+    try:
+        outcome: TrainingOutcome = load_engine(args.engine)(plan, corpus, args.job_dir, sink, stop)
+    except Exception as exc:
+        job_dir.write_failure(exception_reason(exc))  # the job's error; the traceback below goes to worker.log
+        raise
     if rank == 0:
         job_dir.write_outcome(outcome)
     print(f"worker: finished at step {outcome.final_step} (stopped early: {outcome.stopped_early})",

@@ -54,7 +54,8 @@ def _register_jobs(subparsers: SubParsers, parent: argparse.ArgumentParser) -> N
     sub = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
     listing = sub.add_parser("list", parents=[parent], help="jobs, newest first")
     listing.add_argument("--state", action="append", default=[], choices=[s.lower() for s in JOB_STATES])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=int, metavar="N", help="the newest N jobs only, saying so when there are "
+                         "more (default: every job)")
     listing.set_defaults(handler=jobs_list_cmd)
     for name, handler, help_text in (("show", jobs_show_cmd, "one job"),
                                      ("watch", jobs_watch_cmd, "follow a job's progress until it ends"),
@@ -168,8 +169,14 @@ def device_cmd(args: argparse.Namespace) -> int:
 
 
 def jobs_list_cmd(args: argparse.Namespace) -> int:
-    with trainer_client(args) as client:
-        jobs = client.list_jobs(args.state, limit=args.limit)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {args.limit})")
+    with trainer_client(args) as client:  # one more than the limit: whether it cut the list short
+        jobs = client.list_jobs(args.state, limit=None if args.limit is None else args.limit + 1)
+    if args.limit is not None and len(jobs) > args.limit:
+        jobs = jobs[: args.limit]
+        print(f"chargpt: the newest {args.limit} jobs only; there are more (raise --limit, or leave it out for "
+              "every job)", file=sys.stderr)
     if args.json:
         print_json(jobs)
         return 0

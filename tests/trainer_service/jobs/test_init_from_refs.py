@@ -7,17 +7,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from trainer_harness import Trainer, sample_text
+from trainer_harness import Trainer, finetune, sample_text
 
 from chargpt.v1 import common_pb2
 from chargpt.v1 import trainer_pb2 as S
-
-
-def finetune(corpus_id: str, init_from: S.InitFrom, model: S.ModelSpec | None = None,
-             **training: object) -> S.CreateTrainingJobRequest:
-    return S.CreateTrainingJobRequest(corpus_id=corpus_id, init_from=init_from, model=model,
-                                      training=S.TrainingSpec(max_steps=5, batch_size=4, **training),  # type: ignore[arg-type]
-                                      resources=S.ResourceSpec(device="cpu"))
 
 
 async def _status(trainer: Trainer, request: S.CreateTrainingJobRequest) -> tuple[grpc.StatusCode, str]:

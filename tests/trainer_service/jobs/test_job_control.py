@@ -76,6 +76,9 @@ async def test_engine_error_fails_the_job_with_its_traceback(trainer: Trainer,
     job = await trainer.create_job(corpus.corpus_id, max_steps=20)
     failed = await trainer.wait_for(job.job_id, [S.JOB_STATE_FAILED])
     assert "exited with code 1" in failed.error and "fake engine failure at step 8" in failed.error
+    # the reason first, one line; the traceback itself stays in worker.log (issue 23.7)
+    assert failed.error == "RuntimeError: fake engine failure at step 8 (worker exited with code 1; traceback in " \
+                           "worker.log)"
     assert (await checkpoint_steps(trainer, job.job_id))[common_pb2.CHECKPOINT_KIND_LATEST] == 5  # kept
     fake_engine_env.delenv("FAKE_ENGINE_FAIL_AT")
     await trainer.stub.ResumeTrainingJob(S.ResumeTrainingJobRequest(job_id=job.job_id))
