@@ -199,6 +199,14 @@ class DownloadedCheckpoint:
 
 
 @dataclass(frozen=True)
+class ImportResult:
+    """An imported model: the finished job that holds it (use its job_id wherever a job goes) and its checkpoint."""
+
+    job: TrainingJob
+    checkpoint: Checkpoint
+
+
+@dataclass(frozen=True)
 class TrainingMetadata:
     job_id: str
     corpus_id: str
