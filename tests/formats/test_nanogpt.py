@@ -56,7 +56,7 @@ def test_a_gpt2_bpe_checkpoint_is_not_a_character_model() -> None:
             from_nanogpt({"model": {}, "model_args": args}, None)
         assert error.value.field == "ckpt.pt: model_args.vocab_size"
     args = {**args, "vocab_size": 65}
-    with pytest.raises(InvalidArgumentError, match="meta.pkl: required"):
+    with pytest.raises(InvalidArgumentError, match=r"meta\.pkl: required"):
         from_nanogpt({"model": {}, "model_args": args}, None)
 
 
@@ -66,7 +66,7 @@ def test_a_meta_pickle_that_would_run_a_command_never_does(tmp_path: Path) -> No
     with pytest.raises(InvalidArgumentError, match=r"meta.pkl: not a plain pickle .* it names posix.system"):
         read_meta(hostile)
     assert not marker.exists()
-    with pytest.raises(InvalidArgumentError, match="meta.pkl: not a plain pickle"):
+    with pytest.raises(InvalidArgumentError, match=r"meta\.pkl: not a plain pickle"):
         read_meta(pickle.dumps({"itos": {0: "a"}})[:-5])  # truncated
     assert read_meta(pickle.dumps({"vocab_size": 2, "itos": {0: "\n", 1: "a"}, "stoi": {"\n": 0, "a": 1}})) == "\na"
 
@@ -100,6 +100,6 @@ def test_vocabulary_size_and_shapes_that_disagree_name_the_field(tmp_path: Path,
     state["transformer.h.1.mlp.c_fc.weight"] = state["transformer.h.1.mlp.c_fc.weight"][:, :16]
     with pytest.raises(InvalidArgumentError, match=r"ckpt.pt: blocks.1.mlp.c_fc.weight: has shape \(128, 16\)"):
         from_nanogpt({**checkpoint, "model": state}, tiny.tokenizer.vocabulary)
-    with pytest.raises(InvalidArgumentError, match="model_args.n_head: 3 heads must divide n_embd 32"):
+    with pytest.raises(InvalidArgumentError, match=r"model_args\.n_head: 3 heads must divide n_embd 32"):
         from_nanogpt({**checkpoint, "model_args": {**checkpoint["model_args"], "n_head": 3}},
                      tiny.tokenizer.vocabulary)
