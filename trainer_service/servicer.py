@@ -25,6 +25,7 @@ from trainer_service.jobs.manager import JobManager
 from trainer_service.jobs.parent import resolve_init_from
 from trainer_service.jobs.plan import DeviceProber, build_plan
 from trainer_service.metrics import TrainerMetrics
+from trainer_service.model_import import ModelImporter
 from trainer_service.settings import TrainerSettings
 from trainer_service.store import Store
 
@@ -33,6 +34,7 @@ TOKEN_PREFIX = "jobs-before:"
 SPLIT_TO_PROTO = {"all": trainer_pb2.CORPUS_SPLIT_UNSPECIFIED, "train": trainer_pb2.CORPUS_SPLIT_TRAIN,
                   "validation": trainer_pb2.CORPUS_SPLIT_VALIDATION}
 PROTO_TO_SPLIT = {v: k for k, v in SPLIT_TO_PROTO.items()}
+IMPORT_FORMATS = messages.enum_choices(trainer_pb2.ImportFormat.DESCRIPTOR)  # IMPORT_FORMAT_HF -> "hf"
 
 
 def encode_page_token(seq: int) -> str:
@@ -58,6 +60,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                  hub: EventHub, metrics: TrainerMetrics, prober: DeviceProber) -> None:
         self.settings, self.store, self.corpora, self.jobs = settings, store, corpora, jobs
         self.hub, self.metrics, self.prober = hub, metrics, prober
+        self.importer = ModelImporter(store, jobs.jobs_dir, settings.max_import_bytes)
 
     async def GetDeviceInfo(self, request: trainer_pb2.GetDeviceInfoRequest,
                             context: grpc.aio.ServicerContext) -> trainer_pb2.GetDeviceInfoResponse:
@@ -202,6 +205,31 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                     file_name=name, offset=offset, data=data, sha256=_sha256(data)))
         finally:
             snapshot.close()
+
+
+    # ---- imported models
+
+    async def ImportModel(self, request_iterator: AsyncIterator[trainer_pb2.ImportModelRequest],
+                          context: grpc.aio.ServicerContext) -> trainer_pb2.ImportModelResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgumentError("header", "the first message must be the import header")
+        header = first.header
+        if header.format not in IMPORT_FORMATS:
+            raise InvalidArgumentError("header.format", f"choose {' or '.join(IMPORT_FORMATS.values())} "
+                                       f"(got {header.format})")
+
+        async def chunks() -> AsyncIterator[trainer_pb2.CheckpointChunk]:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidArgumentError("header", "only the first message may be a header")
+                yield message.chunk
+
+        job_id, checkpoint = await self.importer.import_model(header.name, IMPORT_FORMATS[header.format],
+                                                              header.files, chunks())
+        await self.hub.poll_once()
+        return trainer_pb2.ImportModelResponse(job=self._job(job_id),
+                                               checkpoint=messages.checkpoint_proto(job_id, checkpoint))
 
 
 def _sha256(data: bytes) -> str:

@@ -26,6 +26,8 @@ class TrainerSettings(ServerSettings):
     device: str = Field(default="auto", description="default training device: auto, cpu, cuda, cuda:N, mps")
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1,
                                   description="largest corpus upload in bytes (default 100 MB)")
+    max_import_bytes: int = Field(default=4 << 30, ge=1, description="largest model import (ImportModel), all its "
+                                  "files together, in bytes (default 4 GiB: a nanoGPT ckpt.pt holds optimizer state)")
     max_jobs_per_device: int = Field(default=1, ge=1, description="training jobs running at once per device")
     max_processes_per_job: int = Field(default=64, ge=1, description="upper bound for resources.num_processes")
     worker_stop_timeout_seconds: float = Field(

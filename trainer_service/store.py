@@ -225,6 +225,19 @@ class Store:
                     (job_id, display_name, QUEUED, corpus_id, plan_json, parameter_count, time.time()))
             return append_event(self._conn, job_id, "state", {"state": QUEUED, "message": "created"})
 
+    def insert_imported_job(self, job_id: str, display_name: str, plan_json: str, parameter_count: int, step: int,
+                            val_loss: float | None, message: str) -> EventRecord:
+        """A finished job holding an imported model (no corpus, never run) and its one event."""
+        now = time.time()
+        with self._lock:
+            with transaction(self._conn):
+                self._conn.execute(
+                    "INSERT INTO jobs (job_id, display_name, state, corpus_id, plan, parameter_count, step, "
+                    "val_loss, best_val_loss, created, started, finished) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, display_name, SUCCEEDED, plan_json, parameter_count, step, val_loss, val_loss, now, now,
+                     now))
+            return append_event(self._conn, job_id, "state", {"state": SUCCEEDED, "message": message})
+
     def get_job(self, job_id: str) -> JobRecord:
         with self._lock:
             row = self._conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()

@@ -38,7 +38,7 @@ TIED_KEY = "lm_head.weight"  # the same tensor as wte.weight; stored once
 
 
 class Lineage(BaseModel):
-    """The checkpoint a fine-tuned model started from (its parent)."""
+    """The checkpoint a fine-tuned model started from (its parent), or the file an imported model came from."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -49,6 +49,8 @@ class Lineage(BaseModel):
     corpus_name: str = ""
     corpus_sha256: str = ""
     step: int = 0
+    source_format: str = ""  # "nanogpt" or "hf": imported; weights_sha256 is then the original weights file's
+    source_vocabulary_sha256: str = ""  # an imported model's meta.pkl or tokenizer.json
 
 
 class TrainingInfo(BaseModel):

@@ -1,4 +1,4 @@
-"""Model formats other runtimes read: export a chargpt checkpoint directory to hf, gguf or onnx.
+"""Model formats other runtimes read: export a chargpt checkpoint directory to hf, gguf or onnx; import nanogpt, hf.
 
 Importing this package is cheap (no numpy, torch or format library): each format's module is imported when used,
 so the client and CLI start without the `export` extra installed.
@@ -27,6 +27,12 @@ GGUF_TYPES = ("f32", "f16", "q8_0")
 # What each format needs beyond the base install (the `export` extra; onnx also torch, the server install).
 REQUIREMENTS = {"hf": ("numpy", "safetensors", "tokenizers"), "gguf": ("numpy", "safetensors", "gguf"),
                 "onnx": ("numpy", "safetensors", "onnx", "torch")}
+
+# What ImportModel takes per format, by the names it knows the files by: (files it needs, files it may add).
+NANOGPT_CKPT, NANOGPT_META = "ckpt.pt", "meta.pkl"
+HF_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+IMPORT_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "nanogpt": ((NANOGPT_CKPT,), (NANOGPT_META,)), "hf": (HF_FILES, ())}
 
 
 class ExportUnavailable(ChargptError, ImportError):

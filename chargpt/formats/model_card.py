@@ -55,6 +55,8 @@ def _loss(value: Any) -> str:
 def _lineage(parent: Any) -> str:
     if not isinstance(parent, dict):
         return "- (trained from random weights)"
+    if parent.get("source_format"):
+        return f"imported from {parent['source_format']}, original weights sha256 {parent.get('weights_sha256', '-')}"
     origin = f"job {parent.get('job_id')} ({parent.get('kind')})" if parent.get("job_id") else "a checkpoint directory"
     return f"{origin} at step {parent.get('step', 0)}, weights sha256 {parent.get('weights_sha256', '-')}"
 

@@ -117,7 +117,7 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[TensorDtype, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Lineage(_message.Message):
-    __slots__ = ("job_id", "kind", "weights_sha256", "corpus_id", "corpus_name", "corpus_sha256", "step")
+    __slots__ = ("job_id", "kind", "weights_sha256", "corpus_id", "corpus_name", "corpus_sha256", "step", "source_format", "source_vocabulary_sha256")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,8 @@ class Lineage(_message.Message):
     CORPUS_NAME_FIELD_NUMBER: _ClassVar[int]
     CORPUS_SHA256_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_VOCABULARY_SHA256_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: CheckpointKind
     weights_sha256: str
@@ -132,4 +134,6 @@ class Lineage(_message.Message):
     corpus_name: str
     corpus_sha256: str
     step: int
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[CheckpointKind, str]] = ..., weights_sha256: _Optional[str] = ..., corpus_id: _Optional[str] = ..., corpus_name: _Optional[str] = ..., corpus_sha256: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+    source_format: str
+    source_vocabulary_sha256: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[CheckpointKind, str]] = ..., weights_sha256: _Optional[str] = ..., corpus_id: _Optional[str] = ..., corpus_name: _Optional[str] = ..., corpus_sha256: _Optional[str] = ..., step: _Optional[int] = ..., source_format: _Optional[str] = ..., source_vocabulary_sha256: _Optional[str] = ...) -> None: ...

@@ -48,6 +48,12 @@ class Optimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OPTIMIZER_ADAMW: _ClassVar[Optimizer]
     OPTIMIZER_MUON: _ClassVar[Optimizer]
 
+class ImportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMPORT_FORMAT_UNSPECIFIED: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_NANOGPT: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_HF: _ClassVar[ImportFormat]
+
 class CorpusSplit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CORPUS_SPLIT_UNSPECIFIED: _ClassVar[CorpusSplit]
@@ -75,6 +81,9 @@ LR_SCHEDULE_LINEAR: LrSchedule
 OPTIMIZER_UNSPECIFIED: Optimizer
 OPTIMIZER_ADAMW: Optimizer
 OPTIMIZER_MUON: Optimizer
+IMPORT_FORMAT_UNSPECIFIED: ImportFormat
+IMPORT_FORMAT_NANOGPT: ImportFormat
+IMPORT_FORMAT_HF: ImportFormat
 CORPUS_SPLIT_UNSPECIFIED: CorpusSplit
 CORPUS_SPLIT_TRAIN: CorpusSplit
 CORPUS_SPLIT_VALIDATION: CorpusSplit
@@ -549,6 +558,32 @@ class DownloadCheckpointResponse(_message.Message):
     header: CheckpointArchiveHeader
     chunk: CheckpointChunk
     def __init__(self, header: _Optional[_Union[CheckpointArchiveHeader, _Mapping]] = ..., chunk: _Optional[_Union[CheckpointChunk, _Mapping]] = ...) -> None: ...
+
+class ImportModelHeader(_message.Message):
+    __slots__ = ("name", "format", "files")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    format: ImportFormat
+    files: _containers.RepeatedCompositeFieldContainer[CheckpointFile]
+    def __init__(self, name: _Optional[str] = ..., format: _Optional[_Union[ImportFormat, str]] = ..., files: _Optional[_Iterable[_Union[CheckpointFile, _Mapping]]] = ...) -> None: ...
+
+class ImportModelRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: ImportModelHeader
+    chunk: CheckpointChunk
+    def __init__(self, header: _Optional[_Union[ImportModelHeader, _Mapping]] = ..., chunk: _Optional[_Union[CheckpointChunk, _Mapping]] = ...) -> None: ...
+
+class ImportModelResponse(_message.Message):
+    __slots__ = ("job", "checkpoint")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    job: TrainingJob
+    checkpoint: Checkpoint
+    def __init__(self, job: _Optional[_Union[TrainingJob, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
 
 class ReadCorpusRequest(_message.Message):
     __slots__ = ("corpus_id", "split", "offset", "length")

@@ -104,6 +104,11 @@ class TrainerServiceStub:
                 request_serializer=chargpt_dot_v1_dot_trainer__pb2.DownloadCheckpointRequest.SerializeToString,
                 response_deserializer=chargpt_dot_v1_dot_trainer__pb2.DownloadCheckpointResponse.FromString,
                 _registered_method=True)
+        self.ImportModel = channel.stream_unary(
+                '/chargpt.v1.TrainerService/ImportModel',
+                request_serializer=chargpt_dot_v1_dot_trainer__pb2.ImportModelRequest.SerializeToString,
+                response_deserializer=chargpt_dot_v1_dot_trainer__pb2.ImportModelResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -201,6 +206,17 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportModel(self, request_iterator, context):
+        """Import a model trained elsewhere (nanoGPT ckpt.pt + meta.pkl, or a Hugging Face GPT-2 directory): a header
+        listing the files, then their bytes in chunks, each with a checksum (as DownloadCheckpoint sends them). The
+        trainer converts it into a checkpoint it owns, held by a new job record in state SUCCEEDED whose `parent`
+        lineage records the origin: the job id then works wherever a job's checkpoint does (LoadModel, Score,
+        DownloadCheckpoint, init_from). Bad files are INVALID_ARGUMENT naming the file or field; nothing is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -273,6 +289,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.DownloadCheckpoint,
                     request_deserializer=chargpt_dot_v1_dot_trainer__pb2.DownloadCheckpointRequest.FromString,
                     response_serializer=chargpt_dot_v1_dot_trainer__pb2.DownloadCheckpointResponse.SerializeToString,
+            ),
+            'ImportModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=chargpt_dot_v1_dot_trainer__pb2.ImportModelRequest.FromString,
+                    response_serializer=chargpt_dot_v1_dot_trainer__pb2.ImportModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -653,6 +674,33 @@ class TrainerService:
             '/chargpt.v1.TrainerService/DownloadCheckpoint',
             chargpt_dot_v1_dot_trainer__pb2.DownloadCheckpointRequest.SerializeToString,
             chargpt_dot_v1_dot_trainer__pb2.DownloadCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/chargpt.v1.TrainerService/ImportModel',
+            chargpt_dot_v1_dot_trainer__pb2.ImportModelRequest.SerializeToString,
+            chargpt_dot_v1_dot_trainer__pb2.ImportModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,7 +17,13 @@ from chargpt_client.calls import DEFAULT, Deadline, GenerationState, Timeout, re
 from chargpt_client.errors import ChargptClientError, from_rpc_error
 from chargpt_client.options import ClientOptions, aio_channel, inference_address, trainer_address
 from chargpt_client.training import TrainingOptions
-from chargpt_client.transfer import UPLOAD_CHUNK_BYTES, CorpusSource, UploadSource, consume_download_async
+from chargpt_client.transfer import (
+    UPLOAD_CHUNK_BYTES,
+    CorpusSource,
+    ModelUpload,
+    UploadSource,
+    consume_download_async,
+)
 
 T = TypeVar("T")
 
@@ -165,6 +171,14 @@ class AsyncTrainerClient(_AsyncService):
         request = ops.download_request(job_id, kind, chunk_size)
         return await consume_download_async(self._stream("DownloadCheckpoint", lambda: request, False, timeout),
                                             destination, overwrite)
+
+    async def import_model(self, format: str, path: str | os.PathLike[str], *, name: str,
+                           meta: str | os.PathLike[str] | None = None, chunk_bytes: int = UPLOAD_CHUNK_BYTES,
+                           timeout: Timeout = DEFAULT) -> t.ImportResult:
+        """See TrainerClient.import_model."""
+        upload = await asyncio.to_thread(ModelUpload, format, path, meta, chunk_bytes)  # hashes the files
+        response = await self._invoke("ImportModel", lambda: _aiter_sync(upload.requests(name)), False, timeout)
+        return from_proto.import_result(response)
 
 
 class AsyncTextStream:

@@ -107,6 +107,10 @@ def job(j: trainer_pb2.TrainingJob) -> t.TrainingJob:
         parent=lineage(j.parent) if j.HasField("parent") else None)
 
 
+def import_result(r: trainer_pb2.ImportModelResponse) -> t.ImportResult:
+    return t.ImportResult(job=job(r.job), checkpoint=checkpoint(r.checkpoint))
+
+
 def lineage(p: common_pb2.Lineage) -> t.Lineage:
     return t.Lineage(**lineage_values(p))
 

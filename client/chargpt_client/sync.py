@@ -17,7 +17,7 @@ from chargpt_client.calls import DEFAULT, Deadline, GenerationState, Timeout, re
 from chargpt_client.errors import ChargptClientError, from_rpc_error
 from chargpt_client.options import ClientOptions, inference_address, sync_channel, trainer_address
 from chargpt_client.training import TrainingOptions
-from chargpt_client.transfer import UPLOAD_CHUNK_BYTES, CorpusSource, UploadSource, consume_download
+from chargpt_client.transfer import UPLOAD_CHUNK_BYTES, CorpusSource, ModelUpload, UploadSource, consume_download
 
 T = TypeVar("T")
 
@@ -172,6 +172,16 @@ class TrainerClient(_SyncService):
         request = ops.download_request(job_id, kind, chunk_size)
         return consume_download(self._stream("DownloadCheckpoint", lambda: request, False, timeout),
                                 destination, overwrite)
+
+    def import_model(self, format: str, path: str | os.PathLike[str], *, name: str,
+                     meta: str | os.PathLike[str] | None = None, chunk_bytes: int = UPLOAD_CHUNK_BYTES,
+                     timeout: Timeout = DEFAULT) -> t.ImportResult:
+        """Import a model trained elsewhere: format "nanogpt" (`path`: its ckpt.pt, `meta`: the dataset's meta.pkl)
+        or "hf" (`path`: a GPT-2 directory with a character-level tokenizer.json). The trainer converts it into a
+        finished job's checkpoint: use `result.job.job_id` as any job's (load, score, export, train --from).
+        Not retried (a retry could import twice)."""
+        upload = ModelUpload(format, path, meta, chunk_bytes)
+        return from_proto.import_result(self._invoke("ImportModel", lambda: upload.requests(name), False, timeout))
 
 
 class TextStream:

@@ -1,12 +1,14 @@
-"""Chunked corpus uploads from any source, and verified, atomic checkpoint downloads."""
+"""Chunked corpus and model uploads, and verified, atomic checkpoint downloads."""
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from chargpt.formats import IMPORT_FILES, NANOGPT_CKPT, NANOGPT_META
 from chargpt.v1 import trainer_pb2
 from chargpt_client import from_proto
 from chargpt_client import types as t
@@ -80,6 +82,55 @@ class UploadSource:
         yield trainer_pb2.UploadCorpusRequest(header=trainer_pb2.CorpusHeader(name=name, description=description))
         for chunk in self.chunks():
             yield trainer_pb2.UploadCorpusRequest(data=chunk)
+
+
+class ModelUpload:
+    """An ImportModel stream: a header naming each file with its size and sha256, then chunks with their sha256.
+
+    `format` is "nanogpt" (`path`: ckpt.pt, `meta`: its meta.pkl) or "hf" (`path`: the model's directory).
+    The files are hashed here, before anything is sent; the server checks every chunk and file against them.
+    """
+
+    def __init__(self, format: str, path: str | os.PathLike[str], meta: str | os.PathLike[str] | None = None,
+                 chunk_bytes: int = UPLOAD_CHUNK_BYTES) -> None:
+        if format not in IMPORT_FILES:
+            raise ValueError(f"format must be one of {', '.join(IMPORT_FILES)} (got {format!r})")
+        if meta is not None and format != "nanogpt":
+            raise ValueError("meta (meta.pkl) applies to the nanogpt format only")
+        self.format, self._chunk = format, chunk_bytes
+        self.files = _import_files(format, Path(path), None if meta is None else Path(meta))
+        self.sha256 = {name: _file_sha256(p) for name, p in self.files.items()}
+
+    def requests(self, name: str) -> Iterator[trainer_pb2.ImportModelRequest]:
+        files = [trainer_pb2.CheckpointFile(name=n, size_bytes=p.stat().st_size, sha256=self.sha256[n])
+                 for n, p in self.files.items()]
+        number = trainer_pb2.ImportFormat.Value(f"IMPORT_FORMAT_{self.format.upper()}")
+        yield trainer_pb2.ImportModelRequest(header=trainer_pb2.ImportModelHeader(name=name, format=number,
+                                                                                  files=files))
+        for file_name, path in self.files.items():
+            with open(path, "rb") as f:
+                offset = 0
+                while data := f.read(self._chunk):
+                    yield trainer_pb2.ImportModelRequest(chunk=trainer_pb2.CheckpointChunk(
+                        file_name=file_name, offset=offset, data=data, sha256=hashlib.sha256(data).hexdigest()))
+                    offset += len(data)
+
+
+def _import_files(format: str, path: Path, meta: Path | None) -> Mapping[str, Path]:
+    """The local file behind each name the server knows; a missing one is FileNotFoundError before connecting."""
+    if format == "nanogpt":
+        files = {NANOGPT_CKPT: path, **({} if meta is None else {NANOGPT_META: meta})}
+    else:
+        files = {name: path / name for name in IMPORT_FILES[format][0]}
+    for file in files.values():
+        if not file.is_file():
+            raise FileNotFoundError(f"no such file: {file}")
+    return files
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class CheckpointWriter:

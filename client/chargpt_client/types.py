@@ -202,6 +202,14 @@ class DownloadedCheckpoint:
 
 
 @dataclass(frozen=True)
+class ImportResult:
+    """An imported model: the finished job that holds it (use its job_id wherever a job goes) and its checkpoint."""
+
+    job: TrainingJob
+    checkpoint: Checkpoint
+
+
+@dataclass(frozen=True)
 class TrainingMetadata:
     job_id: str
     corpus_id: str
@@ -216,7 +224,7 @@ class TrainingMetadata:
 
 @dataclass(frozen=True)
 class Lineage:
-    """A fine-tuned model's parent checkpoint."""
+    """A fine-tuned model's parent checkpoint, or an imported model's origin (source_format set)."""
 
     job_id: str  # "" for a checkpoint directory no trainer job wrote
     kind: str  # "best", "latest" or "" (a directory)
@@ -225,8 +233,13 @@ class Lineage:
     corpus_name: str
     corpus_sha256: str
     step: int
+    source_format: str = ""  # "nanogpt" or "hf" for an imported model (weights_sha256: the original file's)
+    source_vocabulary_sha256: str = ""  # an imported model's meta.pkl or tokenizer.json
 
     def describe(self) -> str:
+        if self.source_format:
+            return (f"a {self.source_format} model imported at step {self.step}; original weights sha256 "
+                    f"{self.weights_sha256[:16]}…")
         origin = f"job {self.job_id} ({self.kind or 'checkpoint'})" if self.job_id else "a checkpoint directory"
         return (f"{origin} at step {self.step}, trained on {self.corpus_name or self.corpus_id or '?'}; "
                 f"weights sha256 {self.weights_sha256[:16]}…")

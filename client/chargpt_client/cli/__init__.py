@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from chargpt import __version__
-from chargpt_client.cli import corpus_cmds, demo_cmd, export_cmd, model_cmds, plot_cmds, train_cmds
+from chargpt_client.cli import corpus_cmds, demo_cmd, export_cmd, import_cmd, model_cmds, plot_cmds, train_cmds
 from chargpt_client.cli.common import UsageError, add_connection_flags
 from chargpt_client.errors import ChargptClientError, InvalidArgument
 from chargpt_client.plots import PlottingUnavailable
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cmds.register(subparsers, connection)
     plot_cmds.register(subparsers, connection)
     export_cmd.register(subparsers, connection)
+    import_cmd.register(subparsers, connection)
     return parser
 
 
