@@ -124,6 +124,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         loc = [str(p) for p in first["loc"] if p != "body"] if first.get("type") != "json_invalid" else []
         param = loc[0] if loc else None
         message = f"{'.'.join(loc)}: {first['msg']}" if loc else str(first["msg"])
+        if first.get("type") == "extra_forbidden":
+            message = f"unknown parameter {'.'.join(loc)!r} (refused rather than ignored)"
         return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
     @app.exception_handler(HTTPException)

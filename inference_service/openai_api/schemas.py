@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import struct
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -17,6 +19,8 @@ OPENAI_NAMES = {"max_new_tokens": "max_tokens"}
 OPENAI_TYPES: dict[str, Any] = {"stop": str | list[str], "logit_bias": dict[str, float]}
 OPENAI_DEFAULTS = {"max_new_tokens": 16}
 SAMPLING_NAMES = {OPENAI_NAMES.get(name, name): name for name in SamplingParams.model_fields}  # OpenAI -> ours
+FLOATS = {name for name, info in SamplingParams.model_fields.items() if info.annotation is float}
+FLOAT32_MAX = 3.4028234663852886e38
 TOKEN_ID = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
 
 
@@ -73,8 +77,9 @@ class CompletionRequest(_CompletionSampling):  # type: ignore[misc,valid-type]  
         if isinstance(values.get("stop"), str):
             values["stop"] = [values["stop"]]
         if "logit_bias" in values:
-            values["logit_bias"] = {_bias_character(k, vocabulary): v for k, v in values["logit_bias"].items()}
-        return resolve_sampling(**values)
+            bias = values["logit_bias"].items()
+            values["logit_bias"] = {_bias_character(k, vocabulary): _float32(v) for k, v in bias}
+        return resolve_sampling(**{k: _float32(v) if k in FLOATS else v for k, v in values.items()})
 
     def _check_unsupported(self) -> None:
         """The reference's parameters that chargpt refuses (400 naming them) rather than silently ignores."""
@@ -89,6 +94,15 @@ class CompletionRequest(_CompletionSampling):  # type: ignore[misc,valid-type]  
                                        "insert text before a suffix")
         if self.stream_options is not None and not self.stream:
             raise InvalidArgumentError("stream_options", "is only allowed when stream is true")
+
+
+def _float32(value: Any) -> Any:
+    """A float as the gRPC wire (proto float) and the engine (float32 tensors) hold it, so that both APIs sample
+    alike and a value too small for float32 (top_p 1e-60) becomes 0 here, where SamplingParams' bounds refuse it,
+    rather than inside the sampler."""
+    if isinstance(value, float) and math.isfinite(value) and abs(value) < FLOAT32_MAX:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    return value
 
 
 def _bias_character(key: str, vocabulary: str) -> str:

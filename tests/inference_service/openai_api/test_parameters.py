@@ -7,10 +7,11 @@ import asyncio
 import math
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.inference_service.conftest import Served
-from tests.inference_service.openai_api.conftest import async_client, post, sync_client
+from tests.inference_service.openai_api.conftest import async_client, base_url, post, sync_client
 
 ARGS: dict[str, Any] = {"model": "tiny", "prompt": "the cat ", "max_tokens": 12, "seed": 7, "temperature": 0.9}
 
@@ -80,7 +81,23 @@ async def test_stop_as_a_string_or_a_list(web: Served) -> None:
     ({"best_of": 3, "n": 2}, "best_of"), ({"best_of": 1, "n": 2}, "best_of"), ({"best_of": 0}, "best_of"),
     ({"suffix": "the end"}, "suffix"), ({"echo": True, "logprobs": 0}, "echo"), ({"echo": True, "logprobs": 2}, "echo"),
     ({"logprobs": -1}, "logprobs"), ({"max_tokens": 0}, "max_tokens"), ({"n": 0}, "n"), ({"stop": ""}, "stop"),
-    ({"stop": [""]}, "stop"), ({"user": 5}, "user"), ({"prompt": []}, "prompt"), ({"stream": [True]}, "stream")])
+    ({"stop": [""]}, "stop"), ({"user": 5}, "user"), ({"prompt": []}, "prompt"), ({"stream": [True]}, "stream"),
+    ({"logit_bias": {"²": 5}}, "logit_bias"), ({"logit_bias": {"1" * 5000: 5}}, "logit_bias"),
+    ({"logit_bias": {"-1": 5}}, "logit_bias"), ({"top_p": 1e-60}, "top_p"),
+    ({"repetition_penalty": 1e-100}, "repetition_penalty"),
+    ({"": 1}, ""), ({"stream_options": {"include_usage": True}}, "stream_options")])
 async def test_unsupported_or_bad_values_are_400_naming_them(web: Served, body: dict[str, Any], param: str) -> None:
     reply = await post(web, "/v1/completions", {**ARGS, **body})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
+
+
+@pytest.mark.parametrize(("raw", "param"), [
+    (b'{"model": "tiny", "prompt": "a", "\\ud800": 1}', None), (b'{"model": "tiny", "prompt": "\\ud800"}', "prompt"),
+    (b'{"model": "tiny", "temperature": NaN}', "temperature"),
+    (b'{"model": "tiny", "max_tokens": 1e999}', "max_tokens"), (b'{"model": "tiny", "prompt": "a",', None),
+    (b"[1, 2]", None), (b"", None)])
+async def test_malformed_json_is_400(web: Served, raw: bytes, param: str | None) -> None:
+    """JSON that is not UTF-8-encodable (a lone surrogate), NaN, overflowing numbers, or not JSON at all."""
+    async with httpx.AsyncClient(base_url=base_url(web), timeout=30) as client:
+        reply = await client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
     assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
