@@ -147,11 +147,11 @@ def _merge(batch: dict[int, tuple[Run, Chunk]], run: Run, chunk: Chunk) -> None:
 
 
 def check_finished(run: Run, chunk: Chunk) -> None:
-    """A sample that the server cancelled (shutdown, unload) must not look complete: it is an error (503). The
-    reader's own cancellation (a client gone) never gets here: it stopped reading."""
+    """A sample that the server cancelled (at shutdown, once the grace period ended) must not look complete: it is
+    an error (503). The reader's own cancellation (a client gone) never gets here: it stopped reading."""
     if chunk.summary is None or chunk.summary.finish is not Finish.CANCELLED:
         return
-    why = "is shutting down" if run.generation.registry.draining else "cancelled it (its model is unloading)"
+    why = "is shutting down" if run.generation.registry.draining else "cancelled it"
     raise errors.UnavailableError(f"the server {why} before the completion finished, after "
                                   f"{chunk.summary.generated_tokens} characters: it is incomplete; retry")
 
