@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from inference_service.openai_api.schemas import CompletionRequest, ScoreRequest
 from inference_service.registry import State
 from inference_service.service import InferenceService
 
+log = logging.getLogger(__name__)
 CHAT_MESSAGE = ("chargpt serves character-level language models: they were trained on plain text, have no chat "
                 "template and no notion of roles or messages, so /v1/chat/completions cannot be answered "
                 "honestly. Use POST /v1/completions with a text prompt instead.")
@@ -92,11 +94,14 @@ def _add_routes(app: FastAPI, api: APIRouter, service: InferenceService) -> None
 
 
 async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """After the 200 and the first events, a failure can only be reported in-band: an error event, then [DONE]."""
+    """After the 200 and the first events, a failure can only be reported in-band: an error event (the openai SDK
+    raises on it), then [DONE]; an unexpected one too, as a server_error, rather than a cut connection."""
     try:
         async for event in events:
             yield event
-    except (errors.ChargptError, TimeoutError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, errors.ChargptError | TimeoutError):
+            log.exception("a completion stream failed")
         _status, body = error_parts(exc)
         yield completions.sse(body)
         yield completions.sse("[DONE]")
@@ -115,9 +120,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first["loc"] if p != "body"]
+        # A body that is not JSON has a character position, not a parameter, in its loc.
+        loc = [str(p) for p in first["loc"] if p != "body"] if first.get("type") != "json_invalid" else []
         param = loc[0] if loc else None
         message = f"{'.'.join(loc)}: {first['msg']}" if loc else str(first["msg"])
+        if first.get("type") == "extra_forbidden":
+            message = f"unknown parameter {'.'.join(loc)!r} (refused rather than ignored)"
         return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
     @app.exception_handler(HTTPException)

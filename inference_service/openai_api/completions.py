@@ -11,9 +11,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from chargpt import errors
 from inference_service.engine.request import Chunk, Finish
 from inference_service.logprobs import TokenLogprob
-from inference_service.openai_api.schemas import CompletionRequest
+from inference_service.openai_api.schemas import CompletionRequest, StreamOptions
 from inference_service.service import Generation, InferenceService
 
 FINISH_REASONS = {Finish.LENGTH: "length", Finish.STOP: "stop"}
@@ -39,7 +40,7 @@ class Choice:
     pending: list[TokenLogprob] = field(default_factory=list)
     released: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
-    generated: int = 0
+    generated: int = 0  # characters released so far; the exact count generated once the sample has finished
 
     def add(self, chunk: Chunk) -> tuple[str, list[TokenLogprob]]:
         """Text and its logprobs from this chunk (the echo first); characters of a stop sequence are dropped."""
@@ -48,19 +49,22 @@ class Choice:
         entries, self.pending = self.pending[: len(chunk.text)], self.pending[len(chunk.text):]
         self.text.append(text)
         self.released.extend(entries)
+        self.generated += len(chunk.text)
         if chunk.summary is not None:
             self.finish_reason = FINISH_REASONS.get(chunk.summary.finish)
             self.generated = chunk.summary.generated_tokens
         return text, entries
 
-    def logprobs_json(self, entries: list[TokenLogprob], with_logprobs: bool) -> dict[str, Any] | None:
-        """OpenAI's legacy completions logprobs object; text_offset counts from the choice's text start."""
-        if not with_logprobs:
+    def logprobs_json(self, entries: list[TokenLogprob], top: int | None) -> dict[str, Any] | None:
+        """OpenAI's legacy completions logprobs object for the request's `logprobs` (None: none; 0: the sampled
+        character's alone, as the reference gives it); text_offset counts from the choice's text start."""
+        if top is None:
             return None
         offsets = list(range(self.offset, self.offset + len(entries)))
         self.offset += len(entries)
+        tops = [dict(e.top) if top else {e.token: e.logprob} for e in entries]
         return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
-                "top_logprobs": [dict(e.top) for e in entries], "text_offset": offsets}
+                "top_logprobs": tops, "text_offset": offsets}
 
 
 def start_runs(service: InferenceService, body: CompletionRequest) -> list[Run]:
@@ -142,6 +146,16 @@ def _merge(batch: dict[int, tuple[Run, Chunk]], run: Run, chunk: Chunk) -> None:
     merged.summary = chunk.summary or merged.summary
 
 
+def check_finished(run: Run, chunk: Chunk) -> None:
+    """A sample that the server cancelled (at shutdown, once the grace period ended) must not look complete: it is
+    an error (503). The reader's own cancellation (a client gone) never gets here: it stopped reading."""
+    if chunk.summary is None or chunk.summary.finish is not Finish.CANCELLED:
+        return
+    why = "is shutting down" if run.generation.registry.draining else "cancelled it"
+    raise errors.UnavailableError(f"the server {why} before the completion finished, after "
+                                  f"{chunk.summary.generated_tokens} characters: it is incomplete; retry")
+
+
 def new_choices(body: CompletionRequest, runs: list[Run]) -> dict[int, Choice]:
     echo = body.echo
     return {run.base + i: Choice(run.base + i, run.prompt if echo else "", len(run.prompt) if echo else 0)
@@ -165,8 +179,8 @@ async def complete(body: CompletionRequest, runs: list[Run]) -> dict[str, Any]:
         async for batch in chunks:
             for run, chunk in batch:
                 choices[run.base + chunk.index].add(chunk)
-    wants = bool(body.sampling_values().get("logprobs"))
-    out = [{"index": c.index, "text": "".join(c.text), "logprobs": c.logprobs_json(c.released, wants),
+                check_finished(run, chunk)
+    out = [{"index": c.index, "text": "".join(c.text), "logprobs": c.logprobs_json(c.released, body.logprobs),
             "finish_reason": c.finish_reason} for c in sorted(choices.values(), key=lambda c: c.index)]
     return {**envelope(body, f"cmpl-{uuid.uuid4().hex}", int(time.time())), "choices": out,
             "usage": usage(runs, choices)}
@@ -179,21 +193,23 @@ def sse(data: dict[str, Any] | str) -> bytes:
 
 
 async def stream(body: CompletionRequest, runs: list[Run]) -> AsyncIterator[bytes]:
-    """Server-sent events: per choice, one chunk with everything it produced since its previous one; then a
-    usage chunk and `data: [DONE]`."""
+    """Server-sent events: per choice, one chunk with everything it produced since its previous one; a usage
+    chunk (`choices: []`) if stream_options.include_usage asks for it; then `data: [DONE]`."""
     choices = new_choices(body, runs)
     base = envelope(body, f"cmpl-{uuid.uuid4().hex}", int(time.time()))
-    wants = bool(body.sampling_values().get("logprobs"))
+    options = body.stream_options or StreamOptions()
+    continuous = bool(options.include_usage and options.continuous_usage_stats)  # vLLM: needs include_usage
     async with contextlib.aclosing(merged_chunks(runs)) as chunks:
         async for batch in chunks:
             for run, chunk in batch:
                 choice = choices[run.base + chunk.index]
                 text, entries = choice.add(chunk)
-                if not text and chunk.summary is None:
-                    continue  # only held-back characters: nothing to show yet
-                event = {"index": choice.index, "text": text, "logprobs": choice.logprobs_json(entries, wants),
-                         "finish_reason": choice.finish_reason}
-                yield sse({**base, "choices": [event]})
-    if body.stream_options is None or body.stream_options.include_usage:
+                if text or chunk.summary is not None:  # else only held-back characters: nothing to show yet
+                    event = {"index": choice.index, "text": text, "logprobs": choice.logprobs_json(
+                        entries, body.logprobs), "finish_reason": choice.finish_reason}
+                    running = {"usage": usage(runs, choices)} if continuous else {}
+                    yield sse({**base, "choices": [event], **running})
+                check_finished(run, chunk)
+    if options.include_usage:
         yield sse({**base, "choices": [], "usage": usage(runs, choices)})
     yield sse("[DONE]")

@@ -31,7 +31,14 @@ HTTP_FIELD_NAMES = OPENAI_NAMES
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, object]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return {"error": {"message": _encodable(message), "type": type_, "param": param and _encodable(param),
+                      "code": code}}
+
+
+def _encodable(text: str) -> str:
+    """`text` with lone surrogates escaped: JSON may carry them (a request's "\\ud800" key), UTF-8 may not, and an
+    error that echoes one must not fail to encode."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_parts(exc: BaseException) -> tuple[int, dict[str, object]]:

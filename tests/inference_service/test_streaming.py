@@ -154,7 +154,7 @@ async def test_http_slow_reader_gets_the_same_text(make_server: ServerFactory) -
     write_checkpoint(s.models_dir / "tiny")
     await s.load("tiny", "tiny")
     body = {"model": "tiny", "prompt": ["to be", "or not"], "max_tokens": LONG, "seed": 4, "temperature": 1.0,
-            "n": 2, "stream": True, "logprobs": 1}
+            "n": 2, "stream": True, "logprobs": 1, "stream_options": {"include_usage": True}}
     fast, slow = await _http_events(s, 0.0, body), await _http_events(s, 0.5, body)
 
     def texts(events: list[dict[str, Any]]) -> dict[int, str]:

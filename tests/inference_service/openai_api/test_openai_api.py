@@ -12,23 +12,8 @@ import pytest
 
 from chargpt.v1 import inference_pb2
 from tests.inference_service.conftest import Served, ServerFactory, write_checkpoint
-
-
-@pytest.fixture
-async def web(make_server: ServerFactory) -> Served:
-    s: Served = await make_server(http_port=0)
-    write_checkpoint(s.models_dir / "tiny")
-    await s.load("tiny", "tiny")
-    return s
-
-
-def _base(s: Served) -> str:
-    return f"http://127.0.0.1:{s.server.http.port}"
-
-
-async def _post(s: Served, path: str, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=_base(s), timeout=30) as client:
-        return await client.post(path, json=body, **kwargs)
+from tests.inference_service.openai_api.conftest import base_url as _base
+from tests.inference_service.openai_api.conftest import post as _post
 
 
 async def test_openai_sync_client_completions_and_models(web: Served) -> None:
@@ -44,7 +29,7 @@ async def test_openai_sync_client_completions_and_models(web: Served) -> None:
         assert all(len(top) == 3 for top in choice.logprobs.top_logprobs or [])
         assert reply.usage is not None and reply.usage.completion_tokens == 12 and reply.usage.prompt_tokens == 8
         chunks = list(client.completions.create(model="tiny", prompt="the cat ", max_tokens=12, seed=3,
-                                                temperature=0.8, stream=True))
+                                                temperature=0.8, stream=True, stream_options={"include_usage": True}))
         assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
     await asyncio.to_thread(run)
@@ -76,7 +61,7 @@ async def test_sse_framing_byte_for_byte(web: Served) -> None:
     body = {"model": "tiny", "prompt": "ab", "max_tokens": 1, "seed": 1, "temperature": 0}
     grpc_reply = await web.stub.Generate(inference_pb2.GenerateRequest(model="tiny", prompt="ab", max_new_tokens=1,
                                                                        temperature=0), timeout=30)
-    reply = await _post(web, "/v1/completions", {**body, "stream": True})
+    reply = await _post(web, "/v1/completions", {**body, "stream": True, "stream_options": {"include_usage": True}})
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
     first = json.loads(reply.content.split(b"\n\n")[0].removeprefix(b"data: "))
     head = (f'{{"id":"{first["id"]}","object":"text_completion","created":{first["created"]},'
