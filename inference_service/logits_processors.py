@@ -16,6 +16,8 @@ import torch
 
 from chargpt.sampling_params import SamplingParams
 
+F32_MAX = torch.finfo(torch.float32).max
+
 
 def tracks_history(params: SamplingParams) -> bool:
     """Whether the penalties need the sequence's history (any of them set)."""
@@ -74,9 +76,12 @@ def _penalise(logits: torch.Tensor, rows: list[RowControls]) -> torch.Tensor:
     empty_seen, empty_counts = torch.zeros(vocab, dtype=torch.bool), torch.zeros(vocab)
     seen = torch.stack([r.state.seen if r.state else empty_seen for r in rows])  # (B, V)
     counts = torch.stack([r.state.counts if r.state else empty_counts for r in rows])  # (B, V)
-    repetition = torch.tensor([r.params.repetition_penalty for r in rows])[:, None]
-    penalised = torch.where(logits > 0, logits / repetition, logits * repetition)
-    logits = torch.where(seen, penalised, logits)
+    repetition = torch.tensor([r.params.repetition_penalty for r in rows], dtype=torch.float64)[:, None]
+    wide = logits.double()
+    # In float64 and clamped to float32's range: a tiny penalty (1e-40) would push a finite logit to +-inf, which
+    # reads as a broken model; the clamp keeps the order it asks for. Masked (-inf) logits stay masked.
+    penalised = torch.where(wide > 0, wide / repetition, wide * repetition).clamp(-F32_MAX, F32_MAX).float()
+    logits = torch.where(seen & torch.isfinite(logits), penalised, logits)
     frequency = torch.tensor([r.params.frequency_penalty for r in rows])[:, None]
     presence = torch.tensor([r.params.presence_penalty for r in rows])[:, None]
     return logits - frequency * counts - presence * (counts > 0).float()

@@ -125,3 +125,12 @@ def test_processor_math() -> None:
     # at T=2 the distribution is flatter: threshold 2 + 2 ln 0.3 = -0.408 keeps 0.5 and 0.0 too.
     kept = apply_controls(logits, [RowControls(SamplingParams(min_p=0.3, temperature=2.0), None)])
     assert torch.isfinite(kept).tolist() == [[True, False, True, True]]
+
+
+def test_a_tiny_repetition_penalty_keeps_the_logits_finite() -> None:
+    """1e-40 is a valid penalty (a float32 subnormal): a seen character's positive logit is pushed to float32's
+    limit, not to +inf (which would read as a broken model); a negative one moves towards 0; masked stays masked."""
+    logits = torch.tensor([[2.0, -1.0, 0.5, float("-inf")]])
+    state = PenaltyState([0, 1, 3], vocab_size=4)
+    out = apply_controls(logits, [RowControls(SamplingParams(repetition_penalty=1e-40), state)])
+    assert out.tolist() == [[torch.finfo(torch.float32).max, torch.tensor(-1e-40).item(), 0.5, float("-inf")]]
