@@ -43,7 +43,8 @@ def generate(vocabulary: str, rows: list[tuple[SamplingParams, int]], steps_seed
         requests.append(GenRequest(prompt_ids=[0], prompt_chars_dropped=0, params=params, seed=seed, deadline=None,
                                    loop=loop, logit_bias=bias,
                                    constraint=ConstraintState(automaton) if automaton else None))
-    streams = {id(r): torch.Generator().manual_seed(steps_seed * 1000 + seed) for r, (_, seed) in zip(requests, rows)}
+    streams = {id(r): torch.Generator().manual_seed(steps_seed * 1000 + seed)
+               for r, (_, seed) in zip(requests, rows, strict=True)}
     active, changed = list(requests), True
     while active:
         logits = torch.stack([torch.randn(len(vocabulary), generator=streams[id(r)]) * 3 for r in active])
