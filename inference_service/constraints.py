@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -176,20 +177,31 @@ def _co_reachable(edges: dict[int, dict[int, int]], final: set[int]) -> set[int]
     return live
 
 
-def constrain(logits: torch.Tensor, states: list[ConstraintState],
-              rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 host logits (B, V) with the characters each constrained row's state forbids at -inf, and the end
-    option's logits (B, 1): where a constraint is complete but could continue, the log of the model's probability
-    mass on the characters it forbids (what the model would write if the text went on otherwise), else -inf.
-    Rows not in `rows` are unchanged (and cannot end); a constrained row whose logits are not finite is left as
-    it is, for the sampler to report."""
-    logits = logits.float().cpu()
-    index = torch.tensor(rows)
-    raw = logits.index_select(0, index)  # (C, V)
-    allowed = torch.stack([s.automaton.allowed[s.state] for s in states])  # (C, V)
-    can_end = torch.tensor([s.automaton.can_end[s.state] for s in states])  # (C,)
-    masked = torch.where(non_finite_rows(raw)[:, None], raw, raw.masked_fill(~allowed, float("-inf")))
-    ends = torch.logsumexp(raw.masked_fill(allowed, float("-inf")), dim=-1).masked_fill(~can_end, float("-inf"))
-    end = torch.full((logits.shape[0], 1), float("-inf"))
-    end[index, 0] = ends
-    return logits.index_copy(0, index, masked), end
+class BatchConstraints:
+    """A batch's constrained rows, built when its membership changes: their automata's tables stacked into one, so
+    a step gathers every row's mask with one index_select whatever mix of constraints the rows have."""
+
+    def __init__(self, states: list[ConstraintState], rows: list[int]) -> None:
+        automata = list({id(s.automaton): s.automaton for s in states}.values())
+        starts, offset = {}, 0
+        for automaton in automata:
+            starts[id(automaton)], offset = offset, offset + automaton.allowed.shape[0]
+        self.states, self.rows = states, torch.tensor(rows)
+        self._offsets = [starts[id(s.automaton)] for s in states]
+        self._allowed = torch.cat([a.allowed for a in automata])  # (all states, V)
+        self._can_end = torch.tensor([end for a in automata for end in a.can_end])  # (all states,)
+
+    def apply(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 host logits (B, V) with the characters each constrained row's state forbids at -inf, and the end
+        option's logits (B, 1): where a constraint is complete but could continue, the log of the model's
+        probability mass on the characters it forbids (what the model would write if the text went on otherwise),
+        else -inf. Other rows are unchanged (and cannot end); a constrained row whose logits are not finite is left
+        as it is, for the sampler to report."""
+        logits = logits.float().cpu()
+        at = torch.tensor([offset + s.state for offset, s in zip(self._offsets, self.states, strict=True)])
+        allowed, can_end = self._allowed.index_select(0, at), self._can_end.index_select(0, at)  # (C, V), (C,)
+        raw = logits.index_select(0, self.rows)  # (C, V)
+        masked = torch.where(non_finite_rows(raw)[:, None], raw, raw.masked_fill(~allowed, -math.inf))
+        ends = torch.logsumexp(raw.masked_fill(allowed, -math.inf), dim=-1).masked_fill(~can_end, -math.inf)
+        end = torch.full((logits.shape[0], 1), -math.inf).index_copy_(0, self.rows, ends[:, None])
+        return logits.index_copy(0, self.rows, masked), end

@@ -14,7 +14,7 @@ import time
 import torch
 
 from chargpt.errors import NonFiniteLogitsError
-from inference_service.constraints import constrain
+from inference_service.constraints import BatchConstraints
 from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.outputs import FinishedRows, ModelRunnerOutput, SchedulerOutput
 from inference_service.engine.request import Delta, Event, Finish, GenRequest
@@ -29,7 +29,7 @@ class OutputProcessor:
     def __init__(self, vocabulary: str, metrics: ModelMetrics, stream_interval: float = 0.0) -> None:
         self.vocabulary = vocabulary
         self.sampler = BatchSampler()
-        self._constrained: list[int] = []  # the batch's rows with a constraint (found when its membership changes)
+        self._constraints: BatchConstraints | None = None  # the batch's constrained rows (None: no row has one)
         self._m = metrics
         self._outbox: list[tuple[GenRequest, Event]] = []
         self._stream_interval, self._next_flush, self._flush_now = stream_interval, 0.0, False
@@ -58,11 +58,10 @@ class OutputProcessor:
         None); a constrained row that chose to end gets the id len(vocabulary)."""
         if rows_changed:
             self.sampler.set_rows([r.sampling for r in rows])
-            self._constrained = [i for i, r in enumerate(rows) if r.constraint is not None]
+            self._constraints = _batch_constraints(rows)
         end = None
-        if self._constrained:  # most batches: none, and no per-row work or extra column
-            logits, end = constrain(logits, [rows[i].constraint for i in self._constrained  # type: ignore[misc]
-                                             ], self._constrained)
+        if self._constraints is not None:  # most batches: none, and no per-row work or extra column
+            logits, end = self._constraints.apply(logits)
         controlled = any(r.has_controls for r in rows)  # most steps: none, and no per-row objects to build
         scores = apply_controls(logits, [r.row_controls() for r in rows]) if controlled else logits
         tokens = self.sampler.sample(scores if end is None else torch.cat([scores, end], dim=1))
@@ -155,6 +154,11 @@ class OutputProcessor:
         gaps, ttfts, self._gaps, self._ttfts = self._gaps, self._ttfts, [], []
         with contextlib.suppress(RuntimeError):  # the event loop is gone (server stopped): nobody listens
             items[0][0].loop.call_soon_threadsafe(_deliver, items, gaps, ttfts, self._m)
+
+
+def _batch_constraints(rows: list[GenRequest]) -> BatchConstraints | None:
+    constrained = [(i, r.constraint) for i, r in enumerate(rows) if r.constraint is not None]
+    return BatchConstraints([c for _, c in constrained], [i for i, _ in constrained]) if constrained else None
 
 
 def _deliver(items: list[tuple[GenRequest, Event]], gaps: list[float], ttfts: list[float],
