@@ -22,7 +22,6 @@ import torch
 from outlines_core import Index, Vocabulary
 from outlines_core.json_schema import build_regex_from_schema
 
-from chargpt.core.sampling import non_finite_rows
 from chargpt.errors import InvalidArgumentError
 from chargpt.sampling_params import SamplingParams
 
@@ -30,7 +29,7 @@ from chargpt.sampling_params import SamplingParams
 # spaces) can drift into it for the whole length limit; one optional space keeps documents compact and readable.
 JSON_WHITESPACE = r"[ ]?"
 REGEX_SYNTAX = "\\^$.|?*+()[]{}-"
-MAX_STATES = 100_000  # a (states x vocabulary) mask beyond this is a pathological pattern, not a format
+MAX_STATES = 20_000  # a (states x 2 vocabulary) table beyond this is a pathological pattern, not a format
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,9 @@ class Automaton:
     """A deterministic automaton over the model's character ids in which every state is live (a full match is
     reachable from it): state 0 is the start."""
 
-    allowed: torch.Tensor  # (S, V) bool: the characters each state may emit
+    # (S, 2V+1) float32, additive: 0 where a state allows a character and -inf where it forbids one (columns
+    # 0..V-1), the complement (V..2V-1: the characters ending stands for), then 0 where ending is an option (2V)
+    table: torch.Tensor
     transitions: tuple[dict[int, int], ...]  # state -> character id -> next state
     can_end: tuple[bool, ...]  # accepting and able to continue: ending is an option, sampled with the characters
     complete: tuple[bool, ...]  # accepting and unable to continue: the text is finished
@@ -141,13 +142,15 @@ def _automaton(index: Index, vocab: int, field: str) -> Automaton:
         raise InvalidArgumentError(field, f"compiles to {len(order):,} states; the limit is {MAX_STATES:,}")
     number = {s: i for i, s in enumerate(order)}
     transitions = tuple({t: number[n] for t, n in edges.get(s, {}).items() if n in live} for s in order)
-    allowed = torch.zeros(len(order), vocab, dtype=torch.bool)
-    for i, out in enumerate(transitions):
-        allowed[i, list(out)] = True
     if start in ends and not transitions[0]:
         raise InvalidArgumentError(field, "only the empty text satisfies it")
     accepting = [(s in ends, bool(out)) for s, out in zip(order, transitions, strict=True)]
-    return Automaton(allowed, transitions, tuple(a and goes_on for a, goes_on in accepting),
+    can_end = tuple(a and goes_on for a, goes_on in accepting)
+    allowed = torch.zeros(len(order), vocab, dtype=torch.bool)
+    for i, out in enumerate(transitions):
+        allowed[i, list(out)] = True
+    kept = torch.cat([allowed, ~allowed, torch.tensor(can_end)[:, None]], dim=1)
+    return Automaton(torch.zeros(kept.shape).masked_fill_(~kept, -math.inf), transitions, can_end,
                      tuple(a and not goes_on for a, goes_on in accepting))
 
 
@@ -178,30 +181,34 @@ def _co_reachable(edges: dict[int, dict[int, int]], final: set[int]) -> set[int]
 
 
 class BatchConstraints:
-    """A batch's constrained rows, built when its membership changes: their automata's tables stacked into one, so
-    a step gathers every row's mask with one index_select whatever mix of constraints the rows have."""
+    """A batch's constrained rows, built when its membership changes: their automata's tables stacked into one (a
+    copy only when the rows hold several automata), so a step gathers every row's mask with one index_select
+    whatever mix of constraints the rows have."""
 
-    def __init__(self, states: list[ConstraintState], rows: list[int]) -> None:
+    def __init__(self, states: list[ConstraintState], rows: list[int], batch_size: int) -> None:
         automata = list({id(s.automaton): s.automaton for s in states}.values())
         starts, offset = {}, 0
         for automaton in automata:
-            starts[id(automaton)], offset = offset, offset + automaton.allowed.shape[0]
+            starts[id(automaton)], offset = offset, offset + automaton.table.shape[0]
         self.states, self.rows = states, torch.tensor(rows)
         self._offsets = [starts[id(s.automaton)] for s in states]
-        self._allowed = torch.cat([a.allowed for a in automata])  # (all states, V)
-        self._can_end = torch.tensor([end for a in automata for end in a.can_end])  # (all states,)
+        self._table = automata[0].table if len(automata) == 1 else torch.cat([a.table for a in automata])
+        self._every_row = len(rows) == batch_size  # then no gathering and scattering of rows
 
     def apply(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Float32 host logits (B, V) with the characters each constrained row's state forbids at -inf, and the end
         option's logits (B, 1): where a constraint is complete but could continue, the log of the model's
         probability mass on the characters it forbids (what the model would write if the text went on otherwise),
-        else -inf. Other rows are unchanged (and cannot end); a constrained row whose logits are not finite is left
-        as it is, for the sampler to report."""
+        else -inf. Other rows are unchanged (and cannot end). The masks are added, not filled in, so a row whose
+        logits hold NaN or +inf still does (NaN + -inf is NaN, +inf + -inf too) for the sampler to report."""
         logits = logits.float().cpu()
+        vocab = logits.shape[1]
         at = torch.tensor([offset + s.state for offset, s in zip(self._offsets, self.states, strict=True)])
-        allowed, can_end = self._allowed.index_select(0, at), self._can_end.index_select(0, at)  # (C, V), (C,)
-        raw = logits.index_select(0, self.rows)  # (C, V)
-        masked = torch.where(non_finite_rows(raw)[:, None], raw, raw.masked_fill(~allowed, -math.inf))
-        ends = torch.logsumexp(raw.masked_fill(allowed, -math.inf), dim=-1).masked_fill(~can_end, -math.inf)
-        end = torch.full((logits.shape[0], 1), -math.inf).index_copy_(0, self.rows, ends[:, None])
+        table = self._table.index_select(0, at)  # (C, 2V+1)
+        raw = logits if self._every_row else logits.index_select(0, self.rows)  # (C, V)
+        masked = raw + table[:, :vocab]
+        ends = torch.logsumexp(raw + table[:, vocab:2 * vocab], dim=-1, keepdim=True) + table[:, 2 * vocab:]
+        if self._every_row:
+            return masked, ends
+        end = torch.full((logits.shape[0], 1), -math.inf).index_copy_(0, self.rows, ends)
         return logits.index_copy(0, self.rows, masked), end

@@ -158,7 +158,8 @@ class OutputProcessor:
 
 def _batch_constraints(rows: list[GenRequest]) -> BatchConstraints | None:
     constrained = [(i, r.constraint) for i, r in enumerate(rows) if r.constraint is not None]
-    return BatchConstraints([c for _, c in constrained], [i for i, _ in constrained]) if constrained else None
+    return (BatchConstraints([c for _, c in constrained], [i for i, _ in constrained], len(rows)) if constrained
+            else None)
 
 
 def _deliver(items: list[tuple[GenRequest, Event]], gaps: list[float], ttfts: list[float],
