@@ -174,3 +174,21 @@ def test_two_constraints_are_refused_naming_the_second() -> None:
     with pytest.raises(InvalidArgumentError) as info:
         resolve_sampling(regex="a", choices=["a"])
     assert info.value.field == "choices"
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("regex", "", "at least 1 character"), ("regex", "a" * 4097, "at most 4096"),
+    ("choices", [""], "1-256 characters"), ("choices", ["a" * 257], "1-256 characters"),
+    ("choices", ["a"] * 257, "at most 256"), ("json_schema", "nope", "is not JSON"),
+    ("json_schema", "[1]", "must be a JSON object"),
+])
+def test_constraint_fields_have_bounds(field: str, value: object, reason: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        resolve_sampling(**{field: value})
+    assert info.value.field == field and reason in str(info.value)
+
+
+def test_a_schema_given_as_an_object_is_its_json_text_in_order() -> None:
+    schema = {"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "integer"}}}
+    assert SamplingParams(json_schema=schema).json_schema == json.dumps(schema)  # type: ignore[arg-type]
+    assert SamplingParams(json_schema=schema).constraint == ("json_schema", json.dumps(schema))  # type: ignore[arg-type]
