@@ -1,5 +1,6 @@
 """Inference benchmark on loopback, gRPC and the OpenAI-compatible HTTP API side by side: single-stream and
-concurrent decode, TTFT/ITL, Score throughput.
+concurrent decode, TTFT/ITL, Score throughput, and 64 streams each constrained by a regex (a speaker line, then
+free text) against the unconstrained 64.
 
     python -m bench.inference [--quick | --smoke] [--threads N]
 
@@ -58,6 +59,9 @@ from inference_service.settings import InferenceSettings
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
 NEW_TOKENS = 255
+# The constrained row's pattern: a speaker line ("ROMEO:\n"), then free text to the length limit (ending is never
+# an option inside it: every character is allowed), so its streams are as long as the unconstrained ones.
+SPEAKER_THEN_TEXT = "[A-Z][A-Z ]*:\n(?s:.)*"
 MODEL = "bench"
 
 @dataclass(frozen=True)
@@ -142,9 +146,10 @@ class Timer:
         return {"tokens": self.chars, "ttft": self.ttft, "gaps": self.gaps, "total": time.perf_counter() - self.start}
 
 
-async def one_stream(stub: inference_pb2_grpc.InferenceServiceStub, seed: int, new_tokens: int) -> dict[str, Any]:
+async def one_stream(stub: inference_pb2_grpc.InferenceServiceStub, seed: int, new_tokens: int,
+                     regex: str | None = None) -> dict[str, Any]:
     request = inference_pb2.GenerateRequest(model=MODEL, prompt="\n", max_new_tokens=new_tokens, seed=seed,
-                                            preset=inference_pb2.SAMPLING_PRESET_BALANCED)
+                                            preset=inference_pb2.SAMPLING_PRESET_BALANCED, regex=regex)
     timer = Timer()
     async for message in stub.GenerateStream(request, timeout=600):
         timer.received(len(message.text))
@@ -257,6 +262,12 @@ async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: 
                                    "single": await concurrent(grpc_stream, 1, 2 if quick else 5, server.pid)}
             for streams in scale.streams:
                 out[f"streams_{streams}"] = await concurrent(grpc_stream, streams, 1, server.pid)
+
+            def constrained_stream(seed: int) -> Awaitable[dict[str, Any]]:
+                return one_stream(stub, seed, n, SPEAKER_THEN_TEXT)
+
+            many = scale.reference_streams[-1]  # every one of the 64 streams constrained (issue 27)
+            out[f"constrained_streams_{many}"] = await concurrent(constrained_stream, many, 1, server.pid)
             for streams in scale.http_streams:
                 rounds = (2 if quick else 5) if streams == 1 else 1
                 out[f"http_streams_{streams}"] = await concurrent(http_stream, streams, rounds, server.pid)
@@ -318,7 +329,9 @@ def targets(out: dict[str, Any], scale: Scale) -> list[tuple[str, float, float]]
              / out[f"streams_{http}"]["tok_s"], 0.85),
             (f"gRPC {big} streams TTFT p99 s (< 1.0)", out[f"streams_{big}"]["ttft_p99_ms"] / 1e3, 1.0),
             ("Score / Score's computation in float32 (>= 2.0)", out["score"]["chars_s"]
-             / out["score_reference_fp32"]["chars_s"], 2.0)]
+             / out["score_reference_fp32"]["chars_s"], 2.0),
+            (f"gRPC {many} constrained / gRPC {many} (>= 0.9)", out[f"constrained_streams_{many}"]["tok_s"]
+             / grpc_many, 0.9)]
 
 
 def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, float]) -> None:
@@ -331,6 +344,8 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
         rows.append((label, f"{r['tok_s']:8.1f} tok/s",
                      f"fp32 {r['float32_tok_s']:.0f} bf16 {r['bfloat16_tok_s']:.0f}", "", "", ""))
     stream_rows = [("single", "gRPC single stream")] + [(f"streams_{k}", f"gRPC {k} streams") for k in scale.streams]
+    many = scale.reference_streams[-1]
+    stream_rows.append((f"constrained_streams_{many}", f"gRPC {many} streams, each a regex"))
     stream_rows += [(f"http_streams_{k}", f"HTTP {k} stream{'s' if k > 1 else ''}") for k in scale.http_streams]
     for key, label in stream_rows:
         r = out[key]

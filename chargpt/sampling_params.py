@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from chargpt.errors import validated
 
@@ -15,6 +16,9 @@ from chargpt.errors import validated
 # the first argmax exactly as at temperature 0. Anything from here up is sampled at the temperature given.
 GREEDY_BELOW = 1e-5
 DEFAULT_MAX_NEW_TOKENS = 256
+# The constraint fields: at most one per request (each is a language the whole text must belong to).
+CONSTRAINT_FIELDS = ("regex", "choices", "json_schema")
+MAX_CHOICE_CHARS = 256
 
 
 class SamplingPreset(StrEnum):
@@ -73,6 +77,13 @@ class SamplingParams(BaseModel):
                           "model's raw distribution, 0..20)")
     logit_bias: dict[str, float] = Field(default_factory=dict, max_length=256,
                                               description="character -> bias added to its logit, -100..100")
+    regex: str | None = Field(default=None, min_length=1, max_length=4096,
+                              description="the whole text fully matches this regular expression (Rust regex syntax)")
+    choices: tuple[str, ...] = Field(default=(), max_length=256,
+                                     description="the text is exactly one of these strings (each 1-256 characters)")
+    json_schema: str | None = Field(default=None, min_length=1, max_length=65536,
+                                    description="the text is a JSON document valid against this JSON schema "
+                                    "(its JSON text)")
     preset: SamplingPreset | None = Field(default=None, description=f"the notebook's settings ({_PRESET_HELP}); "
                                           "fields given explicitly override the preset's")
 
@@ -107,6 +118,44 @@ class SamplingParams(BaseModel):
             if not (math.isfinite(value) and -100.0 <= value <= 100.0):
                 raise ValueError(f"values must be in [-100, 100], got {value} for {char!r}")
         return bias
+
+    @field_validator("choices")
+    @classmethod
+    def _choice_lengths(cls, choices: tuple[str, ...]) -> tuple[str, ...]:
+        if not all(1 <= len(c) <= MAX_CHOICE_CHARS for c in choices):
+            raise ValueError(f"each choice must be 1-{MAX_CHOICE_CHARS} characters")
+        return choices
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _schema_text(cls, schema: Any) -> Any:
+        """A schema given as a mapping (OpenAI's APIs send one) becomes its JSON text; JSON text must parse to an
+        object (or true/false, JSON Schema's trivial schemas)."""
+        if isinstance(schema, Mapping):
+            return json.dumps(schema)  # key order kept: it is the order the document's properties take
+        if isinstance(schema, str):
+            try:
+                parsed = json.loads(schema)
+            except ValueError as exc:
+                raise ValueError(f"is not JSON: {exc}") from None
+            if not isinstance(parsed, dict | bool):
+                raise ValueError("must be a JSON object (a schema)")
+        return schema
+
+    @field_validator("choices", "json_schema")
+    @classmethod
+    def _one_constraint(cls, value: Any, info: ValidationInfo) -> Any:
+        """A second constraint is refused naming itself (fields validate in order: regex, choices, json_schema)."""
+        earlier = [name for name in CONSTRAINT_FIELDS[:CONSTRAINT_FIELDS.index(str(info.field_name))]
+                   if info.data.get(name)]
+        if value and earlier:
+            raise ValueError(f"give at most one of {', '.join(CONSTRAINT_FIELDS)} (got {earlier[0]} too)")
+        return value
+
+    @property
+    def constraint(self) -> tuple[str, str | tuple[str, ...]] | None:
+        """The constraint field given and its value, or None for free text."""
+        return next(((name, getattr(self, name)) for name in CONSTRAINT_FIELDS if getattr(self, name)), None)
 
     @property
     def greedy(self) -> bool:

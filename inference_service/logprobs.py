@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,8 @@ def batch_logprobs(logits: torch.Tensor, chosen: list[int | None], wanted: list[
     """For each row of raw logits (B, V) whose `wanted` count is > 0: the chosen character's entry; else None.
 
     Raw means before penalties, bias, temperature and filtering, as vLLM and OpenAI report them. A row whose
-    choice is None (its logits were not finite) gets None."""
+    choice is None (its logits were not finite) gets None. Columns past the vocabulary (a constrained batch's
+    end option) count in the normalisation but are never listed; nor are characters of probability 0."""
     out: list[TokenLogprob | None] = [None] * len(chosen)
     picks = {i: c for i, (c, n) in enumerate(zip(chosen, wanted, strict=True)) if n > 0 and c is not None}
     rows = list(picks)
@@ -31,12 +33,13 @@ def batch_logprobs(logits: torch.Tensor, chosen: list[int | None], wanted: list[
         return out
     index = torch.tensor(rows, device=logits.device)
     logp = torch.log_softmax(logits.index_select(0, index).float(), dim=-1).cpu()  # (R, V)
-    k = min(max(wanted[i] for i in rows), logp.shape[1])
-    top_values, top_ids = logp.topk(k, dim=-1)  # (R, k), most likely first; ties keep the lower id first
+    k = min(max(wanted[i] for i in rows), len(vocabulary))
+    # (R, k), most likely first; ties keep the lower id first
+    top_values, top_ids = logp[:, :len(vocabulary)].topk(k, dim=-1)
     picked = logp.gather(1, torch.tensor([[picks[i]] for i in rows])).squeeze(1).tolist()
     values, ids = top_values.tolist(), top_ids.tolist()
     for r, i in enumerate(rows):
         n = min(wanted[i], k)
-        top = tuple((vocabulary[t], v) for t, v in zip(ids[r][:n], values[r][:n], strict=True))
+        top = tuple((vocabulary[t], v) for t, v in zip(ids[r][:n], values[r][:n], strict=True) if v > -math.inf)
         out[i] = TokenLogprob(vocabulary[picks[i]], picked[r], top)
     return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from chargpt import errors
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.sampling_params import SamplingParams
+from inference_service.constraints import ConstraintState, compile_constraint
 from inference_service.engine.request import Chunk, Finish, GenRequest, Outbox, Summary
 from inference_service.metrics import InferenceMetrics
 from inference_service.registry import ModelEntry, ModelRegistry
@@ -136,6 +137,7 @@ def _samples(prompt: str, params: SamplingParams, tokenizer: CharTokenizer, bloc
         raise errors.InvalidArgumentError("max_new_tokens", f"must be 1..{limit}, got {params.max_new_tokens}")
     bias = tuple((tokenizer.encode(char, field="logit_bias")[0], value)
                  for char, value in sorted(params.logit_bias.items()))  # names an unknown character
+    automaton = compile_constraint(params, "".join(tokenizer.vocabulary))  # before any generation
     prompt = prompt or start_character(tokenizer)
     dropped = max(0, len(prompt) - block_size)
     if dropped and not set(prompt[:dropped]) <= set(tokenizer.vocabulary):  # cheap check of the cropped part
@@ -145,7 +147,8 @@ def _samples(prompt: str, params: SamplingParams, tokenizer: CharTokenizer, bloc
     deadline = time.monotonic() + time_remaining if time_remaining is not None else None
     outbox, loop = Outbox(), asyncio.get_running_loop()
     return [GenRequest(prompt_ids=ids, prompt_chars_dropped=dropped, params=params, seed=sample_seed(seed, i),
-                       deadline=deadline, loop=loop, outbox=outbox, index=i, logit_bias=bias)
+                       deadline=deadline, loop=loop, outbox=outbox, index=i, logit_bias=bias,
+                       constraint=ConstraintState(automaton) if automaton is not None else None)
             for i in range(params.n)]
 
 

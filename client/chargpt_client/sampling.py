@@ -15,7 +15,8 @@ _SamplingFields = create_model("_SamplingFields", __config__=ConfigDict(frozen=T
 
 class SamplingOptions(_SamplingFields):  # type: ignore[misc,valid-type]  # fields built from SamplingParams
     """How to sample a generation: the fields of chargpt.sampling_params.SamplingParams (max_new_tokens,
-    temperature, top_k, top_p, min_p, the penalties, seed, stop, n, logprobs, logit_bias, preset), all optional.
+    temperature, top_k, top_p, min_p, the penalties, seed, stop, n, logprobs, logit_bias, regex, choices,
+    json_schema, preset), all optional.
     Only the types are checked here: the server holds the bounds and defaults and answers INVALID_ARGUMENT naming
     the field; an explicit 0 is sent as 0, never as unset. Field docs: `SamplingOptions.model_fields`."""
 

@@ -14,6 +14,7 @@ import time
 import torch
 
 from chargpt.errors import NonFiniteLogitsError
+from inference_service.constraints import BatchConstraints
 from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.outputs import FinishedRows, ModelRunnerOutput, SchedulerOutput
 from inference_service.engine.request import Delta, Event, Finish, GenRequest
@@ -28,6 +29,7 @@ class OutputProcessor:
     def __init__(self, vocabulary: str, metrics: ModelMetrics, stream_interval: float = 0.0) -> None:
         self.vocabulary = vocabulary
         self.sampler = BatchSampler()
+        self._constraints: BatchConstraints | None = None  # the batch's constrained rows (None: no row has one)
         self._m = metrics
         self._outbox: list[tuple[GenRequest, Event]] = []
         self._stream_interval, self._next_flush, self._flush_now = stream_interval, 0.0, False
@@ -51,15 +53,26 @@ class OutputProcessor:
 
     def _sample(self, logits: torch.Tensor, rows: list[GenRequest],
                 rows_changed: bool) -> list[tuple[int | None, TokenLogprob | None]]:
-        """Apply each row's logits processors, sample, and take log-probabilities from the raw logits.
-        A row whose logits were not finite gets (None, None)."""
+        """Mask each constrained row to what its constraint allows, apply each row's logits processors, sample, and
+        take log-probabilities from the raw (constrained) logits. A row whose logits were not finite gets (None,
+        None); a constrained row that chose to end gets the id len(vocabulary)."""
         if rows_changed:
             self.sampler.set_rows([r.sampling for r in rows])
+            self._constraints = _batch_constraints(rows)
+        end = None
+        if self._constraints is not None:  # most batches: none, and no per-row work or extra column
+            logits, end = self._constraints.apply(logits)
         controlled = any(r.has_controls for r in rows)  # most steps: none, and no per-row objects to build
-        tokens = self.sampler.sample(apply_controls(logits, [r.row_controls() for r in rows]) if controlled
-                                     else logits)
-        wanted = [r.logprobs if token is not None else 0 for r, token in zip(rows, tokens, strict=True)]
-        logprobs = batch_logprobs(logits, tokens, wanted, self.vocabulary) if any(wanted) else [None] * len(rows)
+        scores = apply_controls(logits, [r.row_controls() for r in rows]) if controlled else logits
+        tokens = self.sampler.sample(scores if end is None else torch.cat([scores, end], dim=1))
+        if end is not None:  # the end option is a choice, not a character: it has no log-probability entry
+            logits = torch.cat([logits, end], dim=1)
+            tokens_logged = [None if t == len(self.vocabulary) else t for t in tokens]
+        else:
+            tokens_logged = tokens
+        wanted = [r.logprobs if token is not None else 0 for r, token in zip(rows, tokens_logged, strict=True)]
+        logprobs = (batch_logprobs(logits, tokens_logged, wanted, self.vocabulary) if any(wanted)
+                    else [None] * len(rows))
         return list(zip(tokens, logprobs, strict=True))
 
     def _accept(self, request: GenRequest, token: int | None, logprob: TokenLogprob | None, now: float) -> bool:
@@ -70,6 +83,26 @@ class OutputProcessor:
                 "this request, so no character can be sampled; its weights or dtype are numerically broken "
                 "(a float16 model can overflow: reload it as float32 or bfloat16)"))
             return True
+        if token == len(self.vocabulary):  # its constraint was complete, and ending was sampled over going on
+            self._release(request, request.matcher.flush(), None)
+            self._finish(request, Finish.STOP)
+            return True
+        self._observe(request, token, now)
+        complete = request.constraint is not None and request.constraint.advance(token)
+        text, stop = request.matcher.feed(self.vocabulary[token])
+        if stop is None and (complete or request.generated >= request.max_new_tokens):
+            text += request.matcher.flush()
+        self._release(request, text, logprob)
+        if stop is not None or complete:  # a stop sequence, or a constraint that cannot continue
+            self._finish(request, Finish.STOP, stop or "")
+        elif request.generated >= request.max_new_tokens:
+            self._finish(request, Finish.LENGTH)
+        else:
+            return False
+        return True
+
+    def _observe(self, request: GenRequest, token: int, now: float) -> None:
+        """Count a generated character: history, penalties, and its latency."""
         request.history.append(token)
         if request.penalties is not None:
             request.penalties.observe(token)
@@ -81,18 +114,10 @@ class OutputProcessor:
             self._ttfts.append(now - request.arrival)
             self._flush_now = True
         request.last_token = now
-        text, stop = request.matcher.feed(self.vocabulary[token])
-        if stop is None and request.generated >= request.max_new_tokens:
-            text += request.matcher.flush()
+
+    def _release(self, request: GenRequest, text: str, logprob: TokenLogprob | None) -> None:
         if text or logprob is not None:
             self._outbox.append((request, Delta(request.index, text, [logprob] if logprob is not None else [])))
-        if stop is not None:
-            self._finish(request, Finish.STOP, stop)
-        elif request.generated >= request.max_new_tokens:
-            self._finish(request, Finish.LENGTH)
-        else:
-            return False
-        return True
 
     def abort(self, aborted: list[tuple[GenRequest, Finish]]) -> None:
         """Finish the requests the scheduler dropped (cancelled or expired)."""
@@ -129,6 +154,12 @@ class OutputProcessor:
         gaps, ttfts, self._gaps, self._ttfts = self._gaps, self._ttfts, [], []
         with contextlib.suppress(RuntimeError):  # the event loop is gone (server stopped): nobody listens
             items[0][0].loop.call_soon_threadsafe(_deliver, items, gaps, ttfts, self._m)
+
+
+def _batch_constraints(rows: list[GenRequest]) -> BatchConstraints | None:
+    constrained = [(i, r.constraint) for i, r in enumerate(rows) if r.constraint is not None]
+    return (BatchConstraints([c for _, c in constrained], [i for i, _ in constrained], len(rows)) if constrained
+            else None)
 
 
 def _deliver(items: list[tuple[GenRequest, Event]], gaps: list[float], ttfts: list[float],

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from chargpt.sampling_params import SamplingParams
+from inference_service.constraints import ConstraintState
 from inference_service.logits_processors import PenaltyState, RowControls, has_controls
 from inference_service.logprobs import TokenLogprob
 from inference_service.sampler import RowSampling
@@ -144,6 +145,7 @@ class GenRequest:
     outbox: Outbox = field(default_factory=Outbox)  # shared by a request's n samples
     index: int = 0  # which of the request's samples this is
     logit_bias: tuple[tuple[int, float], ...] = ()  # params.logit_bias by the model's character ids
+    constraint: ConstraintState | None = None  # this sample's place in its regex/choices/JSON schema automaton
     arrival: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set from the event loop; the engine reads it between steps
     # Engine-side state (touched only by the engine thread).

@@ -5,18 +5,19 @@ from __future__ import annotations
 import math
 import re
 import struct
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from chargpt.errors import InvalidArgumentError
-from chargpt.sampling_params import SamplingParams, optional_fields, resolve_sampling
+from chargpt.sampling_params import CONSTRAINT_FIELDS, SamplingParams, optional_fields, resolve_sampling
 
 MAX_PROMPTS = 16
 # Where OpenAI's completions API differs from SamplingParams: its names, its types (logit_bias keyed by token id,
 # stop as a string or a list) and its defaults (16 tokens).
 OPENAI_NAMES = {"max_new_tokens": "max_tokens"}
-OPENAI_TYPES: dict[str, Any] = {"stop": str | list[str], "logit_bias": dict[str, float]}
+OPENAI_TYPES: dict[str, Any] = {"stop": str | list[str], "logit_bias": dict[str, float],
+                                "json_schema": str | dict[str, Any]}
 OPENAI_DEFAULTS = {"max_new_tokens": 16}
 SAMPLING_NAMES = {OPENAI_NAMES.get(name, name): name for name in SamplingParams.model_fields}  # OpenAI -> ours
 FLOATS = {name for name, info in SamplingParams.model_fields.items() if info.annotation is float}
@@ -31,6 +32,35 @@ class StreamOptions(BaseModel):
 
     include_usage: bool | None = None  # a last chunk, `choices: []`, carries the request's usage
     continuous_usage_stats: bool | None = None  # vLLM: with include_usage, every chunk carries the usage so far
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` (its StructuredOutputsParams): the constraints chargpt supports. Its other keys
+    (grammar, json_object, structural_tag, whitespace_pattern...) are refused by name, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    regex: str | None = None
+    choice: list[str] | None = None
+    json_schema: str | dict[str, Any] | None = Field(default=None, alias="json")
+
+
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's response_format.json_schema: a named schema (`strict` is accepted: chargpt is always strict)."""
+
+    name: str = ""
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: "text" (free) or "json_schema"; "json_object" has no schema to hold to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 _CompletionSampling = create_model("_CompletionSampling", __config__=ConfigDict(extra="forbid"),
@@ -50,6 +80,13 @@ class CompletionRequest(_CompletionSampling):  # type: ignore[misc,valid-type]  
     user: str | None = None  # accepted for compatibility; chargpt does not use it
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    # Constraints under vLLM's names: today's `structured_outputs`, the guided_* fields it had until v0.12, and
+    # OpenAI's response_format (see constraint_values); chargpt's own regex/choices/json_schema work too.
+    structured_outputs: StructuredOutputs | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     def prompts(self) -> list[str]:
         prompt = "" if self.prompt is None else self.prompt
@@ -79,7 +116,27 @@ class CompletionRequest(_CompletionSampling):  # type: ignore[misc,valid-type]  
         if "logit_bias" in values:
             bias = values["logit_bias"].items()
             values["logit_bias"] = {_bias_character(k, vocabulary): _float32(v) for k, v in bias}
-        return resolve_sampling(**{k: _float32(v) if k in FLOATS else v for k, v in values.items()})
+        return resolve_sampling(**{k: _float32(v) if k in FLOATS else v for k, v in values.items()},
+                                **self.constraint_values())
+
+    def constraint_values(self) -> dict[str, Any]:
+        """The constraint given under one of vLLM's or OpenAI's names, by SamplingParams name (at most one: a
+        second, in any spelling, is refused naming it)."""
+        so = self.structured_outputs or StructuredOutputs()
+        schema = self.response_format.json_schema if self.response_format is not None else None
+        if self.response_format is not None and self.response_format.type == "json_schema" and schema is None:
+            raise InvalidArgumentError("response_format", "type json_schema needs json_schema.schema")
+        spellings = [("structured_outputs.regex", "regex", so.regex), ("guided_regex", "regex", self.guided_regex),
+                     ("structured_outputs.choice", "choices", so.choice),
+                     ("guided_choice", "choices", self.guided_choice),
+                     ("structured_outputs.json", "json_schema", so.json_schema),
+                     ("guided_json", "json_schema", self.guided_json),
+                     ("response_format", "json_schema", schema.schema_ if schema is not None else None)]
+        given = [(name, field, value) for name, field, value in spellings if value is not None]
+        given += [(name, name, value) for name, value in self.sampling_values().items() if name in CONSTRAINT_FIELDS]
+        if len(given) > 1:
+            raise InvalidArgumentError(given[1][0], f"give one constraint (got {given[0][0]} too)")
+        return {field: value for _, field, value in given if field not in self.sampling_values()}
 
     def _check_unsupported(self) -> None:
         """The reference's parameters that chargpt refuses (400 naming them) rather than silently ignores."""

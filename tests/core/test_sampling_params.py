@@ -59,11 +59,17 @@ EVERY_FIELD: dict[str, Any] = {
     "logit_bias": {"a": -100.0, "b": 2.0}}
 
 
-def test_client_options_reach_the_server_unchanged() -> None:
-    assert set(EVERY_FIELD) == set(SAMPLING_FIELDS) - {"preset"}  # every field, zeros included
-    request = generate_request("m", "hi", options=SamplingOptions(**EVERY_FIELD))
-    assert sampling_params(request) == SamplingParams(**EVERY_FIELD)
-    keywords = generate_request("m", "hi", **EVERY_FIELD)
+# A request has at most one constraint: each is sent on top of every other field in turn.
+CONSTRAINTS: dict[str, Any] = {"regex": "[a-z]+", "choices": ("yes", "no"), "json_schema": '{"type": "object"}'}
+
+
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+def test_client_options_reach_the_server_unchanged(constraint: str) -> None:
+    every_field = {**EVERY_FIELD, constraint: CONSTRAINTS[constraint]}
+    assert set(EVERY_FIELD) | set(CONSTRAINTS) == set(SAMPLING_FIELDS) - {"preset"}  # every field, zeros included
+    request = generate_request("m", "hi", options=SamplingOptions(**every_field))
+    assert sampling_params(request) == SamplingParams(**every_field)
+    keywords = generate_request("m", "hi", **every_field)
     assert keywords == request
 
 

@@ -46,6 +46,8 @@ def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
 # `chargpt generate` has a flag per SamplingOptions field but these: it prints one sample, and a mapping is no flag.
 GENERATE_FLAGS = [name for name in SamplingOptions.model_fields if name not in ("n", "logit_bias")]
 GENERATE_DEFAULTS = {"max_new_tokens": 500}  # the CLI's own: a screenful, not the server's 256
+# Flags spelled otherwise than their field: one --choice per choice (--choices also works), a schema from a file.
+GENERATE_SPELLINGS = {"choices": ("--choice", "--choices")}
 
 
 def _register_generate(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
@@ -53,7 +55,7 @@ def _register_generate(subparsers: SubParsers, parent: argparse.ArgumentParser) 
     gen.add_argument("model")
     gen.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
     for name in GENERATE_FLAGS:  # one flag per SamplingOptions field, e.g. --top-k
-        gen.add_argument("--" + name.replace("_", "-"), **_flag(name))
+        gen.add_argument(*GENERATE_SPELLINGS.get(name, ("--" + name.replace("_", "-"),)), dest=name, **_flag(name))
     gen.set_defaults(handler=generate_cmd)
 
 
@@ -65,6 +67,8 @@ def _flag(name: str) -> dict[str, typing.Any]:
     if typing.get_origin(kind) is tuple:
         return {"action": "append", "default": [], "type": _unescape,
                 "help": f"{info.description} (repeatable; backslash escapes such as \\n are understood)"}
+    if name == "json_schema":
+        return {"type": _read_schema, "metavar": "FILE", "help": f"{info.description}, read from FILE"}
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return {"choices": [member.value for member in kind], "help": info.description}
     return {"type": kind, "default": GENERATE_DEFAULTS.get(name), "help": info.description}
@@ -73,6 +77,14 @@ def _flag(name: str) -> dict[str, typing.Any]:
 def _unescape(value: str) -> str:
     """'\\n\\n' typed in a shell -> two newlines."""
     return codecs.decode(value.encode("utf-8"), "unicode_escape").encode("latin-1").decode("utf-8")
+
+
+def _read_schema(path: str) -> str:
+    """--json-schema FILE: the file's text (the server checks that it is a schema)."""
+    try:
+        return read_text(Path(path))
+    except (OSError, TextDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read the JSON schema file: {exc}") from None
 
 
 def _register_score(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
