@@ -117,13 +117,16 @@ async def test_row_groups_decode_the_same_text(tmp_path: Path) -> None:
                       metrics=InferenceMetrics(), policy=policy)
     threads = torch.get_num_threads()
     try:
-        one = await run(engine(DecodePolicy(max_threads=1)), [greedy(p, 20, loop) for p in prompts])
+        # The texts, not the message counts: how many messages a text arrives in depends on when the event loop
+        # takes each outbox (it coalesces while the loop lags), which varied from run to run on an idle host.
+        alone = await run(engine(DecodePolicy(max_threads=1)), [greedy(p, 20, loop) for p in prompts])
+        one = [text for text, _ in alone]
         split = engine(DecodePolicy(max_threads=2, parallel_from=1, split_from=2))
         groups, steps = split.row_groups, []
         assert groups is not None
         grouped_step = groups.step
         groups.step = lambda *args: steps.append(1) or grouped_step(*args)  # type: ignore[method-assign]
-        assert await run(split, [greedy(p, 20, loop) for p in prompts]) == one
+        assert [text for text, _ in await run(split, [greedy(p, 20, loop) for p in prompts])] == one
         assert len(steps) == 19  # every decode step after the prefill's character, all three rows still running
     finally:
         torch.set_num_threads(threads)
