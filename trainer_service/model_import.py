@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import shutil
 import tempfile
 import uuid
@@ -123,14 +124,24 @@ def read_model(format_name: str, directory: Path) -> ImportedModel:
     return from_nanogpt(load_nanogpt(directory / NANOGPT_CKPT), vocabulary)
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load refused the file, without torch's advice to load it with weights_only=False (which would run
+    whatever the pickle names: exactly what this refusal is for)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
+        named = next((line for line in lines if "GLOBAL" in line), "")  # e.g. "... unsupported GLOBAL posix.system"
+        return ("it holds objects other than tensors and plain values, refused without running them (a nanoGPT "
+                f"ckpt.pt holds only those){': ' + named[:200] if named else ''}")
+    return f"not a readable PyTorch checkpoint ({type(exc).__name__}: {lines[0][:300] if lines else 'no detail'})"
+
+
 def load_nanogpt(path: Path) -> dict[str, Any]:
     """ckpt.pt with its tensors as float32 numpy arrays; a pickle that names anything but tensors and plain values
     is refused by torch's weights-only unpickler before any of it runs."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, hostile pickle, not a torch file: torch raises a variety
-        raise InvalidArgumentError(NANOGPT_CKPT, f"not a readable PyTorch checkpoint (torch.load, weights only): "
-                                   f"{str(exc).splitlines()[0][:300]}") from None
+        raise InvalidArgumentError(NANOGPT_CKPT, _load_failure(exc)) from None
     if not isinstance(checkpoint, dict):
         raise InvalidArgumentError(NANOGPT_CKPT, f"holds a {type(checkpoint).__name__}, not nanoGPT's checkpoint dict")
     state = checkpoint.get("model")

@@ -166,3 +166,13 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_cli_exits_1_when_the_trainer_refuses_the_files(servers: Servers) -> None:
+    """A server error is exit 1 for every command (2 is a usage error), though InvalidArgument is a ValueError."""
+    ckpt, meta = write_nanogpt(servers.tiny, servers.workdir / "refused")
+    truncated = ckpt.with_name("truncated.pt")
+    truncated.write_bytes(ckpt.read_bytes()[:5000])
+    result = servers.cli("import", "nanogpt", str(truncated), "--meta", str(meta), "--name", "x")
+    assert result.returncode == 1, result.stderr
+    assert "INVALID_ARGUMENT" in result.stderr and "ckpt.pt" in result.stderr

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from chargpt_client.cli.common import SubParsers, UsageError, print_json, trainer_client
+from chargpt_client.errors import ChargptClientError
 
 SOURCES = {"nanogpt": ("CKPT.pt", "nanoGPT's checkpoint (out-shakespeare-char/ckpt.pt)"),
            "hf": ("DIR", "a transformers GPT-2 directory: config.json, model.safetensors, tokenizer.json")}
@@ -32,6 +33,8 @@ def import_cmd(args: argparse.Namespace) -> int:
     try:
         with trainer_client(args) as trainer:
             result = trainer.import_model(args.format, args.path, name=args.name, meta=getattr(args, "meta", None))
+    except ChargptClientError:
+        raise  # the server refused the files (InvalidArgument is a ValueError too): exit 1, as every command
     except (OSError, ValueError) as exc:  # a file not there: the command line's fault, found before connecting
         raise UsageError(str(exc)) from exc
     if args.json:
