@@ -24,6 +24,7 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from chargpt.errors import InvalidArgumentError
 from chargpt.sampling_params import SamplingParams
+from inference_service.json_schema_support import check_supported
 
 # Between a JSON document's tokens: at most one space. A character model given free whitespace (newlines, runs of
 # spaces) can drift into it for the whole length limit; one optional space keeps documents compact and readable.
@@ -95,6 +96,7 @@ def _pattern(field: str, value: str | tuple[str, ...], vocabulary: str) -> str:
                                        "it can be generated")
         return "(?:" + "|".join("".join(f"\\x{{{ord(c):x}}}" for c in choice) for choice in value) + ")"
     if field == "json_schema":
+        check_supported(value, field)
         try:
             return str(build_regex_from_schema(value, JSON_WHITESPACE))
         except (ValueError, TypeError, KeyError, RuntimeError) as exc:

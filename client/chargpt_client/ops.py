@@ -209,7 +209,8 @@ def generate_request(model: str, prompt: str = "", *, max_new_tokens: int | None
                      logprobs: int | None = None, n: int | None = None, repetition_penalty: float | None = None,
                      frequency_penalty: float | None = None, presence_penalty: float | None = None,
                      min_p: float | None = None, logit_bias: Mapping[str, float] | None = None,
-                     regex: str | None = None, choices: Iterable[str] = (), json_schema: str | None = None,
+                     regex: str | None = None, choices: Iterable[str] | None = None,
+                     json_schema: str | Mapping[str, Any] | None = None,
                      options: SamplingOptions | None = None) -> inference_pb2.GenerateRequest:
     """Only the fields the caller gave are set: the server tells an explicit 0 from "unset" (its default).
     The keywords are SamplingOptions' fields (see its docs), and override `options` where both are given."""

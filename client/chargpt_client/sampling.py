@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sized
+import json
+from collections.abc import Mapping, Sized
 from typing import Any
 
 from pydantic import ConfigDict, create_model
 
 from chargpt.sampling_params import optional_fields
 
+EMPTY_IS_DEFAULT = frozenset({"stop", "logit_bias"})  # fields whose empty value is the server's default
 _SamplingFields = create_model("_SamplingFields", __config__=ConfigDict(frozen=True, extra="forbid"),
                                **optional_fields())
 
@@ -26,6 +28,14 @@ class SamplingOptions(_SamplingFields):  # type: ignore[misc,valid-type]  # fiel
 
     @classmethod
     def of(cls, values: dict[str, Any]) -> SamplingOptions:
-        """Options from keyword values; None, an empty string and an empty collection count as not given (the
-        server's default is the same)."""
-        return cls(**{k: v for k, v in values.items() if v is not None and not (isinstance(v, Sized) and not len(v))})
+        """Options from keyword values; None is not given, and so is an empty `stop` or `logit_bias` (the server's
+        default is the same). Anything else is sent for the server to judge: `regex=""` is refused naming regex,
+        never read as "no constraint"; `choices=[]` is refused here (on the wire it would read as not given). A
+        `json_schema` may be a mapping (sent as its JSON text)."""
+        choices, schema = values.get("choices"), values.get("json_schema")
+        if isinstance(schema, Mapping):  # a schema given as an object: its JSON text, as over HTTP
+            values = {**values, "json_schema": json.dumps(schema)}
+        if choices is not None and not len(choices):
+            raise ValueError("choices: give at least one choice (an empty list would generate unconstrained text)")
+        return cls(**{k: v for k, v in values.items()
+                      if v is not None and not (k in EMPTY_IS_DEFAULT and isinstance(v, Sized) and not len(v))})

@@ -134,6 +134,9 @@ class CompletionRequest(_CompletionSampling):  # type: ignore[misc,valid-type]  
                      ("response_format", "json_schema", schema.schema_ if schema is not None else None)]
         given = [(name, field, value) for name, field, value in spellings if value is not None]
         given += [(name, name, value) for name, value in self.sampling_values().items() if name in CONSTRAINT_FIELDS]
+        for name, field, value in given:  # on gRPC an empty repeated field is "not given": here it is a mistake
+            if field == "choices" and not value:
+                raise InvalidArgumentError(name, "give at least one choice (none would mean no constraint)")
         if len(given) > 1:
             raise InvalidArgumentError(given[1][0], f"give one constraint (got {given[0][0]} too)")
         return {field: value for _, field, value in given if field not in self.sampling_values()}

@@ -253,3 +253,15 @@ def test_models_show_reads_the_serving_plan(capsys: pytest.CaptureFixture[str]) 
         "thread from a decode batch of 1, one row group per thread from 64",
         "  serving: bfloat16 weights, bfloat16 KV cache, one torch thread below a decode batch of 64, one row group "
         "per thread from it"]
+
+
+def test_an_empty_constraint_is_sent_or_refused_never_dropped() -> None:
+    """`regex=""` or `json_schema={}` once meant "no constraint" (dropped as empty) while HTTP held to them."""
+    from chargpt_client import ops
+
+    request = ops.generate_request("m", regex="")
+    assert request.HasField("regex") and request.regex == ""  # the server refuses it, naming regex
+    assert ops.generate_request("m", json_schema={}).json_schema == "{}"  # any JSON document, as over HTTP
+    with pytest.raises(ValueError, match="choices: give at least one choice"):
+        ops.generate_request("m", choices=[])
+    assert not ops.generate_request("m", stop=[], logit_bias={}).ListFields()[1:]  # empty stop/bias: the defaults

@@ -114,7 +114,9 @@ async def test_openai_sdk_structured_outputs_and_the_older_names(make_server: Se
         text = "".join([chunk.choices[0].text async for chunk in stream if chunk.choices])
         jsonschema.validate(json.loads(text), SCHEMA)
     for body, param in [({"guided_regex": "a", "guided_choice": ["a"]}, "guided_choice"),
-                        ({"structured_outputs": {"grammar": "root ::= x"}}, None)]:
+                        ({"structured_outputs": {"grammar": "root ::= x"}}, None),
+                        ({"choices": []}, "choices"), ({"guided_choice": []}, "guided_choice"),
+                        ({"structured_outputs": {"choice": []}}, "structured_outputs.choice")]:
         with pytest.raises(openai.BadRequestError) as info:
             await client.completions.create(model="tiny", prompt="", max_tokens=5, extra_body=body)
         if param is not None:

@@ -192,3 +192,23 @@ def test_a_schema_given_as_an_object_is_its_json_text_in_order() -> None:
     schema = {"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "integer"}}}
     assert SamplingParams(json_schema=schema).json_schema == json.dumps(schema)  # type: ignore[arg-type]
     assert SamplingParams(json_schema=schema).constraint == ("json_schema", json.dumps(schema))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("schema", "reason"), [
+    ({"type": "integer", "minimum": 5, "maximum": 7}, "'minimum' at #"),
+    ({"type": "array", "items": {"enum": [1, 2]}, "uniqueItems": True}, "'uniqueItems' at #"),
+    ({"type": "object", "properties": {"n": {"type": "number", "multipleOf": 2}}}, "'multipleOf' at #/properties/n"),
+    ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "'oneOf' at #"),
+    ({"$defs": {"x": {"not": {"type": "null"}}}, "$ref": "#/$defs/x"}, "'not' at #/$defs/x"),
+    ({"type": "array", "prefixItems": [{"type": "integer", "exclusiveMaximum": 3}]}, "'exclusiveMaximum'"),
+])
+def test_schema_keywords_generation_would_not_hold_to_are_refused(schema: dict[str, Any], reason: str) -> None:
+    """outlines-core's conversion drops these silently: `minimum` 5 would let "666" end as a finished text."""
+    with pytest.raises(InvalidArgumentError) as info:
+        compile_constraint(SamplingParams(json_schema=json.dumps(schema)), JSON_VOCAB)
+    assert info.value.field == "json_schema" and reason in str(info.value) and "not supported" in str(info.value)
+
+
+def test_a_property_named_like_a_keyword_is_only_a_name() -> None:
+    schema = {"type": "object", "properties": {"minimum": {"type": "integer"}}, "required": ["minimum"]}
+    assert compile_constraint(SamplingParams(json_schema=json.dumps(schema)), JSON_VOCAB) is not None

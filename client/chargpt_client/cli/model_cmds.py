@@ -65,7 +65,7 @@ def _flag(name: str) -> dict[str, typing.Any]:
     info = SamplingOptions.model_fields[name]
     (kind,) = [a for a in typing.get_args(info.annotation) if a is not types.NoneType]
     if typing.get_origin(kind) is tuple:
-        return {"action": "append", "default": [], "type": _unescape,
+        return {"action": "append", "default": None, "type": _unescape,
                 "help": f"{info.description} (repeatable; backslash escapes such as \\n are understood)"}
     if name == "json_schema":
         return {"type": _read_schema, "metavar": "FILE", "help": f"{info.description}, read from FILE"}
