@@ -53,6 +53,9 @@ class TrainingOptions(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+_ENUM_FIELDS = ("lr_schedule", "precision", "compile", "optimizer")
+
+
 def options_from_keywords(training: TrainingOptions | None, keywords: dict[str, Any]) -> TrainingOptions | None:
     """create_job's training fields given as keywords (0.1's `create_job(corpus, max_steps=...)`, deprecated) as
     TrainingOptions; `training` when there are none."""
@@ -60,13 +63,21 @@ def options_from_keywords(training: TrainingOptions | None, keywords: dict[str, 
         return training
     unknown = [name for name in keywords if name not in TrainingOptions.model_fields]
     if unknown:
-        raise TypeError(f"create_job() got an unexpected keyword argument {unknown[0]!r}")
+        raise UnknownTrainingField(f"create_job() got an unexpected keyword argument {unknown[0]!r} (unknown "
+                                   f"training field; known: {', '.join(TrainingOptions.model_fields)})")
     if training is not None:
         raise TypeError("create_job() takes training=TrainingOptions(...) or training keywords, not both")
     replacement = ", ".join(f"{name}={value!r}" for name, value in keywords.items())
     deprecated(f"create_job({', '.join(f'{name}=...' for name in keywords)})",
                f"create_job(..., training=TrainingOptions({replacement}))", since="0.2.0", stacklevel=3)
-    return TrainingOptions(**keywords)
+    # 0.1 took enum values in any case ("FP32", "Cosine")
+    values = {name: value.lower() if isinstance(value, str) and name in _ENUM_FIELDS else value
+              for name, value in keywords.items()}
+    return TrainingOptions.model_validate(values)
+
+
+class UnknownTrainingField(TypeError, ValueError):
+    """A keyword create_job does not know: a TypeError, as Python says, and the ValueError 0.1 raised."""
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,12 @@ def test_the_keyword_form_of_create_job_still_works_with_a_deprecation_warning(t
         client.cancel_job(job.job_id)
         with pytest.raises(TypeError, match="unexpected keyword argument 'max_step'"):
             client.create_job(corpus_id, max_step=5)
+        with pytest.raises(ValueError, match="unknown training field"):  # what 0.1 raised
+            client.create_job(corpus_id, max_step=5)
+        with pytest.warns(DeprecationWarning):  # 0.1 took enum values in any case
+            job = client.create_job(corpus_id, model=TINY, max_steps=1, precision="FP32", lr_schedule="Cosine")
+        assert (job.training["precision"], job.training["lr_schedule"]) == ("FP32", "COSINE")
+        client.cancel_job(job.job_id)
         with pytest.raises(TypeError, match="not both"):
             client.create_job(corpus_id, training=TrainingOptions(seed=1), max_steps=5)
         with warnings.catch_warnings():
