@@ -58,7 +58,8 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike[str], format_name: str, 
         raise InvalidArgumentError("gguf_types", f"{unknown or 'none'}: choose from {', '.join(GGUF_TYPES)}")
     out = Path(out)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise AlreadyExistsError(f"{out} already exists and is not an empty directory (pass --overwrite, or overwrite=True, to replace it)")
+        raise AlreadyExistsError(f"{out} already exists and is not an empty directory (pass --overwrite, or "
+                                 "overwrite=True, to replace it)")
     writer = _writer(format_name)
     from chargpt.formats.checkpoint_dir import read_checkpoint
 

@@ -24,6 +24,7 @@ from chargpt_client import (
     TrainingOptions,
     export_model,
 )
+from chargpt_client.cli import model_cmds
 from safetensors.torch import load_file
 
 from chargpt.core.checkpoint import load_checkpoint
@@ -66,7 +67,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     threads.close()
 
 
-def test_cli_imports_nanogpt_then_it_serves_greedy_text_as_chargpt_does(servers: Servers) -> None:
+def test_cli_imports_nanogpt_then_it_serves_greedy_text_as_chargpt_does(servers: Servers,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     ckpt, meta = write_nanogpt(servers.tiny, servers.workdir / "out-shakespeare-char", compiled=True)
     result = servers.cli("import", "nanogpt", str(ckpt), "--meta", str(meta), "--name", "shakespeare-char")
     assert result.returncode == 0, result.stderr
@@ -78,6 +80,8 @@ def test_cli_imports_nanogpt_then_it_serves_greedy_text_as_chargpt_does(servers:
     assert job.parent.weights_sha256 == _sha256(ckpt) and job.parent.source_vocabulary_sha256 == _sha256(meta)
     assert {c.kind for c in servers.trainer.list_checkpoints(job_id)} == {"best", "latest"}
     servers.inference.load_model("imported", job_id=job_id)
+    model_cmds.show(servers.inference.get_model("imported"))  # `chargpt models show`: its origin, not "corpus ,"
+    assert "  imported: a nanogpt model imported at step 5000" in capsys.readouterr().out
     prompt = "hello world.\n"
     text = servers.inference.generate("imported", prompt, max_new_tokens=60, temperature=0.0).text
     assert text == servers.tiny.greedy(prompt, 60)

@@ -140,8 +140,11 @@ def show(m: t.Model) -> None:
     print(f"  source: {m.source}")
     print(f"  architecture: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} dims, block {c.block_size}, "
           f"vocab {c.vocab_size}")
-    print(f"  trained: corpus {m.training.corpus_name or m.training.corpus_id[:12]}, step {m.training.step}, "
-          f"val loss {fmt(m.training.val_loss)}")
+    if m.parent is not None and m.parent.source_format:  # imported: trained elsewhere, on a corpus chargpt never saw
+        print(f"  imported: {m.parent.describe()}")
+    else:
+        print(f"  trained: corpus {m.training.corpus_name or m.training.corpus_id[:12]}, step {m.training.step}, "
+              f"val loss {fmt(m.training.val_loss)}")
     if m.kv_cache_dtype:
         weights = f"{m.dtype} weights"
         if m.narrow_decode_from > 1:
