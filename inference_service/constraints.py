@@ -119,6 +119,12 @@ def _index_error(message: str, pattern: str, vocabulary: str) -> str:
         chars = chars or sorted(set(pattern) - set(vocabulary) - set(REGEX_SYNTAX))
         return (f"needs a character the model has never seen ({_chars(chars)}) where the pattern has no other way "
                 "on, so no text of the model's characters matches it")
+    if "anchored" in message:
+        return ("cannot be compiled: anchors (^, $, \\A, \\z) are not supported, nor needed: the whole text must "
+                f"match the pattern ({message})")
+    if "building NFA" in message or "building DFA" in message:
+        return (f"cannot be compiled: {message} (the Rust regex syntax without look-around or backreferences: "
+                "is every group closed?)")
     return f"cannot be compiled: {message}"
 
 

@@ -160,6 +160,8 @@ def test_ending_is_weighed_against_going_on() -> None:
     ({"regex": "(?:ab)*1"}, "regex", "no text made of the model's characters"),
     ({"regex": "a{0}"}, "regex", "only the empty text"),
     ({"regex": "a("}, "regex", "cannot be compiled"),
+    ({"regex": "^ab$"}, "regex", "anchors (^, $, \\A, \\z) are not supported, nor needed"),
+    ({"regex": "(a)\\1"}, "regex", "without look-around or backreferences"),
     ({"json_schema": '{"type": "object"}'}, "json_schema", "never seen ('{')"),
     ({"json_schema": '{"type": "wat"}'}, "json_schema", "cannot be compiled"),
 ])
