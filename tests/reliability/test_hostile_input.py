@@ -24,7 +24,14 @@ UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib
 # torch.distributed's *_object collectives pickle; none is used, and a new use must be justified here.
 UNSAFE_CALLS = {"torch.load", "load_state_dict_from_url", "all_gather_object", "broadcast_object_list",
                 "scatter_object_list", "gather_object", "numpy.load", "np.load"}
-ALLOWED: dict[str, str] = {}  # "path:line" -> why it is safe; empty on purpose
+# "path: finding" -> why it is safe. Only issue 24's nanoGPT import reads pickles, and only through restricted
+# loaders, each proven by a test that a hostile file never runs (tests/formats/test_nanogpt.py, test_import.py).
+ALLOWED: dict[str, str] = {
+    "trainer_service/model_import.py: calls torch.load": "weights_only=True (torch's restricted unpickler: tensors "
+    "and plain values only), and the scan below still fails on weights_only=False",
+    "chargpt/formats/nanogpt.py: imports ['pickle']": "meta.pkl through an Unpickler whose find_class refuses "
+    "every global: plain dicts, lists, strings and numbers only",
+}
 
 
 def _dotted(node: ast.AST) -> str:
@@ -55,7 +62,13 @@ def _findings(path: Path) -> list[str]:
                                                           and keyword.value.value is False))
                 if unsafe:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {keyword.arg}=...")
-    return [f for f in found if f.split(": ")[0] not in ALLOWED]
+    return [f for f in found if _without_line(f) not in ALLOWED]
+
+
+def _without_line(finding: str) -> str:
+    """"path:12: calls x" -> "path: calls x": an allowed finding stays allowed when lines move."""
+    location, what = finding.split(": ", 1)
+    return f"{location.rsplit(':', 1)[0]}: {what}"
 
 
 def test_nothing_is_ever_unpickled() -> None:
