@@ -13,14 +13,12 @@ Loading never unpickles: weights come from safetensors, everything else from JSO
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,7 +29,13 @@ from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.errors import CheckpointCorruptError, CheckpointFormatError, CheckpointNotFoundError
-from chargpt.formats.checkpoint_dir import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE
+from chargpt.formats.checkpoint_dir import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    read_manifest_json,
+    resolve_checkpoint_dir,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 TIED_KEY = "lm_head.weight"  # the same tensor as wte.weight; stored once
@@ -177,30 +181,10 @@ def _old_path(path: Path) -> Path:
     return path.with_name(path.name + ".old")
 
 
-def resolve_checkpoint_dir(path: str | os.PathLike[str]) -> Path:
-    """The directory to read: path itself, or its `.old` twin if a writer was interrupted mid-swap."""
-    path = Path(path)
-    if (path / MANIFEST_FILE).is_file():
-        return path
-    if (_old_path(path) / MANIFEST_FILE).is_file():
-        return _old_path(path)
-    if not path.exists():
-        raise CheckpointNotFoundError(f"no checkpoint at {path}")
-    raise CheckpointNotFoundError(f"{path} has no {MANIFEST_FILE}")
-
-
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Parse and validate a checkpoint's manifest.json."""
     directory = resolve_checkpoint_dir(path)
-    try:
-        raw: Any = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointFormatError(f"{directory / MANIFEST_FILE} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
-        raise CheckpointFormatError(f"{directory} is not a {FORMAT_NAME} (manifest 'format' field)")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise CheckpointFormatError(f"unknown checkpoint format_version {raw.get('format_version')!r}; "
-                                    f"this chargpt reads version {FORMAT_VERSION}")
+    raw = read_manifest_json(directory)
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:

@@ -69,8 +69,8 @@ class CharCheckpoint:
 
 def read_checkpoint(path: str | os.PathLike[str]) -> CharCheckpoint:
     """Read and verify a checkpoint directory (or its `.old` twin left by an interrupted writer)."""
-    directory = _resolve(Path(path))
-    manifest = _read_manifest(directory)
+    directory = resolve_checkpoint_dir(path)
+    manifest = read_manifest_json(directory)
     arch = _architecture(manifest, directory)
     vocabulary = manifest.get("vocabulary")
     if not isinstance(vocabulary, str) or len(vocabulary) != arch.vocab_size:
@@ -94,7 +94,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CharCheckpoint:
     return CharCheckpoint(directory, arch, vocabulary, manifest, sha256, tensors)
 
 
-def _resolve(path: Path) -> Path:
+def resolve_checkpoint_dir(path: str | os.PathLike[str]) -> Path:
+    """The directory to read: path itself, or its `.old` twin if a writer was interrupted mid-swap."""
+    path = Path(path)
     for candidate in (path, path.with_name(path.name + ".old")):
         if (candidate / MANIFEST_FILE).is_file():
             return candidate
@@ -103,7 +105,8 @@ def _resolve(path: Path) -> Path:
     raise CheckpointNotFoundError(f"{path} is not a chargpt checkpoint directory: it has no {MANIFEST_FILE}")
 
 
-def _read_manifest(directory: Path) -> dict[str, Any]:
+def read_manifest_json(directory: Path) -> dict[str, Any]:
+    """manifest.json as JSON, checked to be this format and version (its fields are the reader's to check)."""
     try:
         raw = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -112,7 +115,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise CheckpointFormatError(f"{directory} is not a {FORMAT_NAME} (manifest 'format' field)")
     if raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointFormatError(f"unknown checkpoint format_version {raw.get('format_version')!r}; "
-                                    f"this exporter reads version {FORMAT_VERSION}")
+                                    f"this chargpt reads version {FORMAT_VERSION}")
     return raw
 
 

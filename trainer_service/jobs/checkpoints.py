@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from chargpt.core.checkpoint import Manifest, read_manifest, resolve_checkpoint_dir
+from chargpt.core.checkpoint import Manifest, read_manifest
 from chargpt.errors import CheckpointError, DataLossError, InvalidArgumentError, NotFoundError
-from chargpt.formats.checkpoint_dir import MANIFEST_FILE
+from chargpt.formats.checkpoint_dir import MANIFEST_FILE, resolve_checkpoint_dir
 from trainer_service.training.api import BEST, CHECKPOINTS_DIR, LATEST
 
 MIN_CHUNK, MAX_CHUNK, DEFAULT_CHUNK = 1024, 4 * 1024 * 1024, 1024 * 1024

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from chargpt.core.checkpoint import Lineage, Manifest, read_manifest, resolve_checkpoint_dir
+from chargpt.core.checkpoint import Lineage, Manifest, read_manifest
 from chargpt.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -22,6 +22,7 @@ from chargpt.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from chargpt.formats.checkpoint_dir import resolve_checkpoint_dir
 from trainer_service.jobs.checkpoints import CheckpointSnapshot, checkpoint_dir, open_directory
 from trainer_service.jobs.request import ParentRef
 from trainer_service.store import Store

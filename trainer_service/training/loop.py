@@ -12,9 +12,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from chargpt.core.checkpoint import Manifest, TrainingInfo, resolve_checkpoint_dir
+from chargpt.core.checkpoint import Manifest, TrainingInfo
 from chargpt.core.model import GPT
 from chargpt.errors import CheckpointNotFoundError, InvalidArgumentError
+from chargpt.formats.checkpoint_dir import resolve_checkpoint_dir
 from trainer_service.training.api import (
     BEST,
     CHECKPOINTS_DIR,
