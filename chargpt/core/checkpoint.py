@@ -28,13 +28,14 @@ from chargpt import __version__
 from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
 from chargpt.core.tokenizer import CharTokenizer
-from chargpt.errors import CheckpointCorruptError, CheckpointFormatError, CheckpointNotFoundError
+from chargpt.errors import CheckpointCorruptError, CheckpointFormatError
 from chargpt.formats.checkpoint_dir import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_FILE,
     read_manifest_json,
     resolve_checkpoint_dir,
+    verified_weights,
 )
 
 WEIGHTS_FILE = "model.safetensors"
@@ -200,13 +201,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "
     """Load and verify a checkpoint: manifest, weights hash, weight names and shapes."""
     directory = resolve_checkpoint_dir(path)
     manifest = read_manifest(directory)
-    weights_path = directory / manifest.weights.file
-    if not weights_path.is_file() or weights_path.parent != directory:
-        raise CheckpointNotFoundError(f"weights file {manifest.weights.file!r} missing in {directory}")
-    actual = file_sha256(weights_path)
-    if actual != manifest.weights.sha256:
-        raise CheckpointCorruptError(f"weights sha256 mismatch in {directory}: manifest says "
-                                     f"{manifest.weights.sha256[:16]}…, file is {actual[:16]}…")
+    weights_path, _ = verified_weights(directory, manifest.weights.file, manifest.weights.sha256)
     try:
         state = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error types for truncated headers

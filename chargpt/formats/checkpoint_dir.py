@@ -77,14 +77,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CharCheckpoint:
         raise CheckpointFormatError(f"manifest 'vocabulary' in {directory} must be a string of model.vocab_size "
                                     f"({arch.vocab_size}) characters")
     weights = manifest.get("weights") or {}
-    weights_path = directory / str(weights.get("file", "model.safetensors"))
-    if weights_path.parent != directory or not weights_path.is_file():
-        raise CheckpointNotFoundError(f"weights file {weights_path.name!r} missing in {directory}")
-    with open(weights_path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    if sha256 != weights.get("sha256"):
-        raise CheckpointCorruptError(f"weights sha256 mismatch in {directory}: the manifest says "
-                                     f"{str(weights.get('sha256'))[:16]}…, the file is {sha256[:16]}…")
+    weights_path, sha256 = verified_weights(directory, str(weights.get("file", "model.safetensors")),
+                                            str(weights.get("sha256")))
     try:
         tensors = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error types for truncated headers
@@ -103,6 +97,20 @@ def resolve_checkpoint_dir(path: str | os.PathLike[str]) -> Path:
     if not path.exists():
         raise CheckpointNotFoundError(f"no checkpoint at {path}")
     raise CheckpointNotFoundError(f"{path} is not a chargpt checkpoint directory: it has no {MANIFEST_FILE}")
+
+
+def verified_weights(directory: Path, file: str, sha256: str) -> tuple[Path, str]:
+    """The weights file the manifest names (a plain name inside `directory`) and its sha256, which must be the
+    manifest's."""
+    path = directory / file
+    if path.parent != directory or not path.is_file():
+        raise CheckpointNotFoundError(f"weights file {file!r} missing in {directory}")
+    with open(path, "rb") as f:
+        actual = hashlib.file_digest(f, "sha256").hexdigest()
+    if actual != sha256:
+        raise CheckpointCorruptError(f"weights sha256 mismatch in {directory}: the manifest says {sha256[:16]}…, "
+                                     f"the file is {actual[:16]}…")
+    return path, actual
 
 
 def read_manifest_json(directory: Path) -> dict[str, Any]:
