@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.kv_reference import kv_reference
+from bench.serving_common import Timer, concurrent, sse_completion
 from chargpt.core.calibration import measure_gemm_peak
 from chargpt.core.checkpoint import save_checkpoint
 from chargpt.core.config import ModelConfig
@@ -125,27 +126,6 @@ async def wait_ready(channel: grpc.aio.Channel, timeout: float = 120.0) -> None:
     raise TimeoutError("the inference server did not become ready")
 
 
-class Timer:
-    """Client-side timings of one streamed generation: TTFT, per-character gaps, total."""
-
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.ttft, self.gaps, self.chars = 0.0, [], 0  # type: float, list[float], int
-
-    def received(self, n: int) -> None:
-        now = time.perf_counter()
-        if n and not self.chars:
-            self.ttft = now - self.start
-            self.gaps += [0.0] * (n - 1)  # characters that arrived together
-        elif n:
-            self.gaps += [(now - self.last) / n] * n  # a coalesced message: its gap shared by its characters
-        self.chars += n
-        self.last = now
-
-    def result(self) -> dict[str, Any]:
-        return {"tokens": self.chars, "ttft": self.ttft, "gaps": self.gaps, "total": time.perf_counter() - self.start}
-
-
 async def one_stream(stub: inference_pb2_grpc.InferenceServiceStub, seed: int, new_tokens: int,
                      regex: str | None = None) -> dict[str, Any]:
     request = inference_pb2.GenerateRequest(model=MODEL, prompt="\n", max_new_tokens=new_tokens, seed=seed,
@@ -160,47 +140,7 @@ async def one_http_stream(http: httpx.AsyncClient, seed: int, new_tokens: int) -
     """The same request as one_stream through /v1/completions with stream: true (server-sent events)."""
     body = {"model": MODEL, "prompt": "\n", "max_tokens": new_tokens, "seed": seed, "preset": "balanced",
             "stream": True, "stream_options": {"include_usage": False}}
-    timer = Timer()
-    async with http.stream("POST", "/v1/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if line.startswith("data: {"):
-                timer.received(sum(len(c["text"]) for c in json.loads(line[6:])["choices"]))
-    return timer.result()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) from /proc; 0 where /proc is missing."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def concurrent(stream: Callable[[int], Awaitable[dict[str, Any]]], streams: int, rounds: int,
-                     pid: int) -> dict[str, Any]:
-    """Aggregate throughput, plus tokens per CPU-second of the server (a figure other load barely moves) and the
-    cores the server and this client (the load generator, on the same host) kept busy."""
-    results, wall, cpu, client_cpu = [], 0.0, cpu_seconds(pid), time.process_time()
-    for r in range(rounds):
-        start = time.perf_counter()
-        results += await asyncio.gather(*[stream(1000 * r + i) for i in range(streams)])
-        wall += time.perf_counter() - start
-    cpu, client_cpu = cpu_seconds(pid) - cpu, time.process_time() - client_cpu
-    gaps = sorted(g for res in results for g in res["gaps"])
-    ttfts = sorted(res["ttft"] for res in results)
-    tokens = sum(res["tokens"] for res in results)
-    return {"streams": streams, "tok_s": tokens / wall, "tokens": tokens, "seconds": wall,
-            "tok_per_server_cpu_s": tokens / cpu if cpu else 0.0, "server_cores": cpu / wall,
-            "client_cores": client_cpu / wall, "ttft_p50_ms": 1e3 * pct(ttfts, 50), "ttft_p99_ms": 1e3 * pct(ttfts, 99),
-            "itl_p50_ms": 1e3 * pct(gaps, 50), "itl_p99_ms": 1e3 * pct(gaps, 99)}
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+    return await sse_completion(http, body)
 
 
 async def score(stub: inference_pb2_grpc.InferenceServiceStub, text: str, stride: int) -> dict[str, Any]:
