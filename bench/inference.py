@@ -23,17 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import json
 import os
-import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +39,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.kv_reference import kv_reference
-from bench.serving_common import Timer, concurrent, sse_completion
+from bench.serving_common import Timer, concurrent, run_facts, run_in_tempdir, sse_completion, write_results
 from chargpt.core.calibration import measure_gemm_peak
 from chargpt.core.checkpoint import save_checkpoint
 from chargpt.core.config import ModelConfig
@@ -171,6 +167,13 @@ async def measured_model(stub: inference_pb2_grpc.InferenceServiceStub) -> infer
         await asyncio.sleep(0.5)
 
 
+def served_choices(served: inference_pb2.Model) -> dict[str, Any]:
+    """The serving choices the server's calibration made for the model."""
+    return {"weights": served.dtype, "narrow_decode_from": served.narrow_decode_from,
+            "kv_cache": served.kv_cache_dtype, "parallel_decode_from": served.parallel_decode_from,
+            "split_decode_from": served.split_decode_from}
+
+
 async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: Path, text: str
                             ) -> dict[str, Any]:
     """Every row that goes through the server, gRPC and HTTP in the same server process."""
@@ -185,10 +188,7 @@ async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: 
                                   limits=httpx.Limits(max_connections=1024)) as http:
             await wait_ready(channel)
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            served = await measured_model(stub)
-            serving = {"weights": served.dtype, "narrow_decode_from": served.narrow_decode_from,
-                       "kv_cache": served.kv_cache_dtype, "parallel_decode_from": served.parallel_decode_from,
-                       "split_decode_from": served.split_decode_from}
+            serving = served_choices(await measured_model(stub))
 
             def grpc_stream(seed: int) -> Awaitable[dict[str, Any]]:
                 return one_stream(stub, seed, n)
@@ -274,7 +274,16 @@ def targets(out: dict[str, Any], scale: Scale) -> list[tuple[str, float, float]]
              / grpc_many, 0.9)]
 
 
-def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, float]) -> None:
+def describe_serving(serving: dict[str, Any]) -> str:
+    """The server's choices (served_choices) in words."""
+    weights = f"{serving['weights']} weights"
+    if serving["narrow_decode_from"] > 1:
+        weights += f" from a decode batch of {serving['narrow_decode_from']} (float32 below)"
+    threads = describe_decode_threads(serving["parallel_decode_from"], serving["split_decode_from"])
+    return f"{weights}, {serving['kv_cache']} KV cache, {threads}"
+
+
+def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, ...]) -> None:
     ref = out["reference"]
     rows = [("notebook loop (no cache, 1 at a time)", f"{ref['tok_s']:8.1f} tok/s", "", "",
              f"{ref['tok_per_cpu_s']:7.0f}", "")]
@@ -300,11 +309,7 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
     gemm, serving = out["gemm_gflops"], out["serving"]
     print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; GEMM peaks: fp32 "
           f"{gemm['float32']:.0f}, bf16 {gemm['bfloat16']:.0f} GFLOP/s")
-    weights = f"{serving['weights']} weights"
-    if serving["narrow_decode_from"] > 1:
-        weights += f" from a decode batch of {serving['narrow_decode_from']} (float32 below)"
-    threads = describe_decode_threads(serving["parallel_decode_from"], serving["split_decode_from"])
-    print(f"server's measured choices: {weights}, {serving['kv_cache']} KV cache, {threads}")
+    print(f"server's measured choices: {describe_serving(serving)}")
     print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} {'tok/server CPU-s':>16}  cores server / client")
     for row in rows:
         print(f"{row[0]:<40} {row[1]:<16} {row[2]:<32} {row[3]:<28} {row[4]:>16}  {row[5]}")
@@ -323,20 +328,11 @@ def main() -> None:
     parser.add_argument("--kv-cache-dtype", default="auto", help="server KV cache dtype (auto, bfloat16, ...)")
     args = parser.parse_args()
     scale = SMOKE if args.smoke else FULL
-    load = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = asyncio.run(run(args, scale, Path(tmp)))
+    out, load = run_in_tempdir(lambda tmp: run(args, scale, tmp))
     out["targets"] = targets(out, scale)
-    out["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                      "threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype,
-                      "load_before": load, "load_after": os.getloadavg(),
-                      "quick": args.quick, "smoke": args.smoke, "time": datetime.now(UTC).isoformat()}
+    out["machine"] = run_facts(args, load)
     print_table(out, scale, load)
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"inference-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(out, indent=2, default=float))
-    print(f"\nwrote {path}")
+    print(f"\nwrote {write_results('inference', out)}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,26 @@
 """Client-side measurement shared by the serving benchmarks: per-stream timers, the one reader of OpenAI-style
-/v1/completions server-sent events (chargpt's and llama-server's), rounds of concurrent streams, CPU time."""
+/v1/completions server-sent events (chargpt's and llama-server's), rounds of concurrent streams, CPU time, and
+the run's facts and results file."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
+import platform
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Timer:
@@ -106,3 +114,27 @@ async def concurrent(stream: Callable[[int], Awaitable[dict[str, Any]]], streams
     for r in range(rounds):
         await timed_round(stream, streams, 1000 * r, lambda: cpu_seconds(pid), tally)
     return tally.summary(streams)
+
+
+def run_facts(args: argparse.Namespace, load_before: tuple[float, ...]) -> dict[str, Any]:
+    """The host, the versions and the run's settings, for the results file."""
+    return {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype, "load_before": load_before,
+            "load_after": os.getloadavg(), "quick": args.quick, "smoke": args.smoke,
+            "time": datetime.now(UTC).isoformat()}
+
+
+def write_results(kind: str, out: dict[str, Any]) -> Path:
+    """bench/results/<kind>-<UTC time>.json"""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{kind}-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(out, indent=2, default=float))
+    return path
+
+
+def run_in_tempdir(run: Callable[[Path], Coroutine[Any, Any, dict[str, Any]]]
+                   ) -> tuple[dict[str, Any], tuple[float, ...]]:
+    """The benchmark `run(directory)` in a temporary directory, and the host's load average before it."""
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        return asyncio.run(run(Path(tmp))), load
