@@ -27,6 +27,21 @@ def timed_in_process(generate: Callable[[list[Timer]], None], streams: int, tall
     tally.add([t.result() for t in timers], time.perf_counter() - start, time.process_time() - cpu, 0.0)
 
 
+def quiet_transformers() -> None:
+    """No weight-loading progress bar from transformers (it would split the table)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def convert_to_ctranslate2(hf_dir: Path, out: Path) -> Path:
+    """CTranslate2's model directory converted from the Hugging Face export (float32, as exported)."""
+    from ctranslate2.converters import TransformersConverter
+
+    quiet_transformers()
+    return Path(TransformersConverter(str(hf_dir)).convert(str(out)))
+
+
 class CTranslate2Peer:
     """ctranslate2.Generator in float32: generate_tokens for one stream, generate_batch (a callback per token) for
     several."""
@@ -94,9 +109,8 @@ class TransformersPeer:
 
     def __init__(self, hf_dir: Path, threads: int, new_tokens: int) -> None:
         from transformers import AutoTokenizer, GPT2LMHeadModel
-        from transformers.utils import logging
 
-        logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # its loading bar would split the table
+        quiet_transformers()
 
         self.model = GPT2LMHeadModel.from_pretrained(hf_dir)  # in eval mode, as from_pretrained leaves it
         self.tokenizer, self.threads, self.new_tokens = AutoTokenizer.from_pretrained(hf_dir), threads, new_tokens

@@ -54,13 +54,10 @@ async def start_optional(name: str, args: argparse.Namespace, scale: Scale, work
     hf = work / "hf"
     if not hf.is_dir():
         export_checkpoint(checkpoint, "hf", hf)
-    from bench.peer_inprocess import CTranslate2Peer, TransformersPeer
+    from bench.peer_inprocess import CTranslate2Peer, TransformersPeer, convert_to_ctranslate2
 
     if name == "ctranslate2":
-        from ctranslate2.converters import TransformersConverter
-
-        TransformersConverter(str(hf)).convert(str(work / "ct2"))
-        return CTranslate2Peer(work / "ct2", args.threads, scale.new_tokens)
+        return CTranslate2Peer(convert_to_ctranslate2(hf, work / "ct2"), args.threads, scale.new_tokens)
     return TransformersPeer(hf, args.threads, scale.new_tokens)
 
 
