@@ -33,7 +33,9 @@ from chargpt.v1 import inference_pb2, inference_pb2_grpc
 
 BALANCED = SAMPLING_PRESETS[SamplingPreset.BALANCED]
 SEE_README = "see README 'Serving peers'"
-HTTP_LIMITS = httpx.Limits(max_connections=1024)
+# Idle connections are dropped after 1 s, before the servers' own 5 s keep-alive timeout (uvicorn's, cpp-httplib's)
+# can close one just as a request reuses it ("Server disconnected without sending a response").
+HTTP_LIMITS = httpx.Limits(max_connections=1024, keepalive_expiry=1.0)
 
 
 @dataclass
