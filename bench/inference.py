@@ -23,17 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import json
 import os
-import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +39,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.kv_reference import kv_reference
+from bench.serving_common import Timer, concurrent, run_facts, run_in_tempdir, sse_completion, write_results
 from chargpt.core.calibration import measure_gemm_peak
 from chargpt.core.checkpoint import save_checkpoint
 from chargpt.core.config import ModelConfig
@@ -125,27 +122,6 @@ async def wait_ready(channel: grpc.aio.Channel, timeout: float = 120.0) -> None:
     raise TimeoutError("the inference server did not become ready")
 
 
-class Timer:
-    """Client-side timings of one streamed generation: TTFT, per-character gaps, total."""
-
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.ttft, self.gaps, self.chars = 0.0, [], 0  # type: float, list[float], int
-
-    def received(self, n: int) -> None:
-        now = time.perf_counter()
-        if n and not self.chars:
-            self.ttft = now - self.start
-            self.gaps += [0.0] * (n - 1)  # characters that arrived together
-        elif n:
-            self.gaps += [(now - self.last) / n] * n  # a coalesced message: its gap shared by its characters
-        self.chars += n
-        self.last = now
-
-    def result(self) -> dict[str, Any]:
-        return {"tokens": self.chars, "ttft": self.ttft, "gaps": self.gaps, "total": time.perf_counter() - self.start}
-
-
 async def one_stream(stub: inference_pb2_grpc.InferenceServiceStub, seed: int, new_tokens: int,
                      regex: str | None = None) -> dict[str, Any]:
     request = inference_pb2.GenerateRequest(model=MODEL, prompt="\n", max_new_tokens=new_tokens, seed=seed,
@@ -160,47 +136,7 @@ async def one_http_stream(http: httpx.AsyncClient, seed: int, new_tokens: int) -
     """The same request as one_stream through /v1/completions with stream: true (server-sent events)."""
     body = {"model": MODEL, "prompt": "\n", "max_tokens": new_tokens, "seed": seed, "preset": "balanced",
             "stream": True, "stream_options": {"include_usage": False}}
-    timer = Timer()
-    async with http.stream("POST", "/v1/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if line.startswith("data: {"):
-                timer.received(sum(len(c["text"]) for c in json.loads(line[6:])["choices"]))
-    return timer.result()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) from /proc; 0 where /proc is missing."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def concurrent(stream: Callable[[int], Awaitable[dict[str, Any]]], streams: int, rounds: int,
-                     pid: int) -> dict[str, Any]:
-    """Aggregate throughput, plus tokens per CPU-second of the server (a figure other load barely moves) and the
-    cores the server and this client (the load generator, on the same host) kept busy."""
-    results, wall, cpu, client_cpu = [], 0.0, cpu_seconds(pid), time.process_time()
-    for r in range(rounds):
-        start = time.perf_counter()
-        results += await asyncio.gather(*[stream(1000 * r + i) for i in range(streams)])
-        wall += time.perf_counter() - start
-    cpu, client_cpu = cpu_seconds(pid) - cpu, time.process_time() - client_cpu
-    gaps = sorted(g for res in results for g in res["gaps"])
-    ttfts = sorted(res["ttft"] for res in results)
-    tokens = sum(res["tokens"] for res in results)
-    return {"streams": streams, "tok_s": tokens / wall, "tokens": tokens, "seconds": wall,
-            "tok_per_server_cpu_s": tokens / cpu if cpu else 0.0, "server_cores": cpu / wall,
-            "client_cores": client_cpu / wall, "ttft_p50_ms": 1e3 * pct(ttfts, 50), "ttft_p99_ms": 1e3 * pct(ttfts, 99),
-            "itl_p50_ms": 1e3 * pct(gaps, 50), "itl_p99_ms": 1e3 * pct(gaps, 99)}
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+    return await sse_completion(http, body)
 
 
 async def score(stub: inference_pb2_grpc.InferenceServiceStub, text: str, stride: int) -> dict[str, Any]:
@@ -231,6 +167,13 @@ async def measured_model(stub: inference_pb2_grpc.InferenceServiceStub) -> infer
         await asyncio.sleep(0.5)
 
 
+def served_choices(served: inference_pb2.Model) -> dict[str, Any]:
+    """The serving choices the server's calibration made for the model."""
+    return {"weights": served.dtype, "narrow_decode_from": served.narrow_decode_from,
+            "kv_cache": served.kv_cache_dtype, "parallel_decode_from": served.parallel_decode_from,
+            "split_decode_from": served.split_decode_from}
+
+
 async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: Path, text: str
                             ) -> dict[str, Any]:
     """Every row that goes through the server, gRPC and HTTP in the same server process."""
@@ -245,10 +188,7 @@ async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: 
                                   limits=httpx.Limits(max_connections=1024)) as http:
             await wait_ready(channel)
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            served = await measured_model(stub)
-            serving = {"weights": served.dtype, "narrow_decode_from": served.narrow_decode_from,
-                       "kv_cache": served.kv_cache_dtype, "parallel_decode_from": served.parallel_decode_from,
-                       "split_decode_from": served.split_decode_from}
+            serving = served_choices(await measured_model(stub))
 
             def grpc_stream(seed: int) -> Awaitable[dict[str, Any]]:
                 return one_stream(stub, seed, n)
@@ -334,7 +274,16 @@ def targets(out: dict[str, Any], scale: Scale) -> list[tuple[str, float, float]]
              / grpc_many, 0.9)]
 
 
-def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, float]) -> None:
+def describe_serving(serving: dict[str, Any]) -> str:
+    """The server's choices (served_choices) in words."""
+    weights = f"{serving['weights']} weights"
+    if serving["narrow_decode_from"] > 1:
+        weights += f" from a decode batch of {serving['narrow_decode_from']} (float32 below)"
+    threads = describe_decode_threads(serving["parallel_decode_from"], serving["split_decode_from"])
+    return f"{weights}, {serving['kv_cache']} KV cache, {threads}"
+
+
+def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, ...]) -> None:
     ref = out["reference"]
     rows = [("notebook loop (no cache, 1 at a time)", f"{ref['tok_s']:8.1f} tok/s", "", "",
              f"{ref['tok_per_cpu_s']:7.0f}", "")]
@@ -360,11 +309,7 @@ def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, float, flo
     gemm, serving = out["gemm_gflops"], out["serving"]
     print(f"\nload average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; GEMM peaks: fp32 "
           f"{gemm['float32']:.0f}, bf16 {gemm['bfloat16']:.0f} GFLOP/s")
-    weights = f"{serving['weights']} weights"
-    if serving["narrow_decode_from"] > 1:
-        weights += f" from a decode batch of {serving['narrow_decode_from']} (float32 below)"
-    threads = describe_decode_threads(serving["parallel_decode_from"], serving["split_decode_from"])
-    print(f"server's measured choices: {weights}, {serving['kv_cache']} KV cache, {threads}")
+    print(f"server's measured choices: {describe_serving(serving)}")
     print(f"{'':<40} {'throughput':<16} {'':<32} {'':<28} {'tok/server CPU-s':>16}  cores server / client")
     for row in rows:
         print(f"{row[0]:<40} {row[1]:<16} {row[2]:<32} {row[3]:<28} {row[4]:>16}  {row[5]}")
@@ -383,20 +328,11 @@ def main() -> None:
     parser.add_argument("--kv-cache-dtype", default="auto", help="server KV cache dtype (auto, bfloat16, ...)")
     args = parser.parse_args()
     scale = SMOKE if args.smoke else FULL
-    load = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = asyncio.run(run(args, scale, Path(tmp)))
+    out, load = run_in_tempdir(lambda tmp: run(args, scale, tmp))
     out["targets"] = targets(out, scale)
-    out["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                      "threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype,
-                      "load_before": load, "load_after": os.getloadavg(),
-                      "quick": args.quick, "smoke": args.smoke, "time": datetime.now(UTC).isoformat()}
+    out["machine"] = run_facts(args, load)
     print_table(out, scale, load)
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"inference-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(out, indent=2, default=float))
-    print(f"\nwrote {path}")
+    print(f"\nwrote {write_results('inference', out)}")
 
 
 if __name__ == "__main__":
