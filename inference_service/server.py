@@ -16,6 +16,7 @@ from chargpt.server.serving import (
     ManagedServer,
     add_health_and_reflection,
     bind,
+    key_store,
     new_server,
     run_service,
 )
@@ -58,7 +59,8 @@ async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int
     if settings.recalibrate:
         Calibrator(settings.resolved_calibration_dir()).clear()
     metrics = InferenceMetrics()
-    server = new_server(settings, observer=metrics.rpcs.observe)
+    keys = key_store(settings)
+    server = new_server(settings, observer=metrics.rpcs.observe, keys=keys)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     registry = ModelRegistry(settings, metrics, health)
     servicer = InferenceServicer(settings, registry, metrics)
@@ -67,7 +69,7 @@ async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int
     managed = ManagedServer(server, health, [SERVICE_NAME])
     endpoint = MetricsEndpoint(settings, metrics.registry)
     managed.on_start.append(endpoint.start)
-    http = HttpEndpoint(settings, create_app(servicer.service, settings.auth_token, metrics.http_requests))
+    http = HttpEndpoint(settings, create_app(servicer.service, keys, metrics.http_requests))
     http.bind()
     managed.on_start.append(http.start)
     managed.on_start.append(lambda: _preload(servicer, preload))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +14,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chargpt import errors
+from chargpt.server.tenancy.interceptor import bearer_key, resolve
+from chargpt.server.tenancy.keys import KeyStore
+from chargpt.server.tenancy.principal import set_principal
 from inference_service.openai_api import completions
 from inference_service.openai_api.errors import error_body, error_parts, error_response
 from inference_service.openai_api.schemas import CompletionRequest, ScoreRequest
@@ -27,10 +29,10 @@ CHAT_MESSAGE = ("chargpt serves character-level language models: they were train
                 "honestly. Use POST /v1/completions with a text prompt instead.")
 
 
-def create_app(service: InferenceService, auth_token: str | None, requests_total: Counter) -> FastAPI:
-    """The OpenAI-compatible API over `service` (the gRPC servicer's sibling)."""
+def create_app(service: InferenceService, keys: KeyStore | None, requests_total: Counter) -> FastAPI:
+    """The OpenAI-compatible API over `service` (the gRPC servicer's sibling); `keys` None: single-user, open."""
     app = FastAPI(title="chargpt OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
-    api = APIRouter(dependencies=[Depends(_bearer(auth_token))])
+    api = APIRouter(dependencies=[Depends(_caller(keys))])
     _add_routes(app, api, service)
     app.include_router(api)
     _add_error_handlers(app)
@@ -38,15 +40,18 @@ def create_app(service: InferenceService, auth_token: str | None, requests_total
     return app
 
 
-def _bearer(token: str | None) -> Any:
-    expected = f"Bearer {token}".encode() if token else None
+def _caller(keys: KeyStore | None) -> Any:
+    """A dependency that resolves `Authorization: Bearer <key>` and runs the route as that caller."""
 
     async def check(request: Request) -> None:
-        if expected is None:
+        if keys is None:
             return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise errors.UnauthenticatedError("missing or invalid bearer token (Authorization: Bearer <token>)")
+        principal = await resolve(keys, bearer_key(request.headers.get("authorization")))
+        if principal is None:
+            raise errors.UnauthenticatedError("missing or invalid API key (Authorization: Bearer <key>)")
+        # The route runs in this task after its dependencies: it sees this caller (and the next request on the
+        # connection sets its own before any route runs).
+        set_principal(principal)
     return check
 
 
