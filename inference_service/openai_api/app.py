@@ -17,9 +17,11 @@ from chargpt import errors
 from chargpt.server.tenancy.interceptor import bearer_key, resolve
 from chargpt.server.tenancy.keys import KeyStore
 from chargpt.server.tenancy.principal import set_principal
+from chargpt.server.tenancy.scopes import Scope as TenancyScope
 from inference_service.openai_api import completions
 from inference_service.openai_api.errors import error_body, error_parts, error_response
 from inference_service.openai_api.schemas import CompletionRequest, ScoreRequest
+from inference_service.ownership import name_for, visible
 from inference_service.registry import State
 from inference_service.service import InferenceService
 
@@ -27,6 +29,11 @@ log = logging.getLogger(__name__)
 CHAT_MESSAGE = ("chargpt serves character-level language models: they were trained on plain text, have no chat "
                 "template and no notion of roles or messages, so /v1/chat/completions cannot be answered "
                 "honestly. Use POST /v1/completions with a text prompt instead.")
+# Every route's tenancy scope, as RPC_SCOPES for gRPC (tests/tenancy asserts each route of the app has one).
+ROUTE_SCOPES: dict[str, TenancyScope] = {
+    "/health": TenancyScope.OPEN, "/v1/models": TenancyScope.OWN, "/v1/models/{name}": TenancyScope.OWN,
+    "/v1/completions": TenancyScope.OWN, "/v1/score": TenancyScope.OWN, "/v1/chat/completions": TenancyScope.OPEN,
+}
 
 
 def create_app(service: InferenceService, keys: KeyStore | None, requests_total: Counter) -> FastAPI:
@@ -67,7 +74,7 @@ def _add_routes(app: FastAPI, api: APIRouter, service: InferenceService) -> None
 
     @api.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        entries = sorted(registry.models.values(), key=lambda e: e.name)
+        entries = visible(list(registry.models.values()))
         return {"object": "list", "data": [_model_json(e) for e in entries if e.state is State.READY]}
 
     @api.get("/v1/models/{name}")
@@ -114,7 +121,7 @@ async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 def _model_json(entry: Any) -> dict[str, Any]:
     created = int(entry.loaded_time.timestamp()) if entry.loaded_time is not None else 0
-    out = {"id": entry.name, "object": "model", "created": created, "owned_by": "chargpt", "source": entry.source}
+    out = {"id": name_for(entry), "object": "model", "created": created, "owned_by": "chargpt", "source": entry.source}
     if entry.checkpoint is not None:
         out["max_model_len"] = entry.checkpoint.model.config.block_size
         out["vocabulary"] = entry.checkpoint.tokenizer.vocabulary
