@@ -1,0 +1,129 @@
+"""Per-key limits (characters per minute, concurrent streams) and request priority, through the real client
+library (RESOURCE_EXHAUSTED + RetryInfo) and the openai client (429 + Retry-After)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import openai
+import pytest
+from chargpt_client import AsyncInferenceClient, ClientOptions, ResourceExhausted
+
+from chargpt.server.tenancy.keys import create_key
+
+from .conftest import Served, ServerFactory, write_checkpoint
+
+LONG = 1_000_000  # characters: a generation that runs until the test closes it
+
+
+async def _limited(make_server: ServerFactory, tmp_path: Path, limits: str) -> tuple[Served, dict[str, str]]:
+    """A server whose tenant acme has `limits`; keys: acme's "grpc" and "http", globex's "other"."""
+    keys_file, tenants_file = tmp_path / "keys.json", tmp_path / "tenants.toml"
+    tenants_file.write_text(f"[tenants.acme]\n{limits}\n")
+    owners = {"grpc": "acme", "http": "acme", "other": "globex", "admin": "ops"}
+    keys = {who: create_key(keys_file, tenant, "admin" if who == "admin" else "member")[0]
+            for who, tenant in owners.items()}
+    write_checkpoint(tmp_path / "models" / "tiny")
+    s: Served = await make_server(http_port=0, keys_file=keys_file, tenants_file=tenants_file, preload="tiny=tiny",
+                                  max_new_tokens_limit=LONG)
+    return s, keys
+
+
+def _client(s: Served, key: str) -> AsyncInferenceClient:
+    return AsyncInferenceClient(f"127.0.0.1:{s.port}", ClientOptions(token=key, timeout=30))  # default retries
+
+
+def _openai(s: Served, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{s.server.http.port}/v1", api_key=key, max_retries=0)
+
+
+async def test_characters_per_minute(make_server: ServerFactory, tmp_path: Path) -> None:
+    s, keys = await _limited(make_server, tmp_path, "generated_chars_per_minute = 10")
+    async with _client(s, keys["grpc"]) as acme, _client(s, keys["other"]) as globex:
+        assert len((await acme.generate("tiny", "a", max_new_tokens=20)).text) == 20  # admitted, then counted
+        started = time.monotonic()
+        with pytest.raises(ResourceExhausted) as refused:
+            await acme.generate("tiny", "a", max_new_tokens=1)
+        # 10 characters under a full bucket of 10: 11 to refill at 10 a minute, about 66 s.
+        assert refused.value.retry_after is not None and 60 < refused.value.retry_after <= 66.1
+        assert "generated_chars_per_minute" in refused.value.message and not refused.value.quota_violations
+        # The client library does not retry RESOURCE_EXHAUSTED (its RetryPolicy is for UNAVAILABLE): one refusal.
+        assert time.monotonic() - started < 5
+        assert s.metric("chargpt_inference_tenant_rate_limited_total", tenant="acme",
+                        limit="generated_chars_per_minute") == 1
+        assert len((await globex.generate("tiny", "a", max_new_tokens=30)).text) == 30  # another tenant: unlimited
+    assert s.metric("chargpt_inference_tenant_generated_chars_total", tenant="acme") == 20
+    assert s.metric("chargpt_inference_tenant_requests_total", tenant="acme", outcome="finished") == 1
+    assert s.metric("chargpt_inference_tenant_requests_total", tenant="acme", outcome="rate_limited") == 1
+    async with _openai(s, keys["http"]) as http:  # the tenant's other key has its own minute
+        await http.completions.create(model="tiny", prompt="a", max_tokens=20)
+        with pytest.raises(openai.RateLimitError) as limited:
+            await http.completions.create(model="tiny", prompt="a", max_tokens=1)
+    retry_after = limited.value.response.headers["retry-after"]
+    assert retry_after.isdigit() and 60 < int(retry_after) <= 67  # whole seconds, rounded up
+    error = limited.value.response.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_concurrent_streams(make_server: ServerFactory, tmp_path: Path) -> None:
+    s, keys = await _limited(make_server, tmp_path, "concurrent_streams = 1")
+    async with _client(s, keys["grpc"]) as acme:
+        stream = acme.generate_stream("tiny", "a", max_new_tokens=LONG)
+        async with stream:
+            async for _ in stream:
+                break  # in flight
+            with pytest.raises(ResourceExhausted) as refused:
+                await acme.generate("tiny", "a", max_new_tokens=2)
+            assert refused.value.retry_after == 1.0 and "concurrent_streams" in refused.value.message
+            async with _openai(s, keys["http"]) as http:  # the same tenant's other key: its own streams
+                assert (await http.completions.create(model="tiny", prompt="a", max_tokens=2)).choices
+        assert s.metric("chargpt_inference_tenant_rate_limited_total", tenant="acme", limit="concurrent_streams") == 1
+
+        async def admitted() -> bool:  # the closed stream's slot is freed once the server sees the cancel
+            try:
+                return len((await acme.generate("tiny", "a", max_new_tokens=2)).text) == 2
+            except ResourceExhausted:
+                return False
+        await _until(admitted)
+    assert s.metric("chargpt_inference_tenant_requests_total", tenant="acme", outcome="cancelled") == 1
+
+
+async def test_priority_admission(make_server: ServerFactory, tmp_path: Path) -> None:
+    """One batch slot, busy: of three waiting requests, the priority -1 one submitted last is admitted first."""
+    write_checkpoint(tmp_path / "models" / "tiny")
+    s: Served = await make_server(max_batch_size=1, preload="tiny=tiny", max_new_tokens_limit=LONG)
+    engine = s.server.registry.models["tiny"].engine
+    order: list[str] = []
+    async with AsyncInferenceClient(f"127.0.0.1:{s.port}", ClientOptions(timeout=60)) as client:
+        busy = client.generate_stream("tiny", "a", max_new_tokens=LONG)
+        async with busy:
+            async for _ in busy:
+                break  # the slot is taken
+
+            async def run(name: str, priority: int) -> None:
+                await client.generate("tiny", "a", max_new_tokens=5, priority=priority)
+                order.append(name)
+            tasks = []
+            for name, priority in [("first", 0), ("second", 0), ("urgent", -1)]:
+                tasks.append(asyncio.create_task(run(name, priority)))
+                waiting = len(tasks)
+
+                async def queued(count: int = waiting) -> bool:
+                    return len(engine.scheduler.waiting) == count
+                await _until(queued)
+            assert [r.priority for r in engine.scheduler.waiting] == [-1, 0, 0]
+        await asyncio.gather(*tasks)  # the busy stream closed: the slot serves the queue one by one
+    assert order == ["urgent", "first", "second"]
+    assert math.isclose(s.metric("chargpt_inference_tenant_requests_total", tenant="default",
+                                 outcome="finished"), 3)
