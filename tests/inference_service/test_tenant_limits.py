@@ -21,12 +21,13 @@ LONG = 1_000_000  # characters: a generation that runs until the test closes it
 
 
 async def _limited(make_server: ServerFactory, tmp_path: Path, limits: str) -> tuple[Served, dict[str, str]]:
-    """A server whose tenant acme has `limits`; keys: acme's "grpc" and "http", globex's "other"."""
+    """A server whose tenant acme has `limits`; keys: acme's members "grpc" and "http" and its admin "operator",
+    globex's member "other"."""
     keys_file, tenants_file = tmp_path / "keys.json", tmp_path / "tenants.toml"
     tenants_file.write_text(f"[tenants.acme]\n{limits}\n")
-    owners = {"grpc": "acme", "http": "acme", "other": "globex", "admin": "ops"}
-    keys = {who: create_key(keys_file, tenant, "admin" if who == "admin" else "member")[0]
-            for who, tenant in owners.items()}
+    owners = {"grpc": ("acme", "member"), "http": ("acme", "member"), "operator": ("acme", "admin"),
+              "other": ("globex", "member")}
+    keys = {who: create_key(keys_file, tenant, role)[0] for who, (tenant, role) in owners.items()}
     write_checkpoint(tmp_path / "models" / "tiny")
     s: Served = await make_server(http_port=0, keys_file=keys_file, tenants_file=tenants_file, preload="tiny=tiny",
                                   max_new_tokens_limit=LONG)
@@ -127,3 +128,18 @@ async def test_priority_admission(make_server: ServerFactory, tmp_path: Path) ->
     assert order == ["urgent", "first", "second"]
     assert math.isclose(s.metric("chargpt_inference_tenant_requests_total", tenant="default",
                                  outcome="finished"), 3)
+
+
+async def test_loaded_models_quota(make_server: ServerFactory, tmp_path: Path) -> None:
+    s, keys = await _limited(make_server, tmp_path, "loaded_models = 1")
+    write_checkpoint(s.models_dir / "other", seed=2)
+    async with _client(s, keys["operator"]) as acme:
+        assert (await acme.load_model("mine", checkpoint_path="other")).loaded  # the shared "tiny" is not counted
+        assert not (await acme.load_model("mine", checkpoint_path="other")).loaded  # the same load: no new model
+        with pytest.raises(ResourceExhausted) as over:
+            await acme.load_model("second", checkpoint_path="other")
+        [violation] = over.value.quota_violations
+        assert violation.subject == "tenant:acme" and violation.description.startswith("loaded_models: ")
+        assert sorted(m.name for m in await acme.list_models()) == ["mine", "tiny"]  # nothing half-created
+        await acme.unload_model("mine")
+        assert (await acme.load_model("second", checkpoint_path="other")).loaded

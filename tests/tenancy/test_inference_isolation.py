@@ -3,6 +3,7 @@ client where the route is OpenAI's) as another tenant answers as if the model di
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class TenantTrainer(CheckpointTrainer):
 class Deployment:
     served: Served
     keys: dict[str, str]  # who -> bearer key
+    audit: Path
 
     def client(self, who: str) -> AsyncInferenceClient:
         options = ClientOptions(token=self.keys[who], timeout=30, retry=RetryPolicy(max_attempts=1))
@@ -73,8 +75,8 @@ async def deployment(make_server: ServerFactory, tmp_path: Path) -> AsyncIterato
                                         [TenantInterceptor(KeyStore(keys_file))])
     write_checkpoint(tmp_path / "models" / "shared", seed=1)
     served = await make_server(http_port=0, keys_file=keys_file, trainer_address=f"127.0.0.1:{port}",
-                               preload="shared=shared")
-    d = Deployment(served, keys)
+                               preload="shared=shared", audit_log=tmp_path / "audit.jsonl")
+    d = Deployment(served, keys, tmp_path / "audit.jsonl")
     for who, name, job in [("acme", "secret", "job1"), ("acme", "tiny", "job1"), ("globex", "tiny", "job2")]:
         async with d.client(who) as client:
             assert (await client.load_model(name, job_id=job, kind="best")).loaded
@@ -152,6 +154,10 @@ async def test_listing_names_and_roles(deployment: Deployment) -> None:
         await admin.unload_model("globex/tiny")
     async with deployment.client("acme") as acme:
         assert (await acme.get_model("tiny")).source == "trainer:job1/best"  # acme's is a different model
+    audit = [json.loads(line) for line in deployment.audit.read_text().splitlines()]
+    assert [(e["tenant"], e["action"], e["id"], e["outcome"]) for e in audit if e["action"] != "load"
+            or e["tenant"] == "acme"] == [("acme", "load", "secret", "ok"), ("acme", "load", "tiny", "ok"),
+                                          ("ops", "unload", "globex/tiny", "ok")]
 
 
 Route = Callable[[Deployment], Awaitable[None]]
