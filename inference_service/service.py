@@ -137,14 +137,15 @@ class InferenceService:
     @contextlib.contextmanager
     def rejections(self, model: str) -> Iterator[None]:
         """Count a generation refused before it ran (a bad field, a full queue) as a failure of `model` (a loaded
-        one: request names never become metric labels); the adapters wrap their conversion to SamplingParams in it."""
+        one the caller may use, by its registry key: request names never become metric labels); the adapters wrap
+        their conversion to SamplingParams in it."""
         try:
             yield
         except errors.ChargptError as exc:
-            if model not in self.registry.models:
-                raise
-            reason = "queue_full" if isinstance(exc, errors.ResourceExhaustedError) else "rejected"
-            self.metrics.failure.labels(model=model, reason=reason).inc()
+            with contextlib.suppress(errors.NotFoundError):
+                label = self.registry.get(model).name
+                reason = "queue_full" if isinstance(exc, errors.ResourceExhaustedError) else "rejected"
+                self.metrics.failure.labels(model=label, reason=reason).inc()
             raise
 
     async def score(self, model: str, text: str, stride: int | None, include_token_logprobs: bool) -> ScoreResult:

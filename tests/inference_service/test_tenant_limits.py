@@ -1,10 +1,9 @@
-"""Per-key limits (characters per minute, concurrent streams) and request priority, through the real client
-library (RESOURCE_EXHAUSTED + RetryInfo) and the openai client (429 + Retry-After)."""
+"""Per-key limits (characters per minute, concurrent streams) and the loaded_models quota, through the real
+client library (RESOURCE_EXHAUSTED + RetryInfo or QuotaFailure) and the openai client (429 + Retry-After)."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -98,36 +97,6 @@ async def test_concurrent_streams(make_server: ServerFactory, tmp_path: Path) ->
                 return False
         await _until(admitted)
     assert s.metric("chargpt_inference_tenant_requests_total", tenant="acme", outcome="cancelled") == 1
-
-
-async def test_priority_admission(make_server: ServerFactory, tmp_path: Path) -> None:
-    """One batch slot, busy: of three waiting requests, the priority -1 one submitted last is admitted first."""
-    write_checkpoint(tmp_path / "models" / "tiny")
-    s: Served = await make_server(max_batch_size=1, preload="tiny=tiny", max_new_tokens_limit=LONG)
-    engine = s.server.registry.models["tiny"].engine
-    order: list[str] = []
-    async with AsyncInferenceClient(f"127.0.0.1:{s.port}", ClientOptions(timeout=60)) as client:
-        busy = client.generate_stream("tiny", "a", max_new_tokens=LONG)
-        async with busy:
-            async for _ in busy:
-                break  # the slot is taken
-
-            async def run(name: str, priority: int) -> None:
-                await client.generate("tiny", "a", max_new_tokens=5, priority=priority)
-                order.append(name)
-            tasks = []
-            for name, priority in [("first", 0), ("second", 0), ("urgent", -1)]:
-                tasks.append(asyncio.create_task(run(name, priority)))
-                waiting = len(tasks)
-
-                async def queued(count: int = waiting) -> bool:
-                    return len(engine.scheduler.waiting) == count
-                await _until(queued)
-            assert [r.priority for r in engine.scheduler.waiting] == [-1, 0, 0]
-        await asyncio.gather(*tasks)  # the busy stream closed: the slot serves the queue one by one
-    assert order == ["urgent", "first", "second"]
-    assert math.isclose(s.metric("chargpt_inference_tenant_requests_total", tenant="default",
-                                 outcome="finished"), 3)
 
 
 async def test_loaded_models_quota(make_server: ServerFactory, tmp_path: Path) -> None:
