@@ -54,6 +54,24 @@ class ResourceExhaustedError(ChargptError):
     """A size or capacity limit was exceeded."""
 
 
+class QuotaExceededError(ResourceExhaustedError):
+    """A tenant's quota (named in `quota`, e.g. "queued_jobs") would be exceeded; the server sends a
+    google.rpc.QuotaFailure detail naming it. Nothing was created."""
+
+    def __init__(self, tenant: str, quota: str, description: str) -> None:
+        self.tenant, self.quota, self.description = tenant, quota, description
+        super().__init__(f"quota {quota} of tenant {tenant!r} exceeded: {description}")
+
+
+class RateLimitedError(ResourceExhaustedError):
+    """A per-key rate limit was hit; retrying after `retry_after_seconds` may succeed (gRPC sends a
+    google.rpc.RetryInfo detail, HTTP a 429 with Retry-After)."""
+
+    def __init__(self, limit: str, description: str, retry_after_seconds: float) -> None:
+        self.limit, self.retry_after_seconds = limit, max(0.0, retry_after_seconds)
+        super().__init__(f"rate limit {limit} reached: {description}; retry in {self.retry_after_seconds:.1f}s")
+
+
 class UnavailableError(ChargptError):
     """Temporarily unable to serve (loading, shutting down); retrying later may succeed."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from chargpt.server.metrics import RpcMetrics
+from chargpt.server.tenancy.labels import TenantLabels
 
 PREFIX = "chargpt_inference"
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -48,3 +49,11 @@ class InferenceMetrics:
         self.http_requests = Counter(f"{PREFIX}_http_requests_total", "OpenAI-compatible HTTP API requests, by "
                                      "route and status", ["route", "status"], registry=r)
         self.models_loaded = Gauge(f"{PREFIX}_models_loaded", "Models in the READY state", registry=r)
+        # Per tenant, with bounded label values (TenantLabels): who generates how much, and who is refused.
+        self.tenant_label = TenantLabels()
+        self.tenant_generated_chars = Counter(f"{PREFIX}_tenant_generated_chars_total",
+                                              "Characters generated, by tenant", ["tenant"], registry=r)
+        self.tenant_requests = Counter(f"{PREFIX}_tenant_requests_total", "Generations by tenant and outcome "
+                                       "(finished, failed, cancelled, rate_limited)", ["tenant", "outcome"], registry=r)
+        self.tenant_rate_limited = Counter(f"{PREFIX}_tenant_rate_limited_total", "Generations refused by a per-key "
+                                           "limit, by tenant and limit", ["tenant", "limit"], registry=r)

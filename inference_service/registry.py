@@ -21,9 +21,12 @@ from chargpt import errors
 from chargpt.core.checkpoint import Checkpoint, load_checkpoint
 from chargpt.core.device import resolve_device, set_torch_threads
 from chargpt.core.model import GPT
+from chargpt.server.tenancy.policy import TenantLimits
+from chargpt.server.tenancy.principal import SHARED_OWNER
 from chargpt.wire.calibration_state import CalibrationState
 from inference_service.engine import Engine
 from inference_service.metrics import InferenceMetrics
+from inference_service.ownership import check_unloadable, find_visible, model_key
 from inference_service.score_batcher import ScoreBatcher
 from inference_service.serving_plan import DTYPES, Serving, ServingPlanner, same_plan
 from inference_service.settings import InferenceSettings
@@ -51,8 +54,9 @@ def torch_worker(threads: int) -> ThreadPoolExecutor:
 class ModelEntry:
     """One named model and everything serving it."""
 
-    name: str
+    name: str  # the registry key (ownership.model_key): the name, or "tenant/name"
     source: str
+    owner: str = SHARED_OWNER  # the tenant that loaded it; SHARED_OWNER: preloaded, usable by every tenant
     device: str = ""
     dtype: str = ""
     state: State = State.LOADING
@@ -137,10 +141,8 @@ class ModelRegistry:
         return path
 
     def get(self, name: str) -> ModelEntry:
-        entry = self.models.get(name)
-        if entry is None:
-            raise errors.NotFoundError(f"no model named {name!r} is loaded")
-        return entry
+        """The model `name` means to the current caller (another tenant's reads as not loaded)."""
+        return find_visible(self.models, name)
 
     def acquire(self, name: str) -> ModelEntry:
         """The READY model for a request, counted in flight until release()."""
@@ -165,13 +167,15 @@ class ModelRegistry:
         if entry.in_flight == 0:
             entry.idle.set()
 
-    async def load(self, name: str, source: str, locate: Callable[[], Awaitable[Path]], device: str, dtype: str
-                   ) -> tuple[ModelEntry, bool]:
-        """Load `source` under `name`; `locate` gives the checkpoint directory (it may download it)."""
+    async def load(self, name: str, source: str, locate: Callable[[], Awaitable[Path]], device: str, dtype: str,
+                   owner: str = SHARED_OWNER, limits: TenantLimits | None = None) -> tuple[ModelEntry, bool]:
+        """Load `source` as `owner`'s model `name` (within its loaded_models quota); `locate` gives the checkpoint
+        directory (it may download it)."""
         validate_name(name)
         if self.draining:
             raise errors.UnavailableError("the server is shutting down")
-        existing = self.models.get(name)
+        key = model_key(owner, name)
+        existing = self.models.get(key)
         if existing is not None and existing.state is State.UNLOADING:
             raise errors.UnavailableError(f"model {name!r} is being unloaded ({existing.in_flight} requests still "
                                           "running); load it again once it is gone")
@@ -182,17 +186,20 @@ class ModelRegistry:
             if existing.state is State.FAILED:  # type: ignore[comparison-overlap]  # changed while waiting
                 raise errors.FailedPreconditionError(f"model {name!r} failed to load: {existing.error}")
             return existing, False
+        if limits is not None and owner != SHARED_OWNER:
+            own = sum(e.owner == owner and e.state is not State.FAILED for e in self.models.values())
+            limits.check(owner, "loaded_models", own)
         held = sum(e.state is not State.FAILED for e in self.models.values())
         if held >= self.settings.max_models:
             raise errors.ResourceExhaustedError(f"{held} models are loaded, the limit is {self.settings.max_models}")
         torch_device, torch_dtype = resolve_device_dtype(device or self.settings.device,
                                                          dtype or self.settings.dtype)
-        entry = ModelEntry(name=name, source=source, device=torch_device,
+        entry = ModelEntry(name=key, source=source, owner=owner, device=torch_device,
                            dtype=str(torch_dtype).split(".")[-1] if torch_dtype else "auto")
-        self.models[name] = entry
-        await self._set_health(name, False)
+        self.models[key] = entry
+        await self._set_health(key, False)
         await self._load_into(entry, locate, torch_dtype)
-        await self._set_health(name, True)
+        await self._set_health(key, True)
         return entry, True
 
     async def _load_into(self, entry: ModelEntry, locate: Callable[[], Awaitable[Path]],
@@ -262,12 +269,13 @@ class ModelRegistry:
         Those go on to finish (they are not cancelled); the model stays UNLOADING until the last one ends and is
         freed then, so the call never holds its caller for a long generation (issue 23: 31 s past a 30 s deadline).
         """
-        entry = self.get(validate_name(name))
+        entry = self.get(name if "/" in name else validate_name(name))  # "tenant/name": an admin's reach
+        check_unloadable(entry)
         if entry.state is State.LOADING:
             raise errors.FailedPreconditionError(f"model {name!r} is still loading; unload it once it is ready")
         if entry.state is not State.UNLOADING:
             entry.state = State.UNLOADING
-            await self._set_health(name, False)
+            await self._set_health(entry.name, False)
             self._count_ready()
             entry.freeing = asyncio.create_task(self._free_when_idle(entry))
         assert entry.freeing is not None
@@ -314,5 +322,7 @@ class ModelRegistry:
         self.metrics.models_loaded.set(sum(e.state is State.READY for e in self.models.values()))
 
     async def _set_health(self, name: str, serving: bool) -> None:
+        if "/" in name:  # a tenant's own model: the open health service must not tell others it exists
+            return
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.health.set(name, status)

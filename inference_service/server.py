@@ -16,9 +16,11 @@ from chargpt.server.serving import (
     ManagedServer,
     add_health_and_reflection,
     bind,
+    key_store,
     new_server,
     run_service,
 )
+from chargpt.server.tenancy.principal import SHARED_OWNER
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
 from chargpt.wire.checkpoint_kinds import CHECKPOINT_KINDS
 from inference_service.grpc_api.servicer import InferenceServicer
@@ -58,7 +60,8 @@ async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int
     if settings.recalibrate:
         Calibrator(settings.resolved_calibration_dir()).clear()
     metrics = InferenceMetrics()
-    server = new_server(settings, observer=metrics.rpcs.observe)
+    keys = key_store(settings)
+    server = new_server(settings, observer=metrics.rpcs.observe, keys=keys)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     registry = ModelRegistry(settings, metrics, health)
     servicer = InferenceServicer(settings, registry, metrics)
@@ -67,10 +70,10 @@ async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int
     managed = ManagedServer(server, health, [SERVICE_NAME])
     endpoint = MetricsEndpoint(settings, metrics.registry)
     managed.on_start.append(endpoint.start)
-    http = HttpEndpoint(settings, create_app(servicer.service, settings.auth_token, metrics.http_requests))
+    http = HttpEndpoint(settings, create_app(servicer.service, keys, metrics.http_requests))
     http.bind()
     managed.on_start.append(http.start)
-    managed.on_start.append(lambda: _preload(servicer, preload))
+    managed.on_start.append(lambda: _preload(servicer, preload, settings))
     managed.on_stop.append(lambda: registry.drain(settings.shutdown_grace_seconds))
     managed.on_stop.append(http.stop)
     managed.on_stop.append(endpoint.stop)
@@ -81,11 +84,12 @@ async def create_server(settings: InferenceSettings) -> tuple[ManagedServer, int
     return managed, port
 
 
-async def _preload(servicer: InferenceServicer, models: list[tuple[str, str]]) -> None:
-    """Load the --preload models; one that fails is logged (and listed as FAILED), the rest still load."""
+async def _preload(servicer: InferenceServicer, models: list[tuple[str, str]], settings: InferenceSettings) -> None:
+    """Load the --preload models, shared by every tenant; one that fails is logged (and listed as FAILED), the
+    rest still load."""
     for name, path in models:
         try:
-            await servicer.LoadModel(_load_request(name, path), None)
+            await servicer.load(_load_request(name, path), SHARED_OWNER, settings.trainer_auth_token)
         except (errors.ChargptError, ValueError) as exc:
             log.error("preloading %s from %s failed: %s", name, path, exc)
 

@@ -13,12 +13,35 @@ from dataclasses import dataclass
 from chargpt import errors
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.sampling_params import SamplingParams
+from chargpt.server.tenancy.policy import TenantPolicy
+from chargpt.server.tenancy.principal import current_principal
 from inference_service.constraints import ConstraintState, compile_constraint
 from inference_service.engine.request import Chunk, Finish, GenRequest, Outbox, Summary
 from inference_service.metrics import InferenceMetrics
+from inference_service.rate_limits import KeyLimiter, Lease
 from inference_service.registry import ModelEntry, ModelRegistry
 from inference_service.scoring import ScoreResult
 from inference_service.settings import InferenceSettings
+
+
+@dataclass
+class TenantUsage:
+    """One admitted generation as its tenant's limits and metrics see it: characters as they are generated, and
+    how it ended."""
+
+    lease: Lease
+    metrics: InferenceMetrics
+    tenant: str  # the tenant's metric label value
+
+    def generated(self, chars: int) -> None:
+        if chars:
+            self.lease.add_chars(chars)
+            self.metrics.tenant_generated_chars.labels(tenant=self.tenant).inc(chars)
+
+    def end(self, outcome: str) -> None:
+        if not self.lease.released:
+            self.lease.release()
+            self.metrics.tenant_requests.labels(tenant=self.tenant, outcome=outcome).inc()
 
 
 @dataclass
@@ -28,6 +51,7 @@ class Generation:
     registry: ModelRegistry
     entry: ModelEntry
     jobs: list[GenRequest]
+    usage: TenantUsage
     started: bool = False
 
     @property
@@ -39,17 +63,24 @@ class Generation:
         one, see Outbox); closing it early cancels the samples (the engine drops them at its next step) and
         releases the model."""
         self.started = True
+        outcome = "cancelled"  # unless it ends below: the reader stopped early
         try:
             remaining = len(self.jobs)
             while remaining:
                 for chunk in await self.jobs[0].outbox.take():
+                    self.usage.generated(len(chunk.text))
                     if chunk.summary is not None:
                         _check(chunk.summary)
                         remaining -= 1
                     yield chunk
+            outcome = "finished"
+        except Exception:
+            outcome = "failed"
+            raise
         finally:
             for job in self.jobs:
                 job.cancel()  # a no-op when finished
+            self.usage.end(outcome)
             self.registry.release(self.entry)
 
     def abandon(self) -> None:
@@ -58,6 +89,7 @@ class Generation:
             self.started = True
             for job in self.jobs:
                 job.cancel()
+            self.usage.end("cancelled")
             self.registry.release(self.entry)
 
 
@@ -66,34 +98,54 @@ class InferenceService:
 
     def __init__(self, settings: InferenceSettings, registry: ModelRegistry, metrics: InferenceMetrics) -> None:
         self.settings, self.registry, self.metrics = settings, registry, metrics
+        self.policy = TenantPolicy(settings.tenants_file)
+        self.limiter = KeyLimiter()
 
-    def generate(self, model: str, prompt: str, params: SamplingParams,
-                 time_remaining: float | None) -> Generation:
-        """Check `params` against the model and the service's limits, and queue the request's n samples."""
+    def generate(self, model: str, prompt: str, params: SamplingParams, time_remaining: float | None,
+                 priority: int = 0) -> Generation:
+        """Check `params` against the model, the service's limits and the caller's per-key limits, and queue the
+        request's n samples (admitted by `priority`, lower first, then arrival)."""
         entry = self.registry.acquire(model)
+        usage: TenantUsage | None = None
         try:
             assert entry.checkpoint is not None and entry.engine is not None
+            usage = self._admit()
             with self.rejections(model):
                 jobs = _samples(prompt, params, entry.checkpoint.tokenizer,
                                 entry.checkpoint.model.config.block_size, self.settings.max_new_tokens_limit,
-                                time_remaining)
+                                time_remaining, priority)
                 entry.engine.submit(*jobs)
         except BaseException:
+            if usage is not None:
+                usage.end("rejected")
             self.registry.release(entry)
             raise
-        return Generation(self.registry, entry, jobs)
+        return Generation(self.registry, entry, jobs, usage)
+
+    def _admit(self) -> TenantUsage:
+        """The caller's lease on one more generation; RateLimitedError (counted per tenant) past its limits."""
+        caller = current_principal()
+        tenant = self.metrics.tenant_label(caller.tenant)
+        try:
+            lease = self.limiter.admit(caller, self.policy.limits(caller.tenant))
+        except errors.RateLimitedError as exc:
+            self.metrics.tenant_rate_limited.labels(tenant=tenant, limit=exc.limit).inc()
+            self.metrics.tenant_requests.labels(tenant=tenant, outcome="rate_limited").inc()
+            raise
+        return TenantUsage(lease, self.metrics, tenant)
 
     @contextlib.contextmanager
     def rejections(self, model: str) -> Iterator[None]:
         """Count a generation refused before it ran (a bad field, a full queue) as a failure of `model` (a loaded
-        one: request names never become metric labels); the adapters wrap their conversion to SamplingParams in it."""
+        one the caller may use, by its registry key: request names never become metric labels); the adapters wrap
+        their conversion to SamplingParams in it."""
         try:
             yield
         except errors.ChargptError as exc:
-            if model not in self.registry.models:
-                raise
-            reason = "queue_full" if isinstance(exc, errors.ResourceExhaustedError) else "rejected"
-            self.metrics.failure.labels(model=model, reason=reason).inc()
+            with contextlib.suppress(errors.NotFoundError):
+                label = self.registry.get(model).name
+                reason = "queue_full" if isinstance(exc, errors.ResourceExhaustedError) else "rejected"
+                self.metrics.failure.labels(model=label, reason=reason).inc()
             raise
 
     async def score(self, model: str, text: str, stride: int | None, include_token_logprobs: bool) -> ScoreResult:
@@ -130,7 +182,7 @@ def start_character(tokenizer: CharTokenizer) -> str:
 
 
 def _samples(prompt: str, params: SamplingParams, tokenizer: CharTokenizer, block_size: int, limit: int,
-             time_remaining: float | None) -> list[GenRequest]:
+             time_remaining: float | None, priority: int = 0) -> list[GenRequest]:
     """The limits that depend on the model and the service (SamplingParams holds the rest); one GenRequest per
     sample."""
     if params.max_new_tokens > limit:
@@ -147,7 +199,7 @@ def _samples(prompt: str, params: SamplingParams, tokenizer: CharTokenizer, bloc
     deadline = time.monotonic() + time_remaining if time_remaining is not None else None
     outbox, loop = Outbox(), asyncio.get_running_loop()
     return [GenRequest(prompt_ids=ids, prompt_chars_dropped=dropped, params=params, seed=sample_seed(seed, i),
-                       deadline=deadline, loop=loop, outbox=outbox, index=i, logit_bias=bias,
+                       deadline=deadline, loop=loop, outbox=outbox, index=i, logit_bias=bias, priority=priority,
                        constraint=ConstraintState(automaton) if automaton is not None else None)
             for i in range(params.n)]
 

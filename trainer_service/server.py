@@ -17,6 +17,7 @@ from chargpt.server.serving import (
     ManagedServer,
     add_health_and_reflection,
     bind,
+    key_store,
     new_server,
     run_service,
 )
@@ -74,7 +75,7 @@ async def create_server(settings: TrainerSettings) -> tuple[ManagedServer, int]:
         calibrator.clear()
     calibration = HostCalibration(calibrator)
     prober = DeviceProber(settings.device, calibration)
-    server = new_server(settings, observer=metrics.rpcs.observe)
+    server = new_server(settings, observer=metrics.rpcs.observe, keys=key_store(settings))
     servicer = TrainerServicer(settings, store, corpora, jobs, hub, metrics, prober)
     trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])

@@ -82,10 +82,25 @@ MAX_DESCRIPTION_CHARS = 300
 
 
 def status_metadata(code: grpc.StatusCode, message: str,
-                    violations: list[FieldViolation]) -> tuple[tuple[str, str | bytes], ...]:
-    """The trailing metadata of a google.rpc.Status with a BadRequest detail (empty without violations)."""
-    if not violations:
+                    exc: BaseException) -> tuple[tuple[str, str | bytes], ...]:
+    """The trailing metadata of a google.rpc.Status carrying the exception's details: BadRequest for bad fields,
+    QuotaFailure for a tenant's quota, RetryInfo for a rate limit (empty when it has none)."""
+    details = [detail for detail in (_bad_request(violations_for(exc)), _quota_failure(exc), _retry_info(exc))
+               if detail is not None]
+    if not details:
         return ()
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    status = status_pb2.Status(code=code.value[0], message=message, details=packed)
+    return tuple(rpc_status.to_status(status).trailing_metadata)
+
+
+def _bad_request(violations: list[FieldViolation]) -> error_details_pb2.BadRequest | None:
+    if not violations:
+        return None
     bad_request = error_details_pb2.BadRequest()
     for v in violations:
         description = v.description
@@ -95,10 +110,24 @@ def status_metadata(code: grpc.StatusCode, message: str,
         if bad_request.ByteSize() > MAX_DETAILS_BYTES:  # the message still names them all
             del bad_request.field_violations[-1]
             break
-    detail = any_pb2.Any()
-    detail.Pack(bad_request)
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return tuple(rpc_status.to_status(status).trailing_metadata)
+    return bad_request
+
+
+def _quota_failure(exc: BaseException) -> error_details_pb2.QuotaFailure | None:
+    if not isinstance(exc, errors.QuotaExceededError):
+        return None
+    failure = error_details_pb2.QuotaFailure()
+    failure.violations.add(subject=f"tenant:{exc.tenant}"[:MAX_DESCRIPTION_CHARS],
+                           description=f"{exc.quota}: {exc.description}"[:MAX_DESCRIPTION_CHARS])
+    return failure
+
+
+def _retry_info(exc: BaseException) -> error_details_pb2.RetryInfo | None:
+    if not isinstance(exc, errors.RateLimitedError):
+        return None
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromNanoseconds(int(exc.retry_after_seconds * 1e9))
+    return info
 
 
 RpcObserver = Callable[[str, grpc.StatusCode], None]
@@ -118,8 +147,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method: str = handler_call_details.method
         if handler.unary_unary or handler.stream_unary:
-            return _rebuild(handler, self._wrap_unary(method, handler.unary_unary or handler.stream_unary))
-        return _rebuild(handler, self._wrap_stream(method, handler.unary_stream or handler.stream_stream))
+            return rebuild_handler(handler, self._wrap_unary(method, handler.unary_unary or handler.stream_unary))
+        return rebuild_handler(handler, self._wrap_stream(method, handler.unary_stream or handler.stream_stream))
 
     def _wrap_unary(self, method: str, behavior: Any) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -161,14 +190,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             log.exception("unhandled error in %s", method, exc_info=exc)
         self._observe(method, code)
         message = message_for(exc)
-        await context.abort(code, message, trailing_metadata=status_metadata(code, message, violations_for(exc)))
+        await context.abort(code, message, trailing_metadata=status_metadata(code, message, exc))
 
     def _observe(self, method: str, code: grpc.StatusCode) -> None:
         if self._observer is not None:
             self._observer(method, code)
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHandler:
+def rebuild_handler(handler: grpc.RpcMethodHandler, behavior: Any) -> grpc.RpcMethodHandler:
     """A handler of the same kind and (de)serializers with a new behaviour."""
     factory = {
         (False, False): grpc.unary_unary_rpc_method_handler,

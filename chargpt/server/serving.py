@@ -12,18 +12,27 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from chargpt.server.auth import BearerTokenInterceptor
 from chargpt.server.errors import ErrorInterceptor, RpcObserver
 from chargpt.server.settings import ServerSettings
+from chargpt.server.tenancy.interceptor import TenantInterceptor
+from chargpt.server.tenancy.keys import KeyStore
 
 log = logging.getLogger(__name__)
 
 
-def new_server(settings: ServerSettings, observer: RpcObserver | None = None) -> grpc.aio.Server:
-    """An aio server with auth (if configured) in front of the error mapping."""
+def key_store(settings: ServerSettings) -> KeyStore | None:
+    """The keys both transports check (None: no keys configured, every caller is the single user)."""
+    if settings.keys_file is None and not settings.auth_token:
+        return None
+    return KeyStore(settings.keys_file, settings.auth_token)
+
+
+def new_server(settings: ServerSettings, observer: RpcObserver | None = None,
+               keys: KeyStore | None = None) -> grpc.aio.Server:
+    """An aio server with tenant authentication (when keys are configured) in front of the error mapping."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if settings.auth_token:
-        interceptors.append(BearerTokenInterceptor(settings.auth_token))
+    if keys is not None:
+        interceptors.append(TenantInterceptor(keys))
     interceptors.append(ErrorInterceptor(observer))
     options = [("grpc.max_receive_message_length", settings.max_message_bytes),
                ("grpc.max_send_message_length", settings.max_message_bytes),

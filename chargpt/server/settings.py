@@ -20,7 +20,14 @@ class ServerSettings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535,
                                      description="Prometheus /metrics HTTP port; unset disables it")
     metrics_host: str | None = Field(default=None, description="interface for /metrics; default: host")
-    auth_token: str | None = Field(default=None, description="require `authorization: Bearer <token>`")
+    auth_token: str | None = Field(default=None, description="require `authorization: Bearer <token>`; with a keys "
+                                   "file too, this token is one more admin key (tenant `default`)")
+    keys_file: Path | None = Field(default=None, description="multi-tenant API keys (hashed; `chargpt-admin keys "
+                                   "create`), re-read when it changes; unset with no auth_token: single-user, open")
+    tenants_file: Path | None = Field(default=None, description="per-tenant quotas and limits (TOML: [defaults] and "
+                                      "[tenants.<name>]); unset: no quotas")
+    audit_log: Path | None = Field(default=None, description="append who created, deleted, downloaded, exported or "
+                                   "loaded what, as JSON lines; unset: no audit trail")
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = Field(default=None, description="require client certs (mutual TLS)")

@@ -151,7 +151,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "preset", "logprobs", "repetition_penalty", "frequency_penalty", "presence_penalty", "min_p", "logit_bias", "n", "regex", "choices", "json_schema")
+    __slots__ = ("model", "prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "preset", "logprobs", "repetition_penalty", "frequency_penalty", "presence_penalty", "min_p", "logit_bias", "n", "regex", "choices", "json_schema", "priority")
     class LogitBiasEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,7 @@ class GenerateRequest(_message.Message):
     REGEX_FIELD_NUMBER: _ClassVar[int]
     CHOICES_FIELD_NUMBER: _ClassVar[int]
     JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     max_new_tokens: int
@@ -197,7 +198,8 @@ class GenerateRequest(_message.Message):
     regex: str
     choices: _containers.RepeatedScalarFieldContainer[str]
     json_schema: str
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., preset: _Optional[_Union[SamplingPreset, str]] = ..., logprobs: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., min_p: _Optional[float] = ..., logit_bias: _Optional[_Mapping[str, float]] = ..., n: _Optional[int] = ..., regex: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ...) -> None: ...
+    priority: int
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., preset: _Optional[_Union[SamplingPreset, str]] = ..., logprobs: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., min_p: _Optional[float] = ..., logit_bias: _Optional[_Mapping[str, float]] = ..., n: _Optional[int] = ..., regex: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class GenerationSummary(_message.Message):
     __slots__ = ("finish_reason", "prompt_tokens", "generated_tokens", "seed", "prompt_truncated", "prompt_chars_dropped", "queue_seconds", "time_to_first_token_seconds", "total_seconds", "stop_sequence", "temperature", "top_k", "top_p", "index")

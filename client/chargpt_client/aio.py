@@ -241,13 +241,14 @@ class AsyncInferenceClient(_AsyncService):
     async def get_model(self, name: str, *, timeout: Timeout = DEFAULT) -> t.Model:
         return await self._call(ops.get_model(name), timeout)
 
-    async def generate(self, model: str, prompt: str = "", *, timeout: Timeout = DEFAULT,
+    async def generate(self, model: str, prompt: str = "", *, timeout: Timeout = DEFAULT, priority: int = 0,
                        **sampling: Any) -> t.GenerationResult:
-        return await self._call(ops.generate(ops.generate_request(model, prompt, **sampling)), timeout)
+        request = ops.generate_request(model, prompt, priority=priority, **sampling)
+        return await self._call(ops.generate(request), timeout)
 
-    def generate_stream(self, model: str, prompt: str = "", *, timeout: Timeout = None,
+    def generate_stream(self, model: str, prompt: str = "", *, timeout: Timeout = None, priority: int = 0,
                         **sampling: Any) -> AsyncTextStream:
-        request = ops.generate_request(model, prompt, **sampling)
+        request = ops.generate_request(model, prompt, priority=priority, **sampling)
         return AsyncTextStream(self._stream("GenerateStream", lambda: request, False, timeout))
 
     async def score(self, model: str, text: str, *, stride: int | None = None, include_token_logprobs: bool = False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -77,8 +77,25 @@ class PermissionDenied(ChargptClientError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class QuotaViolation(NamedTuple):
+    """One exceeded quota as the server named it (a google.rpc.QuotaFailure.Violation): subject "tenant:<name>",
+    description "<quota>: <why>"."""
+
+    subject: str
+    description: str
+
+
 class ResourceExhausted(ChargptClientError):
+    """A limit was hit: `quota_violations` names a tenant's exceeded quotas (nothing was created) and
+    `retry_after` is the server's suggested wait in seconds for a rate limit (None when it gave none)."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None,
+                 quota_violations: Sequence[QuotaViolation] = (), retry_after: float | None = None) -> None:
+        super().__init__(message, code)
+        self.quota_violations = list(quota_violations)
+        self.retry_after = retry_after
 
 
 class FailedPrecondition(ChargptClientError):
@@ -130,20 +147,46 @@ def from_rpc_error(error: grpc.RpcError) -> ChargptClientError:
     cls = ERROR_BY_CODE.get(code, ChargptClientError)
     if issubclass(cls, InvalidArgument):
         return cls(message, code, field_violations(error))
+    if issubclass(cls, ResourceExhausted):
+        return cls(message, code, quota_violations(error), retry_after(error))
     return cls(message, code)
 
 
-def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
-    """The google.rpc.BadRequest field violations in the call's grpc-status-details-bin trailer, if any."""
+def _status_details(error: grpc.RpcError) -> list[Any]:
+    """The google.rpc.Status details in the call's grpc-status-details-bin trailer, if any."""
     if not callable(getattr(error, "trailing_metadata", None)):
         return []
     try:
         status = rpc_status.from_call(error)
     except (ValueError, DecodeError):  # undecodable, or contradicting the call's own code or message: not trusted
         return []
+    return list(status.details) if status is not None else []
+
+
+def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
+    """The google.rpc.BadRequest field violations of a failed call."""
     found: list[FieldViolation] = []
-    for detail in status.details if status is not None else ():
+    for detail in _status_details(error):
         bad_request = error_details_pb2.BadRequest()
         if detail.Unpack(bad_request):
             found.extend(FieldViolation(v.field, v.description) for v in bad_request.field_violations)
     return found
+
+
+def quota_violations(error: grpc.RpcError) -> list[QuotaViolation]:
+    """The google.rpc.QuotaFailure violations of a failed call."""
+    found: list[QuotaViolation] = []
+    for detail in _status_details(error):
+        failure = error_details_pb2.QuotaFailure()
+        if detail.Unpack(failure):
+            found.extend(QuotaViolation(v.subject, v.description) for v in failure.violations)
+    return found
+
+
+def retry_after(error: grpc.RpcError) -> float | None:
+    """The google.rpc.RetryInfo delay of a failed call in seconds, or None."""
+    for detail in _status_details(error):
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.ToNanoseconds()) / 1e9
+    return None

@@ -211,12 +211,13 @@ def generate_request(model: str, prompt: str = "", *, max_new_tokens: int | None
                      min_p: float | None = None, logit_bias: Mapping[str, float] | None = None,
                      regex: str | None = None, choices: Iterable[str] | None = None,
                      json_schema: str | Mapping[str, Any] | None = None,
-                     options: SamplingOptions | None = None) -> inference_pb2.GenerateRequest:
+                     options: SamplingOptions | None = None, priority: int = 0) -> inference_pb2.GenerateRequest:
     """Only the fields the caller gave are set: the server tells an explicit 0 from "unset" (its default).
-    The keywords are SamplingOptions' fields (see its docs), and override `options` where both are given."""
+    The keywords are SamplingOptions' fields (see its docs), and override `options` where both are given.
+    `priority`: admission order while requests wait for the model (vLLM's: lower first, default 0)."""
     keywords = {name: value for name, value in locals().items() if name in SamplingOptions.model_fields}
     given = {**(options.given() if options is not None else {}), **SamplingOptions.of(keywords).given()}
-    request = inference_pb2.GenerateRequest(model=model, prompt=prompt)
+    request = inference_pb2.GenerateRequest(model=model, prompt=prompt, priority=priority)
     set_fields(request, given)
     return request
 

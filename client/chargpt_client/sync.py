@@ -244,16 +244,16 @@ class InferenceClient(_SyncService):
     def get_model(self, name: str, *, timeout: Timeout = DEFAULT) -> t.Model:
         return self._call(ops.get_model(name), timeout)
 
-    def generate(self, model: str, prompt: str = "", *, timeout: Timeout = DEFAULT,
+    def generate(self, model: str, prompt: str = "", *, timeout: Timeout = DEFAULT, priority: int = 0,
                  **sampling: Any) -> t.GenerationResult:
         """The whole text at once. sampling: ops.generate_request's keywords (SamplingOptions' fields, e.g.
         temperature=0.8) or options=SamplingOptions(...)."""
-        return self._call(ops.generate(ops.generate_request(model, prompt, **sampling)), timeout)
+        return self._call(ops.generate(ops.generate_request(model, prompt, priority=priority, **sampling)), timeout)
 
-    def generate_stream(self, model: str, prompt: str = "", *, timeout: Timeout = None,
+    def generate_stream(self, model: str, prompt: str = "", *, timeout: Timeout = None, priority: int = 0,
                         **sampling: Any) -> TextStream:
         """Text chunks as they are generated (see generate for `sampling`)."""
-        request = ops.generate_request(model, prompt, **sampling)
+        request = ops.generate_request(model, prompt, priority=priority, **sampling)
         return TextStream(self._stream("GenerateStream", lambda: request, False, timeout))
 
     def score(self, model: str, text: str, *, stride: int | None = None, include_token_logprobs: bool = False,

@@ -146,6 +146,7 @@ class GenRequest:
     index: int = 0  # which of the request's samples this is
     logit_bias: tuple[tuple[int, float], ...] = ()  # params.logit_bias by the model's character ids
     constraint: ConstraintState | None = None  # this sample's place in its regex/choices/JSON schema automaton
+    priority: int = 0  # admission order among waiting requests: lower first (vLLM's convention)
     arrival: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set from the event loop; the engine reads it between steps
     # Engine-side state (touched only by the engine thread).

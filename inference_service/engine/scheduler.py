@@ -7,6 +7,7 @@ row is refilled by moving the last running row into it (swap-remove).
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 
 from chargpt.core.model import KVCache
@@ -30,17 +31,24 @@ class Scheduler:
         self._m = metrics
 
     def add(self, requests: tuple[GenRequest, ...]) -> None:
-        """Queue a request's samples, all or none."""
+        """Queue a request's samples, all or none, behind every waiting request of the same or a lower priority
+        value (vLLM's order: lower first, then arrival)."""
         if len(self.waiting) + len(requests) > self.max_queue:
             raise ResourceExhaustedError(f"the model's queue is full ({self.max_queue} requests waiting)")
-        self.waiting.extend(requests)
+        priority = requests[0].priority if requests else 0
+        if not self.waiting or self.waiting[-1].priority <= priority:  # the usual case: all at the default
+            self.waiting.extend(requests)
+        else:
+            at = bisect.bisect_right(self.waiting, priority, key=lambda r: r.priority)
+            for offset, request in enumerate(requests):
+                self.waiting.insert(at + offset, request)
         self._m.waiting.set(len(self.waiting))
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
 
     def take_waiting(self) -> list[GenRequest]:
-        """The waiting requests that fit in the batch now, in arrival order."""
+        """The waiting requests that fit in the batch now, in admission order (priority, then arrival)."""
         free = self.max_batch - len(self.running)
         newcomers = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
         self._m.waiting.set(len(self.waiting))

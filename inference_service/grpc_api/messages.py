@@ -11,6 +11,7 @@ from chargpt.wire.lineage import lineage_proto
 from chargpt.wire.model_config import model_config_proto
 from inference_service.engine.request import Finish, Summary
 from inference_service.logprobs import TokenLogprob
+from inference_service.ownership import name_for
 from inference_service.registry import ModelEntry, State
 
 FINISH = {Finish.LENGTH: inference_pb2.FINISH_REASON_LENGTH, Finish.STOP: inference_pb2.FINISH_REASON_STOP,
@@ -44,7 +45,7 @@ def summary_to_proto(summary: Summary) -> inference_pb2.GenerationSummary:
 
 
 def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
-    out = inference_pb2.Model(name=entry.name, state=STATES[entry.state], source=entry.source,
+    out = inference_pb2.Model(name=name_for(entry), state=STATES[entry.state], source=entry.source,
                               device=entry.device, dtype=entry.dtype, error=entry.error,
                               calibration=entry.calibration.proto())
     if entry.engine is not None:  # how it is served (calibration.py's plan, or the settings that override it)

@@ -12,12 +12,17 @@ import grpc
 import torch
 
 from chargpt import errors
+from chargpt.server.tenancy.audit import AuditLog
+from chargpt.server.tenancy.interceptor import bearer_key
+from chargpt.server.tenancy.principal import require_write
+from chargpt.server.tenancy.scopes import Scope
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from chargpt.wire.checkpoint_kinds import KIND_NAMES
 from inference_service import scoring
 from inference_service.fetch import download_checkpoint, trainer_credentials
 from inference_service.grpc_api.messages import logprobs_to_proto, model_to_proto, sampling_params, summary_to_proto
 from inference_service.metrics import InferenceMetrics
+from inference_service.ownership import name_for, visible
 from inference_service.registry import TRAINER_CACHE, ModelEntry, ModelRegistry
 from inference_service.service import Generation, InferenceService
 from inference_service.settings import InferenceSettings
@@ -26,6 +31,12 @@ T = TypeVar("T")
 MESSAGE_OVERHEAD = 64 * 1024  # room for the tokens and framing next to the attention tensor
 UNLOAD_REPLY_MARGIN = 1.0  # seconds UnloadModel keeps in hand to reply before its caller's deadline
 
+# Every RPC's tenancy scope (tests/tenancy asserts each RPC has one): models belong to the tenant that loaded them.
+RPC_SCOPES: dict[str, Scope] = {
+    "LoadModel": Scope.CREATE, "UnloadModel": Scope.OWN, "ListModels": Scope.OWN, "GetModel": Scope.OWN,
+    "GenerateStream": Scope.OWN, "Generate": Scope.OWN, "Score": Scope.OWN, "GetAttention": Scope.OWN,
+}
+
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     """Every RPC of the v1 inference API; generation and scoring adapt InferenceService to protos."""
@@ -33,6 +44,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, settings: InferenceSettings, registry: ModelRegistry, metrics: InferenceMetrics) -> None:
         self.settings, self.registry, self.metrics = settings, registry, metrics
         self.service = InferenceService(settings, registry, metrics)
+        self.audit = AuditLog(settings.audit_log)
         self.trainer_credentials = trainer_credentials(settings.trainer_tls_ca_file, settings.trainer_tls_cert_file,
                                                        settings.trainer_tls_key_file)
 
@@ -40,6 +52,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def LoadModel(self, request: inference_pb2.LoadModelRequest,
                         context: grpc.aio.ServicerContext) -> inference_pb2.LoadModelResponse:
+        """As the caller: its own model, counted against its loaded_models quota. A checkpoint_path reads the
+        server's models root, which no tenant owns: admins only (with no keys configured everyone is admin)."""
+        caller = require_write("LoadModel")
+        if request.WhichOneof("source") == "checkpoint_path" and not caller.is_admin:
+            raise errors.PermissionDeniedError("loading a checkpoint_path needs an admin key; load your trainer "
+                                               "job's checkpoint with trainer_checkpoint instead")
+        try:
+            reply = await self.load(request, caller.tenant, self._trainer_key(context))
+        except errors.ChargptError as exc:
+            self.audit.record("load", "model", request.name, outcome=type(exc).__name__, source=_source(request))
+            raise
+        self.audit.record("load", "model", request.name, source=reply.model.source, loaded=reply.loaded)
+        return reply
+
+    def _trainer_key(self, context: grpc.aio.ServicerContext | None) -> str | None:
+        """The key to download a trainer checkpoint with: the caller's own when keys are configured (the trainer
+        then decides, by its own isolation, whether this tenant may read that job), else trainer_auth_token."""
+        if self.settings.keys_file is None or context is None:
+            return self.settings.trainer_auth_token
+        header = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+        return bearer_key(header) or None
+
+    async def load(self, request: inference_pb2.LoadModelRequest, owner: str,
+                   trainer_key: str | None) -> inference_pb2.LoadModelResponse:
+        """Load the request's checkpoint as `owner`'s model (SHARED_OWNER: a --preload model)."""
         source_kind = request.WhichOneof("source")
         if source_kind == "checkpoint_path":
             path = self.registry.resolve_path(request.checkpoint_path)
@@ -58,12 +95,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
             async def locate() -> Path:
                 return await download_checkpoint(
-                    self.settings.trainer_address, self.settings.trainer_auth_token, ref.job_id, ref.kind,
+                    self.settings.trainer_address, trainer_key, ref.job_id, ref.kind,
                     self.settings.models_dir / TRAINER_CACHE, self.settings.download_chunk_bytes,
                     self.trainer_credentials)
         else:
             raise errors.InvalidArgumentError("source", "give checkpoint_path or trainer_checkpoint")
-        entry, loaded = await self.registry.load(request.name, source, locate, request.device, request.dtype)
+        limits = self.service.policy.limits(owner)
+        entry, loaded = await self.registry.load(request.name, source, locate, request.device, request.dtype,
+                                                 owner, limits)
         return inference_pb2.LoadModelResponse(model=model_to_proto(entry), loaded=loaded)
 
     async def UnloadModel(self, request: inference_pb2.UnloadModelRequest,
@@ -72,12 +111,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         remaining = context.time_remaining() if context is not None else None
         if remaining is not None:  # answer before the caller's deadline, whatever is still running
             wait = min(wait, max(0.0, remaining - UNLOAD_REPLY_MARGIN))
+        require_write("UnloadModel")
         in_flight = await self.registry.unload(request.name, wait)
+        self.audit.record("unload", "model", request.name, requests_in_flight=in_flight)
         return inference_pb2.UnloadModelResponse(requests_in_flight=in_flight)
 
     async def ListModels(self, request: inference_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> inference_pb2.ListModelsResponse:
-        entries = sorted(self.registry.models.values(), key=lambda e: e.name)
+        entries = visible(list(self.registry.models.values()))
         return inference_pb2.ListModelsResponse(models=[model_to_proto(e) for e in entries])
 
     async def GetModel(self, request: inference_pb2.GetModelRequest,
@@ -117,7 +158,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def _generation(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> Generation:
         with self.service.rejections(request.model):
             params = sampling_params(request)
-        return self.service.generate(request.model, request.prompt, params, context.time_remaining())
+        return self.service.generate(request.model, request.prompt, params, context.time_remaining(),
+                                     request.priority)
 
     # ---- scoring and attention ----
 
@@ -155,6 +197,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             np_dtype = "<f2" if dtype == common_pb2.TENSOR_DTYPE_FLOAT16 else "<f4"
             data = weights.numpy().astype(np_dtype).tobytes()
             self.metrics.attention_requests.labels(model=entry.name).inc()
+            self.audit.record("attention", "model", name_for(entry), layers=layers, heads=heads, chars=T)
             tensor = common_pb2.Tensor(shape=list(weights.shape), dtype=dtype, data=data)
             return inference_pb2.GetAttentionResponse(tokens=list(request.text), layers=layers, heads=heads,
                                                       weights=tensor)
@@ -165,6 +208,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def _in_model_thread(entry: ModelEntry, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(entry.executor, fn, *args)
+
+
+def _source(request: inference_pb2.LoadModelRequest) -> str:
+    """What a refused LoadModel asked for, for the audit trail."""
+    if request.WhichOneof("source") == "trainer_checkpoint":
+        return f"trainer:{request.trainer_checkpoint.job_id}"
+    return f"path:{request.checkpoint_path}"
 
 
 def _attention(entry: ModelEntry, float32: bool, ids: list[int], layers: list[int], heads: list[int]

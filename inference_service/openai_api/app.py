@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,9 +14,14 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chargpt import errors
+from chargpt.server.tenancy.interceptor import bearer_key, resolve
+from chargpt.server.tenancy.keys import KeyStore
+from chargpt.server.tenancy.principal import set_principal
+from chargpt.server.tenancy.scopes import Scope as TenancyScope
 from inference_service.openai_api import completions
 from inference_service.openai_api.errors import error_body, error_parts, error_response
 from inference_service.openai_api.schemas import CompletionRequest, ScoreRequest
+from inference_service.ownership import name_for, visible
 from inference_service.registry import State
 from inference_service.service import InferenceService
 
@@ -25,12 +29,17 @@ log = logging.getLogger(__name__)
 CHAT_MESSAGE = ("chargpt serves character-level language models: they were trained on plain text, have no chat "
                 "template and no notion of roles or messages, so /v1/chat/completions cannot be answered "
                 "honestly. Use POST /v1/completions with a text prompt instead.")
+# Every route's tenancy scope, as RPC_SCOPES for gRPC (tests/tenancy asserts each route of the app has one).
+ROUTE_SCOPES: dict[str, TenancyScope] = {
+    "/health": TenancyScope.OPEN, "/v1/models": TenancyScope.OWN, "/v1/models/{name}": TenancyScope.OWN,
+    "/v1/completions": TenancyScope.OWN, "/v1/score": TenancyScope.OWN, "/v1/chat/completions": TenancyScope.OPEN,
+}
 
 
-def create_app(service: InferenceService, auth_token: str | None, requests_total: Counter) -> FastAPI:
-    """The OpenAI-compatible API over `service` (the gRPC servicer's sibling)."""
+def create_app(service: InferenceService, keys: KeyStore | None, requests_total: Counter) -> FastAPI:
+    """The OpenAI-compatible API over `service` (the gRPC servicer's sibling); `keys` None: single-user, open."""
     app = FastAPI(title="chargpt OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
-    api = APIRouter(dependencies=[Depends(_bearer(auth_token))])
+    api = APIRouter(dependencies=[Depends(_caller(keys))])
     _add_routes(app, api, service)
     app.include_router(api)
     _add_error_handlers(app)
@@ -38,15 +47,18 @@ def create_app(service: InferenceService, auth_token: str | None, requests_total
     return app
 
 
-def _bearer(token: str | None) -> Any:
-    expected = f"Bearer {token}".encode() if token else None
+def _caller(keys: KeyStore | None) -> Any:
+    """A dependency that resolves `Authorization: Bearer <key>` and runs the route as that caller."""
 
     async def check(request: Request) -> None:
-        if expected is None:
+        if keys is None:
             return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise errors.UnauthenticatedError("missing or invalid bearer token (Authorization: Bearer <token>)")
+        principal = await resolve(keys, bearer_key(request.headers.get("authorization")))
+        if principal is None:
+            raise errors.UnauthenticatedError("missing or invalid API key (Authorization: Bearer <key>)")
+        # The route runs in this task after its dependencies: it sees this caller (and the next request on the
+        # connection sets its own before any route runs).
+        set_principal(principal)
     return check
 
 
@@ -62,7 +74,7 @@ def _add_routes(app: FastAPI, api: APIRouter, service: InferenceService) -> None
 
     @api.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        entries = sorted(registry.models.values(), key=lambda e: e.name)
+        entries = visible(list(registry.models.values()))
         return {"object": "list", "data": [_model_json(e) for e in entries if e.state is State.READY]}
 
     @api.get("/v1/models/{name}")
@@ -109,7 +121,7 @@ async def _guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 def _model_json(entry: Any) -> dict[str, Any]:
     created = int(entry.loaded_time.timestamp()) if entry.loaded_time is not None else 0
-    out = {"id": entry.name, "object": "model", "created": created, "owned_by": "chargpt", "source": entry.source}
+    out = {"id": name_for(entry), "object": "model", "created": created, "owned_by": "chargpt", "source": entry.source}
     if entry.checkpoint is not None:
         out["max_model_len"] = entry.checkpoint.model.config.block_size
         out["vocabulary"] = entry.checkpoint.tokenizer.vocabulary

@@ -77,7 +77,8 @@ def start_runs(service: InferenceService, body: CompletionRequest) -> list[Run]:
     runs: list[Run] = []
     try:
         for k, prompt in enumerate(prompts):
-            runs.append(Run(prompt, k * params.n, service.generate(body.model, prompt, params, None)))
+            generation = service.generate(body.model, prompt, params, None, body.priority or 0)
+            runs.append(Run(prompt, k * params.n, generation))
     except BaseException:
         abandon(runs)
         raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -15,6 +17,8 @@ HTTP_BY_EXCEPTION: list[tuple[type[BaseException], int, str, str | None]] = [
     (errors.NotFoundError, 404, "invalid_request_error", "model_not_found"),
     (errors.AlreadyExistsError, 409, "invalid_request_error", None),
     (errors.FailedPreconditionError, 409, "invalid_request_error", None),
+    (errors.RateLimitedError, 429, "rate_limit_error", "rate_limit_exceeded"),
+    (errors.QuotaExceededError, 429, "insufficient_quota", "insufficient_quota"),
     (errors.ResourceExhaustedError, 429, "rate_limit_error", "queue_full"),
     (errors.UnavailableError, 503, "service_unavailable_error", None),
     (errors.PermissionDeniedError, 403, "permission_error", None),
@@ -62,5 +66,10 @@ def _renamed(message: str) -> str:
 
 
 def error_response(exc: BaseException) -> JSONResponse:
+    """The error's JSON response; a rate limit's carries `Retry-After` in whole seconds, rounded up (the openai
+    client's retries wait that long)."""
     status, body = error_parts(exc)
-    return JSONResponse(body, status_code=status)
+    headers = None
+    if isinstance(exc, errors.RateLimitedError):
+        headers = {"Retry-After": str(math.ceil(exc.retry_after_seconds))}
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -87,6 +87,8 @@ class CompletionRequest(_CompletionSampling):  # type: ignore[misc,valid-type]  
     guided_choice: list[str] | None = None
     guided_json: str | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
+    # vLLM's extension: admission order while requests wait for a batch slot, lower first (null: 0).
+    priority: int | None = Field(default=None, ge=-(2**31), lt=2**31)
 
     def prompts(self) -> list[str]:
         prompt = "" if self.prompt is None else self.prompt

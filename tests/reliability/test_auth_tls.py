@@ -16,7 +16,8 @@ from chargpt_client import ClientOptions, InferenceClient, RetryPolicy, TlsOptio
 from google.protobuf import descriptor, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chargpt.server.auth import BearerTokenInterceptor
+from chargpt.server.tenancy.interceptor import TenantInterceptor
+from chargpt.server.tenancy.keys import KeyStore
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc, trainer_pb2
 from tests.client.conftest import ServerThread, inference_factory, trainer_factory
 from tests.inference_service.conftest import Served, write_checkpoint
@@ -176,7 +177,7 @@ async def test_inference_loads_from_a_mutual_tls_trainer_with_a_token(make_serve
     fake = CheckpointTrainer(write_checkpoint(tmp_path / "trainer-side" / "best", seed=2))
     credentials = grpc.ssl_server_credentials([(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
                                               root_certificates=pki.ca_cert.read_bytes(), require_client_auth=True)
-    trainer, port = await serve_trainer(fake, [BearerTokenInterceptor(TOKEN)], credentials)
+    trainer, port = await serve_trainer(fake, [TenantInterceptor(KeyStore(None, TOKEN))], credentials)
     ref = inference_pb2.TrainerCheckpointRef(job_id="job1", kind=common_pb2.CHECKPOINT_KIND_BEST)
     request = inference_pb2.LoadModelRequest(name="remote", trainer_checkpoint=ref)
     tls = {"trainer_tls_ca_file": pki.ca_cert, "trainer_tls_cert_file": pki.client_cert,

@@ -13,7 +13,8 @@ import pytest
 from chargpt_client import AsyncTrainerClient, ChargptClientError, ClientOptions, DataLoss, TrainerClient
 from chargpt_client.receiver import MAX_FILES
 
-from chargpt.server.auth import BearerTokenInterceptor
+from chargpt.server.tenancy.interceptor import TenantInterceptor
+from chargpt.server.tenancy.keys import KeyStore
 from chargpt.v1 import common_pb2, inference_pb2, trainer_pb2, trainer_pb2_grpc
 from tests.inference_service.conftest import Served, write_checkpoint
 from tests.support.fake_trainer import CheckpointTrainer, serve_trainer
@@ -219,7 +220,7 @@ async def test_a_trainer_announcing_too_many_files_is_refused_everywhere(make_se
 
 async def test_inference_sends_its_trainer_token(make_server: object, tmp_path: Path) -> None:
     fake = CheckpointTrainer(write_checkpoint(tmp_path / "trainer-side" / "best", seed=3))
-    trainer, port = await serve_trainer(fake, [BearerTokenInterceptor("tt")])
+    trainer, port = await serve_trainer(fake, [TenantInterceptor(KeyStore(None, "tt"))])
     try:
         ref = inference_pb2.TrainerCheckpointRef(job_id="job1")
         for token, code in ((None, grpc.StatusCode.FAILED_PRECONDITION), ("tt", grpc.StatusCode.OK)):

@@ -1,0 +1,93 @@
+"""Per-key inference limits: generated characters per minute (a token bucket) and generations in flight."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chargpt.errors import RateLimitedError
+from chargpt.server.tenancy.policy import TenantLimits
+from chargpt.server.tenancy.principal import Principal
+
+STREAM_RETRY_SECONDS = 1.0  # a stream slot frees when some generation ends: no better estimate exists
+WINDOW_SECONDS = 60.0
+
+
+@dataclass
+class KeyUsage:
+    """One key's character bucket (refilled at limit/60 per second up to the limit) and its generations in flight.
+    The bucket may go below zero: characters are counted as they are generated, after the request was admitted."""
+
+    chars: float
+    updated: float
+    streams: int = 0
+
+    def refill(self, limit: int | None, now: float) -> None:
+        """Unlimited keeps the bucket infinite, so a limit set later (the tenants file is re-read) starts full."""
+        if limit is None:
+            self.chars = math.inf
+        else:
+            self.chars = min(float(limit), self.chars + (now - self.updated) * limit / WINDOW_SECONDS)
+        self.updated = now
+
+
+@dataclass
+class Lease:
+    """One admitted generation: counts its characters against the key and frees its stream slot once."""
+
+    limiter: KeyLimiter
+    key: str
+    released: bool = False
+
+    def add_chars(self, count: int) -> None:
+        self.limiter.spend(self.key, count)
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.limiter.end_stream(self.key)
+
+
+class KeyLimiter:
+    """Admits generations per key within the key's tenant limits; thread-safe (the engine never calls it)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._usage: dict[str, KeyUsage] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, caller: Principal, limits: TenantLimits) -> Lease:
+        """A lease for one more generation by `caller`, or RateLimitedError with when to retry."""
+        key = f"{caller.tenant}:{caller.key_id}"  # one key's usage; single-user and --auth-token: one bucket
+        with self._lock:
+            now = self._clock()
+            usage = self._usage.setdefault(key, KeyUsage(math.inf, now))
+            usage.refill(limits.generated_chars_per_minute, now)
+            _check(usage, limits)
+            usage.streams += 1
+        return Lease(self, key)
+
+    def spend(self, key: str, count: int) -> None:
+        with self._lock:
+            self._usage[key].chars -= count
+
+    def end_stream(self, key: str) -> None:
+        with self._lock:
+            self._usage[key].streams -= 1
+
+
+def _check(usage: KeyUsage, limits: TenantLimits) -> None:
+    """RateLimitedError if `usage` leaves no room for another generation under `limits`."""
+    streams = limits.concurrent_streams
+    if streams is not None and usage.streams >= streams:
+        raise RateLimitedError("concurrent_streams", f"{usage.streams} generations in flight, the limit is "
+                                                     f"{streams}", STREAM_RETRY_SECONDS)
+    per_minute = limits.generated_chars_per_minute
+    if per_minute is not None and usage.chars < 1:
+        # Until the bucket holds one character again (a limit of 0 never refills: a minute, then ask again).
+        wait = (1 - usage.chars) * WINDOW_SECONDS / per_minute if per_minute else WINDOW_SECONDS
+        raise RateLimitedError("generated_chars_per_minute", f"{per_minute} characters per minute used up",
+                               math.ceil(wait * 1000) / 1000)
