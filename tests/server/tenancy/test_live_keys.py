@@ -111,3 +111,22 @@ async def test_openai_client_with_a_tenant_key(make_server: ServerFactory, tmp_p
             await denied.models.list()
         with pytest.raises(openai.AuthenticationError):
             await denied.completions.create(model="tiny", prompt="a", max_tokens=3)
+
+
+def _cli(address: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CHARGPT_TRAINER_ADDRESS": address,
+                   "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")]), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "chargpt_client.cli", *args], capture_output=True, text=True,
+                          env=environment, timeout=120)
+
+
+def test_the_cli_takes_a_tenant_key_as_flag_or_environment(keyed_trainer: tuple[str, Path]) -> None:
+    address, keys = keyed_trainer
+    key, _ = create_key(keys, "initech", "reader")
+    _within(5.0, lambda: not _refused(address, key))
+    for args, env in ((["--api-key", key], {}), (["--token", key], {}), ([], {"CHARGPT_API_KEY": key}),
+                      ([], {"CHARGPT_TOKEN": key, "CHARGPT_API_KEY": "ignored"})):
+        listed = _cli(address, "corpus", "list", "--json", *args, env=env)
+        assert listed.returncode == 0 and listed.stdout.strip() == "[]", (args, env, listed.stderr)
+    denied = _cli(address, "corpus", "list", env={"CHARGPT_API_KEY": key + "x"})
+    assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
