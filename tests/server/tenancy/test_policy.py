@@ -38,6 +38,16 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     assert other.corpus_bytes is None and other.loaded_models is None  # unset: unlimited
 
 
+def test_overrides_are_converted_like_the_defaults(tmp_path: Path) -> None:
+    config = read_tenants_file(_write(tmp_path, '[defaults]\nrunning_jobs = "2"\n[tenants.acme]\nrunning_jobs = "4"\n'
+                                                'training_seconds_per_day = 60\n'))
+    acme = config.limits("acme")
+    assert acme.running_jobs == 4 and config.limits("globex").running_jobs == 2
+    assert isinstance(acme.training_seconds_per_day, float)
+    with pytest.raises(QuotaExceededError):
+        acme.check("acme", "running_jobs", used=4)
+
+
 def test_no_tenants_file_limits_nothing() -> None:
     limits = TenantPolicy(None).limits("anyone")
     assert limits == TenantLimits()
