@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -60,6 +60,10 @@ class Tally:
     @property
     def requests(self) -> int:
         return self.ok + self.refused + len(self.malformed) + sum(self.errors.values())
+
+    def summary(self) -> dict[str, Any]:
+        return {"requests": self.requests, "ok": self.ok, "refused": self.refused, "malformed": list(self.malformed),
+                "errors": dict(self.errors)}
 
     def failure(self, exc: BaseException) -> float | None:
         """Count a failed request; the wait the server asked for when it was a well-formed refusal."""
@@ -277,7 +281,7 @@ def report(team: list[Tenant], over_limit: str, wall: float, exit_codes: dict[st
     audit = [json.loads(line) for path in sorted((workdir / "audit").glob("*.jsonl"))
              for line in path.read_text(encoding="utf-8").splitlines()]
     return {"seconds": round(wall, 1), "over_limit": over_limit, "limits": OVER_LIMITS, "problems": problems,
-            "tenants": {t.name: {**asdict(t.tally), "requests": t.tally.requests,
+            "tenants": {t.name: {**t.tally.summary(),
                                  "p50_ms": {k: soak.percentile(v, 0.5) for k, v in t.recorder.latencies.items()}}
                         for t in team},
             "audit_entries_by_tenant": {t.name: sum(e.get("tenant") == t.name for e in audit) for t in team},

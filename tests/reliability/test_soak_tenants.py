@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -30,6 +31,8 @@ def test_grpc_refusals_need_retry_info() -> None:
     assert tally.failure(_rpc_error(errors.NotFoundError("model m not found"), grpc.StatusCode.NOT_FOUND)) is None
     assert (tally.ok, tally.refused, len(tally.malformed), dict(tally.errors)) == (0, 1, 1, {"NOT_FOUND": 1})
     assert "without RetryInfo" in tally.malformed[0] and tally.requests == 3
+    assert json.loads(json.dumps(tally.summary())) == {"requests": 3, "ok": 0, "refused": 1,
+                                                       "malformed": tally.malformed, "errors": {"NOT_FOUND": 1}}
 
 
 @pytest.mark.parametrize(("status", "header", "wait"), [
