@@ -95,6 +95,16 @@ def test_a_broken_keys_file_keeps_the_last_good_one(tmp_path: Path) -> None:
         KeyStore(path)  # at start-up the operator sees it
 
 
+def test_chargpt_admin_names_a_damaged_keys_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "keys.json"
+    for damaged, says in (('{"format": "chargpt-keys/1", "keys": [{"key_id": "a"}]}', f"{path}: bad key entry"),
+                          ('{"format": "other"}', f"{path}: not a chargpt keys file"), ("[1", "Expecting")):
+        path.write_text(damaged)
+        with pytest.raises(SystemExit) as exit_:
+            admin_cli.main(["keys", "list", "--keys-file", str(path)])
+        assert exit_.value.code == 1 and says in capsys.readouterr().err  # an error line, not a traceback
+
+
 def test_the_legacy_token_is_an_admin_of_the_default_tenant(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     key, _ = create_key(path, "acme", "member")
