@@ -6,12 +6,13 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from bench.soak_tenants import HttpRefusal, Tally, bearer_key, verdict
+from bench.soak_tenants import HttpRefusal, Tally, bearer_key, run_tenant_soak, verdict
 from chargpt import errors
 from chargpt.server.errors import status_metadata
 
@@ -102,3 +103,12 @@ async def test_the_soaks_channels_send_the_tenants_key() -> None:
             assert await channel.stream_unary("/test.Echo/Upload")(upload(), timeout=10) == b"Bearer cgk_a_b"
     finally:
         await server.stop(0)
+
+
+@pytest.mark.slow
+async def test_short_tenant_soak_passes(tmp_path: Path) -> None:
+    """Issue 26's done-when: three tenants on real service processes, the third over its inference limits."""
+    result = await run_tenant_soak(seconds=10, concurrency=6, workdir=tmp_path, tenants=3)
+    assert result["problems"] == [], result["tenants"]
+    assert result["tenants"]["tenant3"]["refused"] > 0 and result["exit_codes"] == {"trainer": 0, "inference": 0}
+    assert all(result["tenants"][name]["ok"] > 0 for name in ("tenant1", "tenant2", "tenant3"))
