@@ -1,6 +1,9 @@
 """Bounded soak: mixed generate/score/attention traffic against the inference service while the trainer trains.
 
-    python -m bench.soak [--seconds 120] [--concurrency 8]
+    python -m bench.soak [--seconds 120] [--concurrency 8] [--tenants 3]
+
+With --tenants N (the default, 3) the soak runs as N tenants with their own keys, one over its limits: see
+bench/soak_tenants.py. --tenants 0 is the single-user soak described here.
 
 Both services run as real subprocesses on loopback. The trainer trains a small model on the corpus for the whole
 soak; the inference service loads the job's first checkpoint over DownloadCheckpoint, then `concurrency` clients
@@ -99,8 +102,9 @@ class Recorder:
 class Traffic:
     """The request kinds, each a coroutine that raises on a wrong answer."""
 
-    def __init__(self, inference: inference_pb2_grpc.InferenceServiceStub, text: str, seed: int) -> None:
-        self.inference, self.text, self.rng = inference, text, random.Random(seed)
+    def __init__(self, inference: inference_pb2_grpc.InferenceServiceStub, text: str, seed: int,
+                 model: str = "soak") -> None:
+        self.inference, self.text, self.rng, self.model = inference, text, random.Random(seed), model
 
     def _slice(self, length: int) -> str:
         start = self.rng.randrange(0, len(self.text) - length)
@@ -108,7 +112,7 @@ class Traffic:
 
     async def generate(self) -> None:
         tokens = self.rng.randint(16, 96)
-        request = inference_pb2.GenerateRequest(model="soak", prompt=self._slice(self.rng.randint(0, 40)),
+        request = inference_pb2.GenerateRequest(model=self.model, prompt=self._slice(self.rng.randint(0, 40)),
                                                 max_new_tokens=tokens, preset=self.rng.choice(SAMPLING_PRESETS),
                                                 seed=self.rng.getrandbits(32))
         text, summary = "", None
@@ -120,12 +124,12 @@ class Traffic:
         assert len(text) == tokens, "wrong length"
 
     async def score(self) -> None:
-        reply = await self.inference.Score(inference_pb2.ScoreRequest(model="soak", text=self._slice(300)),
+        reply = await self.inference.Score(inference_pb2.ScoreRequest(model=self.model, text=self._slice(300)),
                                            timeout=60)
         assert reply.num_tokens == 299 and reply.perplexity > 1, "wrong score"
 
     async def attention(self) -> None:
-        reply = await self.inference.GetAttention(inference_pb2.GetAttentionRequest(model="soak",
+        reply = await self.inference.GetAttention(inference_pb2.GetAttentionRequest(model=self.model,
                                                                                     text=self._slice(BLOCK)),
                                                   timeout=60)
         assert list(reply.weights.shape)[-1] == BLOCK, "wrong attention shape"
@@ -136,17 +140,17 @@ class Traffic:
 
 
 async def prepare(trainer: trainer_pb2_grpc.TrainerServiceStub, inference: inference_pb2_grpc.InferenceServiceStub,
-                  text: str) -> str:
-    """Upload the corpus, start a long job, load its first checkpoint; returns the job id."""
+                  text: str, name: str = "soak", max_steps: int = 1_000_000) -> str:
+    """Upload the corpus, start a job (long by default), load its first checkpoint as model `name`; the job id."""
     async def upload() -> AsyncIterator[trainer_pb2.UploadCorpusRequest]:
-        yield trainer_pb2.UploadCorpusRequest(header=trainer_pb2.CorpusHeader(name="soak"))
+        yield trainer_pb2.UploadCorpusRequest(header=trainer_pb2.CorpusHeader(name=name))
         yield trainer_pb2.UploadCorpusRequest(data=text.encode())
 
     corpus = (await trainer.UploadCorpus(upload(), timeout=60)).corpus
     job = (await trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(
-        corpus_id=corpus.corpus_id, display_name="soak",
+        corpus_id=corpus.corpus_id, display_name=name,
         model=trainer_pb2.ModelSpec(custom=common_pb2.ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK)),
-        training=trainer_pb2.TrainingSpec(max_steps=1_000_000, batch_size=8, eval_interval=0, sample_interval=0,
+        training=trainer_pb2.TrainingSpec(max_steps=max_steps, batch_size=8, eval_interval=0, sample_interval=0,
                                           checkpoint_interval=5),
         resources=trainer_pb2.ResourceSpec(device="cpu")), timeout=60)).job
     deadline = time.monotonic() + 180
@@ -156,7 +160,7 @@ async def prepare(trainer: trainer_pb2_grpc.TrainerServiceStub, inference: infer
             raise TimeoutError("the job wrote no checkpoint")
         await asyncio.sleep(0.5)
     ref = inference_pb2.TrainerCheckpointRef(job_id=job.job_id, kind=common_pb2.CHECKPOINT_KIND_LATEST)
-    await inference.LoadModel(inference_pb2.LoadModelRequest(name="soak", trainer_checkpoint=ref), timeout=120)
+    await inference.LoadModel(inference_pb2.LoadModelRequest(name=name, trainer_checkpoint=ref), timeout=120)
     return str(job.job_id)
 
 
@@ -237,6 +241,20 @@ def print_table(table: dict[str, Any]) -> None:
               f"{row['p90_ms']:8.1f} {row['p99_ms']:8.1f} {row['max_ms']:8.1f} {row['alone_p50_ms']:9.1f}")
 
 
+def stop(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, int]:
+    """SIGTERM each service in turn; their exit codes (0 expected)."""
+    codes = {}
+    for name, proc in procs.items():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            codes[name] = proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes[name] = proc.wait()
+    return codes
+
+
 async def run_soak(seconds: float, concurrency: int, workdir: Path) -> dict[str, Any]:
     """Start both services, soak, stop them (SIGTERM: exit code 0 expected); the report as a dict."""
     tport, iport = free_port(), free_port()
@@ -246,7 +264,6 @@ async def run_soak(seconds: float, concurrency: int, workdir: Path) -> dict[str,
     inference_proc = start("inference_service.server", [
         "--port", str(iport), "--models-dir", str(workdir / "models"), "--device", "cpu", "--torch-threads", "1",
         "--trainer-address", f"127.0.0.1:{tport}"], workdir / "inference.log")
-    exit_codes: dict[str, int | None] = {}
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{tport}") as tch, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{iport}") as ich:
@@ -259,14 +276,7 @@ async def run_soak(seconds: float, concurrency: int, workdir: Path) -> dict[str,
             job = (await trainer.CancelTrainingJob(trainer_pb2.CancelTrainingJobRequest(job_id=job_id),
                                                    timeout=60)).job
     finally:
-        for name, proc in (("inference", inference_proc), ("trainer", trainer_proc)):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                exit_codes[name] = proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                exit_codes[name] = proc.wait()
+        exit_codes = stop({"inference": inference_proc, "trainer": trainer_proc})
     table = summarise(reference, recorder, wall)
     errors = sum(row["errors"] for row in table.values()) + sum(code != 0 for code in exit_codes.values())
     return {"seconds": round(wall, 1), "concurrency": concurrency, "errors": errors, "kinds": table,
@@ -279,7 +289,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--tenants", type=int, default=3, help="tenants sharing the deployment, the last one over "
+                        "its limits (bench/soak_tenants.py); 0: the single-user soak without keys")
     args = parser.parse_args()
+    if args.tenants:
+        from bench.soak_tenants import main as tenants_main  # it builds on this module
+
+        sys.exit(tenants_main(args.seconds, args.concurrency, args.tenants))
     with tempfile.TemporaryDirectory(prefix="chargpt-soak-") as tmp:
         report = asyncio.run(run_soak(args.seconds, args.concurrency, Path(tmp)))
     print_table(report["kinds"])

@@ -16,6 +16,7 @@ DEFAULT_INFERENCE_ADDRESS = "127.0.0.1:50052"
 TRAINER_ADDRESS_ENV = "CHARGPT_TRAINER_ADDRESS"
 INFERENCE_ADDRESS_ENV = "CHARGPT_INFERENCE_ADDRESS"
 TOKEN_ENV = "CHARGPT_TOKEN"
+API_KEY_ENV = "CHARGPT_API_KEY"  # the same bearer credential, named as a tenant's key (`chargpt-admin keys create`)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # attention dumps of big models are several MiB
 
 
@@ -83,9 +84,9 @@ class ClientOptions:
 
     @classmethod
     def from_env(cls, **overrides: object) -> ClientOptions:
-        """Options with the token from $CHARGPT_TOKEN unless given."""
+        """Options with the token from $CHARGPT_TOKEN (else $CHARGPT_API_KEY) unless given."""
         if overrides.get("token") is None:
-            overrides["token"] = os.environ.get(TOKEN_ENV) or None
+            overrides["token"] = os.environ.get(TOKEN_ENV) or os.environ.get(API_KEY_ENV) or None
         return cls(**overrides)  # type: ignore[arg-type]
 
     def metadata(self) -> tuple[tuple[str, str], ...]:

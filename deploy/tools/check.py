@@ -163,6 +163,7 @@ def compose_config(*files: str) -> dict[str, object]:
 def check_compose() -> None:
     compose_config("compose.yaml")
     compose_config("compose.yaml", "compose.cpu.yaml")
+    compose_config("compose.yaml", "compose.multi-tenant.yaml")
 
 
 CHECKS: dict[str, Callable[[], None]] = {

@@ -66,7 +66,8 @@ def _containers(resources: dict[tuple[str, str, str], dict[str, Any]]) -> list[t
             for c in pod_spec(r)["containers"]]
 
 
-@pytest.mark.parametrize("directory", ["base", "overlays/gpu", "overlays/kubernetes-executor"])
+@pytest.mark.parametrize("directory", ["base", "overlays/gpu", "overlays/kubernetes-executor",
+                                       "overlays/multi-tenant"])
 def test_every_pod_runs_non_root_with_resources(directory: str) -> None:
     resources = rendered(directory)
     for key, resource in resources.items():

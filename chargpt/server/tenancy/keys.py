@@ -92,7 +92,10 @@ def read_entries(path: Path) -> dict[str, KeyEntry]:
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
         raise ValueError(f"{path}: not a chargpt keys file (format {FILE_FORMAT})")
-    entries = [KeyEntry(**item) for item in data.get("keys", [])]
+    try:
+        entries = [KeyEntry(**item) for item in data.get("keys", [])]
+    except TypeError as exc:  # a missing or unknown field: the same operator-facing error as a bad format
+        raise ValueError(f"{path}: bad key entry ({exc})") from None
     return {e.key_id: e for e in entries}
 
 

@@ -60,7 +60,10 @@ class TenantsConfig(BaseModel):
 
     def limits(self, tenant: str) -> TenantLimits:
         override = self.tenants.get(tenant)
-        return self.defaults.model_copy(update=override) if override else self.defaults
+        if not override:
+            return self.defaults
+        # Validated, not model_copy(update=...): that would keep a TOML "4" a string, and check() would then fail.
+        return TenantLimits.model_validate({**self.defaults.model_dump(), **override})
 
 
 def read_tenants_file(path: Path) -> TenantsConfig:

@@ -28,7 +28,8 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
                        "default 127.0.0.1:50051)")
     group.add_argument("--inference", metavar="HOST:PORT", help="inference address ($CHARGPT_INFERENCE_ADDRESS, "
                        "default 127.0.0.1:50052); dns:///host:port with --round-robin for replicas")
-    group.add_argument("--token", help="bearer token ($CHARGPT_TOKEN)")
+    group.add_argument("--token", "--api-key", dest="token", help="bearer token: the deployment's --auth-token or a "
+                       "tenant's API key ($CHARGPT_TOKEN or $CHARGPT_API_KEY)")
     group.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds (default 60)")
     group.add_argument("--tls-ca", metavar="PEM", help="verify servers with these root certificates (enables TLS)")
     group.add_argument("--tls-cert", metavar="PEM", help="client certificate for mutual TLS")
