@@ -97,10 +97,11 @@ def test_the_legacy_token_still_works_as_admin(keyed_trainer: tuple[str, Path]) 
 async def test_openai_client_with_a_tenant_key(make_server: ServerFactory, tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     key, _ = create_key(keys, "acme", "member")
+    admin_key, _ = create_key(keys, "acme", "admin")  # a checkpoint_path load needs an admin key
     served = await make_server(http_port=0, keys_file=keys)
     write_checkpoint(served.models_dir / "tiny")
     request = inference_pb2.LoadModelRequest(name="tiny", checkpoint_path="tiny")
-    await served.stub.LoadModel(request, metadata=(("authorization", f"Bearer {key}"),), timeout=60)
+    await served.stub.LoadModel(request, metadata=(("authorization", f"Bearer {admin_key}"),), timeout=60)
     client = openai.AsyncOpenAI(base_url=base_url(served) + "/v1", api_key=key, max_retries=0)
     assert [m.id for m in (await client.models.list()).data] == ["tiny"]
     reply = await client.completions.create(model="tiny", prompt="a", max_tokens=3, seed=1)
