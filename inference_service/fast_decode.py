@@ -3,10 +3,10 @@
 GPT.decode_step is general (any rows, any dtype path, module calls, dropout no-ops, a bool mask converted in
 every layer). The engine always decodes cache rows 0..B-1 with positions it already knows, so this runner
 calls the functional ops on the model's own weights directly, builds one additive mask per step and writes
-the new keys and values with one indexed assignment per layer. The cache may be in a narrower dtype than the
-model (e.g. bfloat16 keys and values for a float32 model): attention then runs in the cache's dtype, which halves
-the memory traffic that dominates large-batch decoding. tests/inference_service/test_fast_decode.py
-checks it against GPT.decode_step.
+the new keys and values with one indexed assignment per layer (a lone row: no mask, and slice copies). The
+cache may be in a narrower dtype than the model (e.g. bfloat16 keys and values for a float32 model): attention
+then runs in the cache's dtype, which halves the memory traffic that dominates large-batch decoding.
+tests/inference_service/test_fast_decode.py checks it against GPT.decode_step.
 
 Attention over the cache has two implementations with the same maths: torch's scaled_dot_product_attention
 ("sdpa") and a written-out one ("matmul": one baddbmm for the scaled, masked scores, a softmax, one bmm). For a
@@ -35,18 +35,20 @@ Attention = Literal["sdpa", "matmul"]
 DEFAULT_ATTENTION: Attention = "sdpa"  # bench/decode_attention.py: SDPA was faster on this host (README)
 
 
-def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
                 ) -> torch.Tensor:
-    """q (B, nh, 1, hs) over k, v (B, nh, S, hs) with an additive mask (B, 1, 1, S): (B, nh, 1, hs)."""
+    """q (B, nh, 1, hs) over k, v (B, nh, S, hs) with an additive mask (B, 1, 1, S), or None where every key
+    is valid: (B, nh, 1, hs)."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
                   ) -> torch.Tensor:
     """attend_sdpa's maths written out; the softmax runs in float32 whatever the cache's dtype."""
     B, nh, S, hs = k.shape
+    bias = q.new_zeros(B, 1, 1, S, dtype=k.dtype) if mask is None else mask
     # (B, nh) merge into one batch dim without a copy: the cache slice is contiguous across them.
-    scores = torch.baddbmm(mask.expand(B, nh, 1, S).reshape(B * nh, 1, S), q.reshape(B * nh, 1, hs),
+    scores = torch.baddbmm(bias.expand(B, nh, 1, S).reshape(B * nh, 1, S), q.reshape(B * nh, 1, hs),
                            k.reshape(B * nh, S, hs).transpose(1, 2), alpha=scale)  # (B*nh, 1, S)
     weights = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
     return torch.bmm(weights, v.reshape(B * nh, S, hs)).view(B, nh, 1, hs)
@@ -76,33 +78,48 @@ class FastDecoder:
         next-token logits (B, V).
 
         attend_len must be max(positions) + 1; the caller tracks lengths in Python, so no device sync is needed.
+        A lone row (B = 1) sits at attend_len - 1 and attends to every key it has: it needs no mask, and its keys
+        and values are written with plain slice copies instead of indexed writes (a lone stream's step is mostly
+        such fixed costs besides its matmuls; the numbers are the same).
         """
         model, cache = self.model, self.cache
-        B, C, nh, hs = tokens.shape[0], self.n_embd, self.n_head, self.head_size
-        end = first_row + B
-        x = model.wte.weight[tokens] + model.wpe.weight[positions]  # (B, C)
-        keys = self.keys[:attend_len]
-        mask = torch.zeros(B, 1, 1, attend_len, dtype=cache.k.dtype, device=x.device)
-        mask.masked_fill_(keys[None, None, None, :] > positions[:, None, None, None], float("-inf"))
-        rows = self.rows[first_row:end]
+        B = tokens.shape[0]
+        where: torch.Tensor | int = attend_len - 1 if B == 1 else positions
+        mask = None
+        if B > 1:
+            keys = self.keys[:attend_len]
+            mask = torch.zeros(B, 1, 1, attend_len, dtype=cache.k.dtype, device=tokens.device)
+            mask.masked_fill_(keys[None, None, None, :] > positions[:, None, None, None], float("-inf"))
+        x = model.wte.weight[tokens] + model.wpe.weight[where]  # (B, C)
         for layer, module in enumerate(model.blocks):
-            block = cast(Block, module)
-            attn, mlp = block.attn, block.mlp
-            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, self.eps)
-            qkv = F.linear(h, attn.c_attn.weight, attn.c_attn.bias).view(B, 3, nh, hs)
-            k_cache, v_cache = cache.k[layer], cache.v[layer]
-            k_cache[rows, :, positions] = qkv[:, 1].to(k_cache.dtype)
-            v_cache[rows, :, positions] = qkv[:, 2].to(v_cache.dtype)
-            q = qkv[:, 0, :, None, :].to(k_cache.dtype)  # (B, nh, 1, hs)
-            y = self.attend(q, k_cache[first_row:end, :, :attend_len], v_cache[first_row:end, :, :attend_len],
-                            mask, self.scale).to(x.dtype)
-            x = x + F.linear(y.reshape(B, C), attn.c_proj.weight, attn.c_proj.bias)
-            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, self.eps)
-            x = x + F.linear(F.gelu(F.linear(h, mlp.c_fc.weight, mlp.c_fc.bias)), mlp.c_proj.weight,
-                             mlp.c_proj.bias)
-        x = F.layer_norm(x, (C,), model.ln_f.weight, model.ln_f.bias, self.eps)
-        cache.lengths[first_row:end] = positions + 1
+            x = self._block(cast(Block, module), layer, x, where, mask, attend_len, first_row)
+        x = F.layer_norm(x, (self.n_embd,), model.ln_f.weight, model.ln_f.bias, self.eps)
+        cache.lengths[first_row:first_row + B] = where + 1
         return F.linear(x, model.lm_head.weight)
+
+    def _block(self, block: Block, layer: int, x: torch.Tensor, where: torch.Tensor | int, mask: torch.Tensor | None,
+               attend_len: int, first_row: int) -> torch.Tensor:
+        """One transformer block for x (B, C): its keys and values go into the cache at `where` (each row's
+        position, or the lone row's as an int)."""
+        B, C, nh, hs = x.shape[0], self.n_embd, self.n_head, self.head_size
+        end = first_row + B
+        attn, mlp = block.attn, block.mlp
+        h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, self.eps)
+        qkv = F.linear(h, attn.c_attn.weight, attn.c_attn.bias).view(B, 3, nh, hs)
+        k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
+        if isinstance(where, int):
+            k_cache[first_row, :, where].copy_(qkv[0, 1])
+            v_cache[first_row, :, where].copy_(qkv[0, 2])
+        else:
+            rows = self.rows[first_row:end]
+            k_cache[rows, :, where] = qkv[:, 1].to(k_cache.dtype)
+            v_cache[rows, :, where] = qkv[:, 2].to(v_cache.dtype)
+        q = qkv[:, 0, :, None, :].to(k_cache.dtype)  # (B, nh, 1, hs)
+        y = self.attend(q, k_cache[first_row:end, :, :attend_len], v_cache[first_row:end, :, :attend_len],
+                        mask, self.scale).to(x.dtype)
+        x = x + F.linear(y.reshape(B, C), attn.c_proj.weight, attn.c_proj.bias)
+        h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, self.eps)
+        return x + F.linear(F.gelu(F.linear(h, mlp.c_fc.weight, mlp.c_fc.bias)), mlp.c_proj.weight, mlp.c_proj.bias)
 
 
 class RowGroups:
