@@ -13,6 +13,13 @@ Attention over the cache has two implementations with the same maths: torch's sc
 single query per sequence the CPU SDPA kernel reads the cache slowly; bench/decode_attention.py compares both
 in one run, and DEFAULT_ATTENTION is what it measured faster (see inference_service/README.md).
 
+A lone row's matrix products are matrix-vector products, bound by reading the weights (42 MB per character for
+the notebook-size model), and torch's kernel for x @ W.T reads a widening W (out > in) slowly: on the AVX2 host of
+issue 25, (in, out) copies of c_attn and c_fc, multiplied as x @ W_t, made a float32 step 1.25x faster
+(bench/results/decode-profile-20261207.md). `lone_transposed` keeps such copies (about 60% more weight memory;
+the numbers differ from the plain step by float rounding, ~1e-6) and the calibration turns it on where it measures
+faster.
+
 RowGroups decodes a batch as several contiguous row groups at once, each on its own Python thread running torch
 with one thread (data parallelism within the batch, instead of torch's per-op intra-op parallelism). On the 2-core
 hosts of issue 13, torch's two threads meet at a fork/join in every one of a step's ~100 ops, and bf16 kernels
@@ -26,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Literal, cast
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from chargpt.core.device import set_torch_threads
@@ -60,8 +68,16 @@ ATTENTION = {"sdpa": attend_sdpa, "matmul": attend_matmul}
 class FastDecoder:
     """Decode one token per sequence for cache rows first_row..first_row+B-1 (by default 0..B-1)."""
 
-    def __init__(self, model: GPT, cache: KVCache, attention: Attention = DEFAULT_ATTENTION) -> None:
+    def __init__(self, model: GPT, cache: KVCache, attention: Attention = DEFAULT_ATTENTION,
+                 lone_transposed: bool = False) -> None:
+        """`lone_transposed`: keep (in, out) copies of each block's widening matrices (c_attn, c_fc) for a lone
+        row's matrix-vector products (see the module doc; more memory, the calibration decides)."""
         self.model, self.cache = model, cache
+        blocks = [cast(Block, b) for b in model.blocks]
+        self.transposed: list[tuple[torch.Tensor, torch.Tensor]] | None = (
+            [(b.attn.c_attn.weight.detach().t().contiguous(), b.mlp.c_fc.weight.detach().t().contiguous())
+             for b in blocks]
+            if lone_transposed else None)
         self.attend = ATTENTION[attention]
         config = model.config
         self.n_head, self.n_embd, self.head_size = config.n_head, config.n_embd, config.head_size
@@ -105,7 +121,8 @@ class FastDecoder:
         end = first_row + B
         attn, mlp = block.attn, block.mlp
         h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, self.eps)
-        qkv = F.linear(h, attn.c_attn.weight, attn.c_attn.bias).view(B, 3, nh, hs)
+        wide = self.transposed[layer] if self.transposed is not None and B == 1 else (None, None)
+        qkv = _linear(h, attn.c_attn, wide[0]).view(B, 3, nh, hs)
         k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
         if isinstance(where, int):
             k_cache[first_row, :, where].copy_(qkv[0, 1])
@@ -119,7 +136,14 @@ class FastDecoder:
                         mask, self.scale).to(x.dtype)
         x = x + F.linear(y.reshape(B, C), attn.c_proj.weight, attn.c_proj.bias)
         h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, self.eps)
-        return x + F.linear(F.gelu(F.linear(h, mlp.c_fc.weight, mlp.c_fc.bias)), mlp.c_proj.weight, mlp.c_proj.bias)
+        return x + F.linear(F.gelu(_linear(h, mlp.c_fc, wide[1])), mlp.c_proj.weight, mlp.c_proj.bias)
+
+
+def _linear(x: torch.Tensor, linear: nn.Linear, transposed: torch.Tensor | None) -> torch.Tensor:
+    """linear(x), from its (in, out) copy where one is given."""
+    if transposed is None:
+        return F.linear(x, linear.weight, linear.bias)
+    return torch.mm(x, transposed) if linear.bias is None else torch.addmm(linear.bias, x, transposed)
 
 
 class RowGroups:
