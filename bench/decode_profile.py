@@ -4,12 +4,13 @@ the engine's Python per step, and the transport per message over gRPC and HTTP.
     python -m bench.decode_profile [--no-server] [--chars N] [--rounds N]
 
 The notebook-size model (6x384, block 256, 65 characters, random init) decodes one stream with the BALANCED preset.
-(a) forward: FastDecoder.step for one row halfway through the window, on one thread and on all, with torch.profiler's
-op count and the matmuls' share; beside it the time to stream the weights' bytes once (a sum over a float32 tensor
-of the same size: the bandwidth floor of a GEMV step). (b) engine: the engine's parts (scheduler, model runner,
-output processor) stepped in this thread for one request, each phase timed. (c) transport: single streams through
-a server subprocess over gRPC and HTTP, interleaved; per character minus (b) is what the RPC layers add. (d) the
-server's measured thread plan for one stream.
+(a) forward: FastDecoder.step for one row halfway through the window, on one thread and on all, with the model's own
+matrices and with the lone row's transposed copies (interleaved), torch.profiler's op count and the matmuls' share;
+beside it the time to stream the weights' bytes once (a sum over a float32 tensor of the same size: the bandwidth
+floor of a GEMV step). (b) engine: the engine's parts (scheduler, model runner, output processor) stepped in this
+thread for one request, each phase timed (with the layout (a) measured faster). (c) transport: single streams
+through a server subprocess over gRPC and HTTP, interleaved, with the server's CPU time per character; per
+character minus (b) is what the RPC layers add. (d) the server's measured thread plan for one stream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ from bench.inference import (
     wait_ready,
     write_model,
 )
+from chargpt.core.calibration import speedup, time_interleaved
 from chargpt.core.model import GPT, KVCache
 from chargpt.sampling_params import SAMPLING_PRESETS, SamplingPreset
 from chargpt.v1 import inference_pb2_grpc
@@ -54,6 +58,7 @@ from inference_service.engine.scheduler import Scheduler
 from inference_service.fast_decode import DEFAULT_ATTENTION, FastDecoder
 from inference_service.metrics import InferenceMetrics
 from inference_service.server import default_torch_threads
+from inference_service.serving_choices import LAYOUT_MARGIN
 
 
 def best_ms(fn: Any, calls: int, repeats: int = 5) -> tuple[float, float]:
@@ -77,40 +82,51 @@ def weight_bytes(model: GPT) -> int:
 
 
 def forward(model: GPT, threads: int) -> dict[str, Any]:
-    """(a) The decode step alone for one row, and the time to read the weights' bytes once."""
+    """(a) The decode step alone for one row, with the model's own matrices and with the lone row's transposed
+    copies (interleaved), each step's op count and matmul share, and the time to read the weights' bytes once."""
     torch.set_num_threads(threads)
     nbytes = weight_bytes(model)
     flat = torch.ones(nbytes // 4)
-    cache = KVCache(model.config, 1)
-    decoder = FastDecoder(model, cache)
     position = model.config.block_size // 2
     tokens, positions = torch.tensor([1]), torch.tensor([position])
+    decoders = {name: FastDecoder(model, KVCache(model.config, 1), lone_transposed=name == "lone_transposed")
+                for name in ("plain", "lone_transposed")}
+    steps = {name: partial(d.step, tokens, positions, position + 1) for name, d in decoders.items()}
     with torch.inference_mode():
         read_ms, _ = best_ms(flat.sum, 20)
-        step_ms, step_cpu_ms = best_ms(lambda: decoder.step(tokens, positions, position + 1), 50)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(10):
-                decoder.step(tokens, positions, position + 1)
+        timings = time_interleaved(steps, trials=9, trial_s=0.05, budget_s=5.0)
+        out: dict[str, Any] = {"threads": threads, "weights_mb": nbytes / 1e6, "read_weights_ms": read_ms,
+                               "read_gb_s": nbytes / read_ms / 1e6,
+                               "transposed_speedup": speedup(timings["lone_transposed"], timings["plain"])}
+        for name, step in steps.items():
+            out[name] = {"step_ms": 1e3 * timings[name].best_s, "step_median_ms": 1e3 * timings[name].median_s,
+                         **_op_profile(step)}
+    return out
+
+
+def _op_profile(step: Callable[[], object]) -> dict[str, Any]:
+    """torch.profiler over 10 steps: top-level ops per step and the matmuls' share of the ops' time."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(10):
+            step()
     ops = Counter(e.name for e in prof.events() if e.cpu_parent is None)
-    mm_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm")) / 10
-    total_us = sum(e.self_cpu_time_total for e in prof.key_averages()) / 10
-    return {"threads": threads, "weights_mb": nbytes / 1e6, "read_weights_ms": read_ms,
-            "read_gb_s": nbytes / read_ms / 1e6, "step_ms": step_ms, "step_cpu_ms": step_cpu_ms,
-            "top_level_ops": sum(ops.values()) // 10,
-            "matmul_share_profiled": mm_us / total_us if total_us else 0.0}
+    averages = prof.key_averages()
+    mm_us = sum(e.self_cpu_time_total for e in averages if e.key in ("aten::mm", "aten::addmm"))
+    total_us = sum(e.self_cpu_time_total for e in averages)
+    return {"top_level_ops": sum(ops.values()) // 10, "matmul_share": mm_us / total_us if total_us else 0.0}
 
 
-def engine_parts(model: GPT, chars: int) -> dict[str, Any]:
+def engine_parts(model: GPT, chars: int, lone_transposed: bool) -> dict[str, Any]:
     """(b) One BALANCED request stepped through the engine's parts on this thread (one torch thread, as the
     measured plan runs a lone stream here), each phase's milliseconds per character."""
-    return asyncio.run(_engine_parts(model, chars))
+    return asyncio.run(_engine_parts(model, chars, lone_transposed))
 
 
-async def _engine_parts(model: GPT, chars: int) -> dict[str, Any]:
+async def _engine_parts(model: GPT, chars: int, lone_transposed: bool) -> dict[str, Any]:
     cache = KVCache(model.config, 4)
     metrics = ModelMetrics(InferenceMetrics(), MODEL)
     scheduler = Scheduler(cache, model.config.block_size, 4, 4, metrics)
-    runner = ModelRunner(model, cache, DecodePolicy(max_threads=1), DEFAULT_ATTENTION)
+    runner = ModelRunner(model, cache, DecodePolicy(max_threads=1, lone_transposed=lone_transposed), DEFAULT_ATTENTION)
     processor = OutputProcessor("".join(chr(32 + i) for i in range(model.config.vocab_size)), metrics)
     params = SAMPLING_PRESETS[SamplingPreset.BALANCED].model_copy(update={"max_new_tokens": chars})
     request = GenRequest(prompt_ids=[0], prompt_chars_dropped=0, params=params, seed=0, deadline=None,
@@ -174,23 +190,30 @@ async def transport(models_dir: Path, rounds: int, chars: int) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--no-server", action="store_true", help="skip (c, d): no server subprocess")
+    parser.add_argument("--server-only", action="store_true", help="only (c, d): end to end, for before/after runs")
     parser.add_argument("--chars", type=int, default=255)
     parser.add_argument("--rounds", type=int, default=3, help="single streams per protocol")
     args = parser.parse_args()
-    load = os.getloadavg()
-    text = corpus_text()
+    out: dict[str, Any] = {"load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
-        model = write_model(Path(tmp) / "models", text, FULL.config)
-        before = torch.get_num_threads()
-        out: dict[str, Any] = {"forward": [forward(model, t) for t in sorted({1, before})]}
-        torch.set_num_threads(1)
-        out["engine"] = engine_parts(model, args.chars)
-        torch.set_num_threads(before)
+        model = write_model(Path(tmp) / "models", corpus_text(), FULL.config)
+        if not args.server_only:
+            out |= in_process(model, args.chars)
         if not args.no_server:
             out["transport"] = asyncio.run(transport(Path(tmp) / "models", args.rounds, args.chars))
-    out["load_before"], out["load_after"] = load, os.getloadavg()
+    out["load_after"] = os.getloadavg()
     print(json.dumps(out, indent=2, default=float))
 
+
+def in_process(model: GPT, chars: int) -> dict[str, Any]:
+    """(a) on one thread and on all, then (b) on one thread; restores torch's thread count."""
+    before = torch.get_num_threads()
+    out: dict[str, Any] = {"forward": [forward(model, t) for t in sorted({1, before})]}
+    torch.set_num_threads(1)
+    lone = out["forward"][0]["transposed_speedup"] * LAYOUT_MARGIN > 1  # as the calibration would decide
+    out["engine"] = engine_parts(model, chars, lone)
+    torch.set_num_threads(before)
+    return out
 
 if __name__ == "__main__":
     main()
