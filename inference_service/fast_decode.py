@@ -30,7 +30,7 @@ scale poorly across them; two independent halves ran a 64-row bf16 step 1.26x fa
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Literal, cast
+from typing import Literal, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -65,6 +65,31 @@ def attend_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch
 ATTENTION = {"sdpa": attend_sdpa, "matmul": attend_matmul}
 
 
+class _Layer(NamedTuple):
+    """One block's parameters as plain tensors, read once: a lone row's step is short enough that looking them up
+    through the modules every step (~150 nn.Module attribute reads) shows in its time."""
+
+    ln_1: tuple[torch.Tensor, torch.Tensor | None]
+    attn: tuple[torch.Tensor, torch.Tensor | None]
+    proj: tuple[torch.Tensor, torch.Tensor | None]
+    ln_2: tuple[torch.Tensor, torch.Tensor | None]
+    fc: tuple[torch.Tensor, torch.Tensor | None]
+    out: tuple[torch.Tensor, torch.Tensor | None]
+    wide: tuple[torch.Tensor, torch.Tensor] | None  # (in, out) copies of attn's and fc's weights, for a lone row
+    k: torch.Tensor  # this layer's cache (B_cache, nh, T, hs)
+    v: torch.Tensor
+
+    @staticmethod
+    def of(block: Block, cache: KVCache, layer: int, transposed: bool) -> _Layer:
+        def params(m: nn.Linear | nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return m.weight.detach(), None if m.bias is None else m.bias.detach()
+        attn, mlp = block.attn, block.mlp
+        wide = ((attn.c_attn.weight.detach().t().contiguous(), mlp.c_fc.weight.detach().t().contiguous())
+                if transposed else None)
+        return _Layer(params(block.ln_1), params(attn.c_attn), params(attn.c_proj), params(block.ln_2),
+                      params(mlp.c_fc), params(mlp.c_proj), wide, cache.k[layer], cache.v[layer])
+
+
 class FastDecoder:
     """Decode one token per sequence for cache rows first_row..first_row+B-1 (by default 0..B-1)."""
 
@@ -73,11 +98,8 @@ class FastDecoder:
         """`lone_transposed`: keep (in, out) copies of each block's widening matrices (c_attn, c_fc) for a lone
         row's matrix-vector products (see the module doc; more memory, the calibration decides)."""
         self.model, self.cache = model, cache
-        blocks = [cast(Block, b) for b in model.blocks]
-        self.transposed: list[tuple[torch.Tensor, torch.Tensor]] | None = (
-            [(b.attn.c_attn.weight.detach().t().contiguous(), b.mlp.c_fc.weight.detach().t().contiguous())
-             for b in blocks]
-            if lone_transposed else None)
+        self.layers = [_Layer.of(cast(Block, b), cache, i, lone_transposed) for i, b in enumerate(model.blocks)]
+        self.transposed = lone_transposed
         self.attend = ATTENTION[attention]
         config = model.config
         self.n_head, self.n_embd, self.head_size = config.n_head, config.n_embd, config.head_size
@@ -100,50 +122,61 @@ class FastDecoder:
         """
         model, cache = self.model, self.cache
         B = tokens.shape[0]
-        where: torch.Tensor | int = attend_len - 1 if B == 1 else positions
-        mask = None
-        if B > 1:
+        if B == 1:
+            x = model.wte.weight[tokens] + model.wpe.weight[attend_len - 1]  # (1, C)
+            for layer in self.layers:
+                x = self._lone_block(layer, x, attend_len, first_row)
+            cache.lengths[first_row] = attend_len
+        else:
             keys = self.keys[:attend_len]
             mask = torch.zeros(B, 1, 1, attend_len, dtype=cache.k.dtype, device=tokens.device)
             mask.masked_fill_(keys[None, None, None, :] > positions[:, None, None, None], float("-inf"))
-        x = model.wte.weight[tokens] + model.wpe.weight[where]  # (B, C)
-        for layer, module in enumerate(model.blocks):
-            x = self._block(cast(Block, module), layer, x, where, mask, attend_len, first_row)
+            x = model.wte.weight[tokens] + model.wpe.weight[positions]  # (B, C)
+            for layer in self.layers:
+                x = self._block(layer, x, positions, mask, attend_len, first_row)
+            cache.lengths[first_row:first_row + B] = positions + 1
         x = F.layer_norm(x, (self.n_embd,), model.ln_f.weight, model.ln_f.bias, self.eps)
-        cache.lengths[first_row:first_row + B] = where + 1
         return F.linear(x, model.lm_head.weight)
 
-    def _block(self, block: Block, layer: int, x: torch.Tensor, where: torch.Tensor | int, mask: torch.Tensor | None,
+    def _block(self, layer: _Layer, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                attend_len: int, first_row: int) -> torch.Tensor:
-        """One transformer block for x (B, C): its keys and values go into the cache at `where` (each row's
-        position, or the lone row's as an int)."""
+        """One transformer block for rows x (B, C) at `positions`, keys and values written by index."""
         B, C, nh, hs = x.shape[0], self.n_embd, self.n_head, self.head_size
         end = first_row + B
-        attn, mlp = block.attn, block.mlp
-        h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, self.eps)
-        wide = self.transposed[layer] if self.transposed is not None and B == 1 else (None, None)
-        qkv = _linear(h, attn.c_attn, wide[0]).view(B, 3, nh, hs)
-        k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
-        if isinstance(where, int):
-            k_cache[first_row, :, where].copy_(qkv[0, 1])
-            v_cache[first_row, :, where].copy_(qkv[0, 2])
-        else:
-            rows = self.rows[first_row:end]
-            k_cache[rows, :, where] = qkv[:, 1].to(k_cache.dtype)
-            v_cache[rows, :, where] = qkv[:, 2].to(v_cache.dtype)
-        q = qkv[:, 0, :, None, :].to(k_cache.dtype)  # (B, nh, 1, hs)
-        y = self.attend(q, k_cache[first_row:end, :, :attend_len], v_cache[first_row:end, :, :attend_len],
+        qkv = F.linear(F.layer_norm(x, (C,), *layer.ln_1, self.eps), *layer.attn).view(B, 3, nh, hs)
+        rows = self.rows[first_row:end]
+        layer.k[rows, :, positions] = qkv[:, 1].to(layer.k.dtype)
+        layer.v[rows, :, positions] = qkv[:, 2].to(layer.v.dtype)
+        q = qkv[:, 0, :, None, :].to(layer.k.dtype)  # (B, nh, 1, hs)
+        y = self.attend(q, layer.k[first_row:end, :, :attend_len], layer.v[first_row:end, :, :attend_len],
                         mask, self.scale).to(x.dtype)
-        x = x + F.linear(y.reshape(B, C), attn.c_proj.weight, attn.c_proj.bias)
-        h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, self.eps)
-        return x + F.linear(F.gelu(_linear(h, mlp.c_fc, wide[1])), mlp.c_proj.weight, mlp.c_proj.bias)
+        return self._mlp(layer, x + F.linear(y.reshape(B, C), *layer.proj), None)
+
+    def _lone_block(self, layer: _Layer, x: torch.Tensor, attend_len: int, row: int) -> torch.Tensor:
+        """One transformer block for a lone row x (1, C) at position attend_len - 1: no mask, slice writes."""
+        C, nh, hs, start = self.n_embd, self.n_head, self.head_size, attend_len - 1
+        wide = layer.wide[0] if layer.wide is not None else None
+        h = F.layer_norm(x, (C,), *layer.ln_1, self.eps)
+        q, k, v = _linear(h, layer.attn, wide).view(3, nh, 1, hs)
+        k_row, v_row = layer.k[row], layer.v[row]  # (nh, T, hs)
+        k_row[:, start:attend_len].copy_(k)
+        v_row[:, start:attend_len].copy_(v)
+        y = self.attend(q.to(k_row.dtype)[None], k_row[None, :, :attend_len], v_row[None, :, :attend_len], None,
+                        self.scale).to(x.dtype)
+        return self._mlp(layer, x + F.linear(y.reshape(1, C), *layer.proj), layer.wide)
+
+    def _mlp(self, layer: _Layer, x: torch.Tensor, wide: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        h = F.layer_norm(x, (self.n_embd,), *layer.ln_2, self.eps)
+        return x + F.linear(F.gelu(_linear(h, layer.fc, wide[1] if wide is not None else None)), *layer.out)
 
 
-def _linear(x: torch.Tensor, linear: nn.Linear, transposed: torch.Tensor | None) -> torch.Tensor:
-    """linear(x), from its (in, out) copy where one is given."""
+def _linear(x: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor | None], transposed: torch.Tensor | None
+            ) -> torch.Tensor:
+    """linear(x) with (weight, bias), from the weight's (in, out) copy where one is given."""
+    weight, bias = params
     if transposed is None:
-        return F.linear(x, linear.weight, linear.bias)
-    return torch.mm(x, transposed) if linear.bias is None else torch.addmm(linear.bias, x, transposed)
+        return F.linear(x, weight, bias)
+    return torch.mm(x, transposed) if bias is None else torch.addmm(bias, x, transposed)
 
 
 class RowGroups:

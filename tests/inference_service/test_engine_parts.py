@@ -46,10 +46,10 @@ def test_a_lone_rows_transposed_copies_go_to_float32_weights_only() -> None:
     cache = KVCache(CONFIG, batch_size=2)
     plain = ModelRunner(model, cache, DecodePolicy(max_threads=1), "sdpa")
     lone = ModelRunner(model, cache, DecodePolicy(max_threads=1, lone_transposed=True), "sdpa")
-    assert plain.decoder.transposed is None and lone.decoder.transposed is not None
+    assert not plain.decoder.transposed and lone.decoder.transposed
     narrow = ModelRunner(copy.deepcopy(model).to(torch.bfloat16), cache,
                          DecodePolicy(max_threads=1, narrow_from=2, lone_transposed=True), "sdpa", float32_model=model)
-    assert narrow.decoder.transposed is None and narrow.float32_decoder.transposed is not None
+    assert not narrow.decoder.transposed and narrow.float32_decoder.transposed
 
 
 async def test_newcomers_join_after_the_running_rows_and_a_freed_row_takes_the_last() -> None:

@@ -120,7 +120,8 @@ def test_transposed_copies_serve_only_a_lone_row_with_gpt_decode_steps_numbers(b
                             bias=bias)).eval()
     reference, plain_cache, lone_cache = (KVCache(model.config, 3) for _ in range(3))
     plain, lone = FastDecoder(model, plain_cache), FastDecoder(model, lone_cache, lone_transposed=True)
-    assert lone.transposed is not None and lone.transposed[1][1].shape == (32, 128) and plain.transposed is None
+    wide = [layer.wide for layer in lone.layers]
+    assert all(w is not None and w[1].shape == (32, 128) for w in wide) and plain.layers[1].wide is None
     for t in range(6):
         tokens = torch.randint(0, 19, (1,))
         expected = model.decode_step(tokens, reference, rows=torch.tensor([0]))
@@ -129,7 +130,8 @@ def test_transposed_copies_serve_only_a_lone_row_with_gpt_decode_steps_numbers(b
         plain.step(tokens, torch.tensor([t]), t + 1)
     for mine, theirs in ((lone_cache.k, plain_cache.k), (lone_cache.v, plain_cache.v)):
         mine.copy_(theirs)  # the same keys and values in both caches
-    for copies in lone.transposed:
+    for copies in wide:
+        assert copies is not None
         copies[1].zero_()  # broken copies: only a step that reads them can tell
     tokens, positions = torch.randint(0, 19, (3,)), torch.tensor([6, 0, 0])
     assert torch.equal(lone.step(tokens, positions, 7), plain.step(tokens, positions, 7))

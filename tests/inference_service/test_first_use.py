@@ -116,7 +116,7 @@ async def test_first_load_serves_with_the_defaults_while_the_host_is_measured(
         measured = await client.get_model("tiny")
         assert (measured.calibration, measured.dtype, measured.kv_cache_dtype) == ("measured", "bfloat16", "float32")
         runner = _engine(s, "tiny").model_runner  # the plan takes the lone row's layout; measured for float32 only,
-        assert runner.policy.lone_transposed and runner.decoder.transposed is None  # so bf16 weights get no copies
+        assert runner.policy.lone_transposed and not runner.decoder.transposed  # so bf16 weights get no copies
         assert len((await client.generate("tiny", "a", max_new_tokens=5)).text) == 5
         again = await make_server(calibration_dir=tmp_path / "empty", dtype="auto", torch_threads=2)
         write_checkpoint(again.models_dir / "tiny")
