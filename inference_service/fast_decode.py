@@ -117,8 +117,8 @@ class FastDecoder:
 
         attend_len must be max(positions) + 1; the caller tracks lengths in Python, so no device sync is needed.
         A lone row (B = 1) sits at attend_len - 1 and attends to every key it has: it needs no mask, and its keys
-        and values are written with plain slice copies instead of indexed writes (a lone stream's step is mostly
-        such fixed costs besides its matmuls; the numbers are the same).
+        and values are written with plain slice copies instead of indexed writes (besides its matmuls, a lone
+        stream's step is mostly such fixed costs). Its numbers are the batched path's unless lone_transposed.
         """
         model, cache = self.model, self.cache
         B = tokens.shape[0]
