@@ -17,13 +17,15 @@ class DecodePolicy:
     on a big one; bf16 weights can speed a big batch and slow a lone stream. The engine thread sets its own torch
     thread count only when the batch crosses `parallel_from`, and restores `max_threads` when idle (the count a
     new thread starts from; Score's worker sets its own, registry.torch_worker). From `split_from` rows (0: never)
-    a step runs as `max_threads` row groups at once, each on one torch thread (fast_decode.RowGroups)."""
+    a step runs as `max_threads` row groups at once, each on one torch thread (fast_decode.RowGroups). A lone float32
+    row multiplies by transposed copies of the widening matrices where `lone_transposed` (measured faster)."""
 
     max_threads: int
     parallel_from: int = DEFAULT_PARALLEL_FROM
     narrow_from: int = 1  # batches from here use the model's own weights; smaller ones its float32 copy, if given
     split_from: int = 0
     max_batch: int | None = None  # the largest batch the cache holds, if bounded
+    lone_transposed: bool = False
 
     @property
     def reported_parallel_from(self) -> int:

@@ -9,6 +9,9 @@ stream 0.78x as fast (a one-row matmul has no fast bf16 kernel without AMX), and
 but could cost at batch 1. So the choice is a small plan: from which batch size the narrow weights are used, from
 which every thread is, and from which a step runs as row groups of one thread each (fast_decode.RowGroups; on
 such a host two 64-row halves ran a bf16 step 1.2-1.3x faster than both threads on every op, and float32 no faster).
+A lone stream's step is a chain of matrix-vector products, and the layout of a matrix decides their speed: on the
+AVX2 host of issue 25, (in, out) copies of the widening matrices (c_attn, c_fc) made a float32 step 1.25x faster
+(fast_decode.FastDecoder's lone_transposed); whether they do is measured too.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ DTYPE_VARIANTS = {"float32/float32": (torch.float32, torch.float32),
                   "bfloat16/float32": (torch.bfloat16, torch.float32),
                   "bfloat16/bfloat16": (torch.bfloat16, torch.bfloat16)}
 PARALLEL_MARGIN = 0.95  # every thread must save at least 5% over one to be worth the fork/join
+LAYOUT_MARGIN = 0.95  # the lone row's transposed copies must save at least 5% to be worth their memory
 
 
 class DecodeCalibration(BaseModel):
     """Seconds per decode step: each dtype variant at the big batch (every thread), then a ladder of batch sizes
     in the chosen cache dtype, each with fp32 and the chosen weights, on one thread, on all ("B8:float32:t2") and
-    as one row group per thread ("B8:float32:g2")."""
+    as one row group per thread ("B8:float32:g2"); and a lone float32 row on one thread with the model's own
+    matrices and with transposed copies of the widening ones ("plain", "transposed")."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -43,13 +48,15 @@ class DecodeCalibration(BaseModel):
     max_threads: int
     dtypes_big: dict[str, Timing]
     ladder: dict[str, Timing]
+    lone: dict[str, Timing] = {}
     load_average: float = 0.0  # the host's 1-minute load average when measured: a busy host skews the choice
 
 
 class DecodeChoice(BaseModel):
     """Decode batches of at least narrow_from rows use weight_dtype (smaller ones float32); batches of at least
     parallel_from rows use every torch thread (smaller ones one); from split_from rows (0: never) a step runs as
-    one row group per thread."""
+    one row group per thread. A lone float32 row multiplies by (in, out) copies of the widening matrices where
+    `lone_transposed`."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -58,6 +65,7 @@ class DecodeChoice(BaseModel):
     parallel_from: int
     narrow_from: int = 1
     split_from: int = 0
+    lone_transposed: bool = False
 
 
 def fastest_variant(big: dict[str, Timing]) -> str:
@@ -95,6 +103,11 @@ def crossover(batches: list[int], wins: dict[int, bool], never: int) -> int:
 
 
 def decide(c: DecodeCalibration) -> DecodeChoice:
+    lone = bool(c.lone) and speedup(c.lone["transposed"], c.lone["plain"]) * LAYOUT_MARGIN > 1
+    return _decide_threads(c).model_copy(update={"lone_transposed": lone})
+
+
+def _decide_threads(c: DecodeCalibration) -> DecodeChoice:
     weights, cache = fastest_variant(c.dtypes_big).split("/")
     batches = ladder_batches(c)
     best = {b: best_at(c, b) for b in batches}
@@ -112,12 +125,12 @@ def decide(c: DecodeCalibration) -> DecodeChoice:
                         split_from=0 if split_from == never else split_from)
 
 
-def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int, groups: RowGroups | None = None
-          ) -> Callable[[], None]:
+def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int, groups: RowGroups | None = None,
+          lone_transposed: bool = False) -> Callable[[], None]:
     """One decode step of `batch` rows halfway through the context window (a typical attention length), on
     `threads` torch threads, or as `groups` of one thread each."""
     cache = KVCache(model.config, batch, dtype=cache_dtype)
-    decoder = FastDecoder(model, cache)
+    decoder = FastDecoder(model, cache, lone_transposed=lone_transposed)
     tokens = torch.randint(0, model.config.vocab_size, (batch,))
     position = model.config.block_size // 2
     positions = torch.full((batch,), position, dtype=torch.long)
@@ -151,19 +164,22 @@ def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibr
                              for b in sorted({min(8, big_batch), big_batch}) if b >= max_threads
                              for w in {torch.float32, weights}}
             ladder = time_interleaved(variants, trial_s=0.03, budget_s=4.0, trials=9)
+            lone = time_interleaved({"plain": _step(model, 1, cache, 1),
+                                     "transposed": _step(model, 1, cache, 1, lone_transposed=True)},
+                                    trial_s=0.03, budget_s=1.0, trials=9)
     finally:
         if groups is not None:
             groups.close()
         torch.set_num_threads(before)
     return DecodeCalibration(big_batch=big_batch, max_threads=max_threads, dtypes_big=big, ladder=ladder,
-                             load_average=load)
+                             lone=lone, load_average=load)
 
 
 def decode_entry(model: GPT, big_batch: int, max_threads: int) -> str:
     """The cache entry of this model's shapes at this batch and thread count."""
     c = model.config
     return (f"decode:L{c.n_layer}-H{c.n_head}-C{c.n_embd}-T{c.block_size}-V{c.vocab_size}-B{big_batch}"
-            f":threads{max_threads}:groups")
+            f":threads{max_threads}:groups:lone")  # ":lone": entries measured before it lack the lone row
 
 
 def cached_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int) -> DecodeChoice | None:

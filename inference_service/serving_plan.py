@@ -92,7 +92,7 @@ class ServingPlanner:
         if device_type != "cpu" or max(split, threads) > rows:
             split = 0  # row groups are a CPU threading choice, and need a batch the cache can hold
         policy = DecodePolicy(threads, s.parallel_decode_from or choice.parallel_from, choice.narrow_from, split,
-                              max_batch=rows)
+                              max_batch=rows, lone_transposed=choice.lone_transposed)
         if s.split_decode_from and policy.reported_split_from != s.split_decode_from:
             log.warning("--split-decode-from %d applies as %d (%d torch threads, each group needs a row; %d cache "
                         "rows; device %s; 0: never)", s.split_decode_from, policy.reported_split_from, threads,
@@ -124,5 +124,6 @@ def same_plan(a: Engine, b: Engine) -> bool:
     def plan(e: Engine) -> tuple[object, ...]:
         p = e.policy
         weights = e.model_runner.model.wte.weight.dtype
-        return weights, e.cache.k.dtype, p.reported_parallel_from, p.narrow_from, p.reported_split_from
+        return (weights, e.cache.k.dtype, p.reported_parallel_from, p.narrow_from, p.reported_split_from,
+                p.lone_transposed)
     return plan(a) == plan(b)

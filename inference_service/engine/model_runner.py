@@ -29,8 +29,9 @@ class ModelRunner:
         self.device = cache.k.device
         block_size = model.config.block_size
         self.keep = block_size - min(window_slide or max(1, block_size // 4), block_size)
-        self.decoder = FastDecoder(model, cache, attention)
-        self.float32_decoder = (FastDecoder(float32_model, cache, attention) if float32_model is not None
+        lone = policy.lone_transposed  # measured for float32 weights only
+        self.decoder = FastDecoder(model, cache, attention, lone and model.wte.weight.dtype == torch.float32)
+        self.float32_decoder = (FastDecoder(float32_model, cache, attention, lone) if float32_model is not None
                                 else self.decoder)
         groups = policy.groups_for(cache.batch_size)
         self.row_groups = RowGroups(groups) if groups > 1 and self.device.type == "cpu" else None

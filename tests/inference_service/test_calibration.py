@@ -96,12 +96,31 @@ def test_decode_is_measured_once_per_host_and_shape(tmp_path: Path) -> None:
     assert len(entries) == 1 and next(iter(entries)).startswith("decode:L1-H2-C16-T8-V7-B4")
     ladder = calibrator.get(next(iter(entries)), DecodeCalibration, lambda: pytest.fail("not cached")).ladder
     assert {"B4:float32:g2", "B4:float32:t2", "B1:float32:t1"} <= set(ladder)
+    lone = calibrator.get(next(iter(entries)), DecodeCalibration, lambda: pytest.fail("not cached")).lone
+    assert set(lone) == {"plain", "transposed"}
     assert calibrated_decode(Calibrator(tmp_path), model, 4, 2) == choice
 
 
 def rounds(*seconds: float) -> Timing:
     return Timing(best_s=min(seconds), median_s=sorted(seconds)[len(seconds) // 2],
                   spread=max(seconds) / min(seconds) - 1, trials=len(seconds), samples=seconds)
+
+
+def test_a_lone_row_uses_transposed_copies_only_where_they_measured_faster() -> None:
+    """lone_transposed needs a 5% gain over the plain step (paired rounds); a calibration cached before the lone
+    row was measured leaves it off; the rest of the plan is decided as before."""
+    ladder = {k: t(v) for k, v in BF16_WINS.items()}
+
+    def lone(plain: float, transposed: float) -> DecodeCalibration:
+        return DecodeCalibration(big_batch=64, max_threads=2, dtypes_big={F32: t(10), MIXED: t(7)}, ladder=ladder,
+                                 lone={"plain": rounds(plain, plain), "transposed": rounds(transposed, transposed)})
+
+    assert decide(lone(4.0, 3.2)).lone_transposed
+    assert not decide(lone(4.0, 3.9)).lone_transposed  # 2.5%: not worth the copies' memory
+    assert not decide(lone(3.2, 4.0)).lone_transposed
+    plain = decide(calibration({F32: 10, MIXED: 7}, BF16_WINS))
+    assert not plain.lone_transposed
+    assert decide(lone(4.0, 3.2)) == plain.model_copy(update={"lone_transposed": True})
 
 
 def test_one_lucky_trial_does_not_decide_the_thread_policy() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from pathlib import Path
 
@@ -36,6 +37,19 @@ def greedy(prompt_ids: list[int], n: int, deadline: float | None = None) -> GenR
 
 def scheduler(cache: KVCache, max_queue: int = 8) -> Scheduler:
     return Scheduler(cache, CONFIG.block_size, cache.batch_size, max_queue, ModelMetrics(InferenceMetrics(), "t"))
+
+
+def test_a_lone_rows_transposed_copies_go_to_float32_weights_only() -> None:
+    """The measured layout (policy.lone_transposed) was timed on float32 weights: a narrower model gets no copies,
+    its float32 copy (which serves small batches) does."""
+    model = GPT(CONFIG).eval()
+    cache = KVCache(CONFIG, batch_size=2)
+    plain = ModelRunner(model, cache, DecodePolicy(max_threads=1), "sdpa")
+    lone = ModelRunner(model, cache, DecodePolicy(max_threads=1, lone_transposed=True), "sdpa")
+    assert not plain.decoder.transposed and lone.decoder.transposed
+    narrow = ModelRunner(copy.deepcopy(model).to(torch.bfloat16), cache,
+                         DecodePolicy(max_threads=1, narrow_from=2, lone_transposed=True), "sdpa", float32_model=model)
+    assert not narrow.decoder.transposed and narrow.float32_decoder.transposed
 
 
 async def test_newcomers_join_after_the_running_rows_and_a_freed_row_takes_the_last() -> None:

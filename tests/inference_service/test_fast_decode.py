@@ -87,6 +87,58 @@ def test_both_attention_paths_match_gpt_decode_step(attention: Attention) -> Non
         assert torch.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+def test_a_lone_row_matches_gpt_decode_step_and_leaves_the_other_rows(attention: Attention) -> None:
+    """The one-row path (no mask, slice writes) in a row past 0: GPT.decode_step's logits, keys and values."""
+    torch.manual_seed(4)
+    model = GPT(ModelConfig(vocab_size=19, block_size=24, n_layer=2, n_head=4, n_embd=32, dropout=0.0,
+                            bias=True)).eval()
+    reference, fast = KVCache(model.config, 3), KVCache(model.config, 3)
+    lengths = torch.tensor([4, 6, 2])
+    prompts = torch.randint(0, 19, (3, 6))
+    model.prefill(prompts, lengths, reference)
+    model.prefill(prompts, lengths, fast)
+    others = fast.k[:, [0, 2]].clone()
+    decoder, row = FastDecoder(model, fast, attention), torch.tensor([1])
+    for step in range(5):
+        tokens = torch.randint(0, 19, (1,))
+        expected = model.decode_step(tokens, reference, rows=row)
+        got = decoder.step(tokens, torch.tensor([6 + step]), 6 + step + 1, first_row=1)
+        assert got.shape == (1, 19) and torch.allclose(got, expected, atol=1e-5)
+        assert torch.equal(fast.lengths, reference.lengths) and fast.lengths.tolist() == [4, 7 + step, 2]
+    assert torch.allclose(fast.k[:, 1, :, :11], reference.k[:, 1, :, :11], atol=1e-6)
+    assert torch.allclose(fast.v[:, 1, :, :11], reference.v[:, 1, :, :11], atol=1e-6)
+    assert torch.equal(fast.k[:, [0, 2]], others)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_transposed_copies_serve_only_a_lone_row_with_gpt_decode_steps_numbers(bias: bool) -> None:
+    """lone_transposed: a lone row multiplies by (in, out) copies of c_attn and c_fc (GPT.decode_step's numbers to
+    float rounding); a batch of several rows takes the plain path, to the bit."""
+    torch.manual_seed(5)
+    model = GPT(ModelConfig(vocab_size=19, block_size=24, n_layer=2, n_head=4, n_embd=32, dropout=0.0,
+                            bias=bias)).eval()
+    reference, plain_cache, lone_cache = (KVCache(model.config, 3) for _ in range(3))
+    plain, lone = FastDecoder(model, plain_cache), FastDecoder(model, lone_cache, lone_transposed=True)
+    wide = [layer.wide for layer in lone.layers]
+    assert all(w is not None and w[1].shape == (32, 128) for w in wide) and plain.layers[1].wide is None
+    for t in range(6):
+        tokens = torch.randint(0, 19, (1,))
+        expected = model.decode_step(tokens, reference, rows=torch.tensor([0]))
+        got = lone.step(tokens, torch.tensor([t]), t + 1)
+        assert torch.allclose(got, expected, atol=1e-5)
+        plain.step(tokens, torch.tensor([t]), t + 1)
+    for mine, theirs in ((lone_cache.k, plain_cache.k), (lone_cache.v, plain_cache.v)):
+        mine.copy_(theirs)  # the same keys and values in both caches
+    for copies in wide:
+        assert copies is not None
+        copies[1].zero_()  # broken copies: only a step that reads them can tell
+    tokens, positions = torch.randint(0, 19, (3,)), torch.tensor([6, 0, 0])
+    assert torch.equal(lone.step(tokens, positions, 7), plain.step(tokens, positions, 7))
+    alone = lone.step(tokens[:1], torch.tensor([7]), 8)
+    assert not torch.allclose(alone, plain.step(tokens[:1], torch.tensor([7]), 8), atol=1e-3)
+
+
 @pytest.mark.parametrize("groups", [2, 3])
 def test_row_groups_give_one_steps_logits_and_cache(groups: int) -> None:
     """A ragged batch decoded as row groups at once (each on one torch thread, attending only as far as its own

@@ -15,6 +15,7 @@ from chargpt_client import AsyncInferenceClient, ClientOptions, NotFound
 from chargpt.v1 import common_pb2, inference_pb2
 from inference_service import serving_choices
 from inference_service.decode_policy import DEFAULT_PARALLEL_FROM
+from inference_service.engine import Engine
 from inference_service.engine.model_runner import ModelRunner
 from inference_service.serving_choices import DecodeCalibration
 
@@ -73,16 +74,23 @@ async def test_unload_answers_before_the_callers_deadline_and_in_flight_requests
         assert done.requests_in_flight == 0 and "idle" not in s.server.registry.models  # freed before replying
 
 
+def _engine(s: Any, name: str) -> Engine:
+    engine: Engine | None = s.server.registry.models[name].engine
+    assert engine is not None
+    return engine
+
+
 @pytest.fixture
 def held_calibration(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """The decode calibration waits for the event, then reports a host where bf16 weights win (fixed figures:
-    the test does not depend on how fast this host is)."""
+    """The decode calibration waits for the event, then reports a host where bf16 weights win and a lone row is
+    faster on transposed copies (fixed figures: the test does not depend on how fast this host is)."""
     release = threading.Event()
 
     def measured(model: Any, big_batch: int, max_threads: int) -> DecodeCalibration:
         release.wait(60)
         return DecodeCalibration(big_batch=64, max_threads=2, dtypes_big={k: t(v) for k, v in BF16_BIG.items()},
-                                 ladder={k: t(v) for k, v in BF16_WINS.items()})
+                                 ladder={k: t(v) for k, v in BF16_WINS.items()},
+                                 lone={"plain": t(4.0), "transposed": t(3.0)})
 
     monkeypatch.setattr(serving_choices, "measure_decode", measured)
     yield release
@@ -102,10 +110,13 @@ async def test_first_load_serves_with_the_defaults_while_the_host_is_measured(
         assert (loaded.dtype, loaded.kv_cache_dtype, loaded.narrow_decode_from) == ("float32", "float32", 1)
         assert loaded.parallel_decode_from == DEFAULT_PARALLEL_FROM and loaded.split_decode_from == 0
         assert len((await client.generate("tiny", "a", max_new_tokens=5)).text) == 5  # served meanwhile
+        assert not _engine(s, "tiny").policy.lone_transposed
         held_calibration.set()
         await _until(lambda: s.server.registry.models["tiny"].calibration.value != "pending")
         measured = await client.get_model("tiny")
         assert (measured.calibration, measured.dtype, measured.kv_cache_dtype) == ("measured", "bfloat16", "float32")
+        runner = _engine(s, "tiny").model_runner  # the plan takes the lone row's layout; measured for float32 only,
+        assert runner.policy.lone_transposed and not runner.decoder.transposed  # so bf16 weights get no copies
         assert len((await client.generate("tiny", "a", max_new_tokens=5)).text) == 5
         again = await make_server(calibration_dir=tmp_path / "empty", dtype="auto", torch_threads=2)
         write_checkpoint(again.models_dir / "tiny")
