@@ -36,7 +36,6 @@ from bench.inference import (
     FULL,
     MODEL,
     corpus_text,
-    cpu_seconds,
     free_port,
     measured_model,
     one_http_stream,
@@ -45,6 +44,7 @@ from bench.inference import (
     wait_ready,
     write_model,
 )
+from bench.serving_common import cpu_seconds
 from chargpt.core.calibration import speedup, time_interleaved
 from chargpt.core.model import GPT, KVCache
 from chargpt.sampling_params import SAMPLING_PRESETS, SamplingPreset
