@@ -17,6 +17,7 @@ from trainer_service.executors.kubernetes_manifests import (
     pod_problem,
     pod_settings,
     pods_status,
+    priority_class,
     resource_name,
     resources,
     torchrun_command,
@@ -24,6 +25,7 @@ from trainer_service.executors.kubernetes_manifests import (
     volume_mounts,
     worker_args,
 )
+from trainer_service.executors.placement import DEFAULT_PLACEMENT, Placement
 from trainer_service.settings import TrainerSettings
 from trainer_service.training.api import TrainingPlan
 
@@ -46,8 +48,10 @@ def trainjob_name(handle: str) -> str:
     return handle.removeprefix(HANDLE_PREFIX)
 
 
-def trainjob_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
+def trainjob_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings,
+                      placement: Placement = DEFAULT_PLACEMENT) -> Manifest:
     """numNodes pods of the runtime's `node` job, each running torchrun with the same worker as the Job path."""
+    patch = pod_patch(plan, settings, placement)
     spec: Manifest = {
         "runtimeRef": {"apiGroup": GROUP, "kind": "ClusterTrainingRuntime",
                        "name": settings.kubernetes_training_runtime},
@@ -56,20 +60,22 @@ def trainjob_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettin
                     "numNodes": plan.num_nodes, "numProcPerNode": plan.num_processes,
                     "resourcesPerNode": resources(plan, settings)},
         "runtimePatches": [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {
-            "replicatedJobs": [{"name": NODE, "template": {"spec": {"template": pod_patch(plan, settings)}}}]}}}}]}
+            "replicatedJobs": [{"name": NODE, "template": {"spec": {"template": patch}}}]}}}}]}
     if settings.kubernetes_queue_name:
         spec["suspend"] = True  # Kueue resumes it once admitted, as with the Job path
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob",
             "metadata": {"name": resource_name(plan.job_id), "namespace": settings.kubernetes_namespace,
-                         "labels": labels(plan, settings)},
+                         "labels": labels(plan, settings, placement)},
             "spec": spec}
 
 
-def pod_patch(plan: TrainingPlan, settings: TrainerSettings) -> Manifest:
+def pod_patch(plan: TrainingPlan, settings: TrainerSettings, placement: Placement = DEFAULT_PLACEMENT) -> Manifest:
     """What the runtime's pod template gains: the job-id label (pods listed by it), the shared claim, placement."""
-    pod_labels = {k: v for k, v in labels(plan, settings).items() if k != QUEUE_LABEL}  # Kueue queues the TrainJob
-    spec = {**pod_settings(settings), "containers": [{"name": NODE, "securityContext": dict(CONTAINER_SECURITY),
-                                                      "volumeMounts": volume_mounts(settings)}]}
+    # Kueue queues the TrainJob, not its pods.
+    pod_labels = {k: v for k, v in labels(plan, settings, placement).items() if k != QUEUE_LABEL}
+    spec = {**pod_settings(settings), **priority_class(settings, placement),
+            "containers": [{"name": NODE, "securityContext": dict(CONTAINER_SECURITY),
+                            "volumeMounts": volume_mounts(settings)}]}
     return {"metadata": {"labels": pod_labels}, "spec": spec}
 
 
