@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from chargpt.errors import InvalidArgumentError, PermissionDeniedError
+from chargpt.errors import InvalidArgumentError
 from chargpt.server.tenancy.audit import AuditLog
 from chargpt.server.tenancy.principal import check_changeable, check_visible, current_principal, require_write
 from chargpt.server.tenancy.scopes import Scope
@@ -155,7 +155,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         job_id = uuid.uuid4().hex
         parent = None
         if wanted.init_from is not None:
-            self._check_parent(wanted.init_from.job_id)
             parent = await asyncio.to_thread(resolve_init_from, wanted.init_from, self.settings.data_dir,
                                              self.store, self.jobs.job_dir, JobDir(self.jobs.job_dir(job_id)).init_from)
         try:
@@ -173,13 +172,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                           init_from=wanted.init_from.job_id if wanted.init_from else None)
         self.metrics.jobs_created.labels(tenant=self.metrics.tenant_label(caller.tenant)).inc()
         return trainer_pb2.CreateTrainingJobResponse(job=self._job(job.job_id))
-
-    def _check_parent(self, parent_job_id: str | None) -> None:
-        """init_from: another tenant's job reads as NOT_FOUND; a directory could be anyone's, so admins only."""
-        if parent_job_id is not None:
-            self._visible_job(parent_job_id)
-        elif not current_principal().is_admin:
-            raise PermissionDeniedError("init_from.path needs an admin key; use init_from.job_id")
 
     def _job(self, job_id: str) -> trainer_pb2.TrainingJob:
         return messages.job_proto(self.store.get_job(job_id), self.jobs.plan(job_id))
