@@ -5,7 +5,6 @@ entry here, fails the first two tests."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -22,12 +21,11 @@ from chargpt_client import (
 )
 from chargpt_client import types as t
 
-from chargpt.server.tenancy.keys import create_key
 from chargpt.server.tenancy.scopes import undeclared
 from chargpt.v1 import trainer_pb2
-from tests.client.conftest import FAST_RETRY, ServerThread, trainer_factory
 from tests.formats.conftest import write_tiny
 from tests.formats.nanogpt_layout import write_nanogpt
+from tests.tenancy.trainer_tenants import tenant_trainer
 from trainer_service.servicer import RPC_SCOPES
 
 SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
@@ -64,15 +62,13 @@ def _wait(client: TrainerClient, job_id: str) -> t.TrainingJob:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("tenancy")
-    keys_file = root / "keys.json"
-    keys = {name: create_key(keys_file, tenant, role)[0] for name, tenant, role in
-            (("alpha", "alpha", "member"), ("beta", "beta", "member"), ("reader", "alpha", "reader"),
-             ("admin", "ops", "admin"))}
-    threads = ServerThread()
-    _, address = threads.start(trainer_factory(root / "trainer", keys_file=keys_file, audit_log=root / "audit.jsonl",
-                                               event_poll_seconds=0.05))
-    clients = {name: TrainerClient(address, dataclasses.replace(FAST_RETRY, token=key))
-               for name, key in keys.items()}
+    keys = {"alpha": ("alpha", "member"), "beta": ("beta", "member"), "reader": ("alpha", "reader"),
+            "admin": ("ops", "admin")}
+    with tenant_trainer(root, keys, audit_log=root / "audit.jsonl") as clients:
+        yield _alphas_things(clients, root)
+
+
+def _alphas_things(clients: dict[str, TrainerClient], root: Path) -> World:
     alpha = clients["alpha"]
     corpus = alpha.upload_corpus("notes", TEXT).corpus
     finished = alpha.create_job(corpus.corpus_id, model=TINY, training=STEPS, device="cpu")
@@ -82,11 +78,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     imported = alpha.import_model("nanogpt", nanogpt[0], meta=nanogpt[1], name="imported").job
     finished = _wait(alpha, finished.job_id)
     assert (finished.state, cancelled.state) == ("SUCCEEDED", "CANCELLED")
-    yield World(alpha, clients["beta"], clients["reader"], clients["admin"], corpus, finished, cancelled, imported,
-                nanogpt, root / "audit.jsonl", root)
-    for client in clients.values():
-        client.close()
-    threads.close()
+    return World(alpha, clients["beta"], clients["reader"], clients["admin"], corpus, finished, cancelled, imported,
+                 nanogpt, root / "audit.jsonl", root)
 
 
 def like_missing(call: Callable[[str], object], own_id: str, missing_id: str) -> None:
