@@ -90,7 +90,7 @@ class TrainerSettings(ServerSettings):
                                               "<kubernetes_queue_name>-<tenant> (Kueue shares fairly between them)")
     kubernetes_priority_classes: dict[Literal["high", "normal", "low"], str] = Field(
         default_factory=dict, description="pod priorityClassName by priority band (JSON): high = priority < 0, "
-        "normal = 0, low = > 0")
+        "normal = 0, low = > 0; a TrainJob gets Kueue's priority-class label instead (a WorkloadPriorityClass)")
     kubernetes_service_account: str = Field(default="", description="service account of the job pods")
     kubernetes_workload: Literal["auto", "job", "trainjob"] = Field(
         default="auto", description="what each job becomes: an Indexed Job + headless Service (job), a Kubeflow "

@@ -17,7 +17,6 @@ from trainer_service.executors.kubernetes_manifests import (
     pod_problem,
     pod_settings,
     pods_status,
-    priority_class,
     resource_name,
     resources,
     torchrun_command,
@@ -36,6 +35,7 @@ PATCH_MANAGER = "chargpt.io/trainer"  # owner of our runtimePatches entry (Kueue
 # PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT there, which torchrun reads
 # as the defaults of its --nnodes, --nproc_per_node, ... options.
 NODE = "node"
+WORKLOAD_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 
 
 def serves_trainjobs(group_list: Manifest) -> bool:
@@ -65,16 +65,23 @@ def trainjob_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettin
         spec["suspend"] = True  # Kueue resumes it once admitted, as with the Job path
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob",
             "metadata": {"name": resource_name(plan.job_id), "namespace": settings.kubernetes_namespace,
-                         "labels": labels(plan, settings, placement)},
+                         "labels": {**labels(plan, settings, placement),
+                                    **workload_priority(settings, placement)}},
             "spec": spec}
+
+
+def workload_priority(settings: TrainerSettings, placement: Placement) -> dict[str, str]:
+    """A runtime patch may not set a pod's priorityClassName: Kueue's WorkloadPriorityClass label orders the
+    TrainJob instead (a class of the same name as the configured priority class)."""
+    name = settings.kubernetes_priority_classes.get(placement.band)
+    return {WORKLOAD_PRIORITY_LABEL: name} if name else {}
 
 
 def pod_patch(plan: TrainingPlan, settings: TrainerSettings, placement: Placement = DEFAULT_PLACEMENT) -> Manifest:
     """What the runtime's pod template gains: the job-id label (pods listed by it), the shared claim, placement."""
     # Kueue queues the TrainJob, not its pods.
     pod_labels = {k: v for k, v in labels(plan, settings, placement).items() if k != QUEUE_LABEL}
-    spec = {**pod_settings(settings), **priority_class(settings, placement),
-            "containers": [{"name": NODE, "securityContext": dict(CONTAINER_SECURITY),
+    spec = {**pod_settings(settings), "containers": [{"name": NODE, "securityContext": dict(CONTAINER_SECURITY),
                             "volumeMounts": volume_mounts(settings)}]}
     return {"metadata": {"labels": pod_labels}, "spec": spec}
 
