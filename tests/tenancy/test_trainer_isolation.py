@@ -25,7 +25,7 @@ from chargpt.server.tenancy.scopes import undeclared
 from chargpt.v1 import trainer_pb2
 from tests.formats.conftest import write_tiny
 from tests.formats.nanogpt_layout import write_nanogpt
-from tests.tenancy.trainer_tenants import tenant_trainer
+from tests.tenancy.trainer_tenants import TenantTrainer, tenant_trainer
 from trainer_service.servicer import RPC_SCOPES
 
 SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
@@ -51,6 +51,7 @@ class World:
     nanogpt: tuple[Path, Path]
     audit: Path
     root: Path
+    trainer: TenantTrainer
 
 
 def _wait(client: TrainerClient, job_id: str) -> t.TrainingJob:
@@ -64,11 +65,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("tenancy")
     keys = {"alpha": ("alpha", "member"), "beta": ("beta", "member"), "reader": ("alpha", "reader"),
             "admin": ("ops", "admin")}
-    with tenant_trainer(root, keys, audit_log=root / "audit.jsonl") as clients:
-        yield _alphas_things(clients, root)
+    with tenant_trainer(root, keys, audit_log=root / "audit.jsonl") as trainer:
+        yield _alphas_things(trainer, root)
 
 
-def _alphas_things(clients: dict[str, TrainerClient], root: Path) -> World:
+def _alphas_things(clients: TenantTrainer, root: Path) -> World:
     alpha = clients["alpha"]
     corpus = alpha.upload_corpus("notes", TEXT).corpus
     finished = alpha.create_job(corpus.corpus_id, model=TINY, training=STEPS, device="cpu")
@@ -79,7 +80,7 @@ def _alphas_things(clients: dict[str, TrainerClient], root: Path) -> World:
     finished = _wait(alpha, finished.job_id)
     assert (finished.state, cancelled.state) == ("SUCCEEDED", "CANCELLED")
     return World(alpha, clients["beta"], clients["reader"], clients["admin"], corpus, finished, cancelled, imported,
-                 nanogpt, root / "audit.jsonl", root)
+                 nanogpt, root / "audit.jsonl", root, clients)
 
 
 def like_missing(call: Callable[[str], object], own_id: str, missing_id: str) -> None:
@@ -214,6 +215,12 @@ def test_built_in_corpora_are_shared_and_read_only(world: World) -> None:
 def test_a_path_init_from_needs_an_admin_key(world: World) -> None:
     with pytest.raises(PermissionDenied, match=re.escape("init_from.path")):
         world.beta.create_job("startups", training=STEPS, device="cpu", init_from="jobs/x/checkpoints/best")
+
+
+def test_jobs_are_counted_per_tenant(world: World) -> None:
+    lines = world.trainer.metrics().splitlines()
+    assert 'chargpt_trainer_jobs_created_total{tenant="alpha"} 2.0' in lines
+    assert 'chargpt_trainer_tenant_jobs{state="succeeded",tenant="alpha"} 2.0' in lines  # its job and the import
 
 
 def test_the_audit_log_names_who_did_what(world: World) -> None:

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chargpt_client import ResourceExhausted, TrainerClient, TrainingOptions
+from chargpt_client import ResourceExhausted, TrainingOptions
 from chargpt_client import types as t
 
-from tests.tenancy.trainer_tenants import tenant_trainer
+from tests.tenancy.trainer_tenants import TenantTrainer, tenant_trainer
 
 TEXT = "a small corpus of plain words, repeated until it is long enough to train on. " * 40  # 3,120 bytes
 TINY = t.ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
@@ -33,7 +33,7 @@ corpus_bytes = 5000
 
 
 @pytest.fixture(scope="module")
-def quota_clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, TrainerClient]]:
+def quota_clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TenantTrainer]:
     root = tmp_path_factory.mktemp("quotas")
     (root / "tenants.toml").write_text(TENANTS)
     keys = {name: (name, "member") for name in ("queue", "budget", "space")}
@@ -50,7 +50,7 @@ def refused(call: object, quota: str, tenant: str) -> ResourceExhausted:
     return caught.value
 
 
-def test_queued_jobs_refuses_the_next_job_and_a_resume(quota_clients: dict[str, TrainerClient]) -> None:
+def test_queued_jobs_refuses_the_next_job_and_a_resume(quota_clients: TenantTrainer) -> None:
     client = quota_clients["queue"]
     corpus = client.upload_corpus("words", TEXT).corpus
     first = client.create_job(corpus.corpus_id, model=TINY, training=QUICK, device="cpu")
@@ -64,7 +64,7 @@ def test_queued_jobs_refuses_the_next_job_and_a_resume(quota_clients: dict[str, 
     assert client.get_job(first.job_id).state == "CANCELLED" and client.get_job(second.job_id).state == "QUEUED"
 
 
-def test_training_seconds_per_day_counts_queued_budgets(quota_clients: dict[str, TrainerClient]) -> None:
+def test_training_seconds_per_day_counts_queued_budgets(quota_clients: TenantTrainer) -> None:
     client = quota_clients["budget"]
     corpus = client.upload_corpus("words", TEXT).corpus
     budget = TrainingOptions(max_seconds=60, batch_size=2, sample_interval=0)
@@ -75,7 +75,7 @@ def test_training_seconds_per_day_counts_queued_budgets(quota_clients: dict[str,
     assert len(client.list_jobs()) == 1
 
 
-def test_corpus_bytes_refuses_an_upload_before_storing_it(quota_clients: dict[str, TrainerClient]) -> None:
+def test_corpus_bytes_refuses_an_upload_before_storing_it(quota_clients: TenantTrainer) -> None:
     client = quota_clients["space"]
     kept = client.upload_corpus("first", TEXT).corpus
     refused(lambda: client.upload_corpus("second", TEXT.upper()), "corpus_bytes", "space")
@@ -83,7 +83,7 @@ def test_corpus_bytes_refuses_an_upload_before_storing_it(quota_clients: dict[st
     assert client.upload_corpus("small", TEXT[:1500]).created  # what fits is still taken
 
 
-def test_one_tenants_quota_does_not_limit_another(quota_clients: dict[str, TrainerClient]) -> None:
+def test_one_tenants_quota_does_not_limit_another(quota_clients: TenantTrainer) -> None:
     refused(lambda: quota_clients["space"].upload_corpus("full", TEXT + "x"), "corpus_bytes", "space")
     other = quota_clients["budget"].upload_corpus("roomy", TEXT + "x").corpus  # budget has no corpus_bytes quota
     assert other.tenant == "budget"
