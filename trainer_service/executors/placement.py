@@ -11,6 +11,7 @@ from trainer_service.store import JobRecord
 
 Band = Literal["high", "normal", "low"]
 TENANT_LABEL = "chargpt.io/tenant"
+SLURM_MAX_NICE = 2147483645  # sbatch refuses a larger --nice
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Placement:
     def slurm_nice(self, step: int) -> int:
         """sbatch --nice: `step` per priority point above 0; unprivileged users may not go below 0 (a high
         priority takes the QOS configured for it instead)."""
-        return max(0, self.priority) * step
+        return min(max(0, self.priority) * step, SLURM_MAX_NICE)
 
 
 DEFAULT_PLACEMENT = Placement()

@@ -34,6 +34,7 @@ def directives(script: str) -> list[str]:
     (3, ["--nice=300", "--qos=scavenger"], []),  # later than the tenant's other jobs
     (-1, ["--qos=urgent"], ["--nice"]),  # only Slurm operators may set a negative nice: the QOS raises it
     (0, [], ["--nice", "--qos"]),
+    (2**31 - 1, ["--nice=2147483645"], []),  # the most sbatch takes
 ])
 def test_sbatch_gets_the_jobs_priority_as_nice_and_qos(priority: int, expected: list[str], absent: list[str]) -> None:
     script = batch_script(plan(), JOB_DIR, SLURM, Placement("acme", priority))
