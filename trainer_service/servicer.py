@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from chargpt.errors import InvalidArgumentError
+from chargpt.errors import InvalidArgumentError, PermissionDeniedError
 from chargpt.server.tenancy.audit import AuditLog
 from chargpt.server.tenancy.principal import check_changeable, check_visible, current_principal, require_write
 from chargpt.server.tenancy.scopes import Scope
@@ -92,6 +92,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def GetDeviceInfo(self, request: trainer_pb2.GetDeviceInfoRequest,
                             context: grpc.aio.ServicerContext) -> trainer_pb2.GetDeviceInfoResponse:
+        if request.recalibrate and not current_principal().is_admin:  # it measures the host every tenant shares
+            raise PermissionDeniedError("recalibrate needs an admin key")
         return await asyncio.to_thread(device_report, self.prober, request.recalibrate)
 
     # ---- corpora
