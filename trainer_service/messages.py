@@ -55,7 +55,8 @@ def job_request(request: trainer_pb2.CreateTrainingJobRequest) -> JobRequest:
         preset=model.preset if which == "preset" else "", custom=_custom_fields(model.custom) if which == "custom"
         else None, device=r.device, num_processes=r.num_processes if r.HasField("num_processes") else None,
         num_nodes=r.num_nodes if r.HasField("num_nodes") else None,
-        init_from=_parent_ref(request.init_from) if request.HasField("init_from") else None)
+        init_from=_parent_ref(request.init_from) if request.HasField("init_from") else None,
+        priority=request.priority)
 
 
 def _custom_fields(custom: common_pb2.ModelConfig) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def corpus_proto(record: CorpusRecord) -> trainer_pb2.Corpus:
                               size_bytes=record.size_bytes, num_chars=record.num_chars,
                               vocabulary=record.vocabulary, train_chars=record.train_chars,
                               val_chars=record.val_chars, builtin=record.builtin,
-                              created_time=timestamp(record.created))
+                              created_time=timestamp(record.created), tenant=record.owner)
 
 
 def training_proto(plan: TrainingPlan) -> trainer_pb2.TrainingSpec:
@@ -116,7 +117,8 @@ def job_proto(job: JobRecord, plan: TrainingPlan) -> trainer_pb2.TrainingJob:
         best_val_loss=_loss(job.best_val_loss), tokens_per_second=job.tokens_per_second, error=job.error,
         parameter_count=job.parameter_count, created_time=timestamp(job.created),
         started_time=timestamp(job.started), finished_time=timestamp(job.finished), device=plan.device,
-        parent=None if plan.init_from is None else lineage_proto(plan.init_from.lineage))
+        parent=None if plan.init_from is None else lineage_proto(plan.init_from.lineage), priority=job.priority,
+        tenant=job.owner)
 
 
 def checkpoint_proto(job_id: str, info: CheckpointInfo) -> trainer_pb2.Checkpoint:

@@ -7,6 +7,7 @@ import math
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from chargpt.server.metrics import RpcMetrics
+from chargpt.server.tenancy.labels import TenantLabels
 from trainer_service.store import STATES, TERMINAL, EventRecord, Store
 
 PREFIX = "chargpt_trainer"
@@ -42,6 +43,11 @@ class TrainerMetrics:
         self.queue_wait = Histogram(f"{PREFIX}_cluster_queue_wait_seconds", "Time from handing a job to the "
                                     "cluster (sbatch, Job created) until it runs there", ["executor"],
                                     buckets=QUEUE_WAIT_BUCKETS, registry=r)
+        self.tenant_label = TenantLabels()
+        self.jobs_created = Counter(f"{PREFIX}_jobs_created", "Training jobs created, per tenant", ["tenant"],
+                                    registry=r)
+        self.tenant_jobs = Gauge(f"{PREFIX}_tenant_jobs", "Training jobs by tenant and state (queued: waiting "
+                                 "for their turn)", ["tenant", "state"], registry=r)
         for state in STATES:
             self.jobs.labels(state=state)
         for state in TERMINAL:
@@ -56,6 +62,17 @@ class TrainerMetrics:
             for state in STATES:
                 self.jobs_by_executor.labels(executor=executor, state=state).set(counts.get((executor, state), 0))
         self.corpus_bytes.set(store.corpus_bytes())
+        self._refresh_tenant_jobs(store.count_by_owner_state())
+
+    def _refresh_tenant_jobs(self, counts: dict[tuple[str, str], int]) -> None:
+        """Per-tenant job counts; tenants past the label limit add up under one shared label."""
+        totals: dict[tuple[str, str], int] = {}
+        for (owner, state), count in counts.items():
+            key = (self.tenant_label(owner), state)
+            totals[key] = totals.get(key, 0) + count
+        for tenant in {t for t, _ in totals}:
+            for state in STATES:
+                self.tenant_jobs.labels(tenant=tenant, state=state).set(totals.get((tenant, state), 0))
 
     def observe_queue_wait(self, executor: str, seconds: float) -> None:
         self.queue_wait.labels(executor=executor).observe(max(0.0, seconds))

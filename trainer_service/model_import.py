@@ -31,6 +31,7 @@ from chargpt.formats.hf_transformers import read_hf
 from chargpt.formats.imported import ImportedModel
 from chargpt.formats.nanogpt import from_nanogpt, read_meta
 from chargpt.receiver import CheckpointReceiver
+from chargpt.server.tenancy.principal import DEFAULT_TENANT
 from chargpt.v1 import trainer_pb2
 from trainer_service.jobs.checkpoints import CheckpointInfo, checkpoint_dir, list_checkpoints
 from trainer_service.store import Store
@@ -49,7 +50,8 @@ class ModelImporter:
         self.store, self.jobs_dir, self.max_bytes = store, jobs_dir, max_bytes
 
     async def import_model(self, name: str, format_name: str, files: Sequence[trainer_pb2.CheckpointFile],
-                           chunks: AsyncIterator[trainer_pb2.CheckpointChunk]) -> tuple[str, CheckpointInfo]:
+                           chunks: AsyncIterator[trainer_pb2.CheckpointChunk],
+                           owner: str = DEFAULT_TENANT) -> tuple[str, CheckpointInfo]:
         """Receive `files` (verified against their sizes and sha256) and convert them; returns the new job id and
         its best checkpoint."""
         if not 1 <= len(name) <= MAX_NAME:
@@ -71,7 +73,7 @@ class ModelImporter:
             plan = imported_plan(job_id, model, origin, checkpoint_dir(job_dir, BEST))
             self.store.insert_imported_job(job_id, name, plan.model_dump_json(), plan.model.parameter_count(),
                                            model.step, model.val_loss, f"imported from {format_name} "
-                                           f"({weights} sha256 {sha[weights][:16]}…)")
+                                           f"({weights} sha256 {sha[weights][:16]}…)", owner)
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise

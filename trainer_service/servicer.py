@@ -11,7 +11,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from chargpt.errors import InvalidArgumentError
+from chargpt.errors import InvalidArgumentError, PermissionDeniedError
+from chargpt.server.tenancy.audit import AuditLog
+from chargpt.server.tenancy.principal import check_changeable, check_visible, current_principal, require_write
+from chargpt.server.tenancy.scopes import Scope
 from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
 from chargpt.wire.checkpoint_kinds import KIND_NAMES
 from trainer_service import messages
@@ -26,8 +29,9 @@ from trainer_service.jobs.parent import resolve_init_from
 from trainer_service.jobs.plan import DeviceProber, build_plan
 from trainer_service.metrics import TrainerMetrics
 from trainer_service.model_import import ModelImporter
+from trainer_service.quotas import TrainerQuotas
 from trainer_service.settings import TrainerSettings
-from trainer_service.store import Store
+from trainer_service.store import JobRecord, Store
 
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 100
 TOKEN_PREFIX = "jobs-before:"
@@ -35,6 +39,16 @@ SPLIT_TO_PROTO = {"all": trainer_pb2.CORPUS_SPLIT_UNSPECIFIED, "train": trainer_
                   "validation": trainer_pb2.CORPUS_SPLIT_VALIDATION}
 PROTO_TO_SPLIT = {v: k for k, v in SPLIT_TO_PROTO.items()}
 IMPORT_FORMATS = messages.enum_choices(trainer_pb2.ImportFormat.DESCRIPTOR)  # IMPORT_FORMAT_HF -> "hf"
+# Each RPC's tenancy scope (tests/tenancy/test_trainer_isolation.py runs every one as another tenant).
+RPC_SCOPES: dict[str, Scope] = {
+    "GetDeviceInfo": Scope.OPEN,
+    "UploadCorpus": Scope.CREATE, "ListCorpora": Scope.OWN, "GetCorpus": Scope.OWN, "ReadCorpus": Scope.OWN,
+    "DeleteCorpus": Scope.OWN,
+    "CreateTrainingJob": Scope.CREATE, "GetTrainingJob": Scope.OWN, "ListTrainingJobs": Scope.OWN,
+    "CancelTrainingJob": Scope.OWN, "ResumeTrainingJob": Scope.OWN, "WatchTrainingJob": Scope.OWN,
+    "ListCheckpoints": Scope.OWN, "DownloadCheckpoint": Scope.OWN,
+    "ImportModel": Scope.CREATE,
+}
 
 
 def encode_page_token(seq: int) -> str:
@@ -61,9 +75,25 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.settings, self.store, self.corpora, self.jobs = settings, store, corpora, jobs
         self.hub, self.metrics, self.prober = hub, metrics, prober
         self.importer = ModelImporter(store, jobs.jobs_dir, settings.max_import_bytes)
+        self.quotas = TrainerQuotas(store, jobs.policy, jobs.plan)
+        self.audit = AuditLog(settings.audit_log)
+        self._admit = asyncio.Lock()  # a quota check and the job it admits, one request at a time
+
+    def _visible_job(self, job_id: str) -> JobRecord:
+        """The job, if the caller may see it; another tenant's reads as NOT_FOUND, exactly like a missing one."""
+        job = self.store.get_job(job_id)
+        check_visible(job.owner, f"training job {job_id!r}")
+        return job
+
+    def _changeable_job(self, job_id: str) -> JobRecord:
+        job = self.store.get_job(job_id)
+        check_changeable(job.owner, f"training job {job_id!r}")
+        return job
 
     async def GetDeviceInfo(self, request: trainer_pb2.GetDeviceInfoRequest,
                             context: grpc.aio.ServicerContext) -> trainer_pb2.GetDeviceInfoResponse:
+        if request.recalibrate and not current_principal().is_admin:  # it measures the host every tenant shares
+            raise PermissionDeniedError("recalibrate needs an admin key")
         return await asyncio.to_thread(device_report, self.prober, request.recalibrate)
 
     # ---- corpora
@@ -80,7 +110,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                     raise InvalidArgumentError("header", "only the first message may be a header")
                 yield message.data
 
-        record, created = await self.corpora.upload(first.header.name, first.header.description, chunks())
+        tenant = require_write("UploadCorpus").tenant
+        record, created = await self.corpora.upload(first.header.name, first.header.description, chunks(), tenant,
+                                                    self.quotas.corpus_bytes_check(tenant))
+        self.audit.record("upload", "corpus", record.corpus_id, name=record.name, size_bytes=record.size_bytes,
+                          created=created)
         self.metrics.refresh_store_gauges(self.store)
         return trainer_pb2.UploadCorpusResponse(corpus=messages.corpus_proto(record), created=created)
 
@@ -100,12 +134,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise InvalidArgumentError("split", f"unknown corpus split {request.split}")
         record = await self.corpora.resolve(request.corpus_id)
         read = await read_corpus(record, PROTO_TO_SPLIT[request.split], request.offset, request.length)
+        self.audit.record("read", "corpus", record.corpus_id, offset=read.offset, chars=len(read.text))
         return trainer_pb2.ReadCorpusResponse(corpus_id=record.corpus_id, split=request.split, offset=read.offset,
                                               split_chars=read.split_chars, text=read.text)
 
     async def DeleteCorpus(self, request: trainer_pb2.DeleteCorpusRequest,
                            context: grpc.aio.ServicerContext) -> trainer_pb2.DeleteCorpusResponse:
-        await self.corpora.delete(request.corpus_id)
+        record = await self.corpora.delete(request.corpus_id)
+        self.audit.record("delete", "corpus", record.corpus_id, name=record.name)
         self.metrics.refresh_store_gauges(self.store)
         return trainer_pb2.DeleteCorpusResponse()
 
@@ -115,6 +151,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                                 context: grpc.aio.ServicerContext) -> trainer_pb2.CreateTrainingJobResponse:
         if len(request.display_name) > 256:
             raise InvalidArgumentError("display_name", f"at most 256 characters (got {len(request.display_name)})")
+        caller = require_write("CreateTrainingJob")
         corpus = await self.corpora.resolve(request.corpus_id)
         wanted = messages.job_request(request)
         job_id = uuid.uuid4().hex
@@ -126,10 +163,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             plan = await asyncio.to_thread(build_plan, job_id, wanted, corpus, self.prober,
                                            self.settings.max_processes_per_job, self.settings.tensorboard,
                                            self.jobs.executor.max_nodes, parent)
-            job = await self.jobs.create(job_id, wanted.display_name, plan, corpus, parent)
+            async with self._admit:
+                self.quotas.check_job(caller.tenant, plan)
+                job = await self.jobs.create(job_id, wanted.display_name, plan, corpus, parent, caller.tenant,
+                                             wanted.priority)
         finally:
             if parent is not None:
                 parent.close()
+        self.audit.record("create", "job", job.job_id, corpus_id=corpus.corpus_id, priority=wanted.priority,
+                          init_from=wanted.init_from.job_id if wanted.init_from else None)
+        self.metrics.jobs_created.labels(tenant=self.metrics.tenant_label(caller.tenant)).inc()
         return trainer_pb2.CreateTrainingJobResponse(job=self._job(job.job_id))
 
     def _job(self, job_id: str) -> trainer_pb2.TrainingJob:
@@ -137,7 +180,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def GetTrainingJob(self, request: trainer_pb2.GetTrainingJobRequest,
                              context: grpc.aio.ServicerContext) -> trainer_pb2.GetTrainingJobResponse:
-        return trainer_pb2.GetTrainingJobResponse(job=self._job(request.job_id))
+        return trainer_pb2.GetTrainingJobResponse(job=self._job(self._visible_job(request.job_id).job_id))
 
     async def ListTrainingJobs(self, request: trainer_pb2.ListTrainingJobsRequest,
                                context: grpc.aio.ServicerContext) -> trainer_pb2.ListTrainingJobsResponse:
@@ -150,7 +193,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 raise InvalidArgumentError("states", f"unknown job state {value}")
             states.append(messages.PROTO_TO_STATE[value])
         before = decode_page_token(request.page_token)
-        records = self.store.list_jobs(states, before, page_size + 1)
+        caller = current_principal()
+        records = self.store.list_jobs(states, before, page_size + 1, None if caller.is_admin else caller.tenant)
         page = records[:page_size]
         token = encode_page_token(page[-1].seq) if len(records) > page_size else ""
         jobs = [messages.job_proto(r, self.jobs.plan(r.job_id)) for r in page]
@@ -158,12 +202,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def CancelTrainingJob(self, request: trainer_pb2.CancelTrainingJobRequest,
                                 context: grpc.aio.ServicerContext) -> trainer_pb2.CancelTrainingJobResponse:
-        job = await self.jobs.cancel(request.job_id)
+        job = await self.jobs.cancel(self._changeable_job(request.job_id).job_id)
+        self.audit.record("cancel", "job", job.job_id, state=job.state)
         return trainer_pb2.CancelTrainingJobResponse(job=self._job(job.job_id))
 
     async def ResumeTrainingJob(self, request: trainer_pb2.ResumeTrainingJobRequest,
                                 context: grpc.aio.ServicerContext) -> trainer_pb2.ResumeTrainingJobResponse:
-        job = await self.jobs.resume(request.job_id)
+        job = self._changeable_job(request.job_id)
+        async with self._admit:
+            self.quotas.check_job(job.owner, self.jobs.plan(job.job_id))
+            job = await self.jobs.resume(job.job_id)
+        self.audit.record("resume", "job", job.job_id)
         return trainer_pb2.ResumeTrainingJobResponse(job=self._job(job.job_id))
 
     async def WatchTrainingJob(self, request: trainer_pb2.WatchTrainingJobRequest,
@@ -171,7 +220,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                                ) -> AsyncIterator[trainer_pb2.WatchTrainingJobResponse]:
         if request.after_sequence < 0:
             raise InvalidArgumentError("after_sequence", f"must be >= 0 (got {request.after_sequence})")
-        self.store.get_job(request.job_id)  # NOT_FOUND before the stream starts
+        self._visible_job(request.job_id)  # NOT_FOUND before the stream starts
         async for event in self.hub.watch(request.job_id, request.after_sequence):
             yield messages.event_proto(event)
 
@@ -179,7 +228,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def ListCheckpoints(self, request: trainer_pb2.ListCheckpointsRequest,
                               context: grpc.aio.ServicerContext) -> trainer_pb2.ListCheckpointsResponse:
-        job = self.store.get_job(request.job_id)
+        job = self._visible_job(request.job_id)
         found = await asyncio.to_thread(checkpoints.list_checkpoints, self.jobs.job_dir(job.job_id))
         return trainer_pb2.ListCheckpointsResponse(
             checkpoints=[messages.checkpoint_proto(job.job_id, info) for info in found])
@@ -190,9 +239,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         chunk_size = checkpoints.chunk_size_or_default(request.chunk_size)
         if request.kind not in KIND_NAMES:
             raise InvalidArgumentError("kind", f"unknown checkpoint kind {request.kind}")
-        job = self.store.get_job(request.job_id)
+        job = self._visible_job(request.job_id)
         snapshot = await asyncio.to_thread(checkpoints.open_snapshot, self.jobs.job_dir(job.job_id),
                                            KIND_NAMES[request.kind])
+        self.audit.record("download", "checkpoint", job.job_id, kind=KIND_NAMES[request.kind],
+                          step=snapshot.info.manifest.training.step)
         try:
             files = [trainer_pb2.CheckpointFile(name=f.name, size_bytes=f.size_bytes, sha256=f.sha256)
                      for f in snapshot.files]
@@ -206,7 +257,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         finally:
             snapshot.close()
 
-
     # ---- imported models
 
     async def ImportModel(self, request_iterator: AsyncIterator[trainer_pb2.ImportModelRequest],
@@ -214,6 +264,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidArgumentError("header", "the first message must be the import header")
+        tenant = require_write("ImportModel").tenant
         header = first.header
         if header.format not in IMPORT_FORMATS:
             raise InvalidArgumentError("header.format", f"choose {' or '.join(IMPORT_FORMATS.values())} "
@@ -226,7 +277,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 yield message.chunk
 
         job_id, checkpoint = await self.importer.import_model(header.name, IMPORT_FORMATS[header.format],
-                                                              header.files, chunks())
+                                                              header.files, chunks(), tenant)
+        self.audit.record("import", "model", job_id, format=IMPORT_FORMATS[header.format], name=header.name)
         await self.hub.poll_once()
         return trainer_pb2.ImportModelResponse(job=self._job(job_id),
                                                checkpoint=messages.checkpoint_proto(job_id, checkpoint))

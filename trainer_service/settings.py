@@ -59,6 +59,11 @@ class TrainerSettings(ServerSettings):
     slurm_time_limit: str = Field(default="", description="sbatch --time, e.g. 1-00:00:00 ('' = the partition's)")
     slurm_gpus_per_node: int | None = Field(default=None, ge=0, description="sbatch --gpus-per-node; default: "
                                             "num_processes for cuda jobs, none otherwise")
+    slurm_nice_per_priority: int = Field(default=100, ge=0, description="sbatch --nice per point of a job's "
+                                         "priority above 0 (lower-priority jobs yield); 0 = no --nice")
+    slurm_qos: dict[Literal["high", "normal", "low"], str] = Field(
+        default_factory=dict, description="sbatch --qos by priority band (JSON): high = priority < 0, normal = 0, "
+        'low = > 0, e.g. {"high": "urgent"}')
     slurm_extra_options: str = Field(default="", description="more sbatch options, shell-quoted: '--qos=high'")
     slurm_bin_dir: str = Field(default="", description="directory of sbatch/squeue/scancel/sacct ('' = PATH)")
     slurm_srun: str = Field(default="srun", description="srun on the compute nodes")
@@ -81,6 +86,11 @@ class TrainerSettings(ServerSettings):
     kubernetes_memory_limit: str = Field(default="32Gi", description="memory limit per pod")
     kubernetes_queue_name: str = Field(default="", description="Kueue LocalQueue (label "
                                        "kueue.x-k8s.io/queue-name); '' = no Kueue")
+    kubernetes_queue_per_tenant: bool = Field(default=False, description="each tenant's jobs go to the LocalQueue "
+                                              "<kubernetes_queue_name>-<tenant> (Kueue shares fairly between them)")
+    kubernetes_priority_classes: dict[Literal["high", "normal", "low"], str] = Field(
+        default_factory=dict, description="pod priorityClassName by priority band (JSON): high = priority < 0, "
+        "normal = 0, low = > 0; a TrainJob gets Kueue's priority-class label instead (a WorkloadPriorityClass)")
     kubernetes_service_account: str = Field(default="", description="service account of the job pods")
     kubernetes_workload: Literal["auto", "job", "trainjob"] = Field(
         default="auto", description="what each job becomes: an Indexed Job + headless Service (job), a Kubeflow "
@@ -89,7 +99,8 @@ class TrainerSettings(ServerSettings):
         default="torch-distributed", min_length=1, max_length=253,
         description="ClusterTrainingRuntime the TrainJobs run on (its replicated job and container named 'node')")
 
-    @field_validator("kubernetes_node_selector", "kubernetes_tolerations", mode="before")
+    @field_validator("kubernetes_node_selector", "kubernetes_tolerations", "kubernetes_priority_classes", "slurm_qos",
+                     mode="before")
     @classmethod
     def _json(cls, value: Any) -> Any:
         """Flags arrive as text: JSON, as in the environment."""

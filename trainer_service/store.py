@@ -14,35 +14,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from chargpt.errors import NotFoundError
+from chargpt.server.tenancy.principal import DEFAULT_TENANT
+from trainer_service.store_schema import create_or_migrate
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ACTIVE = frozenset({QUEUED, RUNNING})
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS corpora (
-    corpus_id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL, size_bytes INTEGER NOT NULL,
-    num_chars INTEGER NOT NULL, vocabulary TEXT NOT NULL, train_chars INTEGER NOT NULL,
-    val_chars INTEGER NOT NULL, builtin INTEGER NOT NULL, created REAL NOT NULL, path TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT UNIQUE NOT NULL, display_name TEXT NOT NULL,
-    state TEXT NOT NULL, corpus_id TEXT NOT NULL, plan TEXT NOT NULL, parameter_count INTEGER NOT NULL,
-    step INTEGER NOT NULL DEFAULT 0, train_loss REAL, val_loss REAL, best_val_loss REAL,
-    tokens_per_second REAL NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
-    cancel_requested INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, started REAL, finished REAL,
-    executor TEXT NOT NULL DEFAULT 'local', cluster_job_id TEXT NOT NULL DEFAULT '',
-    events_offset INTEGER NOT NULL DEFAULT 0, submitted REAL, cluster_run INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_corpus ON jobs(corpus_id, state);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, seq INTEGER NOT NULL, time REAL NOT NULL,
-    kind TEXT NOT NULL, payload TEXT NOT NULL, UNIQUE(job_id, seq));
-"""
-MIGRATIONS = {"executor": "TEXT NOT NULL DEFAULT 'local'", "cluster_job_id": "TEXT NOT NULL DEFAULT ''",
-              "events_offset": "INTEGER NOT NULL DEFAULT 0", "submitted": "REAL",
-              "cluster_run": "INTEGER NOT NULL DEFAULT 0"}
-
 
 class CorpusRecord(BaseModel):
     corpus_id: str
@@ -56,6 +34,8 @@ class CorpusRecord(BaseModel):
     builtin: bool
     created: float
     path: str
+    owner: str = DEFAULT_TENANT  # the tenant that uploaded it; SHARED_OWNER for built-ins
+    sha256: str = ""  # of the text (the id too, except for tenants other than the default: see corpus_key)
 
 
 class JobRecord(BaseModel):
@@ -81,6 +61,8 @@ class JobRecord(BaseModel):
     events_offset: int = 0  # bytes of the job's events.jsonl already in the event log (remote executors)
     submitted: float | None = None  # when it was last handed to the cluster (queue-wait metric)
     cluster_run: int = 0  # the cluster's count of restarts of the job when the trainer last saw it run
+    owner: str = DEFAULT_TENANT  # the tenant that created it (its checkpoints and exports are the tenant's too)
+    priority: int = 0  # within its tenant's queue: lower runs first (vLLM's convention)
 
 
 class EventRecord(BaseModel):
@@ -148,15 +130,7 @@ class Store:
         self.path = path
         self._conn = connect(path)
         self._lock = threading.Lock()
-        self._conn.executescript(SCHEMA)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        """Databases from before the executors lack their columns."""
-        have = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
-        for name, ddl in MIGRATIONS.items():
-            if name not in have:
-                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {ddl}")
+        create_or_migrate(self._conn)
 
     def close(self) -> None:
         with self._lock:
@@ -187,9 +161,14 @@ class Store:
                                      (name,)).fetchone()
         return CorpusRecord(**dict(row)) if row is not None else None
 
-    def list_corpora(self) -> list[CorpusRecord]:
+    def list_corpora(self, owners: Sequence[str] | None = None) -> list[CorpusRecord]:
+        """Every corpus, or only those of `owners` (a tenant and SHARED_OWNER: what it may see)."""
+        sql, args = "SELECT * FROM corpora", list[Any]()
+        if owners is not None:
+            sql += f" WHERE owner IN ({', '.join('?' for _ in owners)})"
+            args += list(owners)
         with self._lock:
-            rows = self._conn.execute("SELECT * FROM corpora ORDER BY builtin DESC, created, name").fetchall()
+            rows = self._conn.execute(sql + " ORDER BY builtin DESC, created, name", args).fetchall()
         return [CorpusRecord(**dict(r)) for r in rows]
 
     def delete_corpus_if_unused(self, corpus_id: str) -> CorpusRecord | None:
@@ -206,36 +185,42 @@ class Store:
             self._conn.execute("DELETE FROM corpora WHERE corpus_id = ?", (corpus_id,))
         return CorpusRecord(**dict(row))
 
-    def corpus_bytes(self) -> int:
+    def corpus_bytes(self, owner: str | None = None) -> int:
+        """Bytes of corpus text stored, in all or of one owner."""
+        sql, args = "SELECT COALESCE(SUM(size_bytes), 0) FROM corpora", list[Any]()
+        if owner is not None:
+            sql, args = sql + " WHERE owner = ?", [owner]
         with self._lock:
-            return int(self._conn.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM corpora").fetchone()[0])
+            return int(self._conn.execute(sql, args).fetchone()[0])
 
     # ---- jobs
 
     def insert_job(self, job_id: str, display_name: str, corpus_id: str, plan_json: str,
-                   parameter_count: int) -> EventRecord:
+                   parameter_count: int, owner: str = DEFAULT_TENANT, priority: int = 0) -> EventRecord:
         """A new QUEUED job and its first event; fails if the corpus row vanished meanwhile."""
         with self._lock:
             with transaction(self._conn):
                 if self._conn.execute("SELECT 1 FROM corpora WHERE corpus_id = ?", (corpus_id,)).fetchone() is None:
                     raise NotFoundError(f"corpus {corpus_id!r} not found")
                 self._conn.execute(
-                    "INSERT INTO jobs (job_id, display_name, state, corpus_id, plan, parameter_count, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, display_name, QUEUED, corpus_id, plan_json, parameter_count, time.time()))
+                    "INSERT INTO jobs (job_id, display_name, state, corpus_id, plan, parameter_count, created, "
+                    "owner, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, display_name, QUEUED, corpus_id, plan_json, parameter_count, time.time(), owner,
+                     priority))
             return append_event(self._conn, job_id, "state", {"state": QUEUED, "message": "created"})
 
     def insert_imported_job(self, job_id: str, display_name: str, plan_json: str, parameter_count: int, step: int,
-                            val_loss: float | None, message: str) -> EventRecord:
+                            val_loss: float | None, message: str, owner: str = DEFAULT_TENANT) -> EventRecord:
         """A finished job holding an imported model (no corpus, never run) and its one event."""
         now = time.time()
         with self._lock:
             with transaction(self._conn):
                 self._conn.execute(
                     "INSERT INTO jobs (job_id, display_name, state, corpus_id, plan, parameter_count, step, "
-                    "val_loss, best_val_loss, created, started, finished) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "val_loss, best_val_loss, created, started, finished, owner) "
+                    "VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, display_name, SUCCEEDED, plan_json, parameter_count, step, val_loss, val_loss, now, now,
-                     now))
+                     now, owner))
             return append_event(self._conn, job_id, "state", {"state": SUCCEEDED, "message": message})
 
     def get_job(self, job_id: str) -> JobRecord:
@@ -245,9 +230,13 @@ class Store:
             raise NotFoundError(f"training job {job_id!r} not found")
         return JobRecord(**dict(row))
 
-    def list_jobs(self, states: Sequence[str], before_seq: int | None, limit: int) -> list[JobRecord]:
-        """Newest first (by creation order), optionally only some states and only older than before_seq."""
+    def list_jobs(self, states: Sequence[str], before_seq: int | None, limit: int,
+                  owner: str | None = None) -> list[JobRecord]:
+        """Newest first (by creation order), optionally only some states, one owner's, older than before_seq."""
         sql, args = "SELECT * FROM jobs WHERE 1 = 1", list[Any]()
+        if owner is not None:
+            sql += " AND owner = ?"
+            args.append(owner)
         if states:
             sql += f" AND state IN ({', '.join('?' for _ in states)})"
             args += list(states)
@@ -265,6 +254,18 @@ class Store:
         with self._lock:
             rows = self._conn.execute("SELECT * FROM jobs WHERE state = ? ORDER BY seq", (state,)).fetchall()
         return [JobRecord(**dict(r)) for r in rows]
+
+    def owner_jobs_since(self, owner: str, since: float) -> list[JobRecord]:
+        """One tenant's jobs that are active, or started since `since` (its training-time budget)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM jobs WHERE owner = ? AND (state IN (?, ?) OR started >= ?)",
+                                      (owner, QUEUED, RUNNING, since)).fetchall()
+        return [JobRecord(**dict(r)) for r in rows]
+
+    def count_by_owner_state(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT owner, state, COUNT(*) FROM jobs GROUP BY owner, state").fetchall()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def count_by_state(self) -> dict[str, int]:
         with self._lock:

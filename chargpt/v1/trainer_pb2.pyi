@@ -132,7 +132,7 @@ class GetDeviceInfoResponse(_message.Message):
     def __init__(self, device: _Optional[_Union[_common_pb2.DeviceInfo, _Mapping]] = ..., auto_model: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., auto_batch_size: _Optional[int] = ..., presets: _Optional[_Iterable[str]] = ..., auto_preset: _Optional[str] = ..., auto_max_steps: _Optional[int] = ..., gemm_gflops_fp32: _Optional[float] = ..., gemm_gflops_bf16: _Optional[float] = ..., auto_precision: _Optional[str] = ..., candidate_tokens_per_second: _Optional[_Mapping[str, float]] = ..., calibrated_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., calibration_seconds: _Optional[float] = ..., calibration: _Optional[_Union[_common_pb2.CalibrationState, str]] = ...) -> None: ...
 
 class Corpus(_message.Message):
-    __slots__ = ("corpus_id", "name", "description", "size_bytes", "num_chars", "vocabulary", "train_chars", "val_chars", "builtin", "created_time")
+    __slots__ = ("corpus_id", "name", "description", "size_bytes", "num_chars", "vocabulary", "train_chars", "val_chars", "builtin", "created_time", "tenant")
     CORPUS_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class Corpus(_message.Message):
     VAL_CHARS_FIELD_NUMBER: _ClassVar[int]
     BUILTIN_FIELD_NUMBER: _ClassVar[int]
     CREATED_TIME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     corpus_id: str
     name: str
     description: str
@@ -153,7 +154,8 @@ class Corpus(_message.Message):
     val_chars: int
     builtin: bool
     created_time: _timestamp_pb2.Timestamp
-    def __init__(self, corpus_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., size_bytes: _Optional[int] = ..., num_chars: _Optional[int] = ..., vocabulary: _Optional[str] = ..., train_chars: _Optional[int] = ..., val_chars: _Optional[int] = ..., builtin: _Optional[bool] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, corpus_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., size_bytes: _Optional[int] = ..., num_chars: _Optional[int] = ..., vocabulary: _Optional[str] = ..., train_chars: _Optional[int] = ..., val_chars: _Optional[int] = ..., builtin: _Optional[bool] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class CorpusHeader(_message.Message):
     __slots__ = ("name", "description")
@@ -270,7 +272,7 @@ class ResourceSpec(_message.Message):
     def __init__(self, device: _Optional[str] = ..., num_processes: _Optional[int] = ..., num_nodes: _Optional[int] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("job_id", "display_name", "state", "corpus_id", "model", "training", "resources", "step", "train_loss", "val_loss", "best_val_loss", "tokens_per_second", "error", "parameter_count", "created_time", "started_time", "finished_time", "device", "parent")
+    __slots__ = ("job_id", "display_name", "state", "corpus_id", "model", "training", "resources", "step", "train_loss", "val_loss", "best_val_loss", "tokens_per_second", "error", "parameter_count", "created_time", "started_time", "finished_time", "device", "parent", "priority", "tenant")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +292,8 @@ class TrainingJob(_message.Message):
     FINISHED_TIME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     display_name: str
     state: JobState
@@ -309,23 +313,27 @@ class TrainingJob(_message.Message):
     finished_time: _timestamp_pb2.Timestamp
     device: str
     parent: _common_pb2.Lineage
-    def __init__(self, job_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., corpus_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ..., step: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., best_val_loss: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., error: _Optional[str] = ..., parameter_count: _Optional[int] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device: _Optional[str] = ..., parent: _Optional[_Union[_common_pb2.Lineage, _Mapping]] = ...) -> None: ...
+    priority: int
+    tenant: str
+    def __init__(self, job_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., corpus_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ..., step: _Optional[int] = ..., train_loss: _Optional[float] = ..., val_loss: _Optional[float] = ..., best_val_loss: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., error: _Optional[str] = ..., parameter_count: _Optional[int] = ..., created_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device: _Optional[str] = ..., parent: _Optional[_Union[_common_pb2.Lineage, _Mapping]] = ..., priority: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
-    __slots__ = ("corpus_id", "display_name", "model", "training", "resources", "init_from")
+    __slots__ = ("corpus_id", "display_name", "model", "training", "resources", "init_from", "priority")
     CORPUS_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     INIT_FROM_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     corpus_id: str
     display_name: str
     model: ModelSpec
     training: TrainingSpec
     resources: ResourceSpec
     init_from: InitFrom
-    def __init__(self, corpus_id: _Optional[str] = ..., display_name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ..., init_from: _Optional[_Union[InitFrom, _Mapping]] = ...) -> None: ...
+    priority: int
+    def __init__(self, corpus_id: _Optional[str] = ..., display_name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., resources: _Optional[_Union[ResourceSpec, _Mapping]] = ..., init_from: _Optional[_Union[InitFrom, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class InitFrom(_message.Message):
     __slots__ = ("job_id", "path", "kind")

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class TrainerServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """With API keys configured, every corpus and job belongs to the tenant whose key created it, and each RPC sees
+    only the caller's own (plus the built-in corpora): another tenant's id is NOT_FOUND exactly like a missing one,
+    lists hold only the caller's things (an admin key sees all), reader keys get PERMISSION_DENIED for changes, and
+    a tenant over a quota gets RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure naming it (nothing is created).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -112,7 +116,11 @@ class TrainerServiceStub:
 
 
 class TrainerServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """With API keys configured, every corpus and job belongs to the tenant whose key created it, and each RPC sees
+    only the caller's own (plus the built-in corpora): another tenant's id is NOT_FOUND exactly like a missing one,
+    lists hold only the caller's things (an admin key sees all), reader keys get PERMISSION_DENIED for changes, and
+    a tenant over a quota gets RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure naming it (nothing is created).
+    """
 
     def GetDeviceInfo(self, request, context):
         """The device the trainer would train on, and the model size it would choose.
@@ -304,7 +312,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TrainerService:
-    """Missing associated documentation comment in .proto file."""
+    """With API keys configured, every corpus and job belongs to the tenant whose key created it, and each RPC sees
+    only the caller's own (plus the built-in corpora): another tenant's id is NOT_FOUND exactly like a missing one,
+    lists hold only the caller's things (an admin key sees all), reader keys get PERMISSION_DENIED for changes, and
+    a tenant over a quota gets RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure naming it (nothing is created).
+    """
 
     @staticmethod
     def GetDeviceInfo(request,

@@ -126,12 +126,13 @@ class AsyncTrainerClient(_AsyncService):
     async def create_job(self, corpus_id: str, *, preset: str | None = None, model: t.ModelConfig | None = None,
                          training: TrainingOptions | None = None, display_name: str = "", device: str = "",
                          num_processes: int | None = None, num_nodes: int | None = None,
-                         init_from: str | None = None,
+                         init_from: str | None = None, priority: int = 0,
                          timeout: Timeout = DEFAULT, **training_keywords: Any) -> t.TrainingJob:
         """See the sync client's create_job."""
         return await self._call(ops.create_training_job(
             corpus_id, preset=preset, model=model, training=training, display_name=display_name, device=device,
-            num_processes=num_processes, num_nodes=num_nodes, init_from=init_from, **training_keywords), timeout)
+            num_processes=num_processes, num_nodes=num_nodes, init_from=init_from, priority=priority,
+            **training_keywords), timeout)
 
     async def get_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> t.TrainingJob:
         return await self._call(ops.get_training_job(job_id), timeout)

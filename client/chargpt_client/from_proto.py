@@ -61,7 +61,8 @@ def calibration_state(value: int) -> str:
 def corpus(c: trainer_pb2.Corpus) -> t.Corpus:
     return t.Corpus(corpus_id=c.corpus_id, name=c.name, description=c.description, size_bytes=c.size_bytes,
                     num_chars=c.num_chars, vocabulary=c.vocabulary, train_chars=c.train_chars,
-                    val_chars=c.val_chars, builtin=c.builtin, created_time=timestamp(c.created_time))
+                    val_chars=c.val_chars, builtin=c.builtin, created_time=timestamp(c.created_time),
+                    tenant=c.tenant)
 
 
 SPLIT_NAMES = {trainer_pb2.CORPUS_SPLIT_UNSPECIFIED: "all", trainer_pb2.CORPUS_SPLIT_TRAIN: "train",
@@ -104,7 +105,7 @@ def job(j: trainer_pb2.TrainingJob) -> t.TrainingJob:
         tokens_per_second=j.tokens_per_second, error=j.error, parameter_count=j.parameter_count,
         created_time=timestamp(j.created_time), started_time=timestamp(j.started_time),
         finished_time=timestamp(j.finished_time), device=j.device, num_nodes=j.resources.num_nodes or 1,
-        parent=lineage(j.parent) if j.HasField("parent") else None)
+        parent=lineage(j.parent) if j.HasField("parent") else None, priority=j.priority, tenant=j.tenant)
 
 
 def import_result(r: trainer_pb2.ImportModelResponse) -> t.ImportResult:

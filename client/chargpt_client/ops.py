@@ -99,9 +99,11 @@ def training_spec(options: TrainingOptions | None) -> trainer_pb2.TrainingSpec:
 def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.ModelConfig | None = None,
                         training: TrainingOptions | None = None, display_name: str = "", device: str = "",
                         num_processes: int | None = None, num_nodes: int | None = None,
-                        init_from: str | None = None, **training_keywords: Any) -> Unary[t.TrainingJob]:
+                        init_from: str | None = None, priority: int = 0,
+                        **training_keywords: Any) -> Unary[t.TrainingJob]:
     """num_processes: DDP ranks per node; num_nodes: nodes (needs the trainer's slurm or kubernetes executor);
-    init_from: "JOB[:best|latest]" or a checkpoint directory on the trainer to fine-tune.
+    init_from: "JOB[:best|latest]" or a checkpoint directory on the trainer to fine-tune; priority: order within
+    the caller's tenant's queue, lower first (default 0).
 
     Deprecated since 0.2.0 (0.1's forms, removed in 0.3.0): training fields as keywords (max_steps=...), and
     num_processes=0 for one process (the trainer now refuses an explicit 0).
@@ -119,7 +121,7 @@ def create_training_job(corpus_id: str, *, preset: str | None = None, model: t.M
     request = trainer_pb2.CreateTrainingJobRequest(
         corpus_id=corpus_id, display_name=display_name, model=spec, training=training_spec(training),
         resources=trainer_pb2.ResourceSpec(device=device, num_processes=num_processes, num_nodes=num_nodes),
-        init_from=None if init_from is None else init_from_spec(init_from))
+        init_from=None if init_from is None else init_from_spec(init_from), priority=priority)
     return Unary("CreateTrainingJob", request, lambda r: from_proto.job(r.job), False)
 
 

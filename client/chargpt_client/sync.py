@@ -118,13 +118,14 @@ class TrainerClient(_SyncService):
     def create_job(self, corpus_id: str, *, preset: str | None = None, model: t.ModelConfig | None = None,
                    training: TrainingOptions | None = None, display_name: str = "", device: str = "",
                    num_processes: int | None = None, num_nodes: int | None = None,
-                   init_from: str | None = None,
+                   init_from: str | None = None, priority: int = 0,
                    timeout: Timeout = DEFAULT, **training_keywords: Any) -> t.TrainingJob:
         """Start training; unset options (and `training=None`) take the server's defaults for the model size.
 
         `init_from` fine-tunes a checkpoint instead of starting from random weights: "JOB", "JOB:best" or
         "JOB:latest" (a trainer job's checkpoint), or a checkpoint directory on the trainer ("a/b": relative to its
-        data directory). The architecture comes from it (`model` may change dropout only).
+        data directory). The architecture comes from it (`model` may change dropout only). `priority` orders the
+        job within your tenant's queue: lower starts first (vLLM's convention), default 0.
 
         Deprecated (0.1's form, removed in 0.3.0): training fields as keywords, `create_job(corpus_id,
         max_steps=500)`; they map onto `training=TrainingOptions(max_steps=500)` with a DeprecationWarning.
@@ -132,7 +133,8 @@ class TrainerClient(_SyncService):
         return self._call(ops.create_training_job(corpus_id, preset=preset, model=model, training=training,
                                                   display_name=display_name, device=device,
                                                   num_processes=num_processes, num_nodes=num_nodes,
-                                                  init_from=init_from, **training_keywords), timeout)
+                                                  init_from=init_from, priority=priority, **training_keywords),
+                          timeout)
 
     def get_job(self, job_id: str, *, timeout: Timeout = DEFAULT) -> t.TrainingJob:
         return self._call(ops.get_training_job(job_id), timeout)

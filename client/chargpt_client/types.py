@@ -82,6 +82,7 @@ class Corpus:
     val_chars: int
     builtin: bool
     created_time: datetime | None
+    tenant: str = ""  # who uploaded it ("" for built-ins); only admin keys see other tenants' corpora
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ class TrainingJob:
     device: str
     num_nodes: int = 1  # nodes the job spans; num_processes is per node
     parent: Lineage | None = None  # the checkpoint a fine-tune started from
+    priority: int = 0  # within its tenant's queue: lower starts first
+    tenant: str = ""  # the tenant that created it
 
     @property
     def max_steps(self) -> int | None:

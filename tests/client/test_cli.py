@@ -328,3 +328,11 @@ def test_jobs_list_lists_every_job_or_says_where_it_stopped(cli: Cli, server_thr
                     client.cancel_job(job_id)
     finally:
         server_thread.stop(server)
+
+
+def test_train_priority_flag_orders_the_job_in_its_tenants_queue(cli: Cli, job_id: str) -> None:
+    detached = cli.run("train", "citizens.txt", *TINY_FLAGS[:8], "--batch-size", "4", "--max-steps", "100000",
+                       "--priority", "7", "--detach")
+    assert detached.returncode == 0, detached.stderr
+    job = cli.json("jobs", "cancel", detached.stdout.strip())
+    assert (job["priority"], job["tenant"]) == (7, "default")  # no keys configured: the single user's tenant

@@ -10,10 +10,17 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from chargpt.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from chargpt.server.tenancy.principal import (
+    DEFAULT_TENANT,
+    SHARED_OWNER,
+    check_changeable,
+    check_visible,
+    current_principal,
+)
 from trainer_service.corpora import builtin
 from trainer_service.store import CorpusRecord, Store
 
@@ -32,6 +39,14 @@ def split_sizes(num_chars: int) -> tuple[int, int]:
     return train, num_chars - train
 
 
+def corpus_key(owner: str, sha: str) -> str:
+    """A corpus's id: its text's sha256, namespaced per tenant so identical uploads of two tenants neither
+    collide nor reveal each other (the default tenant and built-ins keep the bare sha256, as before tenants)."""
+    if owner in (DEFAULT_TENANT, SHARED_OWNER):
+        return sha
+    return hashlib.sha256(f"{owner}\n{sha}".encode()).hexdigest()
+
+
 def validate_header(name: str, description: str) -> None:
     if not NAME_PATTERN.fullmatch(name):
         raise InvalidArgumentError("header.name", "must be 1-128 characters of letters, digits, space, '.', "
@@ -44,8 +59,8 @@ def validate_header(name: str, description: str) -> None:
 class _UploadWriter:
     """Streams chunks to a temporary file while hashing, UTF-8 decoding and counting characters."""
 
-    def __init__(self, path: Path, limit: int) -> None:
-        self.path, self.limit = path, limit
+    def __init__(self, path: Path, limit: int, quota: Callable[[int], None] | None = None) -> None:
+        self.path, self.limit, self.quota = path, limit, quota
         self._file = open(path, "wb")  # noqa: SIM115 - closed in finish/discard
         self._sha = hashlib.sha256()
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
@@ -56,6 +71,8 @@ class _UploadWriter:
     def write(self, data: bytes, final: bool = False) -> None:
         if self.size + len(data) > self.limit:
             raise ResourceExhaustedError(f"corpus exceeds the upload limit of {self.limit} bytes; nothing stored")
+        if self.quota is not None and data:
+            self.quota(self.size + len(data))  # the tenant's stored bytes: refused before anything is kept
         pending = len(self._decoder.getstate()[0])
         try:
             text = self._decoder.decode(data, final)
@@ -92,9 +109,11 @@ class CorpusLibrary:
             stale.unlink(missing_ok=True)
         self._builtins_ready: asyncio.Task[None] | None = None
 
-    async def upload(self, name: str, description: str, chunks: AsyncIterator[bytes]) -> tuple[CorpusRecord, bool]:
+    async def upload(self, name: str, description: str, chunks: AsyncIterator[bytes], owner: str = DEFAULT_TENANT,
+                     quota: Callable[[int], None] | None = None) -> tuple[CorpusRecord, bool]:
+        """Store a corpus for `owner`; `quota(size)` raises when `size` more bytes would exceed its quota."""
         validate_header(name, description)
-        writer = _UploadWriter(self.root / f".upload-{uuid.uuid4().hex}", self.max_upload_bytes)
+        writer = _UploadWriter(self.root / f".upload-{uuid.uuid4().hex}", self.max_upload_bytes, quota)
         try:
             async for data in chunks:
                 await asyncio.to_thread(writer.write, data)
@@ -105,18 +124,20 @@ class CorpusLibrary:
         try:
             check_trainable(writer.num_chars)
             record = self._record(sha, name, description, writer.size, writer.num_chars,
-                                  "".join(sorted(writer.vocabulary)), builtin=False)
+                                  "".join(sorted(writer.vocabulary)), owner=owner)
             await asyncio.to_thread(self._place, writer.path, record)
         finally:
             writer.path.unlink(missing_ok=True)
         return self.store.put_corpus(record)
 
     def _record(self, sha: str, name: str, description: str, size: int, num_chars: int, vocabulary: str,
-                builtin: bool) -> CorpusRecord:
+                owner: str) -> CorpusRecord:
         train, val = split_sizes(num_chars)
-        return CorpusRecord(corpus_id=sha, name=name, description=description, size_bytes=size,
+        corpus_id = corpus_key(owner, sha)
+        return CorpusRecord(corpus_id=corpus_id, name=name, description=description, size_bytes=size,
                             num_chars=num_chars, vocabulary=vocabulary, train_chars=train, val_chars=val,
-                            builtin=builtin, created=time.time(), path=str(self.root / f"{sha}.txt"))
+                            builtin=owner == SHARED_OWNER, created=time.time(),
+                            path=str(self.root / f"{corpus_id}.txt"), owner=owner, sha256=sha)
 
     @staticmethod
     def _place(tmp: Path, record: CorpusRecord) -> None:
@@ -158,7 +179,7 @@ class CorpusLibrary:
         if self.store.get_corpus(sha) is not None:
             return
         record = self._record(sha, name, builtin.BUILTIN_CORPORA[name].description, len(data),
-                              len(text), "".join(sorted(set(text))), builtin=True)
+                              len(text), "".join(sorted(set(text))), owner=SHARED_OWNER)
         tmp = self.root / f".upload-{uuid.uuid4().hex}"
         tmp.write_bytes(data)
         try:
@@ -170,7 +191,7 @@ class CorpusLibrary:
     # ---- lookups
 
     async def resolve(self, corpus_id: str, field: str = "corpus_id") -> CorpusRecord:
-        """A corpus by id, or a built-in by name; NOT_FOUND otherwise."""
+        """A corpus the caller may see by id, or a built-in by name; NOT_FOUND otherwise (another tenant's too)."""
         if not corpus_id:
             raise InvalidArgumentError(field, "required: a corpus id or a built-in corpus name")
         record = self.store.get_corpus(corpus_id)
@@ -179,20 +200,25 @@ class CorpusLibrary:
             record = self.store.builtin_corpus_by_name(corpus_id)
         if record is None:
             raise NotFoundError(f"corpus {corpus_id!r} not found")
+        check_visible(record.owner, f"corpus {corpus_id!r}")
         return record
 
     async def list(self) -> list[CorpusRecord]:
+        """The corpora the caller may see: its own and the built-ins (an admin: all)."""
         await self.builtins_ready()
-        return self.store.list_corpora()
+        caller = current_principal()
+        return self.store.list_corpora(None if caller.is_admin else [caller.tenant, SHARED_OWNER])
 
-    async def delete(self, corpus_id: str) -> None:
+    async def delete(self, corpus_id: str) -> CorpusRecord:
         record = await self.resolve(corpus_id)
         if record.builtin:
             raise FailedPreconditionError(f"corpus {record.name!r} is built in and cannot be deleted")
+        check_changeable(record.owner, f"corpus {corpus_id!r}")
         if self.store.delete_corpus_if_unused(record.corpus_id) is None:
             raise FailedPreconditionError(f"corpus {record.corpus_id} is used by a queued or running job; "
                                           "cancel the job first")
         Path(record.path).unlink(missing_ok=True)
+        return record
 
 
 def check_trainable(num_chars: int) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from trainer_service.executors.placement import Placement
 from trainer_service.jobs.layout import JobDir
 from trainer_service.store import JobRecord
 from trainer_service.training.api import TrainingPlan
@@ -31,6 +32,10 @@ class RunningJob:
     @property
     def files(self) -> JobDir:
         return JobDir(self.job_dir)
+
+    @property
+    def placement(self) -> Placement:
+        return Placement.of(self.job)
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ class KubernetesExecutor(ClusterExecutor):
 
     async def submit(self, run: RunningJob) -> str:
         if await self.workload() == "trainjob":
-            trainjob = trainjob_manifest(run.plan, run.job_dir, self.settings)
+            trainjob = trainjob_manifest(run.plan, run.job_dir, self.settings, run.placement)
             try:
                 validate_trainjob(trainjob)
             except ValueError as exc:
@@ -90,7 +90,8 @@ class KubernetesExecutor(ClusterExecutor):
             await self._call("CustomObjectsApi", "create_namespaced_custom_object", GROUP, VERSION, self.namespace,
                              PLURAL, trainjob)
             return HANDLE_PREFIX + str(trainjob["metadata"]["name"])
-        service, job = service_manifest(run.plan, self.settings), job_manifest(run.plan, run.job_dir, self.settings)
+        service = service_manifest(run.plan, self.settings, run.placement)
+        job = job_manifest(run.plan, run.job_dir, self.settings, run.placement)
         await self._call("CoreV1Api", "create_namespaced_service", self.namespace, service, ok=(CONFLICT,))
         await self._call("BatchV1Api", "create_namespaced_job", self.namespace, job)
         return str(job["metadata"]["name"])

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer_service.executors.cluster import ClusterStatus
+from trainer_service.executors.placement import DEFAULT_PLACEMENT, TENANT_LABEL, Placement
 from trainer_service.jobs.layout import EVENTS_FILE
 from trainer_service.settings import TrainerSettings
 from trainer_service.training.api import TrainingPlan
@@ -30,25 +31,36 @@ def label_selector(job_id: str) -> str:
     return f"{JOB_ID_LABEL}={job_id}"
 
 
-def labels(plan: TrainingPlan, settings: TrainerSettings) -> dict[str, str]:
+def labels(plan: TrainingPlan, settings: TrainerSettings, placement: Placement = DEFAULT_PLACEMENT) -> dict[str, str]:
     values = {"app.kubernetes.io/name": "chargpt-train", "app.kubernetes.io/part-of": "chargpt",
-              "app.kubernetes.io/managed-by": "chargpt-trainer", JOB_ID_LABEL: plan.job_id}
-    if settings.kubernetes_queue_name:
-        values[QUEUE_LABEL] = settings.kubernetes_queue_name
+              "app.kubernetes.io/managed-by": "chargpt-trainer", JOB_ID_LABEL: plan.job_id,
+              TENANT_LABEL: placement.tenant}
+    if settings.kubernetes_queue_name:  # a LocalQueue per tenant lets Kueue's fair sharing take turns too
+        values[QUEUE_LABEL] = (f"{settings.kubernetes_queue_name}-{placement.tenant}"
+                               if settings.kubernetes_queue_per_tenant else settings.kubernetes_queue_name)
     return values
 
 
-def service_manifest(plan: TrainingPlan, settings: TrainerSettings) -> Manifest:
+def priority_class(settings: TrainerSettings, placement: Placement) -> Manifest:
+    """The pod's priorityClassName for the job's priority band, if one is configured (Kueue reads it too)."""
+    name = settings.kubernetes_priority_classes.get(placement.band)
+    return {"priorityClassName": name} if name else {}
+
+
+def service_manifest(plan: TrainingPlan, settings: TrainerSettings,
+                     placement: Placement = DEFAULT_PLACEMENT) -> Manifest:
     """Headless, publishing not-ready pods: node 0 resolves as <name>-0.<name> before any pod is ready."""
     name = resource_name(plan.job_id)
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": settings.kubernetes_namespace, "labels": labels(plan, settings)},
+            "metadata": {"name": name, "namespace": settings.kubernetes_namespace,
+                         "labels": labels(plan, settings, placement)},
             "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
                      "selector": {JOB_ID_LABEL: plan.job_id},
                      "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}]}}
 
 
-def job_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
+def job_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings,
+                 placement: Placement = DEFAULT_PLACEMENT) -> Manifest:
     """One pod per node (completion index = torchrun node rank); suspended for Kueue to admit when queued."""
     name = resource_name(plan.job_id)
     spec: Manifest = {
@@ -57,18 +69,21 @@ def job_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -
         # A preempted or evicted pod does not count as the job failing (Kueue re-admits, the job resumes).
         "podFailurePolicy": {"rules": [{"action": "Ignore",
                                         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
-        "template": {"metadata": {"labels": labels(plan, settings)}, "spec": pod_spec(plan, job_dir, settings)}}
+        "template": {"metadata": {"labels": labels(plan, settings, placement)},
+                     "spec": pod_spec(plan, job_dir, settings, placement)}}
     if settings.kubernetes_queue_name:
         spec["suspend"] = True
     return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": name, "namespace": settings.kubernetes_namespace, "labels": labels(plan, settings)},
+            "metadata": {"name": name, "namespace": settings.kubernetes_namespace,
+                         "labels": labels(plan, settings, placement)},
             "spec": spec}
 
 
-def pod_spec(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
+def pod_spec(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings,
+             placement: Placement = DEFAULT_PLACEMENT) -> Manifest:
     name = resource_name(plan.job_id)
     return {"subdomain": name, "restartPolicy": "Never", **pod_settings(settings),
-            "containers": [container(plan, job_dir, settings)]}
+            **priority_class(settings, placement), "containers": [container(plan, job_dir, settings)]}
 
 
 def pod_settings(settings: TrainerSettings) -> Manifest:

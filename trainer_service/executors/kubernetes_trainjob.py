@@ -24,6 +24,7 @@ from trainer_service.executors.kubernetes_manifests import (
     volume_mounts,
     worker_args,
 )
+from trainer_service.executors.placement import DEFAULT_PLACEMENT, Placement
 from trainer_service.settings import TrainerSettings
 from trainer_service.training.api import TrainingPlan
 
@@ -34,6 +35,7 @@ PATCH_MANAGER = "chargpt.io/trainer"  # owner of our runtimePatches entry (Kueue
 # PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT there, which torchrun reads
 # as the defaults of its --nnodes, --nproc_per_node, ... options.
 NODE = "node"
+WORKLOAD_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 
 
 def serves_trainjobs(group_list: Manifest) -> bool:
@@ -46,8 +48,10 @@ def trainjob_name(handle: str) -> str:
     return handle.removeprefix(HANDLE_PREFIX)
 
 
-def trainjob_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> Manifest:
+def trainjob_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings,
+                      placement: Placement = DEFAULT_PLACEMENT) -> Manifest:
     """numNodes pods of the runtime's `node` job, each running torchrun with the same worker as the Job path."""
+    patch = pod_patch(plan, settings, placement)
     spec: Manifest = {
         "runtimeRef": {"apiGroup": GROUP, "kind": "ClusterTrainingRuntime",
                        "name": settings.kubernetes_training_runtime},
@@ -56,20 +60,29 @@ def trainjob_manifest(plan: TrainingPlan, job_dir: Path, settings: TrainerSettin
                     "numNodes": plan.num_nodes, "numProcPerNode": plan.num_processes,
                     "resourcesPerNode": resources(plan, settings)},
         "runtimePatches": [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {
-            "replicatedJobs": [{"name": NODE, "template": {"spec": {"template": pod_patch(plan, settings)}}}]}}}}]}
+            "replicatedJobs": [{"name": NODE, "template": {"spec": {"template": patch}}}]}}}}]}
     if settings.kubernetes_queue_name:
         spec["suspend"] = True  # Kueue resumes it once admitted, as with the Job path
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob",
             "metadata": {"name": resource_name(plan.job_id), "namespace": settings.kubernetes_namespace,
-                         "labels": labels(plan, settings)},
+                         "labels": {**labels(plan, settings, placement),
+                                    **workload_priority(settings, placement)}},
             "spec": spec}
 
 
-def pod_patch(plan: TrainingPlan, settings: TrainerSettings) -> Manifest:
+def workload_priority(settings: TrainerSettings, placement: Placement) -> dict[str, str]:
+    """A runtime patch may not set a pod's priorityClassName: Kueue's WorkloadPriorityClass label orders the
+    TrainJob instead (a class of the same name as the configured priority class)."""
+    name = settings.kubernetes_priority_classes.get(placement.band)
+    return {WORKLOAD_PRIORITY_LABEL: name} if name else {}
+
+
+def pod_patch(plan: TrainingPlan, settings: TrainerSettings, placement: Placement = DEFAULT_PLACEMENT) -> Manifest:
     """What the runtime's pod template gains: the job-id label (pods listed by it), the shared claim, placement."""
-    pod_labels = {k: v for k, v in labels(plan, settings).items() if k != QUEUE_LABEL}  # Kueue queues the TrainJob
+    # Kueue queues the TrainJob, not its pods.
+    pod_labels = {k: v for k, v in labels(plan, settings, placement).items() if k != QUEUE_LABEL}
     spec = {**pod_settings(settings), "containers": [{"name": NODE, "securityContext": dict(CONTAINER_SECURITY),
-                                                      "volumeMounts": volume_mounts(settings)}]}
+                            "volumeMounts": volume_mounts(settings)}]}
     return {"metadata": {"labels": pod_labels}, "spec": spec}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from trainer_service.executors.base import RunningJob
 from trainer_service.executors.cluster import ClusterExecutor, ClusterStatus
 from trainer_service.executors.local import worker_env
+from trainer_service.executors.placement import DEFAULT_PLACEMENT, Placement
 from trainer_service.jobs.layout import EVENTS_FILE, LOG_FILE, OUTCOME_FILE, RUNS_FILE, SLURM_SCRIPT_FILE
 from trainer_service.settings import TrainerSettings
 from trainer_service.training.api import TrainingPlan
@@ -20,7 +21,8 @@ PENDING = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV
 RUNNING = frozenset({"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED", "RESIZING"})
 
 
-def batch_script(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -> str:
+def batch_script(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings,
+                 placement: Placement = DEFAULT_PLACEMENT) -> str:
     """The sbatch script: one srun task per node, each a torchrun agent; rendezvous on the first node."""
     q = shlex.quote
     directives = [f"--job-name=chargpt-{plan.job_id}", f"--nodes={plan.num_nodes}", "--ntasks-per-node=1",
@@ -31,8 +33,10 @@ def batch_script(plan: TrainingPlan, job_dir: Path, settings: TrainerSettings) -
         gpus = plan.num_processes
     if gpus:
         directives.append(f"--gpus-per-node={gpus}")
+    nice = placement.slurm_nice(settings.slurm_nice_per_priority)
+    directives += [f"--comment=chargpt tenant {placement.tenant}", *([f"--nice={nice}"] if nice else [])]
     for option, value in (("partition", settings.slurm_partition), ("account", settings.slurm_account),
-                          ("time", settings.slurm_time_limit)):
+                          ("time", settings.slurm_time_limit), ("qos", settings.slurm_qos.get(placement.band))):
         if value:
             directives.append(f"--{option}={value}")
     torchrun = settings.slurm_torchrun or f"{q(settings.cluster_python)} -m torch.distributed.run"
@@ -114,7 +118,7 @@ class SlurmExecutor(ClusterExecutor):
         return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
     async def submit(self, run: RunningJob) -> str:
-        script = batch_script(run.plan, run.job_dir, self.settings)
+        script = batch_script(run.plan, run.job_dir, self.settings, run.placement)
         (run.job_dir / SLURM_SCRIPT_FILE).write_text(script, encoding="utf-8")
         extra = shlex.split(self.settings.slurm_extra_options)
         code, out, err = await self._run("sbatch", "--parsable", *extra, str(run.job_dir / SLURM_SCRIPT_FILE))

@@ -9,15 +9,19 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from chargpt.errors import FailedPreconditionError
+from chargpt.server.tenancy.policy import TenantPolicy
+from chargpt.server.tenancy.principal import DEFAULT_TENANT
 from trainer_service.executors import make_executor
 from trainer_service.executors.base import Ended, LaunchError, RunningJob
 from trainer_service.jobs.events import EventHub
 from trainer_service.jobs.failure import job_error
+from trainer_service.jobs.fair_queue import fair_order, over_running_limit
 from trainer_service.jobs.layout import CORPUS_COPY, LOG_FILE, JobDir
 from trainer_service.jobs.parent import Parent
 from trainer_service.settings import TrainerSettings
@@ -52,6 +56,8 @@ class JobManager:
         self.jobs_dir = settings.jobs_dir or settings.data_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.executor = make_executor(settings, store, hub)
+        self.policy = TenantPolicy(settings.tenants_file)
+        self._last_served: dict[str, float] = {}  # tenant -> when the scheduler last started one of its jobs
         self._running: dict[str, RunningJob] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -128,7 +134,7 @@ class JobManager:
     # ---- requests
 
     async def create(self, job_id: str, display_name: str, plan: TrainingPlan, corpus: CorpusRecord,
-                     parent: Parent | None = None) -> JobRecord:
+                     parent: Parent | None = None, owner: str = DEFAULT_TENANT, priority: int = 0) -> JobRecord:
         job_dir = JobDir(self.job_dir(job_id))
         job_dir.path.mkdir(parents=True)
         if parent is not None:
@@ -137,12 +143,13 @@ class JobManager:
         if not self.executor.reads_trainer_corpora:
             shutil.copyfile(path, job_dir.path / CORPUS_COPY)
             path = job_dir.path / CORPUS_COPY
-        ref = CorpusRef(corpus_id=corpus.corpus_id, name=corpus.name, sha256=corpus.corpus_id, path=path)
+        ref = CorpusRef(corpus_id=corpus.corpus_id, name=corpus.name, sha256=corpus.sha256 or corpus.corpus_id,
+                        path=path)
         write_atomic(job_dir.plan, plan.model_dump_json(indent=2))
         write_atomic(job_dir.corpus, ref.model_dump_json(indent=2))
         self._plans[job_id] = plan
         self.store.insert_job(job_id, display_name, corpus.corpus_id, plan.model_dump_json(),
-                              plan.model.parameter_count())
+                              plan.model.parameter_count(), owner, priority)
         await self.hub.poll_once()
         self._wake.set()
         return self.store.get_job(job_id)
@@ -199,7 +206,8 @@ class JobManager:
                 log.exception("scheduling failed")
 
     async def _launch_ready(self) -> None:
-        """Start queued jobs, oldest first, on devices with a free slot; a waiting job reserves its devices.
+        """Start queued jobs in fair order (fair_queue) on devices with a free slot; a waiting job reserves its
+        devices. A tenant at its running_jobs quota waits without reserving any.
 
         Cluster executors occupy no slots here: every queued job is submitted and the cluster queues it.
         """
@@ -207,11 +215,14 @@ class JobManager:
         for run in self._running.values():
             for slot in run.slots:
                 busy[slot] = busy.get(slot, 0) + 1
+        running = Counter(run.job.owner for run in self._running.values())
         reserved: set[str] = set()
-        for job in self.store.jobs_in_state(QUEUED):
+        for job in fair_order(self.store.jobs_in_state(QUEUED), self._last_served):
             if self._stopping:
                 return
             if job.job_id in self._running:  # submitted, waiting in the cluster's queue
+                continue
+            if over_running_limit(job, running, self.policy.limits(job.owner).running_jobs):
                 continue
             plan = self.plan(job.job_id)
             slots = self.executor.slots(plan)
@@ -220,6 +231,8 @@ class JobManager:
                 continue
             for slot in slots:
                 busy[slot] = busy.get(slot, 0) + 1
+            running[job.owner] += 1
+            self._last_served[job.owner] = time.monotonic()
             await self._launch(job, plan, slots)
 
     async def _launch(self, job: JobRecord, plan: TrainingPlan, slots: list[str]) -> None:

@@ -23,6 +23,7 @@ from chargpt.errors import (
     PermissionDeniedError,
 )
 from chargpt.formats.checkpoint_dir import resolve_checkpoint_dir
+from chargpt.server.tenancy.principal import check_visible, current_principal
 from trainer_service.jobs.checkpoints import CheckpointSnapshot, checkpoint_dir, open_directory
 from trainer_service.jobs.request import ParentRef
 from trainer_service.store import Store
@@ -55,6 +56,8 @@ def resolve_init_from(ref: ParentRef, data_dir: Path, store: Store, job_dir: Cal
     elif ref.path is not None:
         if ref.kind:
             raise InvalidArgumentError("init_from.kind", "applies to init_from.job_id only")
+        if not current_principal().is_admin:  # a directory could hold any tenant's checkpoint
+            raise PermissionDeniedError("init_from.path: needs an admin key; use init_from.job_id")
         kind, directory, field = "", _inside(ref.path, data_dir), "init_from.path"
     else:
         raise InvalidArgumentError("init_from", "set job_id or path")
@@ -75,7 +78,7 @@ def _job_checkpoint(job_id: str, kind: str, store: Store, job_dir: Callable[[str
     if not JOB_ID_PATTERN.match(job_id):
         raise InvalidArgumentError("init_from.job_id", f"not a job id: {job_id[:64]!r}")
     try:
-        store.get_job(job_id)
+        check_visible(store.get_job(job_id).owner, "")  # another tenant's job: exactly like a missing one
     except NotFoundError:
         raise NotFoundError(f"init_from.job_id: training job {job_id!r} not found") from None
     directory = checkpoint_dir(job_dir(job_id), kind)

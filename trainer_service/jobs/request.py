@@ -31,3 +31,4 @@ class JobRequest:
     num_processes: int | None = None  # None: 1
     num_nodes: int | None = None  # None: 1
     init_from: ParentRef | None = None
+    priority: int = 0  # within the tenant's queue: lower first

@@ -38,6 +38,8 @@ def register(subparsers: SubParsers, parent: argparse.ArgumentParser) -> None:
     train.add_argument("--num-processes", type=int, help="DDP worker processes per node (default 1)")
     train.add_argument("--num-nodes", type=int,
                        help="nodes the job spans (default 1; more need the trainer's slurm or kubernetes executor)")
+    train.add_argument("--priority", type=int, default=0,
+                       help="order within your tenant's queue: lower starts first (default 0)")
     train.add_argument("--name", default="", help="display name")
     train.add_argument("--detach", action="store_true", help="print the job id and return immediately")
     train.set_defaults(handler=train_cmd)
@@ -108,7 +110,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         try:
             job = client.create_job(corpus_id, preset=args.preset, model=_model_config(args), training=training,
                                     display_name=args.name, device=args.device, num_processes=args.num_processes,
-                                    num_nodes=args.num_nodes, init_from=args.init_from)
+                                    num_nodes=args.num_nodes, init_from=args.init_from, priority=args.priority)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         budget = job.training.get("max_seconds")
