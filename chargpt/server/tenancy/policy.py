@@ -36,7 +36,6 @@ class TenantLimits(BaseModel):
     generated_chars_per_minute: int | None = Field(default=None, ge=0,
                                                    description="characters generated per key per minute")
     concurrent_streams: int | None = Field(default=None, ge=0, description="generations in flight per key")
-    priority: int = Field(default=0, description="queue priority of the tenant's work (higher first)")
 
     def check(self, tenant: str, quota: str, used: float, adding: float = 1) -> None:
         """QuotaExceededError naming `quota` if `used + adding` would exceed it (nothing is created)."""

@@ -19,7 +19,6 @@ generated_chars_per_minute = 6000
 [tenants.acme]
 running_jobs = 4
 concurrent_streams = 2
-priority = -1
 """
 
 
@@ -32,9 +31,9 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_defaults_and_overrides(tmp_path: Path) -> None:
     policy = TenantPolicy(_write(tmp_path, TENANTS))
     acme, other = policy.limits("acme"), policy.limits("globex")
-    assert (acme.running_jobs, acme.queued_jobs, acme.concurrent_streams, acme.priority) == (4, 10, 2, -1)
+    assert (acme.running_jobs, acme.queued_jobs, acme.concurrent_streams) == (4, 10, 2)
     assert acme.generated_chars_per_minute == 6000  # not overridden: the default applies
-    assert (other.running_jobs, other.queued_jobs, other.concurrent_streams, other.priority) == (1, 10, None, 0)
+    assert (other.running_jobs, other.queued_jobs, other.concurrent_streams) == (1, 10, None)
     assert other.corpus_bytes is None and other.loaded_models is None  # unset: unlimited
 
 
@@ -51,7 +50,7 @@ def test_overrides_are_converted_like_the_defaults(tmp_path: Path) -> None:
 def test_no_tenants_file_limits_nothing() -> None:
     limits = TenantPolicy(None).limits("anyone")
     assert limits == TenantLimits()
-    assert all(value is None for name, value in limits.model_dump().items() if name != "priority")
+    assert all(value is None for value in limits.model_dump().values())
     limits.check("anyone", "queued_jobs", used=10**9)  # never raises
 
 
@@ -92,3 +91,8 @@ def test_a_changed_file_applies_without_a_restart(tmp_path: Path) -> None:
     path.write_text("[defaults]\nrunning_jobs = 'oops'\n")  # a broken edit keeps the last good limits
     time.sleep(0.1)
     assert policy.limits("globex").running_jobs == 3
+
+
+def test_an_unknown_limit_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="priority"):
+        read_tenants_file(_write(tmp_path, "[tenants.acme]\npriority = -1\n"))
