@@ -58,9 +58,8 @@ def run_training(plan: TrainingPlan, corpus: CorpusRef, job_dir: Path, sink: Eve
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 alone emits events and writes checkpoints.
     Returns when max_steps is reached, or early (after writing `latest`) once should_stop() is true on any rank.
     """
-    entered = time.perf_counter()  # a budget pays for start-up too: calibration, the model, the data
     with process_group(resolve_runtime(plan)) as runtime:
-        return Trainer(plan, corpus, job_dir, sink, runtime, entered).run(should_stop)
+        return Trainer(plan, corpus, job_dir, sink, runtime).run(should_stop)
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -80,7 +79,7 @@ class Trainer:
     """One process's share of a training job."""
 
     def __init__(self, plan: TrainingPlan, corpus: CorpusRef, job_dir: Path, sink: EventSink,
-                 runtime: Runtime, started: float | None = None) -> None:
+                 runtime: Runtime) -> None:
         self.plan, self.corpus, self.sink, self.rt = plan, corpus, sink, runtime
         self.checkpoints = job_dir / CHECKPOINTS_DIR
         parent = plan.init_from
@@ -101,7 +100,7 @@ class Trainer:
         self.evaluator = Evaluator(self.data, plan.model.block_size, 2 * max(self.micro_sizes), runtime)
         self.schedule = self._schedule()
         self._apply_budget()  # a resumed budget's evaluation size
-        self.started, self.elapsed_before = started or time.perf_counter(), self.state.elapsed_seconds
+        self.started, self.elapsed_before = time.perf_counter(), self.state.elapsed_seconds
         self.last_progress = (self.started, self.state.step)
         self.progress_sent = False
         self.grad_norm: torch.Tensor | None = None  # the last step's, kept on device until reported
