@@ -4,8 +4,12 @@ With `plan.max_seconds` the engine times its first steps (calibration), then aft
 step horizon H: the steps that still fit in what is left of the budget once the final evaluation and checkpoints
 and the intermediate evaluations, checkpoints and samples (per step, at their intervals) are paid for, capped by
 max_steps. The schedule is learning_rate_at(step) with max_steps = H, so warmup and decay end at the deadline;
-the run ends when the step count reaches H. Warmup and interval fields the request left unset are fitted once,
-at calibration, to a tenth of H (and kept in the resume state). The budget counts training time across runs
+the run ends when the step count reaches H, which only ever comes down (a progress total that never grows back;
+the first estimate takes the fastest calibration step, since outside load only adds time). Calibration ends
+after CALIBRATION_STEPS timed steps, or sooner on a host so slow that they would eat the budget. At calibration
+the evaluation's size, the sample length and how often each runs are fitted to the budget (training/budget.py),
+and warmup and interval fields the request left unset are fitted once, to a tenth of H or less often where the
+budget affords fewer runs (all kept in the resume state). The budget counts training time across runs
 (`ResumeState.elapsed_seconds`, saved with `latest`): a resumed job continues against what was left when its
 latest checkpoint was written, so steps lost to a kill are paid for again.
 """
