@@ -5,7 +5,7 @@ step horizon H: the steps that still fit in what is left of the budget once the 
 and the intermediate evaluations, checkpoints and samples (per step, at their intervals) are paid for, capped by
 max_steps. The schedule is learning_rate_at(step) with max_steps = H, so warmup and decay end at the deadline;
 the run ends when the step count reaches H, which only ever comes down (a progress total that never grows back;
-the first estimate takes the fastest calibration step, since outside load only adds time). Calibration ends
+each estimate takes the fastest of the recent steps, since outside load only adds time). Calibration ends
 after CALIBRATION_STEPS timed steps, or sooner on a host so slow that they would eat the budget. At calibration
 the evaluation's size, the sample length and how often each runs are fitted to the budget (training/budget.py),
 and warmup and interval fields the request left unset are fitted once, to a tenth of H or less often where the
@@ -17,6 +17,7 @@ latest checkpoint was written, so steps lost to a kill are paid for again.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 
 from trainer_service.training.api import TrainingPlan
@@ -25,9 +26,9 @@ from trainer_service.training.defaults import INTERVALS
 from trainer_service.training.optim import learning_rate_at
 
 CALIBRATION_STEPS = 3  # timed steps (after the first of each run, which pays for allocation/compilation)
-CALIBRATION_SHARE = 0.05  # of the budget: on a slow host, stop timing steps once they have used this much
-SMOOTHING = 0.1  # weight of the newest step time in the running estimate
-MAX_STEP_TIME_RATIO = 10.0  # a step this much slower than the estimate is an outlier (a paused process)
+CALIBRATION_SHARE = 0.25  # of the budget: on a slow host, stop timing steps where they would take more
+FIRST_STEP_SHARE = 0.2  # ... and take the first step alone when it used this much
+RECENT_STEPS = 16  # the step time estimate is the fastest of this many recent steps
 
 
 class Schedule:
@@ -84,6 +85,7 @@ class TimeBudget(Schedule):
         self.agree = agree  # every rank must use the same horizon: rank 0's view under DDP
         self.step_seconds: float | None = None
         self.calibration: list[float] = []
+        self.recent: deque[float] = deque(maxlen=RECENT_STEPS)
         self.phases: PhasePlan | None = None
         self.notice: str | None = None  # set once when the budget is too small for the model to learn
 
@@ -133,14 +135,20 @@ class TimeBudget(Schedule):
 
     def _time_step(self, seconds: float) -> None:
         if self.step_seconds is not None:
-            seconds = min(seconds, MAX_STEP_TIME_RATIO * self.step_seconds)
-            self.step_seconds += SMOOTHING * (seconds - self.step_seconds)
+            # The fastest recent step: the horizon only comes down, so a burst of outside load must not cut it
+            # for good; load that persists raises the estimate once the window holds no faster step.
+            self.recent.append(seconds)
+            self.step_seconds = min(self.recent)
             return
         self.calibration.append(seconds)
         timed = self.calibration[1:]  # the first step of a run pays for allocation (and compilation)
-        if len(timed) >= CALIBRATION_STEPS or sum(self.calibration) >= CALIBRATION_SHARE * self.budget:
-            # the fastest timed step: outside load only ever adds time (a slow host may have timed only one)
+        # a host so slow that timing the remaining steps would take a quarter of the budget stops early
+        slow = sum(self.calibration) + (CALIBRATION_STEPS - len(timed)) * seconds > CALIBRATION_SHARE * self.budget
+        if len(timed) >= CALIBRATION_STEPS or (slow and timed) or seconds >= FIRST_STEP_SHARE * self.budget:
+            # the fastest timed step: outside load only ever adds time; the first step (allocation, lazy
+            # initialisation: seconds even for a small model) only when the budget cannot afford another
             self.step_seconds = min(timed or self.calibration)
+            self.recent.extend(timed or self.calibration)
 
     def _plan_phases(self, spent: float) -> None:
         """Size evaluations and samples, and how often they run, to what is left (fixed from then on)."""

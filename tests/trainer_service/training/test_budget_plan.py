@@ -103,12 +103,18 @@ def test_the_progress_total_only_shrinks_and_never_falls_below_the_steps_done() 
 
 
 def test_slow_steps_are_timed_once_not_for_several_steps_past_the_budget() -> None:
-    """On a slow host CALIBRATION_STEPS steps can outlast the budget: once they used a twentieth of it, the
-    budget takes the fastest step it has timed."""
+    """On a slow host CALIBRATION_STEPS steps can outlast the budget: a first step that took a fifth of it is
+    the estimate; one that took less (allocation, lazy initialisation) waits for a second step to time, and
+    calibration ends there when timing the rest would take over a quarter of the budget."""
     schedule = budget(budget_plan(max_seconds=90.0))
     schedule.after_step(1, 46.0, spent=50.0)
     assert schedule.step_seconds == 46.0 and schedule.horizon == 1 and schedule.finished(1)
     assert schedule.notice is not None and len(schedule.calibration) < CALIBRATION_STEPS + 1
+    waiting = budget(budget_plan(max_seconds=30.0))
+    waiting.after_step(1, 3.8, spent=3.8)  # an eighth of the budget: the first step alone does not decide
+    assert waiting.step_seconds is None and waiting.horizon is None
+    waiting.after_step(2, 2.0, spent=5.8)  # timing two more such steps would take over a quarter of the budget
+    assert waiting.step_seconds == 2.0 and waiting.horizon is not None and waiting.horizon > 2
 
 
 @pytest.fixture
