@@ -90,7 +90,7 @@ def plan_phases(seconds_left: float, costs: PhaseCosts, request: PhaseRequest) -
             "checkpoint_interval": costs.checkpoint}
     notice = None
     if steps < MIN_USEFUL_STEPS:
-        notice = (f"only about {steps} optimizer steps of {costs.step:.2f} s fit in the {left:.0f} s left: too "
+        notice = (f"only about {steps} more optimizer steps of {costs.step:.2f} s fit in the {left:.0f} s left: too "
                   f"few to learn much at this size; choose a smaller model or a longer budget")
     runs = {}
     for name, given in request.intervals.items():
