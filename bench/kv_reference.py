@@ -1,5 +1,6 @@
 """The serving reference of issue 13: a lean in-process KV-cache loop (prefill, then one decode_step per
-character for the whole batch, vectorised sampling), at float32 and at bfloat16; the faster one counts."""
+character for the whole batch, vectorised sampling), at float32 and at bfloat16; the faster one counts. A precision
+the host's GEMM peaks make hopeless (bench/host.py) is skipped: its tok/s is 0 and `<name>_skipped` says why."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 
+from bench.host import skip_reason
 from chargpt.core.model import GPT, KVCache
 from chargpt.core.sampling import filter_logits, make_generator
 from chargpt.sampling_params import SamplingParams
@@ -37,6 +39,11 @@ def kv_reference(model: GPT, streams: int, new_tokens: int, params: SamplingPara
     """tok/s of the lean loop at each precision (best of `repeats`), and the best precision's figure."""
     out: dict[str, Any] = {"streams": streams}
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        reason = skip_reason(name, 2 * model.config.parameter_count() * streams / 1e9)  # one decode step's work
+        if reason is not None:  # bf16 emulated (issue 25): the loop would take many minutes
+            print(f"lean KV loop, {streams} streams, {name}: {reason}", flush=True)
+            out[f"{name}_tok_s"], out[f"{name}_skipped"] = 0.0, reason
+            continue
         lean_loop(model, streams, min(8, new_tokens), params, dtype, start_id)  # warm-up (kernel set-up)
         seconds = min(lean_loop(model, streams, new_tokens, params, dtype, start_id) for _ in range(repeats))
         out[f"{name}_tok_s"] = streams * new_tokens / seconds

@@ -1,11 +1,10 @@
-"""Shared benchmark helpers: matmul peak, model FLOPs, load average, writing results."""
+"""Shared benchmark helpers: model FLOPs, load average, writing results (GEMM peaks: bench/host.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,27 +15,6 @@ from chargpt.core.config import ModelConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_CORPUS = Path("/work/shared/data/tinyshakespeare.txt")
-
-
-def matmul_peak_gflops(dtype: torch.dtype, device: str = "cpu", size: int = 1536, seconds: float = 1.5) -> float:
-    """Best observed GEMM throughput for square matrices of `size` in `dtype` (GFLOP/s)."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    best, deadline = 0.0, time.perf_counter() + seconds
-    a @ b  # warm-up: kernel selection, page faults
-    while time.perf_counter() < deadline:
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        _sync(device)
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:

@@ -23,7 +23,9 @@ from typing import Any
 
 import torch
 
-from bench.train_common import DEFAULT_CORPUS, machine_facts, matmul_peak_gflops, print_table, write_result
+from bench.host import host_peak, skip_reason
+from bench.train_common import DEFAULT_CORPUS, machine_facts, print_table, write_result
+from chargpt.core.calibration import train_gflop
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
@@ -86,7 +88,13 @@ def tuned_plan(vocab: int, args: argparse.Namespace) -> TrainingPlan:
 
 def train(label: str, plan: TrainingPlan, corpus: CorpusRef, data: CorpusData, device: torch.device
           ) -> dict[str, Any]:
-    """Train (until max_steps or plan.max_seconds), then score the final weights on the whole validation split."""
+    """Train (until max_steps or plan.max_seconds), then score the final weights on the whole validation split;
+    a recipe the host's GEMM peaks make hopeless (bf16 emulated) is a row saying why instead."""
+    m, precision = plan.model, precision_name(plan)
+    reason = skip_reason(precision, train_gflop(m, plan.batch_size))
+    if reason is not None:
+        return {"recipe": label, "model": f"{m.n_layer}x{m.n_embd} h{m.n_head} T{m.block_size} B{plan.batch_size}",
+                "lr": plan.learning_rate, "optimizer": plan.optimizer, "precision": precision, "skipped": reason}
     recorder = Recorder()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -99,14 +107,13 @@ def train(label: str, plan: TrainingPlan, corpus: CorpusRef, data: CorpusData, d
         update={"precision": "fp32"})))
     train_loss, val_loss = evaluator.losses(checkpoint.model)
     tokens = outcome.final_step * plan.batch_size * plan.model.block_size
-    m = plan.model
     return {"recipe": label, "model": f"{m.n_layer}x{m.n_embd} h{m.n_head} T{m.block_size} B{plan.batch_size}",
             "lr": plan.learning_rate, "steps": outcome.final_step, "max_steps": plan.max_steps,
             "train_seconds": train_seconds, "wall_seconds_with_final_eval": wall,
             "tokens_per_second": tokens / max(train_seconds, 1e-9), "train_loss": train_loss,
             "val_loss": val_loss, "best_val_loss_seen": outcome.best_val_loss,
             "parameters": m.parameter_count(), "optimizer": plan.optimizer, "lr_schedule": plan.lr_schedule,
-            "precision": precision_name(plan),
+            "precision": precision, "skipped": None,
             # the engine's budget fitting, as it went (None: before its first estimate)
             "horizon_estimates": sorted({e.max_steps for e in progress if e.max_steps is not None}),
             "ms_per_step": 1000 * train_seconds / max(outcome.final_step, 1)}
@@ -173,14 +180,17 @@ def main(argv: list[str] | None = None) -> None:
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, load_before: tuple[float, float, float]) -> None:
     facts = machine_facts()
     # the host's GEMM peaks, measured after the runs so they do not share the machine with them
-    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    peak = host_peak()
+    peaks = {"fp32": peak.gflops_fp32, "bf16": peak.gflops_bf16}
     print(f"load average before {tuple(round(x, 2) for x in load_before)}, after "
           f"{tuple(round(x, 2) for x in facts['load_average'])}; {facts['threads']} threads; GEMM peaks: fp32 "
-          f"{peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s")
+          f"{peaks['fp32']:.0f}, bf16 {peaks['bf16']:.1f} GFLOP/s")
     print_table(["recipe", "model", "optimizer", "precision", "lr", "steps", "ms/step", "train s", "tokens/s",
                  "train loss", "val loss"],
-                [[r["recipe"], r["model"], r["optimizer"], r["precision"], r["lr"], r["steps"], r["ms_per_step"],
-                  r["train_seconds"], r["tokens_per_second"], r["train_loss"], r["val_loss"]] for r in rows])
+                [[r["recipe"], r["model"], r["optimizer"], r["precision"], r["lr"],
+                  *([r["skipped"]] + [""] * 5 if r["skipped"] else [r["steps"], r["ms_per_step"], r["train_seconds"],
+                                                                    r["tokens_per_second"], r["train_loss"],
+                                                                    r["val_loss"]])] for r in rows])
     target = target_check(rows)
     if target:
         print(f"target: preset {target['margin_nats']:+.3f} nats vs the tuned recipe (goal <= -{TARGET_MARGIN}): "
@@ -194,8 +204,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, load_before: tu
 
 def target_check(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The preset's validation loss minus the tuned recipe's, against the goal of -TARGET_MARGIN."""
-    tuned = [r for r in rows if r["recipe"] == TUNED]
-    if not tuned:
+    tuned = [r for r in rows if r["recipe"] == TUNED and not r["skipped"]]
+    if not tuned or rows[0]["skipped"]:
         return None
     margin = rows[0]["val_loss"] - tuned[0]["val_loss"]
     return {"margin_nats": margin, "goal_nats": -TARGET_MARGIN, "met": margin <= -TARGET_MARGIN}

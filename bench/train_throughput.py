@@ -1,6 +1,6 @@
 """Training throughput: tokens/s and model FLOPs utilisation of the engine against a plain fp32 eager loop.
 
-    python -m bench.train_throughput [--configs notebook,cpu] [--rounds N] [--compile-notebook]
+    python -m bench.train_throughput [--configs notebook,cpu] [--rounds N] [--compile-notebook] [--quick]
 
 Every variant trains the same model on the same batches in this process, and their steps are timed
 round-robin (one step of each variant per round), so other load on the machine hits all of them alike; the
@@ -8,7 +8,8 @@ median step counts. The reference is the notebook's loop (fp32, eager, default A
 model, which is nanoGPT's (SDPA attention), so it is also the nanoGPT fp32 peer; the nanoGPT bf16 peer is
 nanoGPT's train.py step (autocast bf16, AdamW betas 0.9/0.95 with weight decay, clipping at 1.0,
 zero_grad(set_to_none=True)). The engine variants run `Trainer._train_step` exactly as jobs do. Issue 13's
-target: engine auto >= 1.1x the faster peer. MFU = (6 N + attention) FLOPs per token x tokens/s over
+target: engine auto >= 1.1x the faster peer. A variant the host's GEMM peaks make hopeless (bf16 emulated, issue 25)
+is a row saying why instead (bench/host.py). MFU = (6 N + attention) FLOPs per token x tokens/s over
 a GEMM peak measured in the same run for the dtype the variant computes its matmuls in.
 """
 
@@ -24,14 +25,15 @@ from typing import Any
 
 import torch
 
+from bench.host import host_peak, skip_reason
 from bench.train_common import (
     DEFAULT_CORPUS,
     flops_per_token,
     machine_facts,
-    matmul_peak_gflops,
     print_table,
     write_result,
 )
+from chargpt.core.calibration import GemmPeak
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
 from chargpt.core.model import GPT
@@ -42,6 +44,7 @@ from trainer_service.training.runtime import resolve_runtime
 
 CONFIGS = {"notebook": SIZE_PROFILES["small"], "cpu": SIZE_PROFILES["cpu"]}
 Step = Callable[[int], object]
+ROUNDS = {"notebook": (3, 1), "cpu": (15, 3)}  # timed steps per variant: (default, --quick)
 
 
 class NullSink:
@@ -108,41 +111,59 @@ def variants(name: str, vocab: int, compile_too: bool) -> list[tuple[str, Traini
 
 
 def measure(name: str, corpus: CorpusRef, data: CorpusData, rounds: int, compile_too: bool,
-            peaks: dict[str, float], tmp: Path) -> list[dict[str, Any]]:
+            peaks: GemmPeak, tmp: Path) -> list[dict[str, Any]]:
     vocab = data.tokenizer.vocab_size
-    labelled = variants(name, vocab, compile_too)
+    model = plan_for(name, vocab).model
+    tokens = CONFIGS[name].batch_size * model.block_size
+    gflop = flops_per_token(model, model.block_size) * tokens / 1e9  # one optimizer step's matmul work
     steps: list[Step] = []
     rows: list[dict[str, Any]] = []
-    for label, plan in labelled:
-        if plan is None:
-            steps.append(PEERS[label](plan_for(name, vocab, "fp32"), data))
-        else:
-            trainer = Trainer(plan, corpus, tmp / label.replace(" ", "_"), NullSink(), resolve_runtime(plan))
-            steps.append(trainer._train_step)
-        t0 = time.perf_counter()
-        for i in range(3 if plan is not None and plan.compile == "on" else 1):  # compilation happens here
-            steps[-1](i)
+    for label, plan in variants(name, vocab, compile_too):
         bf16 = "bf16" in label if plan is None else resolve_runtime(plan).autocast_dtype == torch.bfloat16
-        dtype = "bf16" if bf16 else "fp32"
-        rows.append({"config": name, "variant": label, "dtype": dtype, "warmup_s": time.perf_counter() - t0,
-                     "times": []})
+        row: dict[str, Any] = {"config": name, "variant": label, "dtype": "bf16" if bf16 else "fp32", "times": []}
+        row["skipped"] = skip_reason(row["dtype"], gflop, peaks)  # a hopeless variant is a row saying why
+        if row["skipped"] is None:
+            row["warmup_s"], step = warmed_step(name, label, plan, corpus, data, tmp)
+            steps.append(step)
+        rows.append(row)
+    timed = [r for r in rows if r["skipped"] is None]
     for r in range(rounds):
-        for row, step in zip(rows, steps, strict=True):
+        for row, step in zip(timed, steps, strict=True):
             t0 = time.perf_counter()
             step(100 + r)
             row["times"].append(time.perf_counter() - t0)
-    model = plan_for(name, vocab).model
-    tokens = CONFIGS[name].batch_size * model.block_size
-    for row in rows:
+    for row in timed:
         row["step_s"] = statistics.median(row["times"])
         row["tokens_per_s"] = tokens / row["step_s"]
-        row["mfu_vs_measured_peak"] = flops_per_token(model, model.block_size) * row["tokens_per_s"] / (
-            peaks[row["dtype"]] * 1e9)
-    faster_peer = max(r["tokens_per_s"] for r in rows[:len(PEERS)])
-    for row in rows:
+        peak = peaks.gflops_bf16 if row["dtype"] == "bf16" else peaks.gflops_fp32
+        row["mfu_vs_measured_peak"] = flops_per_token(model, model.block_size) * row["tokens_per_s"] / (peak * 1e9)
+    peers = [r["tokens_per_s"] for r in rows[:len(PEERS)] if r["skipped"] is None]
+    for row in timed:
         row["speedup_vs_reference"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
-        row["speedup_vs_faster_peer"] = row["tokens_per_s"] / faster_peer
+        row["speedup_vs_faster_peer"] = row["tokens_per_s"] / max(peers)
     return rows
+
+
+def warmed_step(name: str, label: str, plan: TrainingPlan | None, corpus: CorpusRef, data: CorpusData,
+                tmp: Path) -> tuple[float, Step]:
+    """A variant's step function, run once (three times when compiling: compilation happens here)."""
+    if plan is None:
+        step = PEERS[label](plan_for(name, data.tokenizer.vocab_size, "fp32"), data)
+    else:
+        trainer = Trainer(plan, corpus, tmp / label.replace(" ", "_"), NullSink(), resolve_runtime(plan))
+        step = trainer._train_step
+    t0 = time.perf_counter()
+    for i in range(3 if plan is not None and plan.compile == "on" else 1):
+        step(i)
+    return time.perf_counter() - t0, step
+
+
+def row_cells(r: dict[str, Any]) -> list[Any]:
+    if r["skipped"] is not None:
+        return [r["config"], r["variant"], r["dtype"], r["skipped"], "", "", "", "", ""]
+    return [r["config"], r["variant"], r["dtype"], r["warmup_s"], r["step_s"], r["tokens_per_s"],
+            f"{100 * r['mfu_vs_measured_peak']:.1f}%", f"{r['speedup_vs_reference']:.2f}x",
+            f"{r['speedup_vs_faster_peer']:.2f}x"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,30 +171,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", default="notebook,cpu")
     parser.add_argument("--rounds", type=int, default=0, help="timed steps per variant (0: 3 notebook, 15 cpu)")
     parser.add_argument("--compile-notebook", action="store_true", help="also compile the notebook model (slow)")
+    parser.add_argument("--quick", action="store_true", help="one timed round (notebook) or three (cpu), no "
+                        "compilation: checks the benchmark runs, on the slowest host too")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     args = parser.parse_args(argv)
     corpus = CorpusRef(corpus_id="bench", name=args.corpus.name, sha256="", path=args.corpus)
     data = CorpusData.from_file(args.corpus)
     load_before = machine_facts()["load_average"]
-    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    peaks = host_peak()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs.split(","):
-            rounds = args.rounds or (3 if name == "notebook" else 15)
-            compile_too = name != "notebook" or args.compile_notebook
+            rounds = args.rounds or ROUNDS[name][args.quick]
+            compile_too = not args.quick and (name != "notebook" or args.compile_notebook)
             rows += measure(name, corpus, data, rounds, compile_too, peaks, Path(tmp))
     facts = machine_facts()
-    print(f"GEMM peak measured: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
+    print(f"GEMM peak measured: fp32 {peaks.gflops_fp32:.0f} GFLOP/s, bf16 {peaks.gflops_bf16:.1f} GFLOP/s; "
           f"{torch.get_num_threads()} threads; load average before {load_before}, after {facts['load_average']}")
     print_table(["config", "variant", "dtype", "warm-up s", "step s", "tokens/s", "MFU", "vs reference",
                  "vs faster peer"],
-                [[r["config"], r["variant"], r["dtype"], r["warmup_s"], r["step_s"], r["tokens_per_s"],
-                  f"{100 * r['mfu_vs_measured_peak']:.1f}%", f"{r['speedup_vs_reference']:.2f}x",
-                  f"{r['speedup_vs_faster_peer']:.2f}x"] for r in rows])
+                [row_cells(r) for r in rows])
     print("issue 13 targets: engine auto >= 1.1x the faster peer on the notebook config, >= 1.0x the fp32 "
           "reference on every config")
     path = write_result("train_throughput", {"machine": facts, "load_average_before": load_before,
-                                             "peaks_gflops": peaks, "rows": rows})
+                                             "peaks_gflops": {"fp32": peaks.gflops_fp32, "bf16": peaks.gflops_bf16},
+                                             "rows": rows})
     print(f"wrote {path}")
 
 

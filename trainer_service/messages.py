@@ -136,6 +136,9 @@ def event_proto(event: EventRecord) -> trainer_pb2.WatchTrainingJobResponse:
     if event.kind == "state":
         response.state_changed.CopyFrom(trainer_pb2.StateChangedEvent(state=STATE_TO_PROTO[p["state"]],
                                                                       message=p.get("message", "")))
+    elif event.kind == "notice":  # the engine's note on a running job (e.g. a budget too small to learn in)
+        response.state_changed.CopyFrom(trainer_pb2.StateChangedEvent(state=STATE_TO_PROTO[RUNNING],
+                                                                      message=p["message"]))
     elif event.kind == "progress":
         response.progress.CopyFrom(trainer_pb2.ProgressEvent(
             step=p["step"], max_steps=p["max_steps"], loss=p["loss"], learning_rate=p["learning_rate"],

@@ -70,7 +70,7 @@ class EventRecord(BaseModel):
     job_id: str
     seq: int
     time: float
-    kind: str  # "state", "progress", "evaluation", "sample", "checkpoint"
+    kind: str  # "state", "progress", "evaluation", "sample", "checkpoint", "notice"
     payload: dict[str, Any]
 
 

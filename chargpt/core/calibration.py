@@ -42,6 +42,10 @@ CALIBRATION_DIR_ENV = "CHARGPT_CALIBRATION_DIR"
 DEFAULT_DIR = Path("~/.cache/chargpt/calibration")
 BF16_MARGIN = 0.03  # bf16 must win by more than this to be chosen: a tie keeps fp32's exactness
 GEMM_SIZE = 1024
+GEMM_PROBE_SIZE = 256  # a first call this size finds a dtype too slow for GEMM_SIZE calls (emulated bf16)
+GEMM_CALL_S = 0.25  # the longest one timed GEMM call should take: smaller matrices for a slower dtype
+HOPELESS_BF16 = 0.5  # bf16 GEMMs under half fp32's speed: bf16 cannot be the faster precision
+HOPELESS_CALL_S = 0.5  # ... and not worth timing when one call would take longer than this
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -88,6 +92,21 @@ class GemmPeak(BaseModel):
     gflops_bf16: float
     fp32: Timing
     bf16: Timing
+
+    @property
+    def bf16_hopeless(self) -> bool:
+        """bf16 GEMMs so far below fp32's that bf16 cannot be the faster precision, and timing a model in it
+        would take minutes (issue 25: emulated bf16 at 1 GFLOP/s against fp32's 105 on an AVX2-only host)."""
+        return self.gflops_bf16 < HOPELESS_BF16 * self.gflops_fp32
+
+    def seconds(self, gflop: float, precision: str) -> float:
+        """Seconds `gflop` of matmul work takes at this host's peak in `precision` ("fp32" or "bf16")."""
+        return gflop / (self.gflops_bf16 if precision == "bf16" else self.gflops_fp32)
+
+    def hopeless(self, precision: str, gflop: float, limit_s: float = HOPELESS_CALL_S) -> bool:
+        """Whether work of `gflop` in `precision` is not worth running: bf16 where it is hopeless and the work
+        would take over `limit_s` at the bf16 peak (small work is still cheap to time)."""
+        return precision == "bf16" and self.bf16_hopeless and self.seconds(gflop, "bf16") > limit_s
 
 
 class TrainStep(BaseModel):
@@ -171,29 +190,51 @@ def _sync(device: torch.device) -> None:
 
 
 def measure_gemm_peak(device: str = "cpu", size: int = GEMM_SIZE, budget_s: float = 2.0) -> GemmPeak:
-    """GFLOP/s of a size^3 matmul in fp32 and in bf16, best trial of several."""
+    """GFLOP/s of a size^3 matmul in fp32 and in bf16, best trial of several.
+
+    A dtype whose size^3 call would take over GEMM_CALL_S (emulated bf16: 3 s at 1024 on an AVX2-only host) is
+    timed at a smaller size instead, so the measurement takes seconds on every host.
+    """
     import torch
 
     dev = torch.device(device)
-    a, b = torch.randn(size, size, device=dev), torch.randn(size, size, device=dev)
-    a16, b16 = a.bfloat16(), b.bfloat16()
+    with torch.inference_mode():
+        calls = {name: _gemm_call(dtype, size, dev) for name, dtype in (("fp32", torch.float32),
+                                                                       ("bf16", torch.bfloat16))}
+        t = time_interleaved({name: call for name, (call, _) in calls.items()}, budget_s=budget_s)
+    gflops = {name: 2 * n**3 / 1e9 / t[name].best_s for name, (_, n) in calls.items()}
+    return GemmPeak(gflops_fp32=gflops["fp32"], gflops_bf16=gflops["bf16"], fp32=t["fp32"], bf16=t["bf16"])
 
-    def run(x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+
+def _gemm_call(dtype: torch.dtype, size: int, dev: torch.device) -> tuple[Callable[[], None], int]:
+    """A matmul of `dtype` at `size`, or smaller where a probe call says `size` would be too slow to time."""
+    import torch
+
+    def call_at(n: int) -> Callable[[], None]:
+        a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+
         def call() -> None:
-            torch.mm(x, y)
+            torch.mm(a, b)
             _sync(dev)
         return call
 
-    with torch.inference_mode():
-        t = time_interleaved({"fp32": run(a, b), "bf16": run(a16, b16)}, budget_s=budget_s)
-    flops = 2 * size**3 / 1e9
-    return GemmPeak(gflops_fp32=flops / t["fp32"].best_s, gflops_bf16=flops / t["bf16"].best_s,
-                    fp32=t["fp32"], bf16=t["bf16"])
+    probe = min(size, GEMM_PROBE_SIZE)
+    call = call_at(probe)
+    call()  # warm-up
+    started = time.perf_counter()
+    call()
+    projected = (time.perf_counter() - started) * (size / probe) ** 3
+    if projected <= GEMM_CALL_S:
+        return call_at(size), size
+    n = max(probe, int(size * (GEMM_CALL_S / projected) ** (1 / 3)) // 64 * 64)
+    return call_at(n), n
 
 
-def measure_train_step(config: ModelConfig, batch: int, device: str = "cpu", budget_s: float = 3.0) -> TrainStep:
+def measure_train_step(config: ModelConfig, batch: int, device: str = "cpu", budget_s: float = 3.0,
+                       with_bf16: bool = True) -> TrainStep:
     """A real forward+backward pass of `config` at `batch` sequences, fp32 and bf16 autocast, interleaved.
 
+    Without `with_bf16` (the host's bf16 GEMMs make it hopeless) only fp32 is timed: bf16 is then None.
     Dropout is left out (it costs the same in both precisions) and so is the optimizer step (fp32 either way).
     """
     import torch
@@ -217,7 +258,7 @@ def measure_train_step(config: ModelConfig, batch: int, device: str = "cpu", bud
         return call
 
     variants: dict[str, Callable[[], None]] = {"fp32": step(None)}
-    if dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_bf16_supported()):
+    if with_bf16 and (dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_bf16_supported())):
         variants["bf16"] = step(torch.bfloat16)
     t = time_interleaved(variants, budget_s=budget_s)
     return TrainStep(tokens=batch * config.block_size, threads=torch.get_num_threads(), fp32=t["fp32"],
@@ -230,7 +271,7 @@ class Calibrator:
     def __init__(self, directory: Path | None = None, device: str = "cpu") -> None:
         self.directory, self.device = (directory or default_dir()).expanduser(), device
         self._host: HostKey | None = None
-        self._lock = threading.Lock()  # one measurement at a time: two at once would time each other
+        self._lock = threading.RLock()  # one measurement at a time: two at once would time each other
 
     @property
     def host(self) -> HostKey:
@@ -307,7 +348,18 @@ class Calibrator:
         return self.get("gemm", GemmPeak, lambda: measure_gemm_peak(self.device))
 
     def train_step(self, config: ModelConfig, batch: int) -> TrainStep:
-        return self.get(train_entry(config, batch), TrainStep, lambda: measure_train_step(config, batch, self.device))
+        """fp32 against bf16 autocast; fp32 alone on a CPU whose bf16 GEMMs make bf16 hopeless at this size
+        (at a notebook size a bf16 pass would take minutes, and it could not win)."""
+        def measure() -> TrainStep:
+            if self.device == "cpu" and self.gemm_peak().hopeless("bf16", train_gflop(config, batch)):
+                return measure_train_step(config, batch, self.device, with_bf16=False)
+            return measure_train_step(config, batch, self.device)
+        return self.get(train_entry(config, batch), TrainStep, measure)
+
+
+def train_gflop(config: ModelConfig, batch: int) -> float:
+    """The matmul work of one forward+backward pass of `config` at `batch` sequences: 6 x parameters x tokens."""
+    return 6 * config.parameter_count() * batch * config.block_size / 1e9
 
 
 def train_entry(config: ModelConfig, batch: int, threads: int | None = None) -> str:

@@ -22,7 +22,7 @@ from chargpt_client import types as t
 from chargpt_client.attention_view import attention_html
 from chargpt_client.next_char import NextCharStep, next_char_steps
 from chargpt_client.options import INFERENCE_ADDRESS_ENV, TRAINER_ADDRESS_ENV, ClientOptions
-from chargpt_client.render import fmt
+from chargpt_client.render import fmt, progress_total
 from chargpt_client.sync import Client
 
 __all__ = ["AttentionView", "LossHistory", "NextCharView", "Png", "Table", "connect", "next_char_view",
@@ -156,6 +156,9 @@ def watch_training(client: Client, job_id: str, on_sample: Callable[[t.Sample], 
     try:
         for event in client.trainer.watch_job(job_id):
             if isinstance(event, t.Progress):
+                total = progress_total(event)  # a budget's estimate: it can shrink as the run goes
+                if total is not None and total != bar.total:
+                    bar.total = total
                 bar.update(max(0, event.step - bar.n))
                 bar.set_postfix(loss=f"{event.loss:.3f}", refresh=False)
             elif isinstance(event, t.Sample) and on_sample is not None:

@@ -64,6 +64,12 @@ def human_count(n: float) -> str:
     return f"{n:.1f}T"
 
 
+def progress_total(p: t.Progress) -> int | None:
+    """The steps a progress bar counts to: the run's end (a budget's estimate), never below the steps done; None
+    while a budget-only job has no estimate yet."""
+    return None if p.max_steps is None else max(p.step, p.max_steps)
+
+
 class JobProgress:
     """Renders job events; on a terminal the bar redraws in place, elsewhere it prints a line now and then."""
 
@@ -98,10 +104,11 @@ class JobProgress:
         # CheckpointWritten is not shown: checkpoints are frequent and the evaluation line says "new best".
 
     def bar(self, p: t.Progress) -> str:
-        fraction = min(1.0, p.step / p.max_steps) if p.max_steps else 0.0
+        total = progress_total(p)
+        fraction = min(1.0, p.step / total) if total else 0.0
         filled = int(fraction * BAR_WIDTH)
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
-        steps = f"{p.step}/{p.max_steps}" if p.max_steps else str(p.step)
+        steps = f"{p.step}/{total}" if total else str(p.step)
         return (f"[{bar}] {100 * fraction:3.0f}% step {steps}  loss {p.loss:.4f}  "
                 f"{human_count(p.tokens_per_second)} tok/s  elapsed {duration(p.elapsed_seconds)}  "
                 f"ETA {duration(p.eta_seconds)}")
@@ -112,7 +119,8 @@ class JobProgress:
             self.out.flush()
             self._bar_shown = True
             return
-        tenth = int(10 * p.step / p.max_steps) if p.max_steps else 0
+        total = progress_total(p)
+        tenth = int(10 * p.step / total) if total else 0
         now = time.monotonic()
         if tenth > self._last_logged_tenth or now - self._last_logged_at >= LOG_EVERY_S:
             self._last_logged_tenth, self._last_logged_at = tenth, now

@@ -265,3 +265,18 @@ def test_an_empty_constraint_is_sent_or_refused_never_dropped() -> None:
     with pytest.raises(ValueError, match="choices: give at least one choice"):
         ops.generate_request("m", choices=[])
     assert not ops.generate_request("m", stop=[], logit_bias={}).ListFields()[1:]  # empty stop/bias: the defaults
+
+
+def test_the_progress_bar_never_counts_to_fewer_steps_than_are_done() -> None:
+    """A budget's estimate that lags a step behind reads `5/5`, never `5/4`; no estimate yet shows the step alone."""
+    from chargpt_client.render import JobProgress, progress_total
+
+    def progress(step: int, max_steps: int | None) -> t.Progress:
+        return t.Progress(sequence=step, time=None, job_id="j", step=step, max_steps=max_steps, loss=1.0,
+                          learning_rate=1e-3, tokens_per_second=10.0, elapsed_seconds=1.0, eta_seconds=1.0)
+
+    assert progress_total(progress(5, 4)) == 5 and progress_total(progress(4, 6)) == 6
+    assert progress_total(progress(3, None)) is None
+    bar = JobProgress(io.StringIO())
+    assert "100% step 5/5 " in bar.bar(progress(5, 4)) and " step 4/6 " in bar.bar(progress(4, 6))
+    assert "  0% step 3 " in bar.bar(progress(3, None))

@@ -90,3 +90,48 @@ async def test_a_budget_only_job_succeeds_when_its_time_is_up(real_trainer: Trai
     done = await t.wait_for(job.job_id, [S.JOB_STATE_SUCCEEDED], timeout=120)
     assert not job.training.HasField("max_steps")  # no step limit: the budget alone ends it
     assert done.step > 0 and math.isfinite(done.val_loss), done.error
+
+
+@pytest.mark.slow
+async def test_a_budget_job_goes_from_created_to_succeeded_within_its_budget_with_a_checkpoint(
+        real_trainer: Trainer) -> None:
+    """Issue 25's target: Created to Succeeded in at most 1.1 x the budget + 15 s (start-up, calibration and the
+    final evaluation and checkpoint included), ending with a usable `latest`; the progress total never shrinks
+    below the step and only ever comes down."""
+    t, budget = real_trainer, 6.0
+    corpus = (await t.upload(sample_text(3000))).corpus
+    spec = S.TrainingSpec(max_seconds=budget, batch_size=4, learning_rate=3e-3)
+    request = S.CreateTrainingJobRequest(corpus_id=corpus.corpus_id, model=tiny_model(16), training=spec,
+                                         resources=S.ResourceSpec(device="cpu"))
+    job = (await t.stub.CreateTrainingJob(request, timeout=30)).job
+    done = await t.wait_for(job.job_id, [S.JOB_STATE_SUCCEEDED], timeout=120)
+    wall = (done.finished_time.ToNanoseconds() - done.created_time.ToNanoseconds()) / 1e9
+    assert wall <= 1.1 * budget + 15, wall
+    listed = (await t.stub.ListCheckpoints(S.ListCheckpointsRequest(job_id=job.job_id))).checkpoints
+    latest = next(c for c in listed if c.kind == common_pb2.CHECKPOINT_KIND_LATEST)
+    assert latest.step == done.step and load_checkpoint(
+        t.data_dir / "jobs" / job.job_id / "checkpoints" / "latest").manifest.weights.sha256 == latest.weights_sha256
+    events = [e async for e in t.stub.WatchTrainingJob(S.WatchTrainingJobRequest(job_id=job.job_id))]
+    totals = [(e.progress.step, e.progress.max_steps) for e in events
+              if e.HasField("progress") and e.progress.HasField("max_steps")]
+    assert totals and all(total >= step for step, total in totals)
+    assert [total for _, total in totals] == sorted((total for _, total in totals), reverse=True)
+
+
+@pytest.mark.slow
+async def test_a_budget_too_small_for_the_model_is_reported_to_the_watcher(real_trainer: Trainer) -> None:
+    """The engine's notice reaches WatchTrainingJob as a RUNNING state change with its message; the job still
+    succeeds with its final evaluation and checkpoint."""
+    t = real_trainer
+    corpus = (await t.upload(sample_text(3000))).corpus
+    spec = S.TrainingSpec(max_seconds=0.05, batch_size=4, learning_rate=3e-3)
+    request = S.CreateTrainingJobRequest(corpus_id=corpus.corpus_id, model=tiny_model(16), training=spec,
+                                         resources=S.ResourceSpec(device="cpu"))
+    job = (await t.stub.CreateTrainingJob(request, timeout=30)).job
+    done = await t.wait_for(job.job_id, [S.JOB_STATE_SUCCEEDED], timeout=120)
+    events = [e async for e in t.stub.WatchTrainingJob(S.WatchTrainingJobRequest(job_id=job.job_id))]
+    notes = [e.state_changed.message for e in events if e.HasField("state_changed")
+             and e.state_changed.state == S.JOB_STATE_RUNNING and "too few to learn" in e.state_changed.message]
+    assert len(notes) == 1 and "smaller model or a longer budget" in notes[0]
+    assert any(e.HasField("checkpoint_written") and e.checkpoint_written.checkpoint.step == done.step
+               for e in events)

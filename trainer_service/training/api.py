@@ -181,7 +181,16 @@ class CheckpointSaved(BaseModel):
     write_seconds: float | None = Field(default=None, description="time spent writing it, if the engine timed it")
 
 
-TrainingEvent = ProgressUpdate | EvaluationResult | TextSample | CheckpointSaved
+class Notice(BaseModel):
+    """Something the client should know about the run, e.g. that its time budget is too small for the model
+    (WatchTrainingJob shows it as a state change to RUNNING with this message)."""
+
+    kind: Literal["notice"] = "notice"
+    step: int
+    message: str
+
+
+TrainingEvent = ProgressUpdate | EvaluationResult | TextSample | CheckpointSaved | Notice
 
 
 class EventSink(Protocol):

@@ -20,12 +20,26 @@ class Evaluator:
 
     def __init__(self, data: CorpusData, block_size: int, batch_size: int, runtime: Runtime) -> None:
         self.runtime, self.batch_size = runtime, max(1, batch_size)
+        self.data, self.block_size = data, block_size
         self.val_batches = _batches(split_windows(data.val, block_size), self.batch_size)
         n_val_windows = sum(x.shape[0] for x, _ in self.val_batches)
         train_x, train_y = train_subset_windows(data.train, block_size,
                                                 min(TRAIN_ESTIMATE_WINDOWS, max(n_val_windows, 8)))
         self.train_batches = _batches([(train_x, train_y)], self.batch_size)
+        self.windows = max(n_val_windows, train_x.shape[0])  # per split, evaluating everything
         self.tokens = sum(y.numel() for _, y in self.val_batches + self.train_batches)  # per evaluation
+
+    def limit(self, windows: int) -> None:
+        """Evaluate at most `windows` fixed windows per split, spread evenly over it: a time budget too short
+        for the whole validation split gets a deterministic estimate of its loss instead."""
+        if windows >= self.windows:
+            return
+        self.windows = windows
+        self.val_batches = _batches([train_subset_windows(self.data.val, self.block_size, windows)],
+                                    self.batch_size)
+        self.train_batches = _batches([train_subset_windows(self.data.train, self.block_size, windows)],
+                                      self.batch_size)
+        self.tokens = sum(y.numel() for _, y in self.val_batches + self.train_batches)
 
     @torch.no_grad()
     def losses(self, model: GPT) -> tuple[float, float]:

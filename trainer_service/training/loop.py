@@ -24,6 +24,7 @@ from trainer_service.training.api import (
     CorpusRef,
     EvaluationResult,
     EventSink,
+    Notice,
     ProgressUpdate,
     ShouldStop,
     TextSample,
@@ -31,7 +32,9 @@ from trainer_service.training.api import (
     TrainingOutcome,
     TrainingPlan,
 )
+from trainer_service.training.budget import PhaseRequest, window_steps
 from trainer_service.training.data import CorpusData, mix_seed
+from trainer_service.training.defaults import INTERVALS
 from trainer_service.training.evaluate import Evaluator, attention_ids, attention_weights, sample_text
 from trainer_service.training.optim import build_optimizer, set_learning_rate
 from trainer_service.training.parent_weights import initialise_from_parent
@@ -96,6 +99,7 @@ class Trainer:
         self.train_model = self._wrap(self.model)
         self.evaluator = Evaluator(self.data, plan.model.block_size, 2 * max(self.micro_sizes), runtime)
         self.schedule = self._schedule()
+        self._apply_budget()  # a resumed budget's evaluation size
         self.started, self.elapsed_before = time.perf_counter(), self.state.elapsed_seconds
         self.last_progress = (self.started, self.state.step)
         self.progress_sent = False
@@ -132,11 +136,24 @@ class Trainer:
     def _schedule(self) -> Schedule:
         if self.plan.max_seconds is None:
             return Schedule(self.plan)
-        tokens = self.plan.batch_size * self.block
-        return TimeBudget(self.plan, self.state.fitted, self.state.horizon,
+        plan, tokens = self.plan, self.plan.batch_size * self.block
+        request = PhaseRequest(eval_windows=self.evaluator.windows, sample_length=plan.sample_length,
+                               intervals={name: getattr(plan, name) for name in INTERVALS},
+                               window_steps=window_steps(self.block, tokens))
+        return TimeBudget(plan, self.state.fitted, self.state.horizon,
                           evaluation_steps(self.evaluator.tokens, tokens),
-                          checkpoint_seconds_guess(self.plan.model.parameter_count()),
-                          lambda horizon: from_rank0(horizon, self.rt))
+                          checkpoint_seconds_guess(plan.model.parameter_count()),
+                          lambda value: from_rank0(value, self.rt), request)
+
+    def _apply_budget(self) -> None:
+        """What a time budget decided once it timed its first steps: the evaluation's size, and a notice."""
+        if not isinstance(self.schedule, TimeBudget):
+            return
+        if self.schedule.eval_windows is not None:
+            self.evaluator.limit(self.schedule.eval_windows)
+        if self.schedule.notice is not None:
+            self._emit(Notice(step=self.state.step, message=self.schedule.notice))
+            self.schedule.notice = None
 
     def _wrap(self, model: GPT) -> nn.Module:
         wrapped: nn.Module = model
@@ -158,8 +175,8 @@ class Trainer:
 
     def _run(self, should_stop: ShouldStop) -> TrainingOutcome:
         plan = self.plan
-        if self.state.step == 0 and self.plan.sample_interval != 0:  # None: fitted to a budget, samples on
-            self._sample()
+        if self.state.step == 0 and self.plan.sample_interval and self.plan.max_seconds is None:
+            self._sample()  # a budget's cost of sampling is unknown before a step is timed: it samples later
         while not self.schedule.finished(self.state.step):
             if all_agree(should_stop(), self.rt):
                 self._save_latest()
@@ -171,6 +188,7 @@ class Trainer:
             if plan.max_seconds is not None:
                 self._synchronize()  # time the step itself, not the launch of its kernels
                 self.schedule.after_step(self.state.step, time.perf_counter() - started, self._elapsed())
+                self._apply_budget()
             self._after_step(loss)
         self._barrier()
         return self._outcome(stopped_early=False)
@@ -268,7 +286,7 @@ class Trainer:
 
     def _sample(self) -> None:
         if self.rt.is_main:
-            text = sample_text(self.model, self.data, self.plan.sample_length, self.plan.seed,
+            text = sample_text(self.model, self.data, self.schedule.sample_length, self.plan.seed,
                                self.state.step, self.rt)
             self._emit(TextSample(step=self.state.step, text=text))
 

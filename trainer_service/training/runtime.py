@@ -125,13 +125,15 @@ def bf16_is_faster(device: torch.device, plan: TrainingPlan | None = None) -> bo
 
     On CUDA, whenever the GPU supports bf16. On CPUs by measurement, never by CPU flags: hosts with the same
     flags ran bf16 GEMMs at 0.5x and at 4.4x fp32 (issue 13), and small models lose to autocast's casts even
-    where bf16 GEMMs are fast. The plan's model is timed at this rank's micro-batch (chargpt.core.calibration,
-    cached per host in CHARGPT_CALIBRATION_DIR); without a plan, CPUs train in fp32.
+    where bf16 GEMMs are fast. The host's GEMM peaks rule bf16 out at once where its GEMMs run at under half
+    fp32's speed (GemmPeak.bf16_hopeless); otherwise the plan's model is timed at this rank's micro-batch
+    (chargpt.core.calibration, cached per host in CHARGPT_CALIBRATION_DIR). Without a plan, CPUs train in fp32.
     """
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    step = measured_train_step(device, plan) if device.type == "cpu" and plan is not None else None
-    return train_precision(device.type, True, step) == "bf16"
+    if device.type != "cpu" or plan is None or Calibrator(device="cpu").gemm_peak().bf16_hopeless:
+        return False  # hopeless bf16 GEMMs (emulated): no need to time the model, a pass would take minutes
+    return train_precision(device.type, True, measured_train_step(device, plan)) == "bf16"
 
 
 def measured_train_step(device: torch.device, plan: TrainingPlan) -> TrainStep:
