@@ -33,9 +33,10 @@ from chargpt.v1 import inference_pb2, inference_pb2_grpc
 
 BALANCED = SAMPLING_PRESETS[SamplingPreset.BALANCED]
 SEE_README = "see README 'Serving peers'"
-# Idle connections are dropped after 1 s, before the servers' own 5 s keep-alive timeout (uvicorn's, cpp-httplib's)
-# can close one just as a request reuses it ("Server disconnected without sending a response").
-HTTP_LIMITS = httpx.Limits(max_connections=1024, keepalive_expiry=1.0)
+# Every request opens its own connection, for both HTTP servers alike: a reused one races the server's own
+# keep-alive limits (uvicorn's 5 s idle timeout; cpp-httplib closes after 100 requests on one connection), which
+# shows up as "Server disconnected without sending a response" in the middle of a run.
+HTTP_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=0)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from chargpt import errors
 from chargpt.core.tokenizer import CharTokenizer
@@ -32,11 +33,14 @@ class TenantUsage:
     lease: Lease
     metrics: InferenceMetrics
     tenant: str  # the tenant's metric label value
+    chars_counter: Any = None  # the tenant's child of tenant_generated_chars, looked up once (it is per message)
 
     def generated(self, chars: int) -> None:
         if chars:
             self.lease.add_chars(chars)
-            self.metrics.tenant_generated_chars.labels(tenant=self.tenant).inc(chars)
+            if self.chars_counter is None:
+                self.chars_counter = self.metrics.tenant_generated_chars.labels(tenant=self.tenant)
+            self.chars_counter.inc(chars)
 
     def end(self, outcome: str) -> None:
         if not self.lease.released:
