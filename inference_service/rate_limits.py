@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chargpt.errors import RateLimitedError
+from chargpt.errors import InvalidArgumentError, RateLimitedError
 from chargpt.server.tenancy.policy import TenantLimits
 from chargpt.server.tenancy.principal import Principal
 
@@ -36,19 +36,25 @@ class KeyUsage:
 
 @dataclass
 class Lease:
-    """One admitted generation: counts its characters against the key and frees its stream slot once."""
+    """One admitted generation: it reserved its most characters at admission (so one long request cannot overdraw
+    the key), counts what it generates, and on release frees its stream slot and refunds what it did not use."""
 
     limiter: KeyLimiter
     key: str
+    reserved: int = 0
+    used: int = 0
     released: bool = False
 
     def add_chars(self, count: int) -> None:
-        self.limiter.spend(self.key, count)
+        self.used += count
+        if self.used > self.reserved:  # never expected (max_new_tokens bounds it), but never uncounted
+            self.limiter.spend(self.key, self.used - self.reserved)
+            self.reserved = self.used
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.limiter.end_stream(self.key)
+            self.limiter.end_stream(self.key, refund=self.reserved - self.used)
 
 
 class KeyLimiter:
@@ -59,35 +65,43 @@ class KeyLimiter:
         self._usage: dict[str, KeyUsage] = {}
         self._lock = threading.Lock()
 
-    def admit(self, caller: Principal, limits: TenantLimits) -> Lease:
-        """A lease for one more generation by `caller`, or RateLimitedError with when to retry."""
+    def admit(self, caller: Principal, limits: TenantLimits, reserve: int = 1) -> Lease:
+        """A lease for one more generation by `caller` that may generate up to `reserve` characters, or
+        RateLimitedError with when to retry (InvalidArgumentError if `reserve` could never fit the key's limit)."""
         key = f"{caller.tenant}:{caller.key_id}"  # one key's usage; single-user and --auth-token: one bucket
+        per_minute = limits.generated_chars_per_minute
+        if per_minute is not None and reserve > per_minute:
+            raise InvalidArgumentError("max_new_tokens", f"n x max_new_tokens = {reserve} characters is more than "
+                                                         f"this key may generate per minute ({per_minute})")
         with self._lock:
             now = self._clock()
             usage = self._usage.setdefault(key, KeyUsage(math.inf, now))
-            usage.refill(limits.generated_chars_per_minute, now)
-            _check(usage, limits)
+            usage.refill(per_minute, now)
+            _check(usage, limits, reserve)
             usage.streams += 1
-        return Lease(self, key)
+            usage.chars -= reserve if per_minute is not None else 0
+        return Lease(self, key, reserved=reserve if per_minute is not None else 0)
 
     def spend(self, key: str, count: int) -> None:
         with self._lock:
             self._usage[key].chars -= count
 
-    def end_stream(self, key: str) -> None:
+    def end_stream(self, key: str, refund: int = 0) -> None:
         with self._lock:
-            self._usage[key].streams -= 1
+            usage = self._usage[key]
+            usage.streams -= 1
+            usage.chars += max(0, refund)
 
 
-def _check(usage: KeyUsage, limits: TenantLimits) -> None:
+def _check(usage: KeyUsage, limits: TenantLimits, reserve: int) -> None:
     """RateLimitedError if `usage` leaves no room for another generation under `limits`."""
     streams = limits.concurrent_streams
     if streams is not None and usage.streams >= streams:
         raise RateLimitedError("concurrent_streams", f"{usage.streams} generations in flight, the limit is "
                                                      f"{streams}", STREAM_RETRY_SECONDS)
     per_minute = limits.generated_chars_per_minute
-    if per_minute is not None and usage.chars < 1:
-        # Until the bucket holds one character again (a limit of 0 never refills: a minute, then ask again).
-        wait = (1 - usage.chars) * WINDOW_SECONDS / per_minute if per_minute else WINDOW_SECONDS
+    if per_minute is not None and usage.chars < reserve:
+        # Until the bucket holds the request's characters again (a limit of 0 never refills: a minute, then ask).
+        wait = (reserve - usage.chars) * WINDOW_SECONDS / per_minute if per_minute else WINDOW_SECONDS
         raise RateLimitedError("generated_chars_per_minute", f"{per_minute} characters per minute used up",
                                math.ceil(wait * 1000) / 1000)

@@ -113,7 +113,7 @@ class InferenceService:
         usage: TenantUsage | None = None
         try:
             assert entry.checkpoint is not None and entry.engine is not None
-            usage = self._admit()
+            usage = self._admit(params.n * params.max_new_tokens)
             with self.rejections(model):
                 jobs = _samples(prompt, params, entry.checkpoint.tokenizer,
                                 entry.checkpoint.model.config.block_size, self.settings.max_new_tokens_limit,
@@ -126,12 +126,13 @@ class InferenceService:
             raise
         return Generation(self.registry, entry, jobs, usage)
 
-    def _admit(self) -> TenantUsage:
-        """The caller's lease on one more generation; RateLimitedError (counted per tenant) past its limits."""
+    def _admit(self, most_chars: int) -> TenantUsage:
+        """The caller's lease on one more generation of at most `most_chars` characters; RateLimitedError
+        (counted per tenant) past its limits."""
         caller = current_principal()
         tenant = self.metrics.tenant_label(caller.tenant)
         try:
-            lease = self.limiter.admit(caller, self.policy.limits(caller.tenant))
+            lease = self.limiter.admit(caller, self.policy.limits(caller.tenant), most_chars)
         except errors.RateLimitedError as exc:
             self.metrics.tenant_rate_limited.labels(tenant=tenant, limit=exc.limit).inc()
             self.metrics.tenant_requests.labels(tenant=tenant, outcome="rate_limited").inc()

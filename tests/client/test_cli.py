@@ -193,6 +193,10 @@ def test_model_generate_score_attention_commands(cli: Cli, job_id: str) -> None:
     assert zero.returncode != 0 and "max_new_tokens" in zero.stderr
     whole = cli.json("generate", "m", "First", "--seed", "3", "--max-new-tokens", "20", "--preset", "creative")
     assert streamed.stdout == "First" + whole["text"] + "\n" and whole["summary"]["top_k"] == 200
+    urgent = cli.json("generate", "m", "First", "--seed", "3", "--max-new-tokens", "20", "--preset", "creative",
+                      "--priority", "-5")  # admission order only: the same text
+    assert urgent["text"] == whole["text"]
+    assert cli.run("generate", "m", "First", "--priority", "2147483648").returncode != 0  # int32: named, refused
     table = cli.run("generate", "m", "First", "--seed", "3", "--max-new-tokens", "5", "--logprobs", "3",
                     "--repetition-penalty", "1.2", "--min-p", "0.01")
     assert table.returncode == 0 and table.stdout.splitlines()[1].split() == ["#", "char", "logprob", "top", "1",

@@ -20,7 +20,7 @@ from inference_service.grpc_api.messages import sampling_params
 from inference_service.openai_api.schemas import OPENAI_NAMES, CompletionRequest
 
 REQUEST = inference_pb2.GenerateRequest.DESCRIPTOR
-NOT_SAMPLING = {"model", "prompt"}  # what to continue, with which model
+NOT_SAMPLING = {"model", "prompt", "priority"}  # what to continue, with which model; when it is admitted
 NO_PRESENCE = {"logprobs"}  # 0, its default, means none: an explicit 0 and "unset" are the same request
 NOT_FLAGS = {"n", "logit_bias"}  # `chargpt generate` prints one sample; a mapping is no flag
 SAMPLING_FIELDS = sorted({f.name for f in REQUEST.fields} - NOT_SAMPLING)

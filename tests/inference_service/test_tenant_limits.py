@@ -10,9 +10,13 @@ from pathlib import Path
 
 import openai
 import pytest
-from chargpt_client import AsyncInferenceClient, ClientOptions, ResourceExhausted
+from chargpt_client import AsyncInferenceClient, ClientOptions, InvalidArgument, ResourceExhausted
 
+from chargpt.errors import InvalidArgumentError, RateLimitedError
 from chargpt.server.tenancy.keys import create_key
+from chargpt.server.tenancy.policy import TenantLimits
+from chargpt.server.tenancy.principal import Principal, Role
+from inference_service.rate_limits import KeyLimiter
 
 from .conftest import Served, ServerFactory, write_checkpoint
 
@@ -42,31 +46,47 @@ def _openai(s: Served, key: str) -> openai.AsyncOpenAI:
 
 
 async def test_characters_per_minute(make_server: ServerFactory, tmp_path: Path) -> None:
-    s, keys = await _limited(make_server, tmp_path, "generated_chars_per_minute = 10")
+    s, keys = await _limited(make_server, tmp_path, "generated_chars_per_minute = 30")
     async with _client(s, keys["grpc"]) as acme, _client(s, keys["other"]) as globex:
-        assert len((await acme.generate("tiny", "a", max_new_tokens=20)).text) == 20  # admitted, then counted
+        assert len((await acme.generate("tiny", "a", max_new_tokens=20)).text) == 20  # reserved 20 of 30
         started = time.monotonic()
-        with pytest.raises(ResourceExhausted) as refused:
-            await acme.generate("tiny", "a", max_new_tokens=1)
-        # 10 characters under a full bucket of 10: 11 to refill at 10 a minute, about 66 s.
-        assert refused.value.retry_after is not None and 60 < refused.value.retry_after <= 66.1
+        with pytest.raises(ResourceExhausted) as refused:  # 20 more do not fit the 10 left
+            await acme.generate("tiny", "a", max_new_tokens=20)
+        # 10 characters short, refilled at 30 a minute: about 20 s.
+        assert refused.value.retry_after is not None and 15 < refused.value.retry_after <= 20.1
         assert "generated_chars_per_minute" in refused.value.message and not refused.value.quota_violations
         # The client library does not retry RESOURCE_EXHAUSTED (its RetryPolicy is for UNAVAILABLE): one refusal.
         assert time.monotonic() - started < 5
+        with pytest.raises(InvalidArgument) as never:  # more than a minute's worth can never be admitted
+            await acme.generate("tiny", "a", max_new_tokens=31)
+        assert never.value.field == "max_new_tokens"
         assert s.metric("chargpt_inference_tenant_rate_limited_total", tenant="acme",
                         limit="generated_chars_per_minute") == 1
-        assert len((await globex.generate("tiny", "a", max_new_tokens=30)).text) == 30  # another tenant: unlimited
+        assert len((await globex.generate("tiny", "a", max_new_tokens=40)).text) == 40  # another tenant: unlimited
     assert s.metric("chargpt_inference_tenant_generated_chars_total", tenant="acme") == 20
     assert s.metric("chargpt_inference_tenant_requests_total", tenant="acme", outcome="finished") == 1
     assert s.metric("chargpt_inference_tenant_requests_total", tenant="acme", outcome="rate_limited") == 1
     async with _openai(s, keys["http"]) as http:  # the tenant's other key has its own minute
         await http.completions.create(model="tiny", prompt="a", max_tokens=20)
         with pytest.raises(openai.RateLimitError) as limited:
-            await http.completions.create(model="tiny", prompt="a", max_tokens=1)
+            await http.completions.create(model="tiny", prompt="a", max_tokens=20)
     retry_after = limited.value.response.headers["retry-after"]
-    assert retry_after.isdigit() and 60 < int(retry_after) <= 67  # whole seconds, rounded up
+    assert retry_after.isdigit() and 15 < int(retry_after) <= 21  # whole seconds, rounded up
     error = limited.value.response.json()["error"]
     assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+
+
+def test_unused_reserved_characters_are_refunded() -> None:
+    limiter = KeyLimiter(clock=lambda: 0.0)  # a frozen clock: no refill, only what leases reserve and refund
+    caller, limits = Principal("acme", Role.MEMBER, "k1"), TenantLimits(generated_chars_per_minute=30)
+    lease = limiter.admit(caller, limits, reserve=25)
+    with pytest.raises(RateLimitedError):  # 5 left
+        limiter.admit(caller, limits, reserve=10)
+    lease.add_chars(5)  # it stopped early (a stop string): 20 of its 25 go back
+    lease.release()
+    limiter.admit(caller, limits, reserve=25).release()
+    with pytest.raises(InvalidArgumentError, match="max_new_tokens"):
+        limiter.admit(caller, limits, reserve=31)
 
 
 async def _until(condition: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:

@@ -13,9 +13,11 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -27,12 +29,15 @@ from chargpt.errors import InvalidArgumentError, NotFoundError
 from chargpt.server.tenancy.principal import DEFAULT_TENANT, Principal, Role
 from chargpt.server.tenancy.watched_file import WatchedFile
 
+log = logging.getLogger(__name__)
+
 FILE_FORMAT = "chargpt-keys/1"
 KEY_PREFIX = "cgk"
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # scrypt's interactive-login parameters (RFC 7914 §2): ~16 MiB and tens of milliseconds per check.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 LEGACY_KEY_ID = "auth-token"
+MAX_FAILURES, FAILURE_WINDOW_SECONDS = 5, 60.0  # wrong secrets per key id before guessing is cut off
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,12 @@ def read_entries(path: Path) -> dict[str, KeyEntry]:
         entries = [KeyEntry(**item) for item in data.get("keys", [])]
     except TypeError as exc:  # a missing or unknown field: the same operator-facing error as a bad format
         raise ValueError(f"{path}: bad key entry ({exc})") from None
+    for entry in entries:  # a hand-edited entry must not become a key that fails every request
+        try:
+            Role(entry.role)
+            validate_tenant(entry.tenant)
+        except ValueError as exc:
+            raise ValueError(f"{path}: key {entry.key_id}: {exc}") from None
     return {e.key_id: e for e in entries}
 
 
@@ -149,6 +160,10 @@ class KeyStore:
             raise ValueError("a KeyStore needs a keys file or a token, or everyone would be let in")
         self._legacy = legacy_token.encode() if legacy_token else None
         self._verified: dict[bytes, Principal] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # key id -> (wrong secrets, since when)
+        if path is not None and not path.exists():
+            log.warning("keys file %s does not exist (yet): only %s", path,
+                        "the auth token works" if legacy_token else "no key works until it is created")
         self._file = WatchedFile(path, read_entries, reload_seconds, self._forget) if path is not None else None
 
     def _entries(self) -> dict[str, KeyEntry]:
@@ -180,7 +195,23 @@ class KeyStore:
         prefix, _, rest = key.partition("_")
         key_id, _, secret = rest.partition("_")
         entry = self._entries().get(key_id) if prefix == KEY_PREFIX and secret else None
-        return entry.principal() if entry is not None and entry.matches(secret) else None
+        if entry is None or self._throttled(key_id):
+            return None
+        if entry.matches(secret):
+            return entry.principal()
+        count, since = self._failures.get(key_id, (0, time.monotonic()))
+        self._failures[key_id] = (count + 1, since)
+        return None
+
+    def _throttled(self, key_id: str) -> bool:
+        """True once a key id had MAX_FAILURES wrong secrets within FAILURE_WINDOW_SECONDS: guessing is refused
+        without running the KDF, so a flood of wrong secrets cannot keep the CPU busy. A key verified before
+        stays cached and keeps working."""
+        count, since = self._failures.get(key_id, (0, 0.0))
+        if time.monotonic() - since > FAILURE_WINDOW_SECONDS:
+            self._failures.pop(key_id, None)
+            return False
+        return count >= MAX_FAILURES
 
 
 def _fingerprint(key: str) -> bytes:

@@ -56,6 +56,8 @@ def _register_generate(subparsers: SubParsers, parent: argparse.ArgumentParser) 
     gen.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
     for name in GENERATE_FLAGS:  # one flag per SamplingOptions field, e.g. --top-k
         gen.add_argument(*GENERATE_SPELLINGS.get(name, ("--" + name.replace("_", "-"),)), dest=name, **_flag(name))
+    gen.add_argument("--priority", type=int, default=0,
+                     help="admission order among waiting requests: lower first (vLLM's convention), default 0")
     gen.set_defaults(handler=generate_cmd)
 
 
@@ -169,7 +171,8 @@ COMPLETE = ("LENGTH", "STOP")  # finish reasons of a generation that ran to its 
 
 def generate_cmd(args: argparse.Namespace) -> int:
     """Stream (or with --json print) one generation; exit status 1 if the server cut it short (e.g. its shutdown)."""
-    sampling = {"options": SamplingOptions.of({name: getattr(args, name) for name in GENERATE_FLAGS})}
+    sampling = {"options": SamplingOptions.of({name: getattr(args, name) for name in GENERATE_FLAGS}),
+                "priority": args.priority}
     with inference_client(args) as client:
         if args.json:
             whole = client.generate(args.model, args.prompt, **sampling)

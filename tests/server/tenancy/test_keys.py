@@ -158,3 +158,31 @@ def test_chargpt_admin_needs_a_keys_file_and_a_valid_tenant(tmp_path: Path, monk
     assert capsys.readouterr().err.count("chargpt-admin: error:") == 2
     admin_cli.main(["keys", "create", "--keys-file", str(tmp_path / "k.json"), "--tenant", "acme"])
     assert KeyStore(tmp_path / "k.json").authenticate(capsys.readouterr().out.strip()) is not None
+
+
+@pytest.mark.parametrize("field, value", [("role", "superuser"), ("tenant", "Globex/../x")])
+def test_a_hand_edited_entry_with_a_bad_role_or_tenant_is_refused(tmp_path: Path, field: str, value: str) -> None:
+    path = tmp_path / "keys.json"
+    _key, entry = create_key(path, "acme", "member")
+    data = json.loads(path.read_text())
+    data["keys"][0][field] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"key {entry.key_id}"):
+        read_entries(path)
+    with pytest.raises(ValueError):  # at start-up: refused, not a key that fails every request
+        KeyStore(path)
+
+
+def test_guessing_a_key_ids_secret_is_cut_off_without_locking_out_a_verified_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    key, entry = create_key(path, "acme", "member")
+    store = KeyStore(path)
+    assert store.authenticate(key) is not None  # verified once: cached
+    wrong = f"cgk_{entry.key_id}_" + "x" * 43
+    for _ in range(5):
+        assert store.authenticate(wrong) is None
+    started = time.perf_counter()
+    for _ in range(50):  # throttled: no KDF runs (scrypt takes tens of milliseconds each)
+        assert store.authenticate(wrong + "y") is None
+    assert time.perf_counter() - started < 0.5
+    assert store.authenticate(key) == entry.principal()
