@@ -171,7 +171,7 @@ def served_choices(served: inference_pb2.Model) -> dict[str, Any]:
     """The serving choices the server's calibration made for the model."""
     return {"weights": served.dtype, "narrow_decode_from": served.narrow_decode_from,
             "kv_cache": served.kv_cache_dtype, "parallel_decode_from": served.parallel_decode_from,
-            "split_decode_from": served.split_decode_from}
+            "split_decode_from": served.split_decode_from, "ggml_decode_up_to": served.ggml_decode_up_to}
 
 
 async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: Path, text: str
@@ -280,7 +280,8 @@ def describe_serving(serving: dict[str, Any]) -> str:
     if serving["narrow_decode_from"] > 1:
         weights += f" from a decode batch of {serving['narrow_decode_from']} (float32 below)"
     threads = describe_decode_threads(serving["parallel_decode_from"], serving["split_decode_from"])
-    return f"{weights}, {serving['kv_cache']} KV cache, {threads}"
+    runner = f", ggml for batches up to {serving['ggml_decode_up_to']}" if serving.get("ggml_decode_up_to") else ""
+    return f"{weights}, {serving['kv_cache']} KV cache, {threads}{runner}"
 
 
 def print_table(out: dict[str, Any], scale: Scale, load: tuple[float, ...]) -> None:

@@ -26,6 +26,7 @@ class DecodePolicy:
     split_from: int = 0
     max_batch: int | None = None  # the largest batch the cache holds, if bounded
     lone_transposed: bool = False
+    ggml_up_to: int = 0  # batches of at most this many rows decode on ggml (engine/runner_choice.py; 0: never)
 
     @property
     def reported_parallel_from(self) -> int:

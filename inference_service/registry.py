@@ -28,7 +28,8 @@ from inference_service.engine import Engine
 from inference_service.metrics import InferenceMetrics
 from inference_service.ownership import check_unloadable, find_visible, model_key
 from inference_service.score_batcher import ScoreBatcher
-from inference_service.serving_plan import DTYPES, Serving, ServingPlanner, same_plan
+from inference_service.serving_choices import DTYPES
+from inference_service.serving_plan import Serving, ServingPlanner, same_plan
 from inference_service.settings import InferenceSettings
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,15 @@ such a host two 64-row halves ran a bf16 step 1.2-1.3x faster than both threads 
 A lone stream's step is a chain of matrix-vector products, and the layout of a matrix decides their speed: on the
 AVX2 host of issue 25, (in, out) copies of the widening matrices (c_attn, c_fc) made a float32 step 1.25x faster
 (fast_decode.FastDecoder's lone_transposed); whether they do is measured too.
+Last, the torch plan so chosen races llama.cpp's ggml (engine/ggml_runner.py) at a few batch sizes: ggml splits
+a lone row's matrix-vector products over every core, which torch does not do profitably at these sizes, and
+small batches decode on ggml up to the largest size where it won every race (engine/runner_choice.py).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from collections.abc import Callable
 
@@ -26,14 +30,19 @@ from pydantic import BaseModel, ConfigDict
 from chargpt.core.calibration import BF16_MARGIN, Calibrator, Timing, speedup, time_interleaved
 from chargpt.core.device import set_torch_threads
 from chargpt.core.model import GPT, KVCache
+from inference_service.decode_policy import DecodePolicy
+from inference_service.engine.ggml_runner import GgmlRunner, ggml_available, placeholder_vocabulary, timed_step
 from inference_service.fast_decode import FastDecoder, RowGroups
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # weights / KV cache; a bf16 cache halves attention's memory traffic but CPU SDPA reads bf16 slowly (issue 13)
 DTYPE_VARIANTS = {"float32/float32": (torch.float32, torch.float32),
                   "bfloat16/float32": (torch.bfloat16, torch.float32),
                   "bfloat16/bfloat16": (torch.bfloat16, torch.bfloat16)}
 PARALLEL_MARGIN = 0.95  # every thread must save at least 5% over one to be worth the fork/join
 LAYOUT_MARGIN = 0.95  # the lone row's transposed copies must save at least 5% to be worth their memory
+RUNNER_MARGIN = 0.9  # ggml must be 10% faster: its numbers differ from the model's own (engine/ggml_runner.py)
+RUNNER_BATCHES = (1, 4, 16, 64)  # the batch sizes raced (those up to the big batch)
 
 
 class DecodeCalibration(BaseModel):
@@ -49,6 +58,7 @@ class DecodeCalibration(BaseModel):
     dtypes_big: dict[str, Timing]
     ladder: dict[str, Timing]
     lone: dict[str, Timing] = {}
+    runners: dict[str, Timing] = {}  # "B4:torch" (the plan chosen from the above) against "B4:ggml"
     load_average: float = 0.0  # the host's 1-minute load average when measured: a busy host skews the choice
 
 
@@ -66,6 +76,7 @@ class DecodeChoice(BaseModel):
     narrow_from: int = 1
     split_from: int = 0
     lone_transposed: bool = False
+    ggml_up_to: int = 0  # batches of at most this many rows decode on ggml (0: none)
 
 
 def fastest_variant(big: dict[str, Timing]) -> str:
@@ -104,7 +115,17 @@ def crossover(batches: list[int], wins: dict[int, bool], never: int) -> int:
 
 def decide(c: DecodeCalibration) -> DecodeChoice:
     lone = bool(c.lone) and speedup(c.lone["transposed"], c.lone["plain"]) * LAYOUT_MARGIN > 1
-    return _decide_threads(c).model_copy(update={"lone_transposed": lone})
+    return _decide_threads(c).model_copy(update={"lone_transposed": lone, "ggml_up_to": ggml_up_to(c)})
+
+
+def ggml_up_to(c: DecodeCalibration) -> int:
+    """The largest raced batch up to which ggml won every race by RUNNER_MARGIN (0: it lost at one row)."""
+    up_to = 0
+    for batch in sorted({int(key.split(":")[0][1:]) for key in c.runners}):
+        if speedup(c.runners[f"B{batch}:ggml"], c.runners[f"B{batch}:torch"]) * RUNNER_MARGIN <= 1:
+            break
+        up_to = batch
+    return up_to
 
 
 def _decide_threads(c: DecodeCalibration) -> DecodeChoice:
@@ -146,40 +167,75 @@ def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int, groups
 
 
 def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibration:
-    """Time the engine's decode step on `model` (fp32, on CPU); restores torch's thread count."""
+    """Time the engine's decode step on `model` (fp32, on CPU), then race the chosen plan against ggml where
+    llama-cpp-python is installed; restores torch's thread count."""
     before = torch.get_num_threads()
     load = os.getloadavg()[0]
     models = {torch.float32: model, torch.bfloat16: copy.deepcopy(model).to(torch.bfloat16)}
     groups = RowGroups(max_threads) if max_threads > 1 else None
     try:
         with torch.inference_mode():
-            big = time_interleaved({n: _step(models[w], big_batch, c, max_threads)
-                                    for n, (w, c) in DTYPE_VARIANTS.items()}, trial_s=0.03, budget_s=2.0, trials=9)
-            weights, cache = DTYPE_VARIANTS[fastest_variant(big)]
-            variants = {f"B{b}:{str(w).split('.')[-1]}:t{t}": _step(models[w], b, cache, t)
-                        for b in sorted({1, min(8, big_batch), big_batch}) for w in {torch.float32, weights}
-                        for t in {1, max_threads}}
-            if groups is not None:
-                variants |= {f"B{b}:{str(w).split('.')[-1]}:g{max_threads}": _step(models[w], b, cache, 1, groups)
-                             for b in sorted({min(8, big_batch), big_batch}) if b >= max_threads
-                             for w in {torch.float32, weights}}
-            ladder = time_interleaved(variants, trial_s=0.03, budget_s=4.0, trials=9)
-            lone = time_interleaved({"plain": _step(model, 1, cache, 1),
-                                     "transposed": _step(model, 1, cache, 1, lone_transposed=True)},
-                                    trial_s=0.03, budget_s=1.0, trials=9)
+            c = _measure_torch(models, big_batch, max_threads, groups).model_copy(update={"load_average": load})
+            if ggml_available():
+                c = c.model_copy(update={"runners": _race_runners(models, c, groups)})
     finally:
         if groups is not None:
             groups.close()
         torch.set_num_threads(before)
+    return c
+
+
+def _measure_torch(models: dict[torch.dtype, GPT], big_batch: int, max_threads: int, groups: RowGroups | None
+                   ) -> DecodeCalibration:
+    """The dtype variants at the big batch, the thread ladder, and the lone row's layouts."""
+    model = models[torch.float32]
+    big = time_interleaved({n: _step(models[w], big_batch, c, max_threads)
+                            for n, (w, c) in DTYPE_VARIANTS.items()}, trial_s=0.03, budget_s=2.0, trials=9)
+    weights, cache = DTYPE_VARIANTS[fastest_variant(big)]
+    variants = {f"B{b}:{str(w).split('.')[-1]}:t{t}": _step(models[w], b, cache, t)
+                for b in sorted({1, min(8, big_batch), big_batch}) for w in {torch.float32, weights}
+                for t in {1, max_threads}}
+    if groups is not None:
+        variants |= {f"B{b}:{str(w).split('.')[-1]}:g{max_threads}": _step(models[w], b, cache, 1, groups)
+                     for b in sorted({min(8, big_batch), big_batch}) if b >= max_threads
+                     for w in {torch.float32, weights}}
+    ladder = time_interleaved(variants, trial_s=0.03, budget_s=4.0, trials=9)
+    lone = time_interleaved({"plain": _step(model, 1, cache, 1),
+                             "transposed": _step(model, 1, cache, 1, lone_transposed=True)},
+                            trial_s=0.03, budget_s=1.0, trials=9)
     return DecodeCalibration(big_batch=big_batch, max_threads=max_threads, dtypes_big=big, ladder=ladder,
-                             lone=lone, load_average=load)
+                             lone=lone)
+
+
+def _race_runners(models: dict[torch.dtype, GPT], c: DecodeCalibration, groups: RowGroups | None
+                  ) -> dict[str, Timing]:
+    """The torch plan chosen from `c` against ggml, at each of RUNNER_BATCHES up to the big batch, interleaved."""
+    choice = decide(c)
+    policy = DecodePolicy(c.max_threads, choice.parallel_from, choice.narrow_from, choice.split_from,
+                          lone_transposed=choice.lone_transposed)
+    narrow, cache = DTYPES[choice.weight_dtype], DTYPES[choice.cache_dtype or choice.weight_dtype]
+    model = models[torch.float32]
+    batches = [b for b in RUNNER_BATCHES if b <= c.big_batch]
+    position = model.config.block_size // 2
+    ggml = GgmlRunner(model, placeholder_vocabulary(model.config.vocab_size), sum(batches), c.max_threads)
+    try:
+        variants: dict[str, Callable[[], object]] = {}
+        for first, b in zip(itertools.accumulate([0, *batches]), batches, strict=False):
+            weights = models[narrow if policy.narrow_for(b) else torch.float32]
+            row_groups = groups if policy.groups_for(b) > 1 else None
+            variants[f"B{b}:torch"] = _step(weights, b, cache, policy.threads_for(b), row_groups,
+                                            lone_transposed=b == 1 and policy.lone_transposed)
+            variants[f"B{b}:ggml"] = timed_step(ggml, b, position, first)
+        return time_interleaved(variants, trial_s=0.03, budget_s=3.0, trials=9)
+    finally:
+        ggml.close()
 
 
 def decode_entry(model: GPT, big_batch: int, max_threads: int) -> str:
     """The cache entry of this model's shapes at this batch and thread count."""
     c = model.config
     return (f"decode:L{c.n_layer}-H{c.n_head}-C{c.n_embd}-T{c.block_size}-V{c.vocab_size}-B{big_batch}"
-            f":threads{max_threads}:groups:lone")  # ":lone": entries measured before it lack the lone row
+            f":threads{max_threads}:groups:lone:runners")  # entries measured before a part lack its figures
 
 
 def cached_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int) -> DecodeChoice | None:

@@ -22,13 +22,13 @@ from chargpt.core.model import GPT
 from chargpt.wire.calibration_state import CalibrationState
 from inference_service.decode_policy import DEFAULT_PARALLEL_FROM, DecodePolicy
 from inference_service.engine import Engine
+from inference_service.engine.ggml_runner import LLAMA_MAX_SEQ, ggml_available
 from inference_service.kv_cache_sizing import available_memory, size_cache
 from inference_service.metrics import InferenceMetrics
-from inference_service.serving_choices import DecodeChoice, cached_decode, calibrated_decode
+from inference_service.serving_choices import DTYPES, DecodeChoice, cached_decode, calibrated_decode
 from inference_service.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Off CPU, and on CPU until measured: the model's own weights and KV cache, every thread from a batch of 24.
 DEFAULT_CHOICE = DecodeChoice(weight_dtype="float32", cache_dtype="", parallel_from=DEFAULT_PARALLEL_FROM)
 
@@ -92,7 +92,8 @@ class ServingPlanner:
         if device_type != "cpu" or max(split, threads) > rows:
             split = 0  # row groups are a CPU threading choice, and need a batch the cache can hold
         policy = DecodePolicy(threads, s.parallel_decode_from or choice.parallel_from, choice.narrow_from, split,
-                              max_batch=rows, lone_transposed=choice.lone_transposed)
+                              max_batch=rows, lone_transposed=choice.lone_transposed,
+                              ggml_up_to=self._ggml_up_to(choice, rows, device_type))
         if s.split_decode_from and policy.reported_split_from != s.split_decode_from:
             log.warning("--split-decode-from %d applies as %d (%d torch threads, each group needs a row; %d cache "
                         "rows; device %s; 0: never)", s.split_decode_from, policy.reported_split_from, threads,
@@ -101,6 +102,15 @@ class ServingPlanner:
             log.warning("--parallel-decode-from %d is never reached: the cache holds %d rows", s.parallel_decode_from,
                         rows)
         return policy
+
+    def _ggml_up_to(self, choice: DecodeChoice, rows: int, device_type: str) -> int:
+        """Batches decoded on ggml: as measured (`auto`), all or none as --decode-runner says; CPU only."""
+        runner = self.settings.decode_runner
+        if device_type != "cpu" or runner == "torch" or not ggml_available():
+            if runner == "ggml":
+                log.warning("--decode-runner ggml needs llama-cpp-python on CPU; decoding on torch")
+            return 0
+        return min(rows, LLAMA_MAX_SEQ) if runner == "ggml" else min(choice.ggml_up_to, rows)
 
     def _batch_rows(self, config: ModelConfig, cache_dtype: torch.dtype, device: torch.device) -> int:
         """Cache rows for a model: max_batch_size (default 256) within its KV-cache budget (memory.size_cache)."""
@@ -114,9 +124,10 @@ class ServingPlanner:
 
 
 def restrict(choice: DecodeChoice, measure_dtype: bool) -> DecodeChoice:
-    """Only the thread plan where the load named its dtype: the weights and KV cache stay as loaded."""
+    """Only the thread plan where the load named its dtype: the weights and KV cache stay as loaded, and every
+    batch decodes on torch (ggml's numbers are not the named dtype's; --decode-runner ggml still applies)."""
     return choice if measure_dtype else choice.model_copy(update={"weight_dtype": "float32", "cache_dtype": "",
-                                                                   "narrow_from": 1})
+                                                                   "narrow_from": 1, "ggml_up_to": 0})
 
 
 def same_plan(a: Engine, b: Engine) -> bool:
@@ -125,5 +136,5 @@ def same_plan(a: Engine, b: Engine) -> bool:
         p = e.policy
         weights = e.model_runner.model.wte.weight.dtype
         return (weights, e.cache.k.dtype, p.reported_parallel_from, p.narrow_from, p.reported_split_from,
-                p.lone_transposed)
+                p.lone_transposed, p.ggml_up_to)
     return plan(a) == plan(b)

@@ -50,6 +50,12 @@ class InferenceSettings(ServerSettings):
     decode_attention: Literal["sdpa", "matmul"] = Field(default=DEFAULT_ATTENTION, description="decode "
                                                        "attention kernel: torch's SDPA or the written-out matmul "
                                                        "path (bench/decode_attention.py compares them)")
+    decode_runner: Literal["auto", "torch", "ggml"] = Field(default="auto", description="what turns decode "
+                                                              "batches into logits: auto (small batches on llama."
+                                                              "cpp's ggml up to the size where the calibration "
+                                                              "measured it faster, larger ones on torch), torch, "
+                                                              "or ggml for every batch; ggml's numbers differ from "
+                                                              "torch's (tanh GELU) and need llama-cpp-python")
     window_slide: int = Field(default=0, ge=0, description="characters dropped when a sequence fills the context "
                               "window; 0: block_size/4; 1: the notebook's exact crop-every-step (slowest)")
     unload_wait_seconds: float = Field(default=5.0, ge=0.0, description="how long UnloadModel waits for in-flight "

@@ -39,6 +39,20 @@ class KVCache:
         self.v[:, dst, :, :n] = self.v[:, src, :, :n]
         self.lengths[dst] = self.lengths[src] if length is None else length
 
+    def remove_row(self, index: int, last: int, length: int) -> None:
+        """Row `index`'s sequence is gone; the last row's (`length` positions) moves into it."""
+        if index != last:
+            self.copy_row(last, index, length)
+
+    def clear_row(self, index: int) -> None:
+        """Zero a row whose logits were not finite: its keys and values may be NaN, and the next sequence in it
+        would read them past its own length (masked, but 0 * NaN is NaN in attention)."""
+        self.k[:, index].zero_()
+        self.v[:, index].zero_()
+
+    def clear(self) -> None:
+        self.lengths.zero_()
+
 
 @dataclass
 class _CacheWrite:

@@ -88,6 +88,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CharCheckpoint:
     return CharCheckpoint(directory, arch, vocabulary, manifest, sha256, tensors)
 
 
+def checkpoint_in_memory(arch: Architecture, vocabulary: str, tensors: dict[str, np.ndarray]) -> CharCheckpoint:
+    """Weights already in memory (a loaded model's) as a CharCheckpoint, for a runtime that reads an export."""
+    where = Path("<memory>")
+    tensors = _with_zero_biases({k: v.astype(np.float32) for k, v in tensors.items()}, arch)
+    _check_shapes(tensors, arch, where)
+    return CharCheckpoint(where, arch, vocabulary, {}, "", tensors)
+
+
 def resolve_checkpoint_dir(path: str | os.PathLike[str]) -> Path:
     """The directory to read: path itself, or its `.old` twin if a writer was interrupted mid-swap."""
     path = Path(path)

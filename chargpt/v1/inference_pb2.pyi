@@ -69,7 +69,7 @@ class LoadModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., checkpoint_path: _Optional[str] = ..., trainer_checkpoint: _Optional[_Union[TrainerCheckpointRef, _Mapping]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "state", "source", "config", "vocabulary", "parameter_count", "device", "dtype", "training", "error", "loaded_time", "weights_sha256", "parent", "kv_cache_dtype", "parallel_decode_from", "narrow_decode_from", "split_decode_from", "calibration")
+    __slots__ = ("name", "state", "source", "config", "vocabulary", "parameter_count", "device", "dtype", "training", "error", "loaded_time", "weights_sha256", "parent", "kv_cache_dtype", "parallel_decode_from", "narrow_decode_from", "split_decode_from", "calibration", "ggml_decode_up_to")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class Model(_message.Message):
     NARROW_DECODE_FROM_FIELD_NUMBER: _ClassVar[int]
     SPLIT_DECODE_FROM_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    GGML_DECODE_UP_TO_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: ModelState
     source: str
@@ -106,7 +107,8 @@ class Model(_message.Message):
     narrow_decode_from: int
     split_decode_from: int
     calibration: _common_pb2.CalibrationState
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., source: _Optional[str] = ..., config: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., vocabulary: _Optional[str] = ..., parameter_count: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., training: _Optional[_Union[_common_pb2.TrainingMetadata, _Mapping]] = ..., error: _Optional[str] = ..., loaded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., weights_sha256: _Optional[str] = ..., parent: _Optional[_Union[_common_pb2.Lineage, _Mapping]] = ..., kv_cache_dtype: _Optional[str] = ..., parallel_decode_from: _Optional[int] = ..., narrow_decode_from: _Optional[int] = ..., split_decode_from: _Optional[int] = ..., calibration: _Optional[_Union[_common_pb2.CalibrationState, str]] = ...) -> None: ...
+    ggml_decode_up_to: int
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., source: _Optional[str] = ..., config: _Optional[_Union[_common_pb2.ModelConfig, _Mapping]] = ..., vocabulary: _Optional[str] = ..., parameter_count: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., training: _Optional[_Union[_common_pb2.TrainingMetadata, _Mapping]] = ..., error: _Optional[str] = ..., loaded_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., weights_sha256: _Optional[str] = ..., parent: _Optional[_Union[_common_pb2.Lineage, _Mapping]] = ..., kv_cache_dtype: _Optional[str] = ..., parallel_decode_from: _Optional[int] = ..., narrow_decode_from: _Optional[int] = ..., split_decode_from: _Optional[int] = ..., calibration: _Optional[_Union[_common_pb2.CalibrationState, str]] = ..., ggml_decode_up_to: _Optional[int] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("model", "loaded")

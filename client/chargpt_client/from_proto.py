@@ -161,7 +161,7 @@ def model(m: inference_pb2.Model) -> t.Model:
                    weights_sha256=m.weights_sha256, parent=lineage(m.parent) if m.HasField("parent") else None,
                    kv_cache_dtype=m.kv_cache_dtype, parallel_decode_from=m.parallel_decode_from,
                    narrow_decode_from=m.narrow_decode_from, split_decode_from=m.split_decode_from,
-                   calibration=calibration_state(m.calibration))
+                   ggml_decode_up_to=m.ggml_decode_up_to, calibration=calibration_state(m.calibration))
 
 
 def load_result(r: inference_pb2.LoadModelResponse) -> t.LoadResult:

@@ -268,6 +268,7 @@ class Model:
     narrow_decode_from: int = 1  # decode batches from this size use `dtype` weights, smaller ones float32
     split_decode_from: int = 0  # decode batches from this size run as row groups of one thread each (0: never)
     calibration: str = ""  # whether those are measured: "measured", "pending" (defaults until timed), "not_measured"
+    ggml_decode_up_to: int = 0  # decode batches of at most this many rows run on llama.cpp's ggml (0: none)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Continuous batching for one model: a KV cache, a step loop on its own thread, requests joining and leaving.
 
 Each step is schedule -> execute -> process outputs, as in vLLM: the Scheduler picks the rows (scheduler.py),
-the ModelRunner computes their logits (model_runner.py), the OutputProcessor samples and files characters
+the ModelRunner computes their logits (model_runner.py; small batches on ggml where measured faster,
+runner_choice.py), the OutputProcessor samples and files characters
 (output_processor.py); the objects they pass are in outputs.py. A request joining in a step gets its first
 character from that step's prefill and decodes from the next step on, beside the rows already running.
 """
@@ -17,10 +18,12 @@ import torch
 from chargpt.core.model import GPT, KVCache
 from chargpt.errors import UnavailableError
 from inference_service.decode_policy import DecodePolicy
+from inference_service.engine.ggml_runner import GgmlRunner
 from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.model_runner import ModelRunner
 from inference_service.engine.output_processor import OutputProcessor
 from inference_service.engine.request import GenRequest
+from inference_service.engine.runner_choice import RunnerByBatch
 from inference_service.engine.scheduler import Scheduler
 from inference_service.fast_decode import DEFAULT_ATTENTION, Attention, RowGroups
 from inference_service.metrics import InferenceMetrics
@@ -41,13 +44,22 @@ class Engine:
         weight = next(model.parameters())
         self.cache = KVCache(model.config, max_batch, device=weight.device, dtype=cache_dtype or weight.dtype)
         model_metrics = ModelMetrics(metrics, name)
-        self.scheduler = Scheduler(self.cache, model.config.block_size, max_batch, max_queue, model_metrics)
         self.model_runner = ModelRunner(model, self.cache, self.policy, attention, window_slide, float32_model)
+        self.runner = self._runner(float32_model or model, vocabulary, window_slide)
+        self.scheduler = Scheduler(self.runner, model.config.block_size, max_batch, max_queue, model_metrics)
         self.output_processor = OutputProcessor(vocabulary, model_metrics, stream_interval)
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
+
+    def _runner(self, float32_model: GPT, vocabulary: str, window_slide: int) -> ModelRunner | RunnerByBatch:
+        """The torch runner, or both runners where the policy decodes small batches on ggml (runner_choice.py)."""
+        up_to = min(self.policy.ggml_up_to, self.max_batch)
+        if not up_to:
+            return self.model_runner
+        ggml = GgmlRunner(float32_model, vocabulary, up_to, self.policy.max_threads, window_slide)
+        return RunnerByBatch(self.model_runner, ggml, up_to, float32_model.config.block_size)
 
     @property
     def active(self) -> list[GenRequest]:
@@ -90,7 +102,7 @@ class Engine:
                 while (newcomers := self._next_newcomers()) is not None:
                     self.step(newcomers)
         finally:
-            self.model_runner.close()
+            self.runner.close()
 
     def _next_newcomers(self) -> list[GenRequest] | None:
         """Wait for work; the waiting requests that fit in the batch now (None: closed and nothing left)."""
@@ -107,7 +119,7 @@ class Engine:
             scheduled = self.scheduler.schedule(newcomers, time.monotonic())
             self.output_processor.abort(scheduled.aborted)
             if scheduled.rows:
-                model_output = self.model_runner.execute(scheduled)
+                model_output = self.runner.execute(scheduled)
                 finished = self.output_processor.process(scheduled, model_output)
                 self.scheduler.free(finished)
         except Exception as exc:  # a bug or a device error: fail this batch, keep serving

@@ -14,6 +14,7 @@ import torch
 
 from chargpt.core.model import GPT, KVCache
 from inference_service.decode_policy import DecodePolicy
+from inference_service.engine.ggml_runner import window_keep
 from inference_service.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from inference_service.engine.request import GenRequest
 from inference_service.fast_decode import Attention, FastDecoder, RowGroups
@@ -27,8 +28,7 @@ class ModelRunner:
         """`float32_model`: a float32 copy of a narrower `model`, for batches below policy.narrow_from."""
         self.model, self.cache, self.policy = model, cache, policy
         self.device = cache.k.device
-        block_size = model.config.block_size
-        self.keep = block_size - min(window_slide or max(1, block_size // 4), block_size)
+        self.keep = window_keep(model.config.block_size, window_slide)
         lone = policy.lone_transposed  # measured for float32 weights only
         self.decoder = FastDecoder(model, cache, attention, lone and model.wte.weight.dtype == torch.float32)
         self.float32_decoder = (FastDecoder(float32_model, cache, attention, lone) if float32_model is not None
@@ -95,6 +95,31 @@ class ModelRunner:
         self.cache.v[:, rows, :, :T] = scratch.v.to(self.cache.v.dtype)
         self.cache.lengths[rows] = lengths
         return logits
+
+    def load(self, requests: list[GenRequest]) -> None:
+        """Take over running sequences from another runner: rows 0.. rebuilt from their histories."""
+        self.clear()
+        held = [(i, r) for i, r in enumerate(requests) if r.cache_len]
+        if not held:
+            return
+        self.policy.apply(self.policy.max_threads)
+        lengths = [r.cache_len for _, r in held]
+        padded = torch.zeros(len(held), max(lengths), dtype=torch.long)
+        for k, (_, request) in enumerate(held):
+            padded[k, : lengths[k]] = torch.tensor(request.history[-(lengths[k] + 1):-1])
+        rows = torch.tensor([i for i, _ in held])
+        self._prefill(padded.to(self.device), torch.tensor(lengths).to(self.device), rows.to(self.device))
+
+    # ---- rows (the scheduler keeps running sequences in rows 0..B-1): the KV cache's ----
+
+    def remove_row(self, index: int, last: int, length: int) -> None:
+        self.cache.remove_row(index, last, length)
+
+    def clear_row(self, index: int) -> None:
+        self.cache.clear_row(index)
+
+    def clear(self) -> None:
+        self.cache.clear()
 
     def close(self) -> None:
         if self.row_groups is not None:

@@ -9,21 +9,31 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from typing import Protocol
 
-from chargpt.core.model import KVCache
 from chargpt.errors import ResourceExhaustedError
 from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.outputs import FinishedRows, SchedulerOutput
 from inference_service.engine.request import Finish, GenRequest
 
 
+class RowStore(Protocol):
+    """Where a runner keeps the running sequences' keys and values, row by row (model_runner.py, ggml_runner.py)."""
+
+    def remove_row(self, index: int, last: int, length: int) -> None: ...
+
+    def clear_row(self, index: int) -> None: ...
+
+    def clear(self) -> None: ...
+
+
 class Scheduler:
     """The waiting queue and the running batch of one model. `add` and `take_waiting` run under the engine's lock
     (the event loop adds); everything else on the engine thread."""
 
-    def __init__(self, cache: KVCache, block_size: int, max_batch: int, max_queue: int,
+    def __init__(self, rows: RowStore, block_size: int, max_batch: int, max_queue: int,
                  metrics: ModelMetrics) -> None:
-        self.cache, self.block_size = cache, block_size
+        self.rows, self.block_size = rows, block_size
         self.max_batch, self.max_queue = max_batch, max_queue
         self.running: list[GenRequest] = []  # request i holds cache row i
         self.waiting: deque[GenRequest] = deque()
@@ -87,20 +97,15 @@ class Scheduler:
     def free(self, finished: FinishedRows) -> None:
         """Give the finished requests' rows back, keeping the running rows contiguous."""
         for index in finished.non_finite:
-            # The failed row's keys and values may be NaN; the next sequence in this row would read them past its
-            # own length (masked, but 0 * NaN is NaN in attention), so they are cleared.
-            self.cache.k[:, index].zero_()
-            self.cache.v[:, index].zero_()
+            self.rows.clear_row(index)
         for index in reversed(finished.rows):
             self._remove(index)
 
     def _remove(self, index: int) -> None:
         """Swap-remove: the last running row moves into the freed one."""
         last = len(self.running) - 1
-        if index != last:
-            moved = self.running[last]
-            self.cache.copy_row(last, index, moved.cache_len)
-            self.running[index] = moved
+        self.rows.remove_row(index, last, self.running[last].cache_len)
+        self.running[index] = self.running[last]
         self.running.pop()
         self._rows_changed = True
 
@@ -108,7 +113,7 @@ class Scheduler:
         """Empty the batch after a failed step; the requests that were running or joining."""
         requests = list({id(r): r for r in [*self.running, *newcomers]}.values())
         self.running = []
-        self.cache.lengths.zero_()
+        self.rows.clear()
         self._rows_changed = True
         return requests
 

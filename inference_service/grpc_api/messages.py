@@ -53,6 +53,7 @@ def model_to_proto(entry: ModelEntry) -> inference_pb2.Model:
         out.parallel_decode_from = entry.engine.policy.reported_parallel_from
         out.narrow_decode_from = entry.engine.policy.narrow_from
         out.split_decode_from = entry.engine.policy.reported_split_from
+        out.ggml_decode_up_to = entry.engine.policy.ggml_up_to
     if entry.loaded_time is not None:
         out.loaded_time.FromDatetime(entry.loaded_time)
     if entry.checkpoint is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,11 @@ from chargpt.core.config import ModelConfig
 from chargpt.core.model import GPT
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
+from inference_service.engine.model_metrics import ModelMetrics
+from inference_service.engine.output_processor import OutputProcessor
+from inference_service.engine.request import GenRequest
+from inference_service.engine.scheduler import Scheduler
+from inference_service.metrics import InferenceMetrics
 from inference_service.server import create_server
 from inference_service.settings import InferenceSettings
 
@@ -36,6 +42,22 @@ def write_checkpoint(path: Path, seed: int = 0, block_size: int = 32, n_embd: in
                 p.normal_(0.0, 0.5)
     save_checkpoint(path, model, tokenizer, TrainingInfo(corpus_name="test", step=7, train_loss=1.5))
     return path
+
+
+def drive_steps(runner: Any, block_size: int, vocabulary: str, arrivals: list[list[GenRequest]], rows: int = 4
+                ) -> list[int]:
+    """Drive scheduler -> runner -> output processor as Engine.step does (the runner keeps the rows), adding
+    arrivals[i] before step i, until no request is left; the number of rows in each step's logits."""
+    s = Scheduler(runner, block_size, rows, 8, ModelMetrics(InferenceMetrics(), "t"))
+    processor = OutputProcessor(vocabulary, ModelMetrics(InferenceMetrics(), "t"))
+    widths: list[int] = []
+    while len(widths) < len(arrivals) or s.has_work():
+        s.add(tuple(arrivals[len(widths)]) if len(widths) < len(arrivals) else ())
+        scheduled = s.schedule(s.take_waiting(), time.monotonic())
+        output = runner.execute(scheduled)
+        widths.append(output.logits.shape[0])
+        s.free(processor.process(scheduled, output))
+    return widths
 
 
 @dataclass
@@ -69,7 +91,9 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
         models = tmp_path / "models"
         models.mkdir(exist_ok=True)
         settings = InferenceSettings(port=0, models_dir=models, device="cpu", shutdown_grace_seconds=2.0,
-                                     **{"torch_threads": 1, **overrides})
+                                     # the torch runner: these tests hold its steps, break its weights and compare
+                                     # its numbers with Score's (test_ggml_runner.py serves on ggml)
+                                     **{"torch_threads": 1, "decode_runner": "torch", **overrides})
         server, port = await create_server(settings)
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -18,13 +18,12 @@ from chargpt.sampling_params import SamplingParams
 from inference_service.decode_policy import DecodePolicy
 from inference_service.engine.model_metrics import ModelMetrics
 from inference_service.engine.model_runner import ModelRunner
-from inference_service.engine.output_processor import OutputProcessor
 from inference_service.engine.outputs import FinishedRows
 from inference_service.engine.request import Finish, GenRequest
 from inference_service.engine.scheduler import Scheduler
 from inference_service.metrics import InferenceMetrics
 
-from .conftest import write_checkpoint
+from .conftest import drive_steps, write_checkpoint
 
 CONFIG = ModelConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=4, dropout=0.0)
 
@@ -87,20 +86,10 @@ async def test_cancelled_and_expired_requests_leave_and_full_windows_slide() -> 
 
 
 def run_steps(model: GPT, vocabulary: str, arrivals: list[list[GenRequest]]) -> list[int]:
-    """Drive the parts as Engine.step does, adding arrivals[i] before step i, until no request is left; the
-    number of rows in each step's logits."""
+    """drive_steps on a torch runner over four cache rows."""
     cache = KVCache(model.config, batch_size=4)
-    s = Scheduler(cache, model.config.block_size, 4, 8, ModelMetrics(InferenceMetrics(), "t"))
     runner = ModelRunner(model, cache, DecodePolicy(max_threads=torch.get_num_threads()), "sdpa")
-    processor = OutputProcessor(vocabulary, ModelMetrics(InferenceMetrics(), "t"))
-    widths: list[int] = []
-    while len(widths) < len(arrivals) or s.has_work():
-        s.add(tuple(arrivals[len(widths)]) if len(widths) < len(arrivals) else ())
-        scheduled = s.schedule(s.take_waiting(), time.monotonic())
-        output = runner.execute(scheduled)
-        widths.append(output.logits.shape[0])
-        s.free(processor.process(scheduled, output))
-    return widths
+    return drive_steps(runner, model.config.block_size, vocabulary, arrivals)
 
 
 async def test_a_request_joining_a_running_one_gets_its_alone_text(tmp_path: Path) -> None:

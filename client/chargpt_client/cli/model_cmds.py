@@ -153,6 +153,8 @@ def show(m: t.Model) -> None:
             weights = f"float32 weights below a decode batch of {m.narrow_decode_from}, {m.dtype} from it"
         threads = describe_decode_threads(m.parallel_decode_from, m.split_decode_from)
         print(f"  serving: {weights}, {m.kv_cache_dtype} KV cache, {threads}")
+        if m.ggml_decode_up_to:
+            print(f"  decode runner: llama.cpp's ggml for batches of up to {m.ggml_decode_up_to} rows, torch above")
     if m.parent is not None:
         print(f"  fine-tuned from: {m.parent.describe()}")
     if m.error:
