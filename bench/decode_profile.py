@@ -45,7 +45,7 @@ from bench.inference import (
     write_model,
 )
 from bench.serving_common import cpu_seconds
-from chargpt.core.calibration import speedup, time_interleaved
+from chargpt.core.measurements import speedup, time_interleaved
 from chargpt.core.model import GPT, KVCache
 from chargpt.sampling_params import SAMPLING_PRESETS, SamplingPreset
 from chargpt.v1 import inference_pb2_grpc

@@ -40,9 +40,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.kv_reference import kv_reference
 from bench.serving_common import Timer, concurrent, run_facts, run_in_tempdir, sse_completion, write_results
-from chargpt.core.calibration import measure_gemm_peak
 from chargpt.core.checkpoint import save_checkpoint
 from chargpt.core.config import ModelConfig
+from chargpt.core.measurements import measure_gemm_peak
 from chargpt.core.model import GPT
 from chargpt.core.sampling import generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from chargpt.core.calibration import Calibrator, TrainStep
+from chargpt.core.calibration import Calibrator
 from chargpt.core.device import cpu_cores, probe_device, torch_device_string
+from chargpt.core.measurements import TrainStep
 from chargpt.core.training_choices import train_precision
 from chargpt.errors import FailedPreconditionError
 from trainer_service.training.api import TrainingPlan, check_precision
