@@ -31,7 +31,8 @@ from trainer_service.metrics import TrainerMetrics
 from trainer_service.model_import import ModelImporter
 from trainer_service.quotas import TrainerQuotas
 from trainer_service.settings import TrainerSettings
-from trainer_service.store import JobRecord, Store
+from trainer_service.store import Store
+from trainer_service.store_records import JobRecord
 
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 100
 TOKEN_PREFIX = "jobs-before:"
