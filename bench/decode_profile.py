@@ -32,8 +32,8 @@ import httpx
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.inference import (
-    FULL,
+from bench.inference import FULL
+from bench.inference_server import (
     MODEL,
     corpus_text,
     free_port,
