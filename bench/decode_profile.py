@@ -32,8 +32,8 @@ import httpx
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.inference import (
-    FULL,
+from bench.inference import FULL
+from bench.inference_server import (
     MODEL,
     corpus_text,
     free_port,
@@ -45,7 +45,7 @@ from bench.inference import (
     write_model,
 )
 from bench.serving_common import cpu_seconds
-from chargpt.core.calibration import speedup, time_interleaved
+from chargpt.core.measurements import speedup, time_interleaved
 from chargpt.core.model import GPT, KVCache
 from chargpt.sampling_params import SAMPLING_PRESETS, SamplingPreset
 from chargpt.v1 import inference_pb2_grpc
@@ -160,7 +160,7 @@ async def _engine_parts(model: GPT, chars: int, lone_transposed: bool) -> dict[s
 async def transport(models_dir: Path, rounds: int, chars: int) -> dict[str, Any]:
     """(c, d) Single streams over gRPC and HTTP from one server, interleaved; its measured thread plan."""
     port, http_port = free_port(), free_port()
-    args = argparse.Namespace(threads=default_torch_threads(), kv_cache_dtype="auto")
+    args = argparse.Namespace(threads=default_torch_threads(), kv_cache_dtype="auto", decode_runner="auto")
     server = start_server(models_dir, port, http_port, args)
     results: dict[str, list[dict[str, Any]]] = {"grpc": [], "http": []}
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from chargpt.core.calibration import GemmPeak, measure_gemm_peak
+from chargpt.core.measurements import GemmPeak, measure_gemm_peak
 
 VARIANT_CALL_S = 2.0  # a timed call (a training or decode step) longer than this at the bf16 peak is not run
 

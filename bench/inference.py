@@ -23,10 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -36,30 +32,39 @@ from typing import Any
 import grpc
 import httpx
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.inference_server import (
+    MODEL,
+    corpus_text,
+    free_port,
+    measured_model,
+    one_http_stream,
+    one_stream,
+    score,
+    served_choices,
+    start_server,
+    wait_ready,
+    write_model,
+)
 from bench.kv_reference import kv_reference
-from bench.serving_common import Timer, concurrent, run_facts, run_in_tempdir, sse_completion, write_results
-from chargpt.core.calibration import measure_gemm_peak
-from chargpt.core.checkpoint import save_checkpoint
+from bench.serving_common import concurrent, run_facts, run_in_tempdir, write_results
 from chargpt.core.config import ModelConfig
+from chargpt.core.measurements import measure_gemm_peak
 from chargpt.core.model import GPT
 from chargpt.core.sampling import generate, make_generator
 from chargpt.core.tokenizer import CharTokenizer
 from chargpt.decode_plan import describe_decode_threads
 from chargpt.sampling_params import SAMPLING_PRESETS, SamplingPreset
-from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from chargpt.v1 import inference_pb2, inference_pb2_grpc
 from inference_service.scoring import ScoreJob, score_many
 from inference_service.server import default_torch_threads
 from inference_service.settings import InferenceSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
 NEW_TOKENS = 255
 # The constrained row's pattern: a speaker line ("ROMEO:\n"), then free text to the length limit (ending is never
 # an option inside it: every character is allowed), so its streams are as long as the unconstrained ones.
 SPEAKER_THEN_TEXT = "[A-Z][A-Z ]*:\n(?s:.)*"
-MODEL = "bench"
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -75,103 +80,6 @@ class Scale:
 FULL = Scale(ModelConfig(vocab_size=65, dropout=0.0), NEW_TOKENS, (16, 64, 256), (1, 64), (1, 64))
 SMOKE = Scale(ModelConfig(vocab_size=65, dropout=0.0, n_layer=2, n_head=2, n_embd=32, block_size=64), 31,
               (4, 16), (1, 4), (1, 4))
-
-
-def corpus_text() -> str:
-    if CORPUS.is_file():
-        return CORPUS.read_text(encoding="utf-8")
-    # Fallback with the same 65-character vocabulary size when the corpus is absent.
-    chars = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    return (chars * 2000)[:100_000]
-
-
-def write_model(models_dir: Path, text: str, config: ModelConfig) -> GPT:
-    torch.manual_seed(0)
-    tokenizer = CharTokenizer.from_text(text)
-    model = GPT(config.model_copy(update={"vocab_size": tokenizer.vocab_size})).eval()
-    save_checkpoint(models_dir / MODEL, model, tokenizer)
-    return model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(models_dir: Path, port: int, http_port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "inference_service.server", "--port", str(port), "--http-port", str(http_port),
-               "--models-dir", str(models_dir), "--preload", f"{MODEL}={MODEL}", "--torch-threads", str(args.threads),
-               "--kv-cache-dtype", args.kv_cache_dtype, "--recalibrate", "true",
-               "--calibration-dir", str(models_dir.parent / "calibration"),
-               "--device", "cpu", "--log-level", "WARNING"]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen(command, cwd=ROOT, env=env)
-
-
-async def wait_ready(channel: grpc.aio.Channel, timeout: float = 120.0) -> None:
-    stub, deadline = health_pb2_grpc.HealthStub(channel), time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=MODEL), timeout=2)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.2)
-    raise TimeoutError("the inference server did not become ready")
-
-
-async def one_stream(stub: inference_pb2_grpc.InferenceServiceStub, seed: int, new_tokens: int,
-                     regex: str | None = None) -> dict[str, Any]:
-    request = inference_pb2.GenerateRequest(model=MODEL, prompt="\n", max_new_tokens=new_tokens, seed=seed,
-                                            preset=inference_pb2.SAMPLING_PRESET_BALANCED, regex=regex)
-    timer = Timer()
-    async for message in stub.GenerateStream(request, timeout=600):
-        timer.received(len(message.text))
-    return timer.result()
-
-
-async def one_http_stream(http: httpx.AsyncClient, seed: int, new_tokens: int) -> dict[str, Any]:
-    """The same request as one_stream through /v1/completions with stream: true (server-sent events)."""
-    body = {"model": MODEL, "prompt": "\n", "max_tokens": new_tokens, "seed": seed, "preset": "balanced",
-            "stream": True, "stream_options": {"include_usage": False}}
-    return await sse_completion(http, body)
-
-
-async def score(stub: inference_pb2_grpc.InferenceServiceStub, text: str, stride: int) -> dict[str, Any]:
-    start = time.perf_counter()
-    reply = await stub.Score(inference_pb2.ScoreRequest(model=MODEL, text=text, stride=stride), timeout=600)
-    seconds = time.perf_counter() - start
-    return {"chars": len(text), "stride": stride, "chars_s": len(text) / seconds, "seconds": seconds,
-            "bits_per_char": reply.bits_per_char}
-
-
-def reference(model: GPT, tokenizer: CharTokenizer, tokens: int) -> dict[str, Any]:
-    """The notebook's loop: full recompute, no cache, one request at a time (in this process)."""
-    idx = torch.tensor([tokenizer.encode("\n")])
-    start, cpu = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        generate(model, idx, tokens, SAMPLING_PRESETS[SamplingPreset.BALANCED], make_generator(0))
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return {"tok_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "tok_per_cpu_s": tokens / cpu}
-
-
-async def measured_model(stub: inference_pb2_grpc.InferenceServiceStub) -> inference_pb2.Model:
-    """The preloaded model once its decode plan is measured (it is served with the defaults until then)."""
-    while True:
-        reply = await stub.GetModel(inference_pb2.GetModelRequest(name=MODEL), timeout=10)
-        served: inference_pb2.Model = reply.model
-        if served.calibration != common_pb2.CALIBRATION_STATE_PENDING:
-            return served
-        await asyncio.sleep(0.5)
-
-
-def served_choices(served: inference_pb2.Model) -> dict[str, Any]:
-    """The serving choices the server's calibration made for the model."""
-    return {"weights": served.dtype, "narrow_decode_from": served.narrow_decode_from,
-            "kv_cache": served.kv_cache_dtype, "parallel_decode_from": served.parallel_decode_from,
-            "split_decode_from": served.split_decode_from, "ggml_decode_up_to": served.ggml_decode_up_to}
 
 
 async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: Path, text: str
@@ -224,6 +132,16 @@ async def serve_and_measure(args: argparse.Namespace, scale: Scale, models_dir: 
         server.terminate()
         server.wait(timeout=30)
     return out
+
+
+def reference(model: GPT, tokenizer: CharTokenizer, tokens: int) -> dict[str, Any]:
+    """The notebook's loop: full recompute, no cache, one request at a time (in this process)."""
+    idx = torch.tensor([tokenizer.encode("\n")])
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        generate(model, idx, tokens, SAMPLING_PRESETS[SamplingPreset.BALANCED], make_generator(0))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"tok_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "tok_per_cpu_s": tokens / cpu}
 
 
 def score_reference(model: GPT, tokenizer: CharTokenizer, text: str, stride: int) -> dict[str, Any]:
@@ -327,6 +245,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=default_torch_threads(),
                         help="torch threads of the server and the reference (default: the server's default)")
     parser.add_argument("--kv-cache-dtype", default="auto", help="server KV cache dtype (auto, bfloat16, ...)")
+    parser.add_argument("--decode-runner", default="auto", choices=("auto", "torch", "ggml"),
+                        help="server decode runner (auto: measured per batch size)")
     args = parser.parse_args()
     scale = SMOKE if args.smoke else FULL
     out, load = run_in_tempdir(lambda tmp: run(args, scale, tmp))

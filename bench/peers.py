@@ -27,7 +27,7 @@ from bench.inference import MODEL, corpus_text, write_model
 from bench.peer_report import LABELS, Peer, Scale, parity, peer_rows, print_report, targets
 from bench.peer_servers import llama_server_binary, start_chargpt, start_llama_server
 from bench.serving_common import Tally, run_facts, run_in_tempdir, write_results
-from chargpt.core.calibration import measure_gemm_peak
+from chargpt.core.measurements import measure_gemm_peak
 from chargpt.formats import export_checkpoint
 from inference_service.server import default_torch_threads
 
@@ -121,6 +121,8 @@ def main() -> None:
                         help="threads of every peer: chargpt's torch threads, llama-server's -t, CTranslate2's "
                         "intra_threads, transformers' torch threads (default: chargpt server's default)")
     parser.add_argument("--kv-cache-dtype", default="auto", help="chargpt server's KV cache dtype")
+    parser.add_argument("--decode-runner", default="auto", choices=("auto", "torch", "ggml"),
+                        help="chargpt server's decode runner (auto: measured per batch size)")
     args = parser.parse_args()
     scale = SMOKE if args.smoke else FULL
     out, load = run_in_tempdir(lambda tmp: run(args, scale, tmp))

@@ -21,9 +21,6 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,50 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.soak_services import ROOT, corpus_text, free_port, start, stop, wait_serving
 from chargpt.v1 import common_pb2, inference_pb2, inference_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("CHARGPT_SHAKESPEARE", ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
 SAMPLING_PRESETS = [number for number in inference_pb2.SamplingPreset.values() if number]  # every preset
 MIX = {"generate": 0.5, "score": 0.3, "attention": 0.2}
 BLOCK = 64
-
-
-def corpus_text() -> str:
-    if CORPUS.is_file():
-        return CORPUS.read_text(encoding="utf-8")[:300_000]
-    words = ["the", "king", "and", "queen", "of", "a", "far", "country", "went", "to", "sea", "in", "a", "boat,",
-             "and", "said:", "why?"]
-    rng = random.Random(0)
-    return " ".join(rng.choice(words) for _ in range(40_000))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(module: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")])}
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-async def wait_serving(channel: grpc.aio.Channel, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("a service did not become SERVING")
-        await asyncio.sleep(0.2)
 
 
 class Recorder:
@@ -239,20 +199,6 @@ def print_table(table: dict[str, Any]) -> None:
     for kind, row in table.items():
         print(f"{kind:14} {row['ok']:6d} {row['errors']:6d} {row['per_second']:7.1f} {row['p50_ms']:8.1f} "
               f"{row['p90_ms']:8.1f} {row['p99_ms']:8.1f} {row['max_ms']:8.1f} {row['alone_p50_ms']:9.1f}")
-
-
-def stop(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, int]:
-    """SIGTERM each service in turn; their exit codes (0 expected)."""
-    codes = {}
-    for name, proc in procs.items():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            codes[name] = proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            codes[name] = proc.wait()
-    return codes
 
 
 async def run_soak(seconds: float, concurrency: int, workdir: Path) -> dict[str, Any]:

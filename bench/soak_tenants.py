@@ -32,6 +32,8 @@ import httpx
 from chargpt_client.errors import retry_after
 
 from bench import soak
+from bench.grpc_key import bearer_key
+from bench.soak_services import ROOT, corpus_text, free_port, start, stop, wait_serving
 from chargpt.server.tenancy.keys import create_key
 from chargpt.v1 import inference_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
@@ -139,38 +141,6 @@ class TenantTraffic(soak.Traffic):
         return getattr(self, kind)  # type: ignore[no-any-return]
 
 
-class _BearerKey:
-    """Adds `authorization: Bearer <key>` to a call's metadata."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def _with_key(self, details: Any) -> Any:
-        metadata = grpc.aio.Metadata(*tuple(details.metadata or ()), ("authorization", f"Bearer {self.key}"))
-        return details._replace(metadata=metadata)
-
-
-class _UnaryUnaryKey(_BearerKey, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_key(details), request)
-
-
-class _UnaryStreamKey(_BearerKey, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_key(details), request)
-
-
-class _StreamUnaryKey(_BearerKey, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._with_key(details), request_iterator)
-
-
-def bearer_key(key: str) -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors sending the key on every call of a channel (the soak's stubs stay untouched); one per kind of
-    call, as grpc.aio files an interceptor under the first kind it implements only."""
-    return [_UnaryUnaryKey(key), _UnaryStreamKey(key), _StreamUnaryKey(key)]
-
-
 @dataclass
 class Tenant:
     """One tenant's key, channels and results during the run."""
@@ -248,10 +218,10 @@ async def run_tenant_soak(seconds: float, concurrency: int, workdir: Path, tenan
     """Start both services with keys, soak as `tenants` tenants, stop them; the report as a dict."""
     names = [f"tenant{i + 1}" for i in range(max(2, tenants))]
     keys = write_config(workdir, names)
-    ports = {"trainer": soak.free_port(), "inference": soak.free_port(), "http": soak.free_port()}
+    ports = {"trainer": free_port(), "inference": free_port(), "http": free_port()}
     trainer_args, inference_args = service_args(workdir, ports, secrets.token_urlsafe(24))
-    procs = {"trainer": soak.start("trainer_service.server", trainer_args, workdir / "trainer.log"),
-             "inference": soak.start("inference_service.server", inference_args, workdir / "inference.log")}
+    procs = {"trainer": start("trainer_service.server", trainer_args, workdir / "trainer.log"),
+             "inference": start("inference_service.server", inference_args, workdir / "inference.log")}
     channels: list[grpc.aio.Channel] = []
     team: list[Tenant] = []
     try:
@@ -263,14 +233,14 @@ async def run_tenant_soak(seconds: float, concurrency: int, workdir: Path, tenan
                                      headers={"Authorization": f"Bearer {keys[name]}"})
             team.append(Tenant(name, keys[name], trainer_pb2_grpc.TrainerServiceStub(channels[-2]),
                                inference_pb2_grpc.InferenceServiceStub(channels[-1]), http))
-        await asyncio.gather(soak.wait_serving(channels[0]), soak.wait_serving(channels[1]))
-        wall = await drive(team, soak.corpus_text(), seconds, max(2, concurrency // len(names)))
+        await asyncio.gather(wait_serving(channels[0]), wait_serving(channels[1]))
+        wall = await drive(team, corpus_text(), seconds, max(2, concurrency // len(names)))
     finally:
         for channel in channels:
             await channel.close()
         for tenant in team:
             await tenant.http.aclose()
-        exit_codes = soak.stop(procs)
+        exit_codes = stop(procs)
     return report(team, names[-1], wall, exit_codes, workdir)
 
 
@@ -297,7 +267,7 @@ def main(seconds: float, concurrency: int, tenants: int) -> int:
         print(f"{name:10} {row['requests']:8d} {row['ok']:6d} {row['refused']:7d} {len(row['malformed']):9d} "
               f"{sum(row['errors'].values()):6d}{'  (over its limits)' if name == result['over_limit'] else ''}")
     print("PASS" if not result["problems"] else "FAIL:\n  " + "\n  ".join(result["problems"]))
-    results = soak.ROOT / "bench" / "results"
+    results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "soak_tenants.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {results / 'soak_tenants.json'}")

@@ -25,10 +25,10 @@ import torch
 
 from bench.host import host_peak, skip_reason
 from bench.train_common import DEFAULT_CORPUS, machine_facts, print_table, write_result
-from chargpt.core.calibration import train_gflop
 from chargpt.core.checkpoint import load_checkpoint
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
+from chargpt.core.measurements import train_gflop
 from trainer_service.training.api import LATEST, CorpusRef, ProgressUpdate, TrainingEvent, TrainingPlan
 from trainer_service.training.data import CorpusData
 from trainer_service.training.evaluate import Evaluator

@@ -33,9 +33,9 @@ from bench.train_common import (
     print_table,
     write_result,
 )
-from chargpt.core.calibration import GemmPeak
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import SIZE_PROFILES
+from chargpt.core.measurements import GemmPeak
 from chargpt.core.model import GPT
 from trainer_service.training.api import CorpusRef, TrainingPlan
 from trainer_service.training.data import CorpusData

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chargpt.errors import InvalidArgumentError, RateLimitedError
+from chargpt.errors import InvalidArgumentError, QuotaExceededError, RateLimitedError
 from chargpt.server.tenancy.policy import TenantLimits
 from chargpt.server.tenancy.principal import Principal
 
@@ -69,6 +69,7 @@ class KeyLimiter:
         """A lease for one more generation by `caller` that may generate up to `reserve` characters, or
         RateLimitedError with when to retry (InvalidArgumentError if `reserve` could never fit the key's limit)."""
         key = f"{caller.tenant}:{caller.key_id}"  # one key's usage; single-user and --auth-token: one bucket
+        _check_not_zero(caller.tenant, limits)
         per_minute = limits.generated_chars_per_minute
         if per_minute is not None and reserve > per_minute:
             raise InvalidArgumentError("max_new_tokens", f"n x max_new_tokens = {reserve} characters is more than "
@@ -93,6 +94,13 @@ class KeyLimiter:
             usage.chars += max(0, refund)
 
 
+def _check_not_zero(tenant: str, limits: TenantLimits) -> None:
+    """A limit of 0 no wait can meet: QuotaExceededError (a QuotaFailure, no RetryInfo or Retry-After)."""
+    for name in ("concurrent_streams", "generated_chars_per_minute"):
+        if getattr(limits, name) == 0:
+            raise QuotaExceededError(tenant, name, "the limit is 0: this tenant may not generate")
+
+
 def _check(usage: KeyUsage, limits: TenantLimits, reserve: int) -> None:
     """RateLimitedError if `usage` leaves no room for another generation under `limits`."""
     streams = limits.concurrent_streams
@@ -101,7 +109,7 @@ def _check(usage: KeyUsage, limits: TenantLimits, reserve: int) -> None:
                                                      f"{streams}", STREAM_RETRY_SECONDS)
     per_minute = limits.generated_chars_per_minute
     if per_minute is not None and usage.chars < reserve:
-        # Until the bucket holds the request's characters again (a limit of 0 never refills: a minute, then ask).
-        wait = (reserve - usage.chars) * WINDOW_SECONDS / per_minute if per_minute else WINDOW_SECONDS
+        # Until the bucket holds the request's characters again (a limit of 0 never gets here: _check_not_zero).
+        wait = (reserve - usage.chars) * WINDOW_SECONDS / per_minute
         raise RateLimitedError("generated_chars_per_minute", f"{per_minute} characters per minute used up",
                                math.ceil(wait * 1000) / 1000)

@@ -133,8 +133,9 @@ class InferenceService:
         tenant = self.metrics.tenant_label(caller.tenant)
         try:
             lease = self.limiter.admit(caller, self.policy.limits(caller.tenant), most_chars)
-        except errors.RateLimitedError as exc:
-            self.metrics.tenant_rate_limited.labels(tenant=tenant, limit=exc.limit).inc()
+        except (errors.RateLimitedError, errors.QuotaExceededError) as exc:  # the latter: a limit of 0
+            limit = exc.limit if isinstance(exc, errors.RateLimitedError) else exc.quota
+            self.metrics.tenant_rate_limited.labels(tenant=tenant, limit=limit).inc()
             self.metrics.tenant_requests.labels(tenant=tenant, outcome="rate_limited").inc()
             raise
         return TenantUsage(lease, self.metrics, tenant)

@@ -27,8 +27,9 @@ from collections.abc import Callable
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from chargpt.core.calibration import BF16_MARGIN, Calibrator, Timing, speedup, time_interleaved
+from chargpt.core.calibration import Calibrator
 from chargpt.core.device import set_torch_threads
+from chargpt.core.measurements import BF16_MARGIN, Timing, speedup, time_interleaved
 from chargpt.core.model import GPT, KVCache
 from inference_service.decode_policy import DecodePolicy
 from inference_service.engine.ggml_runner import GgmlRunner, ggml_available, placeholder_vocabulary, timed_step

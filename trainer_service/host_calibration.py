@@ -11,8 +11,9 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from chargpt.core.calibration import Calibrator, GemmPeak, TrainStep, train_entry
+from chargpt.core.calibration import Calibrator, train_entry
 from chargpt.core.device import SizeProfile
+from chargpt.core.measurements import GemmPeak, TrainStep
 from chargpt.core.training_choices import SizeChoice, choose_cpu_size, profile_config
 from chargpt.wire.calibration_state import CalibrationState
 

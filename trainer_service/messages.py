@@ -15,7 +15,16 @@ from chargpt.wire.lineage import lineage_proto
 from chargpt.wire.model_config import model_config_proto, model_config_values
 from trainer_service.jobs.checkpoints import CheckpointInfo
 from trainer_service.jobs.request import JobRequest, ParentRef
-from trainer_service.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, CorpusRecord, EventRecord, JobRecord
+from trainer_service.store_records import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    CorpusRecord,
+    EventRecord,
+    JobRecord,
+)
 from trainer_service.training.api import TrainingPlan
 
 STATE_TO_PROTO = {QUEUED: trainer_pb2.JOB_STATE_QUEUED, RUNNING: trainer_pb2.JOB_STATE_RUNNING,

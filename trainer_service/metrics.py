@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from chargpt.server.metrics import RpcMetrics
 from chargpt.server.tenancy.labels import TenantLabels
-from trainer_service.store import STATES, TERMINAL, EventRecord, Store
+from trainer_service.store import Store
+from trainer_service.store_records import STATES, TERMINAL, EventRecord
 
 PREFIX = "chargpt_trainer"
 CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)

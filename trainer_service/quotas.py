@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 
 from chargpt.server.tenancy.policy import TenantPolicy
-from trainer_service.store import QUEUED, JobRecord, Store
+from trainer_service.store import Store
+from trainer_service.store_records import QUEUED, JobRecord
 from trainer_service.training.api import TrainingPlan
 
 DAY_SECONDS = 24 * 3600.0

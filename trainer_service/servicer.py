@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from chargpt.errors import InvalidArgumentError, PermissionDeniedError
-from chargpt.server.tenancy.audit import AuditLog
+from chargpt.server.tenancy.audit import AuditLog, audits_refusals
 from chargpt.server.tenancy.principal import check_changeable, check_visible, current_principal, require_write
 from chargpt.server.tenancy.scopes import Scope
 from chargpt.v1 import trainer_pb2, trainer_pb2_grpc
@@ -31,7 +31,8 @@ from trainer_service.metrics import TrainerMetrics
 from trainer_service.model_import import ModelImporter
 from trainer_service.quotas import TrainerQuotas
 from trainer_service.settings import TrainerSettings
-from trainer_service.store import JobRecord, Store
+from trainer_service.store import Store
+from trainer_service.store_records import JobRecord
 
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 100
 TOKEN_PREFIX = "jobs-before:"
@@ -98,6 +99,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     # ---- corpora
 
+    @audits_refusals("upload", "corpus")
     async def UploadCorpus(self, request_iterator: AsyncIterator[trainer_pb2.UploadCorpusRequest],
                            context: grpc.aio.ServicerContext) -> trainer_pb2.UploadCorpusResponse:
         first = await anext(aiter(request_iterator), None)
@@ -128,6 +130,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         record = await self.corpora.resolve(request.corpus_id)
         return trainer_pb2.GetCorpusResponse(corpus=messages.corpus_proto(record))
 
+    @audits_refusals("read", "corpus", lambda request: request.corpus_id)
     async def ReadCorpus(self, request: trainer_pb2.ReadCorpusRequest,
                          context: grpc.aio.ServicerContext) -> trainer_pb2.ReadCorpusResponse:
         if request.split not in PROTO_TO_SPLIT:
@@ -138,6 +141,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.ReadCorpusResponse(corpus_id=record.corpus_id, split=request.split, offset=read.offset,
                                               split_chars=read.split_chars, text=read.text)
 
+    @audits_refusals("delete", "corpus", lambda request: request.corpus_id)
     async def DeleteCorpus(self, request: trainer_pb2.DeleteCorpusRequest,
                            context: grpc.aio.ServicerContext) -> trainer_pb2.DeleteCorpusResponse:
         record = await self.corpora.delete(request.corpus_id)
@@ -147,6 +151,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     # ---- jobs
 
+    @audits_refusals("create", "job")
     async def CreateTrainingJob(self, request: trainer_pb2.CreateTrainingJobRequest,
                                 context: grpc.aio.ServicerContext) -> trainer_pb2.CreateTrainingJobResponse:
         if len(request.display_name) > 256:
@@ -200,12 +205,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         jobs = [messages.job_proto(r, self.jobs.plan(r.job_id)) for r in page]
         return trainer_pb2.ListTrainingJobsResponse(jobs=jobs, next_page_token=token)
 
+    @audits_refusals("cancel", "job", lambda request: request.job_id)
     async def CancelTrainingJob(self, request: trainer_pb2.CancelTrainingJobRequest,
                                 context: grpc.aio.ServicerContext) -> trainer_pb2.CancelTrainingJobResponse:
         job = await self.jobs.cancel(self._changeable_job(request.job_id).job_id)
         self.audit.record("cancel", "job", job.job_id, state=job.state)
         return trainer_pb2.CancelTrainingJobResponse(job=self._job(job.job_id))
 
+    @audits_refusals("resume", "job", lambda request: request.job_id)
     async def ResumeTrainingJob(self, request: trainer_pb2.ResumeTrainingJobRequest,
                                 context: grpc.aio.ServicerContext) -> trainer_pb2.ResumeTrainingJobResponse:
         job = self._changeable_job(request.job_id)
@@ -233,6 +240,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.ListCheckpointsResponse(
             checkpoints=[messages.checkpoint_proto(job.job_id, info) for info in found])
 
+    @audits_refusals("download", "checkpoint", lambda request: request.job_id)
     async def DownloadCheckpoint(self, request: trainer_pb2.DownloadCheckpointRequest,
                                  context: grpc.aio.ServicerContext
                                  ) -> AsyncIterator[trainer_pb2.DownloadCheckpointResponse]:
@@ -259,6 +267,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     # ---- imported models
 
+    @audits_refusals("import", "model")
     async def ImportModel(self, request_iterator: AsyncIterator[trainer_pb2.ImportModelRequest],
                           context: grpc.aio.ServicerContext) -> trainer_pb2.ImportModelResponse:
         first = await anext(aiter(request_iterator), None)

@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from chargpt.core.calibration import TrainStep
 from chargpt.core.config import ModelConfig
 from chargpt.core.device import CPU_PROFILE, SIZE_PROFILES, SizeProfile
+from chargpt.core.measurements import TrainStep
 
 Precision = Literal["fp32", "bf16"]
 PROBE_VOCAB = 65  # tiny Shakespeare's characters: the output layer's width when the corpus is not known yet

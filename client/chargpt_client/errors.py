@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+_Detail = TypeVar("_Detail", bound=Message)
 
 
 class ChargptClientError(Exception):
@@ -163,30 +165,29 @@ def _status_details(error: grpc.RpcError) -> list[Any]:
     return list(status.details) if status is not None else []
 
 
+def _unpacked(error: grpc.RpcError, detail_type: type[_Detail]) -> list[_Detail]:
+    """Every detail of the failed call that is a `detail_type` (a google.rpc error detail message), unpacked."""
+    found: list[_Detail] = []
+    for detail in _status_details(error):
+        message = detail_type()
+        if detail.Unpack(message):
+            found.append(message)
+    return found
+
+
 def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
     """The google.rpc.BadRequest field violations of a failed call."""
-    found: list[FieldViolation] = []
-    for detail in _status_details(error):
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            found.extend(FieldViolation(v.field, v.description) for v in bad_request.field_violations)
-    return found
+    return [FieldViolation(v.field, v.description)
+            for bad_request in _unpacked(error, error_details_pb2.BadRequest) for v in bad_request.field_violations]
 
 
 def quota_violations(error: grpc.RpcError) -> list[QuotaViolation]:
     """The google.rpc.QuotaFailure violations of a failed call."""
-    found: list[QuotaViolation] = []
-    for detail in _status_details(error):
-        failure = error_details_pb2.QuotaFailure()
-        if detail.Unpack(failure):
-            found.extend(QuotaViolation(v.subject, v.description) for v in failure.violations)
-    return found
+    return [QuotaViolation(v.subject, v.description)
+            for failure in _unpacked(error, error_details_pb2.QuotaFailure) for v in failure.violations]
 
 
 def retry_after(error: grpc.RpcError) -> float | None:
     """The google.rpc.RetryInfo delay of a failed call in seconds, or None."""
-    for detail in _status_details(error):
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            return float(info.retry_delay.ToNanoseconds()) / 1e9
-    return None
+    infos = _unpacked(error, error_details_pb2.RetryInfo)
+    return float(infos[0].retry_delay.ToNanoseconds()) / 1e9 if infos else None

@@ -12,7 +12,7 @@ import grpc
 import torch
 
 from chargpt import errors
-from chargpt.server.tenancy.audit import AuditLog
+from chargpt.server.tenancy.audit import AuditLog, outcome_of
 from chargpt.server.tenancy.interceptor import bearer_key
 from chargpt.server.tenancy.principal import require_write
 from chargpt.server.tenancy.scopes import Scope
@@ -54,14 +54,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                         context: grpc.aio.ServicerContext) -> inference_pb2.LoadModelResponse:
         """As the caller: its own model, counted against its loaded_models quota. A checkpoint_path reads the
         server's models root, which no tenant owns: admins only (with no keys configured everyone is admin)."""
-        caller = require_write("LoadModel")
-        if request.WhichOneof("source") == "checkpoint_path" and not caller.is_admin:
-            raise errors.PermissionDeniedError("loading a checkpoint_path needs an admin key; load your trainer "
-                                               "job's checkpoint with trainer_checkpoint instead")
         try:
+            caller = require_write("LoadModel")
+            if request.WhichOneof("source") == "checkpoint_path" and not caller.is_admin:
+                raise errors.PermissionDeniedError("loading a checkpoint_path needs an admin key; load your "
+                                                   "trainer job's checkpoint with trainer_checkpoint instead")
             reply = await self.load(request, caller.tenant, self._trainer_key(context))
         except errors.ChargptError as exc:
-            self.audit.record("load", "model", request.name, outcome=type(exc).__name__, source=_source(request))
+            self.audit.record("load", "model", request.name, outcome=outcome_of(exc), source=_source(request))
             raise
         self.audit.record("load", "model", request.name, source=reply.model.source, loaded=reply.loaded)
         return reply

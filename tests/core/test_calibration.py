@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from chargpt.core.calibration import (
-    Calibrator,
+from chargpt.core.calibration import Calibrator
+from chargpt.core.config import ModelConfig
+from chargpt.core.device import SizeProfile
+from chargpt.core.measurements import (
     GemmPeak,
     Timing,
     TrainStep,
@@ -17,8 +19,6 @@ from chargpt.core.calibration import (
     speedup,
     time_interleaved,
 )
-from chargpt.core.config import ModelConfig
-from chargpt.core.device import SizeProfile
 from chargpt.core.training_choices import CPU_CANDIDATES, choose_cpu_size, train_precision
 
 TINY = ModelConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=16, block_size=8, dropout=0.0)

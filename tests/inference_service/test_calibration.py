@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from chargpt.core.calibration import Calibrator, Timing
+from chargpt.core.calibration import Calibrator
 from chargpt.core.config import ModelConfig
+from chargpt.core.measurements import Timing
 from chargpt.core.model import GPT
 from inference_service.serving_choices import DecodeCalibration, DecodeChoice, calibrated_decode, decide
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chargpt.core.calibration import Timing
 from chargpt.core.checkpoint import Checkpoint, load_checkpoint
+from chargpt.core.measurements import Timing
 from chargpt.core.model import KVCache
 from chargpt.sampling_params import SamplingParams
 from chargpt.v1 import inference_pb2

@@ -12,7 +12,7 @@ import openai
 import pytest
 from chargpt_client import AsyncInferenceClient, ClientOptions, InvalidArgument, ResourceExhausted
 
-from chargpt.errors import InvalidArgumentError, RateLimitedError
+from chargpt.errors import InvalidArgumentError, QuotaExceededError, RateLimitedError
 from chargpt.server.tenancy.keys import create_key
 from chargpt.server.tenancy.policy import TenantLimits
 from chargpt.server.tenancy.principal import Principal, Role
@@ -87,6 +87,31 @@ def test_unused_reserved_characters_are_refunded() -> None:
     limiter.admit(caller, limits, reserve=25).release()
     with pytest.raises(InvalidArgumentError, match="max_new_tokens"):
         limiter.admit(caller, limits, reserve=31)
+
+
+def test_a_limit_of_zero_is_a_quota_not_a_wait() -> None:
+    """No wait meets a limit of 0 (issue 26: it answered "retry later"): a QuotaExceededError saying so."""
+    limiter, caller = KeyLimiter(clock=lambda: 0.0), Principal("acme", Role.MEMBER, "k1")
+    for name in ("generated_chars_per_minute", "concurrent_streams"):
+        with pytest.raises(QuotaExceededError) as refused:
+            limiter.admit(caller, TenantLimits.model_validate({name: 0}), reserve=5)
+        assert refused.value.quota == name and "the limit is 0" in refused.value.description
+
+
+async def test_a_limit_of_zero_carries_no_retry(make_server: ServerFactory, tmp_path: Path) -> None:
+    """A QuotaFailure only: no RetryInfo over gRPC, no Retry-After on the 429 over HTTP."""
+    s, keys = await _limited(make_server, tmp_path, "concurrent_streams = 0")
+    async with _client(s, keys["grpc"]) as acme:
+        with pytest.raises(ResourceExhausted) as refused:
+            await acme.generate("tiny", "a", max_new_tokens=2)
+    assert refused.value.retry_after is None and "the limit is 0" in refused.value.message
+    [violation] = refused.value.quota_violations
+    assert violation.subject == "tenant:acme" and violation.description.startswith("concurrent_streams: ")
+    async with _openai(s, keys["http"]) as http:
+        with pytest.raises(openai.RateLimitError) as limited:
+            await http.completions.create(model="tiny", prompt="a", max_tokens=2)
+    assert "retry-after" not in limited.value.response.headers and "the limit is 0" in limited.value.message
+    assert s.metric("chargpt_inference_tenant_rate_limited_total", tenant="acme", limit="concurrent_streams") == 2
 
 
 async def _until(condition: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:

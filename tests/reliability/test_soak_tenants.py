@@ -12,7 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
-from bench.soak_tenants import HttpRefusal, Tally, bearer_key, run_tenant_soak, verdict
+from bench.grpc_key import bearer_key
+from bench.soak_tenants import HttpRefusal, Tally, run_tenant_soak, verdict
 from chargpt import errors
 from chargpt.server.errors import status_metadata
 

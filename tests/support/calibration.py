@@ -10,7 +10,8 @@ FP32_TOKENS_PER_SECOND = 20_000  # every CPU size candidate; bf16 half of it: au
 
 def prefill(directory: Path) -> Path:
     """Write the fixed GEMM peak and CPU-candidate training figures for this host into `directory`."""
-    from chargpt.core.calibration import Calibrator, GemmPeak, Timing, TrainStep, train_entry
+    from chargpt.core.calibration import Calibrator, train_entry
+    from chargpt.core.measurements import GemmPeak, Timing, TrainStep
     from chargpt.core.training_choices import CPU_CANDIDATES, profile_config
 
     calibrator = Calibrator(directory)

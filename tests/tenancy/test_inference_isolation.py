@@ -160,6 +160,22 @@ async def test_listing_names_and_roles(deployment: Deployment) -> None:
                                           ("ops", "unload", "globex/tiny", "ok")]
 
 
+async def test_refused_loads_are_audited_with_their_status(deployment: Deployment) -> None:
+    """A refused LoadModel's outcome is the status the caller got (issue 26: it was a Python class name), and the
+    refusals before any loading (a reader; a checkpoint_path without an admin key) are in the trail too."""
+    async with deployment.client("globex") as globex, deployment.client("reader") as reader:
+        with pytest.raises(NotFound):
+            await globex.load_model("stolen", job_id="job1", kind="best")
+        with pytest.raises(PermissionDenied):
+            await globex.load_model("mine", checkpoint_path="shared")
+        with pytest.raises(PermissionDenied):
+            await reader.load_model("more", job_id="job2", kind="best")
+    audit = [json.loads(line) for line in deployment.audit.read_text().splitlines()]
+    assert [(e["tenant"], e["role"], e["action"], e["id"], e["outcome"]) for e in audit if e["outcome"] != "ok"] == [
+        ("globex", "member", "load", "stolen", "NOT_FOUND"), ("globex", "member", "load", "mine", "PERMISSION_DENIED"),
+        ("globex", "reader", "load", "more", "PERMISSION_DENIED")]
+
+
 Route = Callable[[Deployment], Awaitable[None]]
 
 

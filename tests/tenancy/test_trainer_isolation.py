@@ -239,3 +239,23 @@ def test_the_audit_log_names_who_did_what(world: World) -> None:
             ("alpha", "read", "corpus", world.corpus.corpus_id),
             ("alpha", "download", "checkpoint", world.finished.job_id)} <= done
     assert all(e["key_id"] and e["role"] for e in entries)
+
+
+def test_the_audit_log_records_refused_actions_with_their_status(world: World) -> None:
+    """Refusals are in the trail too (issue 26 listed them as missing), the outcome being the status the caller
+    got: a reader's write, another tenant's job, and a stream refused before its first message."""
+    with pytest.raises(PermissionDenied):
+        world.reader.delete_corpus(world.corpus.corpus_id)
+    with pytest.raises(NotFound):
+        world.beta.cancel_job(world.finished.job_id)
+    with pytest.raises(NotFound):
+        world.beta.download_checkpoint(world.finished.job_id, world.root / "refused-download")
+    with pytest.raises(PermissionDenied):
+        world.reader.upload_corpus("mine", TEXT)
+    entries = [json.loads(line) for line in world.audit.read_text().splitlines()]
+    refused = {(e["tenant"], e["role"], e["action"], e["resource"], e["id"], e["outcome"]) for e in entries}
+    assert {("alpha", "reader", "delete", "corpus", world.corpus.corpus_id, "PERMISSION_DENIED"),
+            ("beta", "member", "cancel", "job", world.finished.job_id, "NOT_FOUND"),
+            ("beta", "member", "download", "checkpoint", world.finished.job_id, "NOT_FOUND"),
+            ("alpha", "reader", "upload", "corpus", "", "PERMISSION_DENIED")} <= refused
+    assert world.alpha.get_corpus(world.corpus.corpus_id).corpus_id == world.corpus.corpus_id  # nothing changed

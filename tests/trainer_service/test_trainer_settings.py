@@ -84,22 +84,22 @@ async def test_device_info_answers_at_once_while_the_host_is_measured(tmp_path: 
     event, so the test does not depend on the host's speed) runs from start-up; then the measured figures."""
     from chargpt_client import AsyncTrainerClient, ClientOptions
 
-    from chargpt.core import calibration
+    from chargpt.core import calibration, measurements
 
     release = threading.Event()
 
-    def timing(seconds: float) -> calibration.Timing:
-        return calibration.Timing(best_s=seconds, median_s=seconds, spread=0.0, trials=3)
+    def timing(seconds: float) -> measurements.Timing:
+        return measurements.Timing(best_s=seconds, median_s=seconds, spread=0.0, trials=3)
 
-    def held_gemm(*args: object, **kwargs: object) -> calibration.GemmPeak:
+    def held_gemm(*args: object, **kwargs: object) -> measurements.GemmPeak:
         release.wait(60)
-        return calibration.GemmPeak(gflops_fp32=GEMM_FP32, gflops_bf16=GEMM_BF16, fp32=timing(0.02),
-                                    bf16=timing(0.04))
+        return measurements.GemmPeak(gflops_fp32=GEMM_FP32, gflops_bf16=GEMM_BF16, fp32=timing(0.02),
+                                     bf16=timing(0.04))
 
-    def fixed_step(config: ModelConfig, batch: int, *args: object) -> calibration.TrainStep:
+    def fixed_step(config: ModelConfig, batch: int, *args: object) -> measurements.TrainStep:
         tokens = batch * config.block_size  # fp32 at FP32_TOKENS_PER_SECOND, bf16 at half that
-        return calibration.TrainStep(tokens=tokens, threads=1, fp32=timing(tokens / FP32_TOKENS_PER_SECOND),
-                                     bf16=timing(2 * tokens / FP32_TOKENS_PER_SECOND))
+        return measurements.TrainStep(tokens=tokens, threads=1, fp32=timing(tokens / FP32_TOKENS_PER_SECOND),
+                                      bf16=timing(2 * tokens / FP32_TOKENS_PER_SECOND))
 
     fake_engine_env.setattr(calibration, "measure_gemm_peak", held_gemm)
     fake_engine_env.setattr(calibration, "measure_train_step", fixed_step)

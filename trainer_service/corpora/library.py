@@ -22,7 +22,8 @@ from chargpt.server.tenancy.principal import (
     current_principal,
 )
 from trainer_service.corpora import builtin
-from trainer_service.store import CorpusRecord, Store
+from trainer_service.store import Store
+from trainer_service.store_records import CorpusRecord
 
 log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9 ._-]{1,128}")

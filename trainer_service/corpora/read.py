@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from chargpt.errors import InvalidArgumentError
 from chargpt.text import read_chars
-from trainer_service.store import CorpusRecord
+from trainer_service.store_records import CorpusRecord
 
 # 256 Ki characters are at most 1 MiB of UTF-8: well inside gRPC's default 4 MiB message limit.
 MAX_READ_CHARS = 262_144

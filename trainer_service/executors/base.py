@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from trainer_service.executors.placement import Placement
 from trainer_service.jobs.layout import JobDir
-from trainer_service.store import JobRecord
+from trainer_service.store_records import JobRecord
 from trainer_service.training.api import TrainingPlan
 
 StopReason = Literal["cancel", "shutdown"]

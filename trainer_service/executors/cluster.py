@@ -17,7 +17,8 @@ from trainer_service.jobs.events import EventHub
 from trainer_service.jobs.layout import RUNS_FILE
 from trainer_service.jobs.summary import JobSummary
 from trainer_service.settings import TrainerSettings
-from trainer_service.store import QUEUED, RUNNING, Store
+from trainer_service.store import Store
+from trainer_service.store_records import QUEUED, RUNNING
 from trainer_service.training.api import TrainingEvent
 
 log = logging.getLogger(__name__)

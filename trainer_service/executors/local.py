@@ -17,7 +17,8 @@ from chargpt.core.calibration import CALIBRATION_DIR_ENV
 from trainer_service.executors.base import Ended, Executor, LaunchError, RunningJob
 from trainer_service.jobs.layout import EXIT_LOCKED, EXIT_STOP_DEADLINE
 from trainer_service.settings import TrainerSettings
-from trainer_service.store import RUNNING, Store
+from trainer_service.store import Store
+from trainer_service.store_records import RUNNING
 from trainer_service.training.api import TrainingPlan
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from chargpt.server.tenancy.principal import DEFAULT_TENANT
-from trainer_service.store import JobRecord
+from trainer_service.store_records import JobRecord
 
 Band = Literal["high", "normal", "low"]
 TENANT_LABEL = "chargpt.io/tenant"

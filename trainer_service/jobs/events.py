@@ -8,7 +8,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from trainer_service.metrics import TrainerMetrics
-from trainer_service.store import TERMINAL, EventRecord, Store
+from trainer_service.store import Store
+from trainer_service.store_records import TERMINAL, EventRecord
 
 log = logging.getLogger(__name__)
 PAGE = 500

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from itertools import zip_longest
 
-from trainer_service.store import JobRecord
+from trainer_service.store_records import JobRecord
 
 
 def fair_order(queued: Sequence[JobRecord], last_served: Mapping[str, float]) -> list[JobRecord]:

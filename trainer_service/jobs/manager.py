@@ -25,7 +25,8 @@ from trainer_service.jobs.fair_queue import fair_order, over_running_limit
 from trainer_service.jobs.layout import CORPUS_COPY, LOG_FILE, JobDir
 from trainer_service.jobs.parent import Parent
 from trainer_service.settings import TrainerSettings
-from trainer_service.store import (
+from trainer_service.store import Store
+from trainer_service.store_records import (
     CANCELLED,
     FAILED,
     QUEUED,
@@ -34,7 +35,6 @@ from trainer_service.store import (
     TERMINAL,
     CorpusRecord,
     JobRecord,
-    Store,
 )
 from trainer_service.training.api import CorpusRef, TrainingPlan
 

@@ -16,7 +16,7 @@ from chargpt.errors import FailedPreconditionError, InvalidArgumentError, Resour
 from trainer_service.host_calibration import HostCalibration
 from trainer_service.jobs.parent import Parent
 from trainer_service.jobs.request import JobRequest
-from trainer_service.store import CorpusRecord
+from trainer_service.store_records import CorpusRecord
 from trainer_service.training.api import TrainingPlan, check_precision, tensorboard_run_name
 from trainer_service.training.defaults import training_defaults
 

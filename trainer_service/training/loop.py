@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +23,6 @@ from trainer_service.training.api import (
     CorpusRef,
     EvaluationResult,
     EventSink,
-    Notice,
     ProgressUpdate,
     ShouldStop,
     TextSample,
@@ -32,18 +30,18 @@ from trainer_service.training.api import (
     TrainingOutcome,
     TrainingPlan,
 )
-from trainer_service.training.budget import PhaseRequest, window_steps
 from trainer_service.training.data import CorpusData, mix_seed
-from trainer_service.training.defaults import INTERVALS
 from trainer_service.training.evaluate import Evaluator, attention_ids, attention_weights, sample_text
 from trainer_service.training.optim import build_optimizer, set_learning_rate
 from trainer_service.training.parent_weights import initialise_from_parent
-from trainer_service.training.runtime import Runtime, all_agree, from_rank0, process_group, resolve_runtime
-from trainer_service.training.schedule import (
-    Schedule,
-    TimeBudget,
-    checkpoint_seconds_guess,
-    evaluation_steps,
+from trainer_service.training.phases import PeriodicWork, Phases, build_schedule
+from trainer_service.training.runtime import (
+    Runtime,
+    all_agree,
+    micro_steps,
+    process_group,
+    resolve_runtime,
+    split_evenly,
 )
 from trainer_service.training.state import ResumeState, checkpoint_size, load_resume, save_training_checkpoint
 from trainer_service.training.tensorboard import TensorBoardLog
@@ -60,19 +58,6 @@ def run_training(plan: TrainingPlan, corpus: CorpusRef, job_dir: Path, sink: Eve
     """
     with process_group(resolve_runtime(plan)) as runtime:
         return Trainer(plan, corpus, job_dir, sink, runtime).run(should_stop)
-
-
-def split_evenly(total: int, parts: int) -> list[int]:
-    """`total` items in `parts` shares differing by at most one, larger shares first."""
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def micro_steps(sequences: int, block: int, accumulation_steps: int, max_tokens: int | None) -> int:
-    """Forward/backward passes per optimizer step: the plan's accumulation steps, or more to stay under max_tokens."""
-    if max_tokens is None:
-        return accumulation_steps
-    per_pass = max(1, max_tokens // block)
-    return min(sequences, max(accumulation_steps, -(-sequences // per_pass)))
 
 
 class Trainer:
@@ -98,8 +83,10 @@ class Trainer:
         self.state = self._resume_or_start()
         self.train_model = self._wrap(self.model)
         self.evaluator = Evaluator(self.data, plan.model.block_size, 2 * max(self.micro_sizes), runtime)
-        self.schedule = self._schedule()
-        self._apply_budget()  # a resumed budget's evaluation size
+        self.schedule = build_schedule(plan, self.state, self.evaluator, self.block, runtime)
+        self.phases = Phases(self.schedule, self.evaluator,
+                             PeriodicWork(self._evaluate, self._save_latest, self._sample), self._emit)
+        self.phases.apply_budget(self.state.step)  # a resumed budget's evaluation size
         self.started, self.elapsed_before = time.perf_counter(), self.state.elapsed_seconds
         self.last_progress = (self.started, self.state.step)
         self.progress_sent = False
@@ -133,28 +120,6 @@ class Trainer:
             self.scaler.load_state_dict(state.grad_scaler)
         return state
 
-    def _schedule(self) -> Schedule:
-        if self.plan.max_seconds is None:
-            return Schedule(self.plan)
-        plan, tokens = self.plan, self.plan.batch_size * self.block
-        request = PhaseRequest(eval_windows=self.evaluator.windows, sample_length=plan.sample_length,
-                               intervals={name: getattr(plan, name) for name in INTERVALS},
-                               window_steps=window_steps(self.block, tokens))
-        return TimeBudget(plan, self.state.fitted, self.state.horizon,
-                          evaluation_steps(self.evaluator.tokens, tokens),
-                          checkpoint_seconds_guess(plan.model.parameter_count()),
-                          lambda value: from_rank0(value, self.rt), request)
-
-    def _apply_budget(self) -> None:
-        """What a time budget decided once it timed its first steps: the evaluation's size, and a notice."""
-        if not isinstance(self.schedule, TimeBudget):
-            return
-        if self.schedule.eval_windows is not None:
-            self.evaluator.limit(self.schedule.eval_windows)
-        if self.schedule.notice is not None:
-            self._emit(Notice(step=self.state.step, message=self.schedule.notice))
-            self.schedule.notice = None
-
     def _wrap(self, model: GPT) -> nn.Module:
         wrapped: nn.Module = model
         if self.rt.compile:
@@ -187,8 +152,7 @@ class Trainer:
             self.state.step += 1
             if plan.max_seconds is not None:
                 self._synchronize()  # time the step itself, not the launch of its kernels
-                self.schedule.after_step(self.state.step, time.perf_counter() - started, self._elapsed())
-                self._apply_budget()
+                self.phases.timed_step(self.state.step, time.perf_counter() - started, self._elapsed())
             self._after_step(loss)
         self._barrier()
         return self._outcome(stopped_early=False)
@@ -231,22 +195,8 @@ class Trainer:
         return x.to(self.rt.device), y.to(self.rt.device)
 
     def _after_step(self, loss: torch.Tensor) -> None:
-        step, every = self.state.step, self.schedule.interval
-        final = self.schedule.finished(step)
-        self._maybe_progress(loss, final)
-        if final or (every("eval_interval") and step % every("eval_interval") == 0):
-            self._paid("evaluation", self._evaluate)
-            self._paid("checkpoint", self._save_latest)
-        elif every("checkpoint_interval") and step % every("checkpoint_interval") == 0:
-            self._paid("checkpoint", self._save_latest)
-        if every("sample_interval") and (step % every("sample_interval") == 0 or final):
-            self._paid("sample", self._sample)
-
-    def _paid(self, kind: str, work: Callable[[], None]) -> None:
-        """Do `work`, telling a time budget what it cost."""
-        started = time.perf_counter()
-        work()
-        self.schedule.paid(kind, time.perf_counter() - started)
+        self._maybe_progress(loss, self.schedule.finished(self.state.step))
+        self.phases.after_step(self.state.step)
 
     # ---- reporting ----
 

@@ -1,4 +1,4 @@
-"""Where and how a training process runs: device, torchrun/DDP rank, precision, compilation, threads."""
+"""Where and how a training process runs: device, torchrun/DDP rank, precision, compilation, threads, batch shares."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from chargpt.core.calibration import Calibrator, TrainStep
+from chargpt.core.calibration import Calibrator
 from chargpt.core.device import cpu_cores, probe_device, torch_device_string
+from chargpt.core.measurements import TrainStep
 from chargpt.core.training_choices import train_precision
 from chargpt.errors import FailedPreconditionError
 from trainer_service.training.api import TrainingPlan, check_precision
@@ -177,3 +178,16 @@ def process_group(runtime: Runtime) -> Iterator[Runtime]:
     finally:
         if runtime.owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` items in `parts` shares differing by at most one, larger shares first."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def micro_steps(sequences: int, block: int, accumulation_steps: int, max_tokens: int | None) -> int:
+    """Forward/backward passes per optimizer step: the plan's accumulation steps, or more to stay under max_tokens."""
+    if max_tokens is None:
+        return accumulation_steps
+    per_pass = max(1, max_tokens // block)
+    return min(sequences, max(accumulation_steps, -(-sequences // per_pass)))

@@ -17,7 +17,8 @@ from trainer_service.jobs.layout import CORPUS_COPY, EVENTS_FILE, RUNS_FILE, Job
 from trainer_service.jobs.manager import JobManager
 from trainer_service.metrics import TrainerMetrics
 from trainer_service.settings import TrainerSettings
-from trainer_service.store import QUEUED, RUNNING, CorpusRecord, Store
+from trainer_service.store import Store
+from trainer_service.store_records import QUEUED, RUNNING, CorpusRecord
 from trainer_service.training.api import CorpusRef, ProgressUpdate, TrainingOutcome, TrainingPlan
 
 

@@ -22,7 +22,8 @@ from trainer_service.executors.local import describe_exit
 from trainer_service.jobs.checkpoints import open_snapshot
 from trainer_service.jobs.layout import EXIT_LOCKED, EXIT_STOP_DEADLINE
 from trainer_service.jobs.worker import StopFlag, acquire_job_lock
-from trainer_service.store import QUEUED, RUNNING, Store, append_event, connect
+from trainer_service.store import Store, append_event, connect
+from trainer_service.store_records import QUEUED, RUNNING
 
 
 def write_checkpoint(job_dir: Path, kind: str, step: int, seed: int) -> None:

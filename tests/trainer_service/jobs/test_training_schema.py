@@ -17,7 +17,7 @@ from chargpt.v1 import trainer_pb2
 from trainer_service.jobs.plan import DeviceProber, build_plan
 from trainer_service.jobs.request import JobRequest
 from trainer_service.messages import enum_choices, job_request, training_fields, training_proto
-from trainer_service.store import CorpusRecord
+from trainer_service.store_records import CorpusRecord
 from trainer_service.training.api import TrainingPlan
 from trainer_service.training.defaults import training_defaults
 

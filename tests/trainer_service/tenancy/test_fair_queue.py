@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trainer_service.jobs.fair_queue import fair_order, over_running_limit
-from trainer_service.store import JobRecord
+from trainer_service.store_records import JobRecord
 
 
 def job(seq: int, owner: str, priority: int = 0) -> JobRecord:

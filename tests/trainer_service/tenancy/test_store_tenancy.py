@@ -9,7 +9,8 @@ from pathlib import Path
 from chargpt.server.tenancy.labels import TenantLabels
 from trainer_service.corpora.library import corpus_key
 from trainer_service.metrics import TrainerMetrics
-from trainer_service.store import CorpusRecord, Store
+from trainer_service.store import Store
+from trainer_service.store_records import CorpusRecord
 
 OLD_SCHEMA = """
 CREATE TABLE corpora (

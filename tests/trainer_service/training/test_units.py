@@ -15,7 +15,6 @@ from chargpt.errors import InvalidArgumentError
 from trainer_service.training.api import TrainingPlan
 from trainer_service.training.data import CorpusData, encode_text, split_windows, train_subset_windows
 from trainer_service.training.evaluate import Evaluator
-from trainer_service.training.loop import micro_steps, split_evenly
 from trainer_service.training.optim import (
     Muon,
     MuonWithAdamW,
@@ -24,7 +23,14 @@ from trainer_service.training.optim import (
     parameter_groups,
     set_learning_rate,
 )
-from trainer_service.training.runtime import CPU_MICRO_BATCH_TOKENS, Runtime, micro_batch_tokens, resolve_precision
+from trainer_service.training.runtime import (
+    CPU_MICRO_BATCH_TOKENS,
+    Runtime,
+    micro_batch_tokens,
+    micro_steps,
+    resolve_precision,
+    split_evenly,
+)
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60))
 
