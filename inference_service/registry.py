@@ -37,6 +37,9 @@ NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 TRAINER_CACHE = ".trainer-cache"
 
 
+FAILED_LISTED = 16  # failed loads kept listed (the oldest is forgotten first)
+
+
 class State(Enum):
     LOADING = 1
     READY = 2
@@ -220,6 +223,7 @@ class ModelRegistry:
         except BaseException as exc:
             entry.state, entry.error = State.FAILED, str(exc) or type(exc).__name__
             entry.loaded.set()
+            self._forget_old_failures()
             log.warning("loading model %s from %s failed: %s", entry.name, entry.source, entry.error)
             raise
         entry.state, entry.loaded_time = State.READY, datetime.now(UTC)
@@ -228,6 +232,14 @@ class ModelRegistry:
         self._count_ready()
         if entry.calibration is CalibrationState.PENDING:
             entry.calibrating = asyncio.create_task(self._calibrate(entry, model, dtype is None, threads))
+
+    def _forget_old_failures(self) -> None:
+        """List the newest FAILED_LISTED failed loads (with their errors); older ones are forgotten, so a client that
+        keeps loading bad checkpoints cannot grow the list without limit."""
+        failed = [e for e in self.models.values() if e.state is State.FAILED]
+        for entry in failed[:-FAILED_LISTED]:
+            del self.models[entry.name]
+            entry.executor.shutdown(wait=False)
 
     @staticmethod
     def _serve(entry: ModelEntry, serving: Serving) -> None:

@@ -167,9 +167,9 @@ def _step(model: GPT, batch: int, cache_dtype: torch.dtype, threads: int, groups
     return call
 
 
-def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibration:
-    """Time the engine's decode step on `model` (fp32, on CPU), then race the chosen plan against ggml where
-    llama-cpp-python is installed; restores torch's thread count."""
+def measure_decode(model: GPT, big_batch: int, max_threads: int, race: bool = True) -> DecodeCalibration:
+    """Time the engine's decode step on `model` (fp32, on CPU), then (if `race`) race the chosen plan against ggml
+    where llama-cpp-python is installed; restores torch's thread count."""
     before = torch.get_num_threads()
     load = os.getloadavg()[0]
     models = {torch.float32: model, torch.bfloat16: copy.deepcopy(model).to(torch.bfloat16)}
@@ -177,7 +177,7 @@ def measure_decode(model: GPT, big_batch: int, max_threads: int) -> DecodeCalibr
     try:
         with torch.inference_mode():
             c = _measure_torch(models, big_batch, max_threads, groups).model_copy(update={"load_average": load})
-            if ggml_available():
+            if race and ggml_available():
                 c = c.model_copy(update={"runners": _race_runners(models, c, groups)})
     finally:
         if groups is not None:
@@ -232,20 +232,22 @@ def _race_runners(models: dict[torch.dtype, GPT], c: DecodeCalibration, groups: 
         ggml.close()
 
 
-def decode_entry(model: GPT, big_batch: int, max_threads: int) -> str:
-    """The cache entry of this model's shapes at this batch and thread count."""
+def decode_entry(model: GPT, big_batch: int, max_threads: int, race: bool = True) -> str:
+    """The cache entry of this model's shapes at this batch and thread count, with or without the runners' race."""
     c = model.config
     return (f"decode:L{c.n_layer}-H{c.n_head}-C{c.n_embd}-T{c.block_size}-V{c.vocab_size}-B{big_batch}"
-            f":threads{max_threads}:groups:lone:runners")  # entries measured before a part lack its figures
+            f":threads{max_threads}:groups:lone{':runners' if race else ''}")  # older entries lack a part's figures
 
 
-def cached_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int) -> DecodeChoice | None:
+def cached_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int, race: bool = True
+                  ) -> DecodeChoice | None:
     """The choice from this host's cached figures (None until they are measured); never measures."""
-    found = calibrator.cached(decode_entry(model, big_batch, max_threads), DecodeCalibration)
+    found = calibrator.cached(decode_entry(model, big_batch, max_threads, race), DecodeCalibration)
     return decide(found) if found is not None else None
 
 
-def calibrated_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int) -> DecodeChoice:
+def calibrated_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int, race: bool = True
+                      ) -> DecodeChoice:
     """The measured choice for this model's shapes on this host (measured once, then read from the cache)."""
-    name = decode_entry(model, big_batch, max_threads)
-    return decide(calibrator.get(name, DecodeCalibration, lambda: measure_decode(model, big_batch, max_threads)))
+    name = decode_entry(model, big_batch, max_threads, race)
+    return decide(calibrator.get(name, DecodeCalibration, lambda: measure_decode(model, big_batch, max_threads, race)))

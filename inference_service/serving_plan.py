@@ -56,7 +56,7 @@ class ServingPlanner:
         if model.lm_head.weight.device.type != "cpu":
             return DEFAULT_CHOICE, CalibrationState.NOT_MEASURED
         calibrator = Calibrator(self.settings.resolved_calibration_dir())
-        found = cached_decode(calibrator, model, self.big_batch(), threads)
+        found = cached_decode(calibrator, model, self.big_batch(), threads, self._race(measure_dtype))
         if found is None:
             return DEFAULT_CHOICE, CalibrationState.PENDING
         return restrict(found, measure_dtype), CalibrationState.MEASURED
@@ -64,7 +64,12 @@ class ServingPlanner:
     def measure(self, model: GPT, measure_dtype: bool, threads: int) -> DecodeChoice:
         """Time this model's decode step on this host (seconds; run on a background thread) and cache it."""
         calibrator = Calibrator(self.settings.resolved_calibration_dir())
-        return restrict(calibrated_decode(calibrator, model, self.big_batch(), threads), measure_dtype)
+        choice = calibrated_decode(calibrator, model, self.big_batch(), threads, self._race(measure_dtype))
+        return restrict(choice, measure_dtype)
+
+    def _race(self, measure_dtype: bool) -> bool:
+        """Whether the calibration races ggml: only where the runner is the measured choice (restrict())."""
+        return measure_dtype and self.settings.decode_runner == "auto"
 
     async def start(self, name: str, checkpoint: Checkpoint, choice: DecodeChoice, threads: int,
                     rows: int | None = None) -> Serving:

@@ -86,7 +86,7 @@ def held_calibration(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Even
     faster on transposed copies (fixed figures: the test does not depend on how fast this host is)."""
     release = threading.Event()
 
-    def measured(model: Any, big_batch: int, max_threads: int) -> DecodeCalibration:
+    def measured(model: Any, big_batch: int, max_threads: int, race: bool = True) -> DecodeCalibration:
         release.wait(60)
         return DecodeCalibration(big_batch=64, max_threads=2, dtypes_big={k: t(v) for k, v in BF16_BIG.items()},
                                  ladder={k: t(v) for k, v in BF16_WINS.items()},

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chargpt.v1 import inference_pb2
+from inference_service.registry import FAILED_LISTED
 
 from .conftest import Served, write_checkpoint
 
@@ -217,3 +218,13 @@ async def test_requests_to_a_loading_model_are_unavailable(make_server: Any, mon
     release.set()
     assert (await loading).model.state == inference_pb2.MODEL_STATE_READY
     assert await _health(s, "tiny") == SERVING
+
+
+async def test_only_the_newest_failed_loads_stay_listed(served: Served) -> None:
+    """Each failed load is listed with its error, but a client loading bad checkpoints again and again cannot grow
+    the list without limit: the newest FAILED_LISTED stay."""
+    for i in range(FAILED_LISTED + 4):
+        assert await _code(served.load(f"bad{i}", "missing")) == grpc.StatusCode.NOT_FOUND
+    listed = (await served.stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5)).models
+    failed = [m.name for m in listed if m.state == inference_pb2.MODEL_STATE_FAILED]
+    assert sorted(failed) == sorted(f"bad{i}" for i in range(4, FAILED_LISTED + 4))
