@@ -9,7 +9,8 @@ Why: a lone stream's step reads all 42 MB of the notebook-size model's weights, 
 products read them on one core (a second torch thread does not pay at these sizes). ggml's threads split every
 product across the cores: on the AVX2 host of issue 25 a one-row step took 1.6 ms against torch's 3.3 ms. The
 calibration measures both per batch size (serving_choices.py), and engine/runner_choice.py decodes small batches
-here and large ones on torch.
+here and large ones on torch. ggml's threads spin at a barrier after every op, so on a busy host a step on every
+core can be 200x slower than on one: the thread count is measured while serving (ggml_threads.py).
 
 The numbers differ from the torch runner's: llama.cpp's gpt2 graph uses the tanh approximation of GELU (the model
 uses the exact one) and keeps keys and values in float16 (a float32 KV cache made its steps 2-4x slower on that
@@ -22,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ import torch
 
 from chargpt.core.checkpoint import TIED_KEY
 from chargpt.core.model import GPT
+from inference_service.engine.ggml_threads import ThreadChooser
 from inference_service.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from inference_service.engine.request import GenRequest
 
@@ -113,6 +116,7 @@ class GgmlRunner:
         self._memory = llama.llama_get_memory(self._ctx)
         self._vocab_out = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))  # + end-of-text
         self._batch = llama.llama_batch_init(rows * self.block_size, 0, 1)
+        self.threads, self._threads_now = ThreadChooser(threads), threads
         self.seq_of_row: list[int] = []  # row i's llama.cpp sequence id
         self._free = list(range(rows - 1, -1, -1))
 
@@ -163,21 +167,32 @@ class GgmlRunner:
         return [(t, p, sequence, False) for p, t in enumerate(context)]
 
     def _decode(self, tokens: list[tuple[int, int, int, bool]], outputs: int) -> torch.Tensor:
-        """One llama_decode of `tokens`; the (outputs, V) logits of the tokens that want them, in batch order."""
+        """One llama_decode of `tokens`; the (outputs, V) logits of the tokens that want them, in batch order. A
+        step that only decodes (one token per row) is timed for the thread choice (ggml_threads.py)."""
         batch = self._batch
         batch.n_tokens = len(tokens)
         for i, (token, position, sequence, logits) in enumerate(tokens):
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
             batch.seq_id[i][0], batch.logits[i] = sequence, logits
+        decode_only = 0 < outputs == len(tokens)
+        self._use_threads(self.threads.threads_for(outputs) if decode_only else self.threads.best_for(outputs))
+        started = time.perf_counter()
         status = self.llama.llama_decode(self._ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
+        if decode_only:
+            self.threads.record(outputs, self._threads_now, time.perf_counter() - started)
         if not outputs:
             return torch.empty(0, self.vocab_size)
         pointer = self.llama.llama_get_logits(self._ctx)
         flat = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
                                      shape=(outputs, self._vocab_out))
         return torch.from_numpy(flat[:, : self.vocab_size].copy())  # the end-of-text column is not chargpt's
+
+    def _use_threads(self, threads: int) -> None:
+        if threads != self._threads_now:
+            self.llama.llama_set_n_threads(self._ctx, threads, threads)
+            self._threads_now = threads
 
     # ---- rows (the scheduler keeps running sequences in rows 0..B-1) ----
 
