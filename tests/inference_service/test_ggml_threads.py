@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from inference_service.engine.ggml_threads import FIRST_INTERVAL, MAX_INTERVAL, ThreadChooser
 
 IDLE = {2: 0.0016, 1: 0.0024}  # seconds per lone-row step on the idle AVX2 host of issue 25
@@ -30,7 +32,7 @@ def test_a_collapse_moves_to_one_thread_and_losing_tries_back_off() -> None:
     counts = serve(chooser, BUSY, 20_000)
     tries = [i for i, c in enumerate(counts) if c == 2]
     assert counts[0] == 2 and counts[1] == 1  # one slow step, then one thread
-    gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
     assert gaps == sorted(gaps) and gaps[-1] == MAX_INTERVAL  # each losing try waits twice as long as the last
     assert len(tries) < 20  # a few hundred milliseconds lost in 20,000 steps
 
