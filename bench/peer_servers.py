@@ -14,29 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
-import httpx
 
 from bench.inference import (
     MODEL,
     free_port,
     measured_model,
-    one_http_stream,
     one_stream,
     served_choices,
     start_server,
     wait_ready,
 )
-from bench.serving_common import Tally, cpu_seconds, sse_completion, timed_round
+from bench.serving_common import Tally, cpu_seconds, http_session, sse_completion, timed_round
 from chargpt.sampling_params import SAMPLING_PRESETS, SamplingPreset
 from chargpt.v1 import inference_pb2, inference_pb2_grpc
 
 BALANCED = SAMPLING_PRESETS[SamplingPreset.BALANCED]
 SEE_README = "see README 'Serving peers'"
-# Every request opens its own connection, for both HTTP servers alike: a reused one races the server's own
-# keep-alive limits (uvicorn's 5 s idle timeout; cpp-httplib closes after 100 requests on one connection), which
-# shows up as "Server disconnected without sending a response" in the middle of a run.
-HTTP_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=0)
 
 
 @dataclass
@@ -73,8 +68,7 @@ async def start_chargpt(args: argparse.Namespace, models_dir: Path, new_tokens: 
     server = start_server(models_dir, port, http_port, args)
     stack.callback(stop, server)
     channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
-    http = await stack.enter_async_context(httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}",
-                                                             limits=HTTP_LIMITS))
+    http = await stack.enter_async_context(http_session(f"http://127.0.0.1:{http_port}"))
     await wait_ready(channel)
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
     serving = served_choices(await measured_model(stub))
@@ -89,9 +83,16 @@ async def start_chargpt(args: argparse.Namespace, models_dir: Path, new_tokens: 
         return str((await sse_completion(http, body))["text"])
 
     grpc_peer = ServedPeer("chargpt_grpc", lambda seed: one_stream(stub, seed, new_tokens), grpc_greedy, server.pid)
-    http_peer = ServedPeer("chargpt_http", lambda seed: one_http_stream(http, seed, new_tokens), http_greedy,
+    http_peer = ServedPeer("chargpt_http", lambda seed: chargpt_http_stream(http, seed, new_tokens), http_greedy,
                            server.pid)
     return grpc_peer, http_peer, serving
+
+
+async def chargpt_http_stream(http: aiohttp.ClientSession, seed: int, new_tokens: int) -> dict[str, Any]:
+    """bench.inference's one_http_stream (one_stream's request as server-sent events) on an aiohttp session."""
+    body = {"model": MODEL, "prompt": "\n", "max_tokens": new_tokens, "seed": seed, "preset": "balanced",
+            "stream": True, "stream_options": {"include_usage": False}}
+    return await sse_completion(http, body)
 
 
 def llama_server_binary() -> tuple[str | None, str]:
@@ -114,15 +115,16 @@ def llama_body(prompt: str, max_tokens: int, seed: int, temperature: float) -> d
             "seed": seed, "ignore_eos": True, "stream": True}
 
 
-async def wait_healthy(http: httpx.AsyncClient, process: subprocess.Popen[bytes], log: Path,
+async def wait_healthy(http: aiohttp.ClientSession, process: subprocess.Popen[bytes], log: Path,
                        timeout: float = 120.0) -> None:
     """Until llama-server's /health answers 200 (503 while it loads); its log's tail if it exits or never does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if (await http.get("/health", timeout=2)).status_code == 200:
-                return
-        except httpx.TransportError:
+            async with http.get("/health", timeout=aiohttp.ClientTimeout(total=2)) as reply:
+                if reply.status == 200:
+                    return
+        except (aiohttp.ClientError, TimeoutError):
             pass
         await asyncio.sleep(0.2)
     state = f"exited with {process.returncode}" if process.poll() is not None else f"not healthy in {timeout:.0f} s"
@@ -140,8 +142,7 @@ async def start_llama_server(binary: str, gguf: Path, new_tokens: int, slots: in
     with log.open("wb") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     stack.callback(stop, server)
-    http = await stack.enter_async_context(httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
-                                                             limits=HTTP_LIMITS))
+    http = await stack.enter_async_context(http_session(f"http://127.0.0.1:{port}"))
     await wait_healthy(http, server, log)
 
     async def stream(seed: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Serving peers beside chargpt on the same weights (issue 25): llama.cpp's llama-server, CTranslate2 and transformers.
 
-    python -m bench.peers [--quick | --smoke] [--threads N]
+    python -m bench.peers [--quick | --smoke] [--threads N] [--skip PEER ...]
 
 bench.inference's model (6 layers, 6 heads, 384 wide, block 256, random init, tiny-shakespeare's 65 characters) is
 exported with chargpt's own exporter (chargpt.formats: GGUF f32 for llama-server, Hugging Face GPT-2 for
@@ -11,6 +11,8 @@ same SSE client code as chargpt's HTTP, CTranslate2 float32 and transformers in 
 no server or protocol in their figures). Rounds are interleaved (every peer at every stream count, then again), so
 a host's drift reaches every peer alike. A peer that is not installed or built is a row saying so.
 --smoke runs a tiny model with few characters in seconds: it checks the benchmark works, not how fast anything is.
+--skip leaves optional peers out (their rows say so), e.g. `--quick --skip ctranslate2 transformers` for chargpt's
+HTTP against llama-server in a few minutes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from chargpt.core.measurements import measure_gemm_peak
 from chargpt.formats import export_checkpoint
 from inference_service.server import default_torch_threads
 
+OPTIONAL = ("llama_server", "ctranslate2", "transformers")
 FULL = Scale(inference.FULL.config, inference.NEW_TOKENS, (1, 64), 256, 100)
 SMOKE = Scale(inference.SMOKE.config, 31, (1, 4), 8, 24)
 
@@ -67,7 +70,10 @@ async def start_peers(args: argparse.Namespace, scale: Scale, work: Path, stack:
     grpc_peer, http_peer, serving = await start_chargpt(args, work / "models", scale.new_tokens, stack)
     peers: list[Peer] = [grpc_peer, http_peer]
     missing = {}
-    for name in ("llama_server", "ctranslate2", "transformers"):
+    for name in OPTIONAL:
+        if name in args.skip:
+            missing[name] = "skipped (--skip)"
+            continue
         try:
             peers.append(await start_optional(name, args, scale, work, stack))
         except PeerMissing as exc:
@@ -123,6 +129,7 @@ def main() -> None:
     parser.add_argument("--kv-cache-dtype", default="auto", help="chargpt server's KV cache dtype")
     parser.add_argument("--decode-runner", default="auto", choices=("auto", "torch", "ggml"),
                         help="chargpt server's decode runner (auto: measured per batch size)")
+    parser.add_argument("--skip", nargs="+", choices=OPTIONAL, default=[], help="optional peers not to run")
     args = parser.parse_args()
     scale = SMOKE if args.smoke else FULL
     out, load = run_in_tempdir(lambda tmp: run(args, scale, tmp))

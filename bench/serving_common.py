@@ -11,12 +11,13 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import torch
 
@@ -44,17 +45,39 @@ class Timer:
         return {"tokens": self.chars, "ttft": self.ttft, "gaps": self.gaps, "total": time.perf_counter() - self.start}
 
 
-async def sse_completion(http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+def http_session(base_url: str) -> aiohttp.ClientSession:
+    """The benchmarks' HTTP client: aiohttp (a C parser, about a third of httpx's CPU per streamed event, which on
+    a 2-core host is CPU the server under test loses) with a new connection per request, for every server alike:
+    a reused one races the server's own keep-alive limits (uvicorn's 5 s idle timeout; cpp-httplib closes after
+    100 requests on one connection), which shows up as a disconnect in the middle of a run."""
+    return aiohttp.ClientSession(base_url, connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                                 timeout=aiohttp.ClientTimeout(total=600))
+
+
+async def _sse_lines(http: httpx.AsyncClient | aiohttp.ClientSession, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The lines of a streamed /v1/completions response (an httpx client: bench.inference's until it moves to
+    http_session)."""
+    if isinstance(http, aiohttp.ClientSession):
+        async with http.post("/v1/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.content:
+                yield line
+        return
+    async with http.stream("POST", "/v1/completions", json=body, timeout=600) as response:
+        response.raise_for_status()
+        async for text in response.aiter_lines():
+            yield text.encode()
+
+
+async def sse_completion(http: httpx.AsyncClient | aiohttp.ClientSession, body: dict[str, Any]) -> dict[str, Any]:
     """POST `body` (stream: true) to /v1/completions and time the text of its events; the result's "text" is the
     generated text. Every OpenAI-style server goes through this one reader, so they are timed alike."""
     timer, pieces = Timer(), []
-    async with http.stream("POST", "/v1/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if line.startswith("data: {"):
-                texts = [c["text"] for c in json.loads(line[6:])["choices"]]
-                timer.received(sum(len(t) for t in texts))
-                pieces += texts
+    async for line in _sse_lines(http, body):
+        if line.startswith(b"data: {"):
+            texts = [c["text"] for c in json.loads(line[6:])["choices"]]
+            timer.received(sum(len(t) for t in texts))
+            pieces += texts
     return {**timer.result(), "text": "".join(pieces)}
 
 

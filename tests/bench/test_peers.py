@@ -19,19 +19,24 @@ INSTALLED = ("chargpt_grpc", "chargpt_http", "ctranslate2", "transformers")  # c
 SMOKE_CHARS, SMOKE_STREAMS, SMOKE_MANY, PARITY_CHARS = 31, ("1", "4"), "8", 24
 
 
-@pytest.fixture(scope="module")
-def report() -> dict[str, Any]:
+def _smoke(*extra: str) -> dict[str, Any]:
+    """bench.peers --smoke (and `extra`)'s results file, read and removed, with its printed report as "stdout"."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")])}
-    run = subprocess.run([sys.executable, "-m", "bench.peers", "--smoke"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=240)
+    run = subprocess.run([sys.executable, "-m", "bench.peers", "--smoke", *extra], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     written = re.search(r"^wrote (.+\.json)$", run.stdout, re.MULTILINE)
     assert written, run.stdout[-3000:]
     path = Path(written.group(1))
-    out = json.loads(path.read_text())
+    out: dict[str, Any] = json.loads(path.read_text())
     path.unlink()
     out["stdout"] = run.stdout
     return out
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    return _smoke()
 
 
 @pytest.mark.slow
@@ -75,3 +80,12 @@ def test_parity_targets_and_header(report: dict[str, Any]) -> None:
     assert report["targets"][4]["status"] in ("PASS", "MISS")
     assert report["gemm_gflops"]["float32"] > 0 and report["gemm_gflops"]["bfloat16"] > 0
     assert "GEMM peaks: fp32" in report["stdout"] and "greedy parity" in report["stdout"]
+
+
+@pytest.mark.slow
+def test_skipped_peers_are_rows_saying_so_and_chargpt_still_runs() -> None:
+    skipped = ("llama_server", "ctranslate2", "transformers")
+    rows = _smoke("--skip", *skipped)["rows"]
+    assert all(not rows[name]["available"] and rows[name]["reason"] == "skipped (--skip)" for name in skipped)
+    assert rows["chargpt_http"]["available"] and rows["chargpt_http"]["streams"]["4"]["short_streams"] == 0
+    assert rows["chargpt_http"]["streams"]["4"]["tokens"] == 4 * SMOKE_CHARS
