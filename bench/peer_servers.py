@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import grpc
 
-from bench.inference import (
+from bench.inference_server import (
     MODEL,
     free_port,
     measured_model,

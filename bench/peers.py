@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bench import inference
-from bench.inference import MODEL, corpus_text, write_model
+from bench.inference_server import MODEL, corpus_text, write_model
 from bench.peer_report import LABELS, Peer, Scale, parity, peer_rows, print_report, targets
 from bench.peer_servers import llama_server_binary, start_chargpt, start_llama_server
 from bench.serving_common import Tally, run_facts, run_in_tempdir, write_results
