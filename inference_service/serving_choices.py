@@ -59,7 +59,7 @@ class DecodeCalibration(BaseModel):
     dtypes_big: dict[str, Timing]
     ladder: dict[str, Timing]
     lone: dict[str, Timing] = {}
-    runners: dict[str, Timing] = {}  # "B4:torch" (the plan chosen from the above) against "B4:ggml"
+    runners: dict[str, Timing] = {}  # "B4:torch" (the plan chosen from the above) against "B4:ggml:t1", ":t2"..
     load_average: float = 0.0  # the host's 1-minute load average when measured: a busy host skews the choice
 
 
@@ -120,10 +120,13 @@ def decide(c: DecodeCalibration) -> DecodeChoice:
 
 
 def ggml_up_to(c: DecodeCalibration) -> int:
-    """The largest raced batch up to which ggml won every race by RUNNER_MARGIN (0: it lost at one row)."""
+    """The largest raced batch up to which ggml, at its faster thread count, won every race by RUNNER_MARGIN (0: it
+    lost at one row). While serving, ggml_threads.py picks the count again as the host's load changes."""
     up_to = 0
     for batch in sorted({int(key.split(":")[0][1:]) for key in c.runners}):
-        if speedup(c.runners[f"B{batch}:ggml"], c.runners[f"B{batch}:torch"]) * RUNNER_MARGIN <= 1:
+        torch_step = c.runners[f"B{batch}:torch"]
+        ggml = [speedup(t, torch_step) for key, t in c.runners.items() if key.startswith(f"B{batch}:ggml")]
+        if max(ggml) * RUNNER_MARGIN <= 1:
             break
         up_to = batch
     return up_to
@@ -226,7 +229,7 @@ def _race_runners(models: dict[torch.dtype, GPT], c: DecodeCalibration, groups: 
             row_groups = groups if policy.groups_for(b) > 1 else None
             variants[f"B{b}:torch"] = _step(weights, b, cache, policy.threads_for(b), row_groups,
                                             lone_transposed=b == 1 and policy.lone_transposed)
-            variants[f"B{b}:ggml"] = timed_step(ggml, b, position, first)
+            variants |= {f"B{b}:ggml:t{t}": timed_step(ggml, b, position, first, t) for t in {1, c.max_threads}}
         return time_interleaved(variants, trial_s=0.03, budget_s=3.0, trials=9)
     finally:
         ggml.close()
@@ -236,7 +239,7 @@ def decode_entry(model: GPT, big_batch: int, max_threads: int, race: bool = True
     """The cache entry of this model's shapes at this batch and thread count, with or without the runners' race."""
     c = model.config
     return (f"decode:L{c.n_layer}-H{c.n_head}-C{c.n_embd}-T{c.block_size}-V{c.vocab_size}-B{big_batch}"
-            f":threads{max_threads}:groups:lone{':runners' if race else ''}")  # older entries lack a part's figures
+            f":threads{max_threads}:groups:lone{':ggml-threads' if race else ''}")  # older entries lack parts
 
 
 def cached_decode(calibrator: Calibrator, model: GPT, big_batch: int, max_threads: int, race: bool = True

@@ -166,16 +166,20 @@ class GgmlRunner:
         context = request.history[-(length + 1):-1] if length else []
         return [(t, p, sequence, False) for p, t in enumerate(context)]
 
-    def _decode(self, tokens: list[tuple[int, int, int, bool]], outputs: int) -> torch.Tensor:
+    def _decode(self, tokens: list[tuple[int, int, int, bool]], outputs: int, threads: int | None = None
+                ) -> torch.Tensor:
         """One llama_decode of `tokens`; the (outputs, V) logits of the tokens that want them, in batch order. A
-        step that only decodes (one token per row) is timed for the thread choice (ggml_threads.py)."""
+        step that only decodes (one token per row) is timed for the thread choice (ggml_threads.py), unless
+        `threads` fixes the count."""
         batch = self._batch
         batch.n_tokens = len(tokens)
         for i, (token, position, sequence, logits) in enumerate(tokens):
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
             batch.seq_id[i][0], batch.logits[i] = sequence, logits
-        decode_only = 0 < outputs == len(tokens)
-        self._use_threads(self.threads.threads_for(outputs) if decode_only else self.threads.best_for(outputs))
+        decode_only = threads is None and 0 < outputs == len(tokens)
+        if threads is None:
+            threads = self.threads.threads_for(outputs) if decode_only else self.threads.best_for(outputs)
+        self._use_threads(threads)
         started = time.perf_counter()
         status = self.llama.llama_decode(self._ctx, batch)
         if status != 0:
@@ -222,9 +226,9 @@ class GgmlRunner:
         self.llama.llama_model_free(self._model)
 
 
-def timed_step(runner: GgmlRunner, batch: int, position: int, first: int = 0) -> Callable[[], None]:
+def timed_step(runner: GgmlRunner, batch: int, position: int, first: int, threads: int) -> Callable[[], None]:
     """For the calibration: sequences first..first+batch-1, holding `position` characters each, decode one more
-    (again at every call)."""
+    on `threads` threads (again at every call)."""
     sequences = range(first, first + batch)
     runner._forget(first)
     runner._decode([(0, p, first, False) for p in range(position)], 0)
@@ -236,5 +240,5 @@ def timed_step(runner: GgmlRunner, batch: int, position: int, first: int = 0) ->
     def call() -> None:
         for sequence in sequences:
             runner._forget(sequence, position)
-        runner._decode(step, batch)
+        runner._decode(step, batch, threads)
     return call

@@ -132,7 +132,8 @@ def timing(ms: float) -> Timing:
 def test_ggml_serves_the_batches_up_to_its_first_lost_race(ggml_ms: dict[int, float], expected: int) -> None:
     torch_ms = {1: 3.0, 4: 4.0, 16: 8.0, 64: 18.0}
     races = {f"B{b}:torch": timing(ms) for b, ms in torch_ms.items()}
-    races |= {f"B{b}:ggml": timing(ms) for b, ms in ggml_ms.items()}
+    races |= {f"B{b}:ggml:t2": timing(ms) for b, ms in ggml_ms.items()}
+    races |= {f"B{b}:ggml:t1": timing(ms * 1.5) for b, ms in ggml_ms.items()}  # the faster count is what counts
     c = DecodeCalibration(big_batch=64, max_threads=2, dtypes_big={}, ladder={}, runners=races)
     assert ggml_up_to(c) == expected
 
@@ -160,3 +161,11 @@ def test_a_load_that_names_its_dtype_decodes_on_torch() -> None:
     measured = DecodeChoice(weight_dtype="float32", cache_dtype="", parallel_from=65, ggml_up_to=16)
     assert restrict(measured, measure_dtype=True).ggml_up_to == 16
     assert restrict(measured, measure_dtype=False).ggml_up_to == 0
+
+
+def test_ggml_races_at_its_faster_thread_count() -> None:
+    """Two ggml threads collapsed (a busy host), one thread still beats torch: ggml serves, on one thread."""
+    races = {"B1:torch": timing(3.6), "B1:ggml:t2": timing(630.0), "B1:ggml:t1": timing(2.8),
+             "B4:torch": timing(9.0), "B4:ggml:t2": timing(900.0), "B4:ggml:t1": timing(9.5)}
+    c = DecodeCalibration(big_batch=64, max_threads=2, dtypes_big={}, ladder={}, runners=races)
+    assert ggml_up_to(c) == 1
