@@ -97,7 +97,7 @@ async def test_a_budget_job_goes_from_created_to_succeeded_within_its_budget_wit
         real_trainer: Trainer) -> None:
     """Issue 25's target: Created to Succeeded in at most 1.1 x the budget + 15 s (start-up, calibration and the
     final evaluation and checkpoint included), ending with a usable `latest`; the progress total never shrinks
-    below the step and only ever comes down."""
+    below the step (it follows the estimate both ways: a first estimate that only came down ended runs early)."""
     t, budget = real_trainer, 6.0
     corpus = (await t.upload(sample_text(3000))).corpus
     spec = S.TrainingSpec(max_seconds=budget, batch_size=4, learning_rate=3e-3)
@@ -115,7 +115,6 @@ async def test_a_budget_job_goes_from_created_to_succeeded_within_its_budget_wit
     totals = [(e.progress.step, e.progress.max_steps) for e in events
               if e.HasField("progress") and e.progress.HasField("max_steps")]
     assert totals and all(total >= step for step, total in totals)
-    assert [total for _, total in totals] == sorted((total for _, total in totals), reverse=True)
 
 
 @pytest.mark.slow

@@ -4,8 +4,10 @@ With `plan.max_seconds` the engine times its first steps (calibration), then aft
 step horizon H: the steps that still fit in what is left of the budget once the final evaluation and checkpoints
 and the intermediate evaluations, checkpoints and samples (per step, at their intervals) are paid for, capped by
 max_steps. The schedule is learning_rate_at(step) with max_steps = H, so warmup and decay end at the deadline;
-the run ends when the step count reaches H, which only ever comes down (a progress total that never grows back;
-each estimate takes the fastest of the recent steps, since outside load only adds time). Calibration ends
+the run ends when the step count reaches H, which follows the estimate both ways (never below the step done; a
+total that could only come down kept the first steps' estimate, ~1.4x a small model's later steps, and ended
+runs at 66-70% of their budget); each estimate takes the fastest of the recent steps, since outside load only
+adds time. Calibration ends
 after CALIBRATION_STEPS timed steps, or sooner on a host so slow that they would eat the budget. At calibration
 the evaluation's size, the sample length and how often each runs are fitted to the budget (training/budget.py),
 and warmup and interval fields the request left unset are fitted once, to a tenth of H or less often where the
@@ -110,14 +112,15 @@ class TimeBudget(Schedule):
         self._time_step(step_seconds)
         if self.step_seconds is None:  # still calibrating: only stop if the budget is already gone
             horizon = step if spent >= self.budget else self.horizon
+            if horizon == step:
+                self.notice = (f"the {self.budget:g} s budget ran out while timing the first {step} steps: too few "
+                               f"to learn much at this size; choose a smaller model or a longer budget")
         else:
             if "eval_windows" not in self.fitted:
                 self._plan_phases(spent)
             left = self.budget - spent - self._final_cost()
             horizon = self._capped(step + max(0, math.floor(left / self._seconds_per_step())))
         agreed = self.agree(-1 if horizon is None else horizon)  # -1 stands for "no estimate yet" on the wire
-        if agreed >= 0 and self.horizon is not None and self.step_seconds is not None:
-            agreed = min(agreed, self.horizon)  # the estimate only shrinks: a progress total never grows back
         self.horizon = None if agreed < 0 else max(step, agreed)
         unfitted = not all(n in self.fitted for n in self.plan.fit_to_budget)
         if self.step_seconds is not None and self.horizon is not None and unfitted:
@@ -135,8 +138,8 @@ class TimeBudget(Schedule):
 
     def _time_step(self, seconds: float) -> None:
         if self.step_seconds is not None:
-            # The fastest recent step: the horizon only comes down, so a burst of outside load must not cut it
-            # for good; load that persists raises the estimate once the window holds no faster step.
+            # The fastest recent step: a burst of outside load must not cut the horizon; load that persists raises
+            # the estimate once the window holds no faster step.
             self.recent.append(seconds)
             self.step_seconds = min(self.recent)
             return

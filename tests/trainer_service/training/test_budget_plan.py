@@ -86,8 +86,10 @@ def budget_plan(**update: object) -> TrainingPlan:
     return TrainingPlan.model_validate(values)
 
 
-def test_the_progress_total_only_shrinks_and_never_falls_below_the_steps_done() -> None:
-    """Issue 25 saw `step 4/6` then `5/5`: the total is an estimate that may only come down, never under the step."""
+def test_the_progress_total_follows_the_estimate_and_never_falls_below_the_steps_done() -> None:
+    """Issue 25 saw `step 4/6` then `5/5`. The total is an estimate: it rises while steps run faster than the first
+    ones (a total that could only come down ended runs at 66-70% of their budget), falls when they slow down, and is
+    never under the step; the run ends on time."""
     schedule, spent, totals = budget(budget_plan()), 0.0, []
     for step in range(1, 100_000):
         seconds = 0.1 if step < 50 else 0.05 if step < 300 else 0.4  # faster for a while, then much slower
@@ -98,8 +100,8 @@ def test_the_progress_total_only_shrinks_and_never_falls_below_the_steps_done() 
             totals.append(schedule.horizon)
         if schedule.finished(step):
             break
-    assert totals == sorted(totals, reverse=True) and totals[-1] == step
-    assert spent <= 100.0 + 0.4
+    assert max(totals) > totals[0] and totals[-1] == step < max(totals)
+    assert 100.0 - 0.4 <= spent <= 100.0 + 0.4
 
 
 def test_slow_steps_are_timed_once_not_for_several_steps_past_the_budget() -> None:
